@@ -1,0 +1,185 @@
+package multiconsumer
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// This file holds the requests the controller makes to the cluster, other
+// than fetches (worker.go): metadata, log bounds, committed offsets, and
+// commits. Each is bounded by the request timeout, so that an unreachable or
+// silent broker ends in an error, never a hang.
+
+// newTransport returns a kafka-go transport that dials as d does.
+func newTransport(d *kafka.Dialer) *kafka.Transport {
+	dial := d.DialFunc
+	if dial == nil {
+		nd := &net.Dialer{
+			Timeout:       d.Timeout,
+			Deadline:      d.Deadline,
+			LocalAddr:     d.LocalAddr,
+			FallbackDelay: d.FallbackDelay,
+			KeepAlive:     d.KeepAlive,
+		}
+		dial = nd.DialContext
+	}
+	return &kafka.Transport{
+		Dial:        dial,
+		DialTimeout: d.Timeout,
+		ClientID:    d.ClientID,
+		TLS:         d.TLS,
+		SASL:        d.SASLMechanism,
+		// Leaders move; fetches of a partition whose leader moved fail
+		// until the transport's metadata catches up.
+		MetadataTTL: 5 * time.Second,
+	}
+}
+
+// requestTimeout bounds every request but fetches.
+func (c *MultiConsumer) requestTimeout() time.Duration {
+	if t := c.cfg.Dialer.Timeout; t > 0 {
+		return t
+	}
+	return 10 * time.Second
+}
+
+// withTimeout returns ctx bounded by the request timeout.
+func (c *MultiConsumer) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, c.requestTimeout())
+}
+
+// topicMetadata returns the topic's partitions, sorted, and their leaders.
+func (c *MultiConsumer) topicMetadata(ctx context.Context) ([]int, map[int]int, error) {
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	md, err := c.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{c.cfg.Topic}})
+	if err != nil {
+		return nil, nil, fmt.Errorf("multiconsumer: metadata of topic %q from %v: %w", c.cfg.Topic, c.cfg.Brokers, err)
+	}
+	i := slices.IndexFunc(md.Topics, func(t kafka.Topic) bool { return t.Name == c.cfg.Topic })
+	if i < 0 {
+		return nil, nil, fmt.Errorf("multiconsumer: topic %q: %w", c.cfg.Topic, kafka.UnknownTopicOrPartition)
+	}
+	t := md.Topics[i]
+	if t.Error != nil {
+		return nil, nil, fmt.Errorf("multiconsumer: topic %q: %w", c.cfg.Topic, t.Error)
+	}
+	if len(t.Partitions) == 0 {
+		return nil, nil, fmt.Errorf("multiconsumer: topic %q has no partitions: %w", c.cfg.Topic, kafka.UnknownTopicOrPartition)
+	}
+	parts := make([]int, 0, len(t.Partitions))
+	leaders := make(map[int]int, len(t.Partitions))
+	for _, p := range t.Partitions {
+		parts = append(parts, p.ID)
+		leaders[p.ID] = p.Leader.ID
+	}
+	slices.Sort(parts)
+	return parts, leaders, nil
+}
+
+// bounds are the first offset of a partition's log and the offset the next
+// produced message will get (the high watermark).
+type bounds struct{ first, last int64 }
+
+// logBounds returns the bounds of each of partitions.
+func (c *MultiConsumer) logBounds(ctx context.Context, partitions []int) (map[int]bounds, error) {
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	reqs := make([]kafka.OffsetRequest, 0, 2*len(partitions))
+	for _, p := range partitions {
+		reqs = append(reqs, kafka.FirstOffsetOf(p), kafka.LastOffsetOf(p))
+	}
+	res, err := c.client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{c.cfg.Topic: reqs}})
+	if err != nil {
+		return nil, fmt.Errorf("multiconsumer: list offsets of topic %q: %w", c.cfg.Topic, err)
+	}
+	out := make(map[int]bounds, len(partitions))
+	for _, po := range res.Topics[c.cfg.Topic] {
+		if po.Error != nil {
+			return nil, &PartitionError{Topic: c.cfg.Topic, Partition: po.Partition, Err: fmt.Errorf("list offsets: %w", po.Error)}
+		}
+		out[po.Partition] = bounds{first: po.FirstOffset, last: po.LastOffset}
+	}
+	for _, p := range partitions {
+		if _, ok := out[p]; !ok {
+			return nil, &PartitionError{Topic: c.cfg.Topic, Partition: p, Err: errors.New("list offsets: missing from the response")}
+		}
+	}
+	return out, nil
+}
+
+// committedOffsets returns the group's committed offset of each of
+// partitions. A partition missing from the answer, or with offset -1, has
+// nothing committed: brokers differ in which of the two they answer (kfake
+// leaves out partitions without a commit; Apache Kafka lists them with -1).
+func (c *MultiConsumer) committedOffsets(ctx context.Context, partitions []int) (map[int]int64, error) {
+	out := make(map[int]int64, len(partitions))
+	if c.cfg.Group == "" {
+		return out, nil
+	}
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	res, err := c.client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{
+		GroupID: c.cfg.Group,
+		Topics:  map[string][]int{c.cfg.Topic: partitions},
+	})
+	if err == nil {
+		err = res.Error
+	}
+	if err != nil {
+		return nil, fmt.Errorf("multiconsumer: committed offsets of group %q: %w", c.cfg.Group, err)
+	}
+	for _, p := range res.Topics[c.cfg.Topic] {
+		if p.Error != nil {
+			return nil, &PartitionError{Topic: c.cfg.Topic, Partition: p.Partition, Err: fmt.Errorf("committed offset of group %q: %w", c.cfg.Group, p.Error)}
+		}
+		if p.CommittedOffset >= 0 {
+			out[p.Partition] = p.CommittedOffset
+		}
+	}
+	return out, nil
+}
+
+// offsetCommit stores offsets in the group's offset storage without being a
+// member of the group (generation -1, no member id), as the seed does. On a
+// partial failure the error lists the partitions that failed, and ok holds
+// the ones that were stored.
+func (c *MultiConsumer) offsetCommit(ctx context.Context, offsets map[int]int64) (ok map[int]int64, err error) {
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	commits := make([]kafka.OffsetCommit, 0, len(offsets))
+	for p, off := range offsets {
+		commits = append(commits, kafka.OffsetCommit{Partition: p, Offset: off})
+	}
+	slices.SortFunc(commits, func(a, b kafka.OffsetCommit) int { return cmp.Compare(a.Partition, b.Partition) })
+	res, err := c.client.OffsetCommit(ctx, &kafka.OffsetCommitRequest{
+		GroupID:      c.cfg.Group,
+		GenerationID: -1,
+		Topics:       map[string][]kafka.OffsetCommit{c.cfg.Topic: commits},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("multiconsumer: commit offsets of group %q: %w", c.cfg.Group, err)
+	}
+	ok = make(map[int]int64, len(offsets))
+	var errs []error
+	for _, p := range res.Topics[c.cfg.Topic] {
+		if p.Error != nil {
+			errs = append(errs, &PartitionError{Topic: c.cfg.Topic, Partition: p.Partition, Err: fmt.Errorf("commit offset %d: %w", offsets[p.Partition], p.Error)})
+			continue
+		}
+		if off, asked := offsets[p.Partition]; asked {
+			ok[p.Partition] = off
+		}
+	}
+	if len(ok)+len(errs) < len(offsets) {
+		errs = append(errs, fmt.Errorf("multiconsumer: commit offsets of group %q: %d partitions missing from the response", c.cfg.Group, len(offsets)-len(ok)-len(errs)))
+	}
+	return ok, errors.Join(errs...)
+}

@@ -1,0 +1,117 @@
+package multiconsumer
+
+import (
+	"context"
+	"time"
+)
+
+// Commit counts everything delivered so far as consumed and stores the
+// consumed offsets of partitions (every partition when none is given) in
+// the group, synchronously. It resets both auto-commit triggers. It returns
+// ErrNoGroup when Config.Group is "", and works with ManualCommit too.
+func (c *MultiConsumer) Commit(ctx context.Context, partitions ...int) error {
+	parts, err := c.owned(partitions)
+	if err != nil {
+		return err
+	}
+	if c.cfg.Group == "" {
+		return ErrNoGroup
+	}
+	c.consume()
+	if len(partitions) == 0 {
+		parts = nil
+	}
+	return c.commit(ctx, parts...)
+}
+
+// consume records that the caller came back for more, and wakes the
+// committer when the count trigger fires.
+func (c *MultiConsumer) consume() {
+	c.mu.Lock()
+	due := c.book.consume(time.Now())
+	c.mu.Unlock()
+	if due {
+		c.wakeCommitter()
+	}
+}
+
+// wakeCommitter tells the committer that the count trigger fired.
+func (c *MultiConsumer) wakeCommitter() {
+	select {
+	case c.commitNow <- struct{}{}:
+	default: // already woken, or no committer (it is never read then)
+	}
+}
+
+// commit stores the consumed, uncommitted offsets of partitions (all when
+// none is given).
+func (c *MultiConsumer) commit(ctx context.Context, partitions ...int) error {
+	c.commitMu.Lock()
+	defer c.commitMu.Unlock()
+	c.mu.Lock()
+	offsets := c.book.uncommitted(partitions...)
+	if len(offsets) == 0 {
+		c.book.committed(nil, time.Now())
+		c.mu.Unlock()
+		return nil
+	}
+	c.mu.Unlock()
+
+	ok, err := c.offsetCommit(ctx, offsets)
+	c.mu.Lock()
+	if len(ok) > 0 {
+		c.book.committed(ok, time.Now())
+	}
+	if err != nil {
+		c.commitErrs++
+	}
+	c.mu.Unlock()
+	if err != nil {
+		c.log.Error("commit failed", "offsets", offsets, "err", err)
+		return err
+	}
+	c.log.Debug("committed", "offsets", offsets)
+	return nil
+}
+
+// runCommitter is the auto-commit goroutine: it commits when the count
+// trigger wakes it or the time trigger fires, and retries a failed commit
+// with backoff (the retry commits the newest consumed offsets, so nothing
+// is dropped). It ends when ctx is done; Close then makes the final commit.
+func (c *MultiConsumer) runCommitter(ctx context.Context) {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	backoff := initialBackoff
+	for {
+		c.mu.Lock()
+		wait := c.book.nextDue(time.Now())
+		c.mu.Unlock()
+		var fire <-chan time.Time
+		if wait >= 0 {
+			timer.Reset(wait)
+			fire = timer.C
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.commitNow:
+		case <-fire:
+		}
+		c.mu.Lock()
+		due := c.book.poll(time.Now())
+		c.mu.Unlock()
+		if !due {
+			continue
+		}
+		if err := c.commit(ctx); err == nil {
+			backoff = initialBackoff
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, c.cfg.MaxBackoff)
+	}
+}

@@ -1,0 +1,176 @@
+package multiconsumer
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// Defaults of the optional Config fields, used where a field is zero.
+const (
+	DefaultNumWorkers       = 1
+	DefaultQueueSize        = 1024
+	DefaultAutoCommitEveryN = 100
+	DefaultAutoCommitEveryT = 5 * time.Second
+	DefaultMaxBackoff       = 60 * time.Second
+	DefaultTimeout          = 10 * time.Second // of GetMessages
+)
+
+// Config configures a MultiConsumer. The zero value of each optional field
+// means its documented default. New validates every field and returns a
+// *ConfigError naming the first one that is wrong.
+type Config struct {
+	// Brokers are the seed brokers, host:port. Required.
+	Brokers []string
+	// Topic is the topic to consume. Required.
+	Topic string
+	// Group is the consumer group whose offset storage is used: where
+	// consumption starts, and where commits go. The consumer does not join
+	// the group. "" means no offset storage and no commits.
+	Group string
+	// Partitions are the partitions to consume; nil means every partition
+	// of Topic.
+	Partitions []int
+
+	// NumWorkers is the number of worker goroutines, each fetching its own
+	// chunk of the partitions. Default 1; never more than the partitions.
+	NumWorkers int
+	// PartitionsPerWorker, when > 0, overrides NumWorkers with
+	// ceil(len(partitions)/PartitionsPerWorker) workers.
+	PartitionsPerWorker int
+	// QueueSize bounds the messages fetched and not yet delivered to the
+	// caller. Default 1024.
+	QueueSize int
+
+	// ManualCommit turns auto-commit off (the seed's auto_commit=False):
+	// offsets are committed only by Commit. Close does not commit either.
+	ManualCommit bool
+	// AutoCommitEveryN commits after this many consumed messages. Default
+	// 100; negative disables this trigger.
+	AutoCommitEveryN int
+	// AutoCommitEveryT commits this long after the previous commit.
+	// Default 5s; negative disables this trigger.
+	AutoCommitEveryT time.Duration
+
+	// StartOffset is where a partition starts when the group has no
+	// committed offset for it (or Group is ""), and where it restarts when
+	// its offset is no longer in the log: kafka.FirstOffset (default) or
+	// kafka.LastOffset.
+	StartOffset int64
+	// MaxBackoff caps the exponential backoff (1s, 2s, 4s...) with which
+	// a failing worker or auto-commit retries. Default 60s.
+	MaxBackoff time.Duration
+	// Dialer sets TLS, SASL, the client id and the dial timeout. Its
+	// Timeout also bounds every request other than fetches. nil means
+	// kafka.DefaultDialer.
+	Dialer *kafka.Dialer
+	// Logger receives structured events: start offsets, retries, commits,
+	// offset resets. nil discards them.
+	Logger *slog.Logger
+}
+
+// ConfigError reports an invalid Config field.
+type ConfigError struct {
+	Field  string // name of the Config field
+	Value  any    // its value
+	Reason string
+}
+
+func (e *ConfigError) Error() string {
+	return fmt.Sprintf("multiconsumer: invalid Config.%s (%v): %s", e.Field, e.Value, e.Reason)
+}
+
+// withDefaults validates c and returns it with every default filled in.
+func (c Config) withDefaults() (Config, error) {
+	bad := func(field string, value any, reason string) (Config, error) {
+		return Config{}, &ConfigError{Field: field, Value: value, Reason: reason}
+	}
+	if len(c.Brokers) == 0 {
+		return bad("Brokers", c.Brokers, "at least one broker address is required")
+	}
+	for _, b := range c.Brokers {
+		if b == "" {
+			return bad("Brokers", c.Brokers, "empty broker address")
+		}
+	}
+	if c.Topic == "" {
+		return bad("Topic", c.Topic, "a topic is required")
+	}
+	seen := make(map[int]bool, len(c.Partitions))
+	if c.Partitions != nil && len(c.Partitions) == 0 {
+		return bad("Partitions", c.Partitions, "empty: use nil for every partition")
+	}
+	for _, p := range c.Partitions {
+		if p < 0 {
+			return bad("Partitions", c.Partitions, fmt.Sprintf("negative partition %d", p))
+		}
+		if seen[p] {
+			return bad("Partitions", c.Partitions, fmt.Sprintf("partition %d listed twice", p))
+		}
+		seen[p] = true
+	}
+	switch {
+	case c.NumWorkers < 0:
+		return bad("NumWorkers", c.NumWorkers, "must not be negative")
+	case c.PartitionsPerWorker < 0:
+		return bad("PartitionsPerWorker", c.PartitionsPerWorker, "must not be negative")
+	case c.QueueSize < 0:
+		return bad("QueueSize", c.QueueSize, "must not be negative")
+	case c.MaxBackoff < 0:
+		return bad("MaxBackoff", c.MaxBackoff, "must not be negative")
+	case c.Dialer != nil && c.Dialer.Timeout < 0:
+		return bad("Dialer.Timeout", c.Dialer.Timeout, "must not be negative")
+	}
+	switch c.StartOffset {
+	case 0:
+		c.StartOffset = kafka.FirstOffset
+	case kafka.FirstOffset, kafka.LastOffset:
+	default:
+		return bad("StartOffset", c.StartOffset, "must be kafka.FirstOffset (-2) or kafka.LastOffset (-1)")
+	}
+	if c.NumWorkers == 0 {
+		c.NumWorkers = DefaultNumWorkers
+	}
+	if c.QueueSize == 0 {
+		c.QueueSize = DefaultQueueSize
+	}
+	if c.AutoCommitEveryN == 0 {
+		c.AutoCommitEveryN = DefaultAutoCommitEveryN
+	}
+	if c.AutoCommitEveryT == 0 {
+		c.AutoCommitEveryT = DefaultAutoCommitEveryT
+	}
+	if c.MaxBackoff == 0 {
+		c.MaxBackoff = DefaultMaxBackoff
+	}
+	if c.Dialer == nil {
+		c.Dialer = kafka.DefaultDialer
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	c.Brokers = append([]string(nil), c.Brokers...)
+	c.Partitions = append([]int(nil), c.Partitions...)
+	return c, nil
+}
+
+// numWorkers returns how many workers share n partitions.
+func (c *Config) numWorkers(n int) int {
+	w := c.NumWorkers
+	if c.PartitionsPerWorker > 0 {
+		w = (n + c.PartitionsPerWorker - 1) / c.PartitionsPerWorker
+	}
+	return max(1, min(w, n))
+}
+
+// chunks splits partitions among workers as the seed does: chunk i is
+// partitions[i::workers].
+func chunks(partitions []int, workers int) [][]int {
+	out := make([][]int, workers)
+	for i, p := range partitions {
+		out[i%workers] = append(out[i%workers], p)
+	}
+	return out
+}

@@ -1,0 +1,465 @@
+package multiconsumer
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// MultiConsumer consumes one topic with several worker goroutines, each
+// fetching its own chunk of the partitions into one bounded queue, from which
+// the caller takes messages with GetMessages or Iter. Its methods are safe
+// for concurrent use; deliveries (GetMessages calls and Iter batches) are
+// serialized so that each partition's messages reach the caller in order.
+type MultiConsumer struct {
+	cfg       Config
+	log       *slog.Logger
+	transport *kafka.Transport
+	client    *kafka.Client
+
+	q       *queue
+	running *event        // set while not paused: workers fetch and queue
+	closing *event        // set by Close
+	deliver chan struct{} // a token: who holds it may take from the queue and deliver
+
+	mu         sync.Mutex // guards the fields below
+	book       *book
+	leaders    map[int]int // partition -> leader broker id
+	closed     bool
+	workers    int
+	stopFetch  context.CancelFunc
+	commitErrs int64
+
+	fetchers  sync.WaitGroup // workers
+	helpers   sync.WaitGroup // committer and Iter goroutines
+	stopHelp  context.CancelFunc
+	commitMu  sync.Mutex    // serializes commits
+	commitNow chan struct{} // wakes the committer: the count trigger fired
+	closeErr  error
+}
+
+// New connects to the cluster, reads the topic's partitions and the
+// group's committed offsets, and starts the workers. It returns an error,
+// never panics, for an invalid Config (a *ConfigError), a missing topic or
+// partition, or a cluster that does not answer within ctx or the dialer's
+// timeout.
+func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	tr := newTransport(cfg.Dialer)
+	c := &MultiConsumer{
+		cfg:       cfg,
+		log:       cfg.Logger.With("topic", cfg.Topic, "group", cfg.Group),
+		transport: tr,
+		client:    &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Transport: tr},
+		q:         newQueue(cfg.QueueSize),
+		running:   newEvent(true),
+		closing:   newEvent(false),
+		deliver:   make(chan struct{}, 1),
+		book:      newBook(cfg.AutoCommitEveryN, cfg.AutoCommitEveryT, time.Now()),
+		commitNow: make(chan struct{}, 1),
+	}
+	parts, err := c.start(ctx)
+	if err != nil {
+		tr.CloseIdleConnections()
+		return nil, err
+	}
+
+	helpCtx, stop := context.WithCancel(context.Background())
+	c.stopHelp = stop
+	if c.autoCommit() {
+		c.helpers.Go(func() { c.runCommitter(helpCtx) })
+	}
+	c.assign(parts)
+	return c, nil
+}
+
+// start resolves the partitions to consume and where each starts.
+func (c *MultiConsumer) start(ctx context.Context) ([]int, error) {
+	all, leaders, err := c.topicMetadata(ctx)
+	if err != nil {
+		return nil, err
+	}
+	parts := all
+	if len(c.cfg.Partitions) > 0 {
+		var missing []int
+		for _, p := range c.cfg.Partitions {
+			if _, ok := slices.BinarySearch(all, p); !ok {
+				missing = append(missing, p)
+			}
+		}
+		if len(missing) > 0 {
+			return nil, fmt.Errorf("multiconsumer: topic %q has partitions 0..%d, not %v: %w",
+				c.cfg.Topic, len(all)-1, missing, ErrUnknownPartition)
+		}
+		parts = slices.Sorted(slices.Values(c.cfg.Partitions))
+	}
+	committed, err := c.committedOffsets(ctx, parts)
+	if err != nil {
+		return nil, err
+	}
+	bounds, err := c.logBounds(ctx, parts)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.leaders = leaders
+	for _, p := range parts {
+		start, from := c.startOffset(p, committed, bounds[p])
+		cm, ok := committed[p]
+		if !ok {
+			cm = noOffset
+		}
+		c.book.add(p, start, cm)
+		c.log.Info("partition start", "partition", p, "offset", start, "from", from)
+	}
+	return parts, nil
+}
+
+// startOffset picks where partition p starts: at the committed offset if it
+// is still in the log, else at StartOffset.
+func (c *MultiConsumer) startOffset(p int, committed map[int]int64, b bounds) (int64, string) {
+	if off, ok := committed[p]; ok {
+		if off >= b.first && off <= b.last {
+			return off, "committed"
+		}
+		c.log.Warn("committed offset outside the log, resetting", "partition", p,
+			"committed", off, "first", b.first, "last", b.last)
+	}
+	if c.cfg.StartOffset == kafka.LastOffset {
+		return b.last, "last"
+	}
+	return b.first, "first"
+}
+
+func (c *MultiConsumer) autoCommit() bool { return c.cfg.Group != "" && !c.cfg.ManualCommit }
+
+// assign replaces the workers with new ones for parts. It is how the set of
+// partitions changes at run time: work started for one assignment ends
+// before the next begins.
+func (c *MultiConsumer) assign(parts []int) {
+	c.stopWorkers()
+	ctx, cancel := context.WithCancel(context.Background())
+	chunked := chunks(parts, c.cfg.numWorkers(len(parts)))
+	c.mu.Lock()
+	c.stopFetch = cancel
+	c.workers = len(chunked)
+	c.mu.Unlock()
+	for i, chunk := range chunked {
+		w := newWorker(c, i, chunk)
+		c.fetchers.Go(func() { w.run(ctx) })
+	}
+}
+
+// stopWorkers cancels the workers and their fetches, and waits for them.
+func (c *MultiConsumer) stopWorkers() {
+	c.mu.Lock()
+	stop := c.stopFetch
+	c.stopFetch = nil
+	c.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+	c.fetchers.Wait()
+}
+
+// syncPositions brings a worker's fetch positions up to date with seeks and
+// returns its partitions grouped by leader.
+func (c *MultiConsumer) syncPositions(parts []int, pos map[int]*fetchPos) [][]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	byLeader := make(map[int][]int, 1)
+	for _, p := range parts {
+		po, ok := c.book.parts[p]
+		if !ok {
+			continue
+		}
+		if fp := pos[p]; !fp.synced || fp.epoch != po.epoch {
+			*fp = fetchPos{offset: po.delivered, epoch: po.epoch, synced: true}
+		}
+		byLeader[c.leaders[p]] = append(byLeader[c.leaders[p]], p)
+	}
+	out := make([][]int, 0, len(byLeader))
+	for _, l := range slices.Sorted(maps.Keys(byLeader)) {
+		out = append(out, byLeader[l])
+	}
+	return out
+}
+
+// refreshLeaders rereads the partition leaders after a failed fetch.
+func (c *MultiConsumer) refreshLeaders(ctx context.Context) {
+	_, leaders, err := c.topicMetadata(ctx)
+	if err != nil {
+		c.log.Warn("metadata refresh failed", "err", err)
+		return
+	}
+	c.mu.Lock()
+	c.leaders = leaders
+	c.mu.Unlock()
+}
+
+func (c *MultiConsumer) setHighWatermark(p int, hwm int64) {
+	c.mu.Lock()
+	if po, ok := c.book.parts[p]; ok {
+		po.highWatermark = hwm
+	}
+	c.mu.Unlock()
+}
+
+func (c *MultiConsumer) countFetchErrors(parts []int) {
+	c.mu.Lock()
+	for _, p := range parts {
+		if po, ok := c.book.parts[p]; ok {
+			po.fetchErrors++
+		}
+	}
+	c.mu.Unlock()
+}
+
+// isClosed reports whether Close has begun.
+func (c *MultiConsumer) isClosed() bool { return c.closing.IsSet() }
+
+// Pause stops the workers from queueing: once Pause returns, no new message
+// enters the queue, and workers stop fetching after their current request.
+// Messages already queued are still delivered. Resume undoes it.
+func (c *MultiConsumer) Pause() {
+	c.running.Clear()
+	c.q.barrier()
+}
+
+// Resume lets paused workers fetch and queue again.
+func (c *MultiConsumer) Resume() {
+	if !c.isClosed() {
+		c.running.Set()
+	}
+}
+
+// Offsets returns, per partition, the offset after the last message
+// delivered to the caller (where consumption would resume if everything
+// delivered were committed).
+func (c *MultiConsumer) Offsets() map[int]int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[int]int64, len(c.book.parts))
+	for p, po := range c.book.parts {
+		out[p] = po.delivered
+	}
+	return out
+}
+
+// Pending returns how many messages of partitions (every partition when
+// none is given) are in the log after Offsets: the sum of high watermark
+// minus delivered offset.
+func (c *MultiConsumer) Pending(ctx context.Context, partitions ...int) (int64, error) {
+	parts, err := c.owned(partitions)
+	if err != nil {
+		return 0, err
+	}
+	b, err := c.logBounds(ctx, parts)
+	if err != nil {
+		return 0, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var n int64
+	for _, p := range parts {
+		if po, ok := c.book.parts[p]; ok {
+			n += max(0, b[p].last-po.delivered)
+		}
+	}
+	return n, nil
+}
+
+// owned returns partitions, or every owned partition when none is given,
+// with an error if the consumer is closed or does not own one of them.
+func (c *MultiConsumer) owned(partitions []int) ([]int, error) {
+	if c.isClosed() {
+		return nil, ErrClosed
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(partitions) == 0 {
+		return c.book.partitions(), nil
+	}
+	for _, p := range partitions {
+		if _, ok := c.book.parts[p]; !ok {
+			return nil, &PartitionError{Topic: c.cfg.Topic, Partition: p, Err: fmt.Errorf("not consumed here (consuming %v): %w", c.book.partitions(), ErrUnknownPartition)}
+		}
+	}
+	return slices.Compact(slices.Sorted(slices.Values(partitions))), nil
+}
+
+// Whence tells Seek what its offset is relative to.
+type Whence int
+
+// Whence values, after io.Seeker's (and the seed's 0, 1, 2), plus SeekAbsolute.
+const (
+	SeekAbsolute Whence = iota - 1 // the offset itself
+	SeekStart                      // from the earliest offset in the log
+	SeekCurrent                    // from Offsets(), the next undelivered message
+	SeekEnd                        // from the high watermark (the next message to be produced)
+)
+
+func (w Whence) String() string {
+	switch w {
+	case SeekAbsolute:
+		return "SeekAbsolute"
+	case SeekStart:
+		return "SeekStart"
+	case SeekCurrent:
+		return "SeekCurrent"
+	case SeekEnd:
+		return "SeekEnd"
+	}
+	return fmt.Sprintf("Whence(%d)", int(w))
+}
+
+// Seek moves each of partitions (every partition when none is given) to
+// offset relative to whence. Unlike the seed, which divides offset among the
+// partitions for whence 0 and 2, the same offset applies to each partition.
+// A target outside the log is an *OffsetRangeError and moves nothing.
+// Queued messages of the moved partitions are dropped; messages delivered
+// before count as consumed, and the new position is committed by the next
+// commit, as in the seed.
+func (c *MultiConsumer) Seek(ctx context.Context, offset int64, whence Whence, partitions ...int) error {
+	if whence < SeekAbsolute || whence > SeekEnd {
+		return fmt.Errorf("multiconsumer: seek: invalid whence %d", int(whence))
+	}
+	parts, err := c.owned(partitions)
+	if err != nil {
+		return err
+	}
+	b, err := c.logBounds(ctx, parts)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	targets := make(map[int]int64, len(parts))
+	for _, p := range parts {
+		t := offset
+		switch whence {
+		case SeekStart:
+			t += b[p].first
+		case SeekCurrent:
+			t += c.book.parts[p].delivered
+		case SeekEnd:
+			t += b[p].last
+		}
+		if t < b[p].first || t > b[p].last {
+			c.mu.Unlock()
+			return &OffsetRangeError{Partition: p, Offset: t, First: b[p].first, Last: b[p].last}
+		}
+		targets[p] = t
+	}
+	epochs := make(map[int]uint64, len(parts))
+	for p, t := range targets {
+		epochs[p] = c.book.seek(p, t)
+	}
+	c.mu.Unlock()
+
+	dropped := c.q.drop(func(b *batch) bool {
+		e, moved := epochs[b.partition]
+		return moved && b.epoch < e
+	})
+	c.log.Info("seek", "offset", offset, "whence", whence, "targets", targets, "dropped", dropped)
+	return nil
+}
+
+// PartitionStats is the state of one partition.
+type PartitionStats struct {
+	Delivered     int64 // offset after the last message delivered
+	Consumed      int64 // offset after the last message the caller came back from
+	Committed     int64 // offset stored in the group; -1 if none is known
+	HighWatermark int64 // from the last fetch; -1 before the first
+	Lag           int64 // HighWatermark - Delivered; -1 if unknown
+	FetchErrors   int64
+}
+
+// Stats is a snapshot of the consumer's state.
+type Stats struct {
+	Workers      int
+	QueueLen     int // messages fetched and not yet delivered
+	QueueSize    int // the bound of QueueLen
+	Paused       bool
+	CommitErrors int64
+	Partitions   map[int]PartitionStats
+}
+
+// Stats returns a snapshot of the consumer's state.
+func (c *MultiConsumer) Stats() Stats {
+	_, held := c.q.lens()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := Stats{
+		Workers: c.workers, QueueLen: held, QueueSize: c.cfg.QueueSize,
+		Paused: !c.running.IsSet(), CommitErrors: c.commitErrs,
+		Partitions: make(map[int]PartitionStats, len(c.book.parts)),
+	}
+	for p, po := range c.book.parts {
+		lag := int64(-1)
+		if po.highWatermark >= 0 {
+			lag = max(0, po.highWatermark-po.delivered)
+		}
+		s.Partitions[p] = PartitionStats{
+			Delivered: po.delivered, Consumed: po.consumed, Committed: po.committed,
+			HighWatermark: po.highWatermark, Lag: lag, FetchErrors: po.fetchErrors,
+		}
+	}
+	return s
+}
+
+// String describes the consumer as the seed does:
+// <MultiConsumer group=G, topic=T, consumers=W>.
+func (c *MultiConsumer) String() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return fmt.Sprintf("<MultiConsumer group=%s, topic=%s, consumers=%d>", c.cfg.Group, c.cfg.Topic, c.workers)
+}
+
+// Close stops the consumer, as http.Server.Shutdown does a server: it stops
+// the workers and cancels their fetches, ends every Iter channel and makes
+// pending GetMessages calls return ErrClosed (what they had taken is not
+// delivered), then, unless ManualCommit or Group is "", counts everything
+// delivered as consumed and commits it, within the dialer's timeout. It
+// returns when every goroutine the consumer started has ended, with the
+// final commit's error if any. Close is safe to call more than once; later
+// calls, like every other call after Close, return ErrClosed.
+func (c *MultiConsumer) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return ErrClosed
+	}
+	c.closed = true
+	c.mu.Unlock()
+
+	c.closing.Set()
+	c.running.Clear() // no put completes from now on
+	c.q.barrier()
+	c.stopWorkers()
+	c.deliver <- struct{}{} // wait for any delivery in progress to give up
+	c.stopHelp()
+	c.helpers.Wait()
+
+	var err error
+	if c.autoCommit() {
+		c.mu.Lock()
+		c.book.consume(time.Now())
+		c.mu.Unlock()
+		ctx, cancel := c.withTimeout(context.Background())
+		err = c.commit(ctx)
+		cancel()
+	}
+	c.transport.CloseIdleConnections()
+	c.log.Info("closed")
+	return err
+}

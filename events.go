@@ -1,0 +1,80 @@
+package multiconsumer
+
+import (
+	"context"
+	"sync"
+)
+
+// event is the Go counterpart of Python's multiprocessing.Event: a flag that
+// goroutines set, clear and wait for. The zero value is a cleared event.
+//
+// Waiting is done on a channel that is closed when the event is set, so a
+// waiter can also select on a context or on other events.
+type event struct {
+	mu  sync.Mutex
+	set bool
+	ch  chan struct{} // closed while set; replaced by Clear
+}
+
+// newEvent returns an event in the given state.
+func newEvent(set bool) *event {
+	e := &event{}
+	if set {
+		e.Set()
+	}
+	return e
+}
+
+// chanLocked returns the channel for the current generation; e.mu is held.
+func (e *event) chanLocked() chan struct{} {
+	if e.ch == nil {
+		e.ch = make(chan struct{})
+	}
+	return e.ch
+}
+
+// Set sets the event and wakes every waiter. Setting a set event does nothing.
+func (e *event) Set() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.set {
+		e.set = true
+		close(e.chanLocked())
+	}
+}
+
+// Clear clears the event. Clearing a cleared event does nothing.
+func (e *event) Clear() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.set {
+		e.set = false
+		e.ch = make(chan struct{})
+	}
+}
+
+// IsSet reports whether the event is set.
+func (e *event) IsSet() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.set
+}
+
+// Done returns a channel that is closed once the event is set. A Clear after
+// that does not reopen it: call Done again for the new state.
+func (e *event) Done() <-chan struct{} {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.chanLocked()
+}
+
+// Wait blocks until the event is set or ctx is done, and returns ctx's error
+// in the second case.
+func (e *event) Wait(ctx context.Context) error {
+	select {
+	case <-e.Done():
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,256 @@
+// Package kafkatest starts a Kafka broker for tests: an in-process one
+// (github.com/twmb/franz-go/pkg/kfake) by default, or an external cluster
+// named by KAFKA_BROKERS, with helpers to create topics and produce messages.
+//
+// Programs that use multiconsumer import it in their own tests:
+//
+//	cluster := kafkatest.Run(t)          // kfake, or KAFKA_BROKERS when set
+//	topic := cluster.Topic(t, 4)         // a fresh topic with 4 partitions
+//	cluster.ProduceN(ctx, topic, 1000, 100)
+package kafkatest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
+)
+
+// EnvBrokers is the environment variable that, when set to a comma-separated
+// list of host:port, makes Run use that cluster instead of an embedded one.
+const EnvBrokers = "KAFKA_BROKERS"
+
+// Cluster is a Kafka cluster to test against: embedded, or external.
+// Its methods are safe for concurrent use.
+type Cluster struct {
+	brokers   []string
+	embedded  *kfake.Cluster
+	transport *kafka.Transport
+	client    *kafka.Client
+
+	closeOnce sync.Once
+}
+
+// Start starts an embedded single-broker cluster on a free loopback port.
+// Stop it with Close.
+func Start() (*Cluster, error) {
+	kf, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		return nil, fmt.Errorf("kafkatest: start embedded broker: %w", err)
+	}
+	c := newCluster(kf.ListenAddrs())
+	c.embedded = kf
+	return c, nil
+}
+
+// Connect returns a Cluster for brokers that are already running (for
+// example a real Apache Kafka). Close releases its connections and leaves
+// the brokers running.
+func Connect(brokers ...string) (*Cluster, error) {
+	if len(brokers) == 0 {
+		return nil, errors.New("kafkatest: Connect needs at least one broker address")
+	}
+	return newCluster(brokers), nil
+}
+
+// FromEnv connects to the brokers in KAFKA_BROKERS when it is set, and
+// starts an embedded broker otherwise.
+func FromEnv() (*Cluster, error) {
+	if env := strings.TrimSpace(os.Getenv(EnvBrokers)); env != "" {
+		var brokers []string
+		for b := range strings.SplitSeq(env, ",") {
+			if b = strings.TrimSpace(b); b != "" {
+				brokers = append(brokers, b)
+			}
+		}
+		return Connect(brokers...)
+	}
+	return Start()
+}
+
+// Run is FromEnv for tests: it fails t when the cluster cannot be reached
+// and closes the cluster when t ends.
+func Run(t testing.TB) *Cluster {
+	t.Helper()
+	c, err := FromEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+func newCluster(brokers []string) *Cluster {
+	tr := &kafka.Transport{
+		Dial:        (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+		DialTimeout: 5 * time.Second,
+		MetadataTTL: time.Second,
+		ClientID:    "kafkatest",
+	}
+	return &Cluster{
+		brokers:   brokers,
+		transport: tr,
+		client:    &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 30 * time.Second, Transport: tr},
+	}
+}
+
+// Brokers returns the seed broker addresses.
+func (c *Cluster) Brokers() []string { return append([]string(nil), c.brokers...) }
+
+// Embedded reports whether the cluster is the in-process kfake broker.
+func (c *Cluster) Embedded() bool { return c.embedded != nil }
+
+// Kfake returns the embedded broker, or nil for an external cluster. Tests
+// use it to inject faults (kfake's Control functions).
+func (c *Cluster) Kfake() *kfake.Cluster { return c.embedded }
+
+// Client returns a kafka-go client bound to the cluster.
+func (c *Cluster) Client() *kafka.Client { return c.client }
+
+// Close releases the cluster's connections and stops an embedded broker.
+// It is safe to call more than once.
+func (c *Cluster) Close() {
+	c.closeOnce.Do(func() {
+		c.transport.CloseIdleConnections()
+		if c.embedded != nil {
+			c.embedded.Close()
+		}
+	})
+}
+
+// UniqueName returns prefix followed by a random suffix, for topics and
+// groups that no other test shares.
+func UniqueName(prefix string) string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return prefix + "-" + hex.EncodeToString(b[:])
+}
+
+// CreateTopic creates topic with the given number of partitions (replication
+// factor 1) and waits until every partition has a leader.
+func (c *Cluster) CreateTopic(ctx context.Context, topic string, partitions int) error {
+	res, err := c.client.CreateTopics(ctx, &kafka.CreateTopicsRequest{
+		Topics: []kafka.TopicConfig{{Topic: topic, NumPartitions: partitions, ReplicationFactor: 1}},
+	})
+	if err != nil {
+		return fmt.Errorf("kafkatest: create topic %q: %w", topic, err)
+	}
+	if err := res.Errors[topic]; err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
+		return fmt.Errorf("kafkatest: create topic %q: %w", topic, err)
+	}
+	// A real broker answers CreateTopics before every partition has a
+	// leader; wait for metadata to show them all.
+	for {
+		md, err := c.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+		if err == nil && len(md.Topics) == 1 && md.Topics[0].Error == nil && len(md.Topics[0].Partitions) == partitions {
+			ready := true
+			for _, p := range md.Topics[0].Partitions {
+				ready = ready && p.Error == nil && p.Leader.Host != ""
+			}
+			if ready {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("kafkatest: topic %q has no leaders yet: %w", topic, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// DeleteTopic deletes topic.
+func (c *Cluster) DeleteTopic(ctx context.Context, topic string) error {
+	res, err := c.client.DeleteTopics(ctx, &kafka.DeleteTopicsRequest{Topics: []string{topic}})
+	if err != nil {
+		return fmt.Errorf("kafkatest: delete topic %q: %w", topic, err)
+	}
+	if err := res.Errors[topic]; err != nil {
+		return fmt.Errorf("kafkatest: delete topic %q: %w", topic, err)
+	}
+	return nil
+}
+
+// Topic creates a uniquely named topic with the given number of partitions
+// for the test t, and deletes it when t ends.
+func (c *Cluster) Topic(t testing.TB, partitions int) string {
+	t.Helper()
+	topic := UniqueName(strings.NewReplacer("/", "-", " ", "-").Replace(t.Name()))
+	if len(topic) > 200 {
+		topic = topic[len(topic)-200:]
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := c.CreateTopic(ctx, topic, partitions); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = c.DeleteTopic(ctx, topic)
+	})
+	return topic
+}
+
+// Produce appends msgs to partition of topic, in order, with acks from all
+// in-sync replicas. Only Key, Value, Headers and Time of msgs are used.
+func (c *Cluster) Produce(ctx context.Context, topic string, partition int, msgs ...kafka.Message) error {
+	const maxBatch = 4096
+	for len(msgs) > 0 {
+		n := min(len(msgs), maxBatch)
+		records := make([]kafka.Record, n)
+		for i, m := range msgs[:n] {
+			records[i] = kafka.Record{Time: m.Time, Headers: m.Headers}
+			if m.Key != nil {
+				records[i].Key = kafka.NewBytes(m.Key)
+			}
+			if m.Value != nil {
+				records[i].Value = kafka.NewBytes(m.Value)
+			}
+		}
+		res, err := c.client.Produce(ctx, &kafka.ProduceRequest{
+			Topic:        topic,
+			Partition:    partition,
+			RequiredAcks: kafka.RequireAll,
+			Records:      kafka.NewRecordReader(records...),
+		})
+		if err == nil {
+			err = res.Error
+		}
+		if err != nil {
+			return fmt.Errorf("kafkatest: produce to %s[%d]: %w", topic, partition, err)
+		}
+		msgs = msgs[n:]
+	}
+	return nil
+}
+
+// ProduceN appends perPartition messages to each of the first partitions
+// partitions of topic, concurrently. Message i of partition p has key
+// "p-i" and value "p-i" (so tests can check order and completeness).
+func (c *Cluster) ProduceN(ctx context.Context, topic string, partitions, perPartition int) error {
+	errs := make([]error, partitions)
+	var wg sync.WaitGroup
+	for p := range partitions {
+		wg.Go(func() {
+			msgs := make([]kafka.Message, perPartition)
+			for i := range msgs {
+				k := []byte(fmt.Sprintf("%d-%d", p, i))
+				msgs[i] = kafka.Message{Key: k, Value: k}
+			}
+			errs[p] = c.Produce(ctx, topic, p, msgs...)
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}

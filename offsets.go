@@ -1,0 +1,175 @@
+package multiconsumer
+
+import (
+	"maps"
+	"slices"
+	"time"
+)
+
+// This file is the offset bookkeeping: what was delivered to the caller, what
+// the caller came back from (consumed), what the group has stored
+// (committed), and when auto-commit is due. It is plain data driven by
+// explicit inputs, "now" included, so it is tested without a broker or a
+// clock. The controller calls it with its mutex held.
+
+// noOffset marks an offset that is not known (nothing committed, no high
+// watermark seen yet).
+const noOffset = -1
+
+// partOffsets is the bookkeeping of one partition. Every offset is the
+// offset of the next message, as Kafka stores it.
+type partOffsets struct {
+	delivered     int64 // after the last message handed to the caller
+	consumed      int64 // after the last message the caller came back from
+	committed     int64 // stored in the group; noOffset if none is known
+	highWatermark int64 // from the last fetch; noOffset before the first
+	fetchErrors   int64
+
+	// epoch counts seeks and reassignments. Workers tag what they fetch
+	// with the epoch they fetched it in; messages of an older epoch are
+	// dropped instead of delivered.
+	epoch uint64
+}
+
+// book is the bookkeeping of every partition the controller owns, and the
+// state of the two auto-commit triggers.
+type book struct {
+	parts  map[int]*partOffsets
+	everyN int           // commit after this many consumed messages; <= 0: never
+	everyT time.Duration // commit this long after the last commit; <= 0: never
+
+	unconsumed  int       // messages delivered and not consumed yet
+	sinceCommit int       // messages consumed since the last commit
+	lastCommit  time.Time // last commit, or creation
+}
+
+func newBook(everyN int, everyT time.Duration, now time.Time) *book {
+	return &book{parts: make(map[int]*partOffsets), everyN: everyN, everyT: everyT, lastCommit: now}
+}
+
+// add starts bookkeeping for partition p at offset start, with committed the
+// offset the group has stored (noOffset for none). Adding a partition that is
+// already there restarts it in a new epoch.
+func (b *book) add(p int, start, committed int64) {
+	var epoch uint64
+	if old, ok := b.parts[p]; ok {
+		epoch = old.epoch + 1
+	}
+	b.parts[p] = &partOffsets{
+		delivered: start, consumed: start, committed: committed,
+		highWatermark: noOffset, epoch: epoch,
+	}
+}
+
+// remove ends bookkeeping for partition p (the partition was taken away).
+func (b *book) remove(p int) { delete(b.parts, p) }
+
+// partitions returns the partitions in the book, sorted.
+func (b *book) partitions() []int { return slices.Sorted(maps.Keys(b.parts)) }
+
+// current reports whether a message of partition p fetched in epoch may
+// still be delivered.
+func (b *book) current(p int, epoch uint64) bool {
+	po, ok := b.parts[p]
+	return ok && po.epoch == epoch
+}
+
+// deliver records that the message at offset of partition p was handed to
+// the caller.
+func (b *book) deliver(p int, offset int64) {
+	if po, ok := b.parts[p]; ok {
+		po.delivered = offset + 1
+		b.unconsumed++
+	}
+}
+
+// deliverRun records that n consecutive messages of partition p, the last
+// at offset last, were handed to the caller.
+func (b *book) deliverRun(p int, last int64, n int) {
+	if po, ok := b.parts[p]; ok {
+		po.delivered = last + 1
+		b.unconsumed += n
+	}
+}
+
+// consume records that the caller came back for more: everything delivered
+// is consumed now. It reports whether a commit is due.
+func (b *book) consume(now time.Time) bool {
+	if b.unconsumed > 0 {
+		for _, po := range b.parts {
+			po.consumed = po.delivered
+		}
+		b.sinceCommit += b.unconsumed
+		b.unconsumed = 0
+	}
+	return b.due(now)
+}
+
+// seek moves partition p to offset: what was delivered before counts as
+// consumed, and the position itself is the next thing to commit, as the seed
+// does. It returns the partition's new epoch.
+func (b *book) seek(p int, offset int64) uint64 {
+	po := b.parts[p]
+	po.epoch++
+	po.delivered, po.consumed = offset, offset
+	b.sinceCommit++
+	return po.epoch
+}
+
+// uncommitted returns the consumed offset of each of partitions (every
+// partition when none is given) that differs from what the group stores.
+func (b *book) uncommitted(partitions ...int) map[int]int64 {
+	if len(partitions) == 0 {
+		partitions = b.partitions()
+	}
+	out := make(map[int]int64)
+	for _, p := range partitions {
+		if po, ok := b.parts[p]; ok && po.consumed != po.committed {
+			out[p] = po.consumed
+		}
+	}
+	return out
+}
+
+// due reports whether an auto-commit is due at now: something consumed is
+// not committed, and either trigger has fired.
+func (b *book) due(now time.Time) bool {
+	if b.sinceCommit == 0 {
+		return false
+	}
+	return (b.everyN > 0 && b.sinceCommit >= b.everyN) ||
+		(b.everyT > 0 && now.Sub(b.lastCommit) >= b.everyT)
+}
+
+// nextDue returns how long after now the time trigger fires, or a negative
+// duration when it is disabled.
+func (b *book) nextDue(now time.Time) time.Duration {
+	if b.everyT <= 0 {
+		return -1
+	}
+	return max(0, b.lastCommit.Add(b.everyT).Sub(now))
+}
+
+// committed records that offsets were stored in the group at now. Any commit,
+// automatic or explicit, resets both triggers.
+func (b *book) committed(offsets map[int]int64, now time.Time) {
+	for p, off := range offsets {
+		if po, ok := b.parts[p]; ok {
+			po.committed = off
+		}
+	}
+	b.sinceCommit = 0
+	b.lastCommit = now
+}
+
+// poll reports whether an auto-commit is due at now. When the time trigger
+// fires with nothing to commit, it restarts the time trigger instead.
+func (b *book) poll(now time.Time) bool {
+	if b.due(now) {
+		return true
+	}
+	if b.everyT > 0 && now.Sub(b.lastCommit) >= b.everyT {
+		b.lastCommit = now
+	}
+	return false
+}
