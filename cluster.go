@@ -118,7 +118,8 @@ func (c *MultiConsumer) logBounds(ctx context.Context, partitions []int) (map[in
 // committedOffsets returns the group's committed offset of each of
 // partitions. A partition missing from the answer, or with offset -1, has
 // nothing committed: brokers differ in which of the two they answer (kfake
-// leaves out partitions without a commit; Apache Kafka lists them with -1).
+// leaves out partitions without a commit, and answers GROUP_ID_NOT_FOUND for
+// a group that never committed; Apache Kafka lists them with -1).
 func (c *MultiConsumer) committedOffsets(ctx context.Context, partitions []int) (map[int]int64, error) {
 	out := make(map[int]int64, len(partitions))
 	if c.cfg.Group == "" {
@@ -132,6 +133,9 @@ func (c *MultiConsumer) committedOffsets(ctx context.Context, partitions []int) 
 	})
 	if err == nil {
 		err = res.Error
+	}
+	if errors.Is(err, kafka.GroupIdNotFound) {
+		return out, nil // kfake: a group that never committed does not exist
 	}
 	if err != nil {
 		return nil, fmt.Errorf("multiconsumer: committed offsets of group %q: %w", c.cfg.Group, err)

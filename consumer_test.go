@@ -1,10 +1,19 @@
 package multiconsumer
 
 import (
+	"context"
+	"errors"
+	"net"
+	"runtime"
+	"sync"
 	"testing"
+	"time"
 
+	"github.com/segmentio/kafka-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kmsg"
+	"go.uber.org/goleak"
 )
 
 func TestDeliversEveryMessageOnceInOrder(t *testing.T) {
@@ -20,5 +29,616 @@ func TestDeliversEveryMessageOnceInOrder(t *testing.T) {
 		assert.Equal(t, per, counts[p], "partition %d", p)
 		assert.Equal(t, int64(per), c.Offsets()[p], "offset of partition %d", p)
 	}
+	// Nothing more: a non-blocking call finds the queue empty.
+	more, err := c.GetMessages(testCtx(t), 10, Block(false))
+	require.NoError(t, err)
+	assert.Empty(t, more)
 	require.NoError(t, c.Close())
+}
+
+func TestWorkersAndChunks(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 5, 0)
+	for _, tc := range []struct {
+		cfg  Config
+		want int
+	}{
+		{Config{}, 1},
+		{Config{NumWorkers: 3}, 3},
+		{Config{NumWorkers: 9}, 5}, // never more than partitions
+		{Config{PartitionsPerWorker: 2}, 3},
+		{Config{PartitionsPerWorker: 2, NumWorkers: 1}, 3}, // overrides NumWorkers
+		{Config{Partitions: []int{1, 3}, NumWorkers: 4}, 2},
+	} {
+		tc.cfg.Topic = topic
+		c := open(t, tc.cfg)
+		assert.Equal(t, tc.want, c.Stats().Workers, "%+v", tc.cfg)
+		require.NoError(t, c.Close())
+	}
+	assert.Equal(t, [][]int{{0, 3}, {1, 4}, {2}}, chunks([]int{0, 1, 2, 3, 4}, 3))
+}
+
+func TestPartitionsSubset(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 4, 50)
+	c := open(t, Config{Topic: topic, Partitions: []int{3, 1}, NumWorkers: 2})
+	msgs := drain(t, c, 100, 30)
+	counts := checkOrder(t, msgs, map[int]int64{1: 0, 3: 0})
+	assert.Equal(t, map[int]int{1: 50, 3: 50}, counts)
+	assert.Equal(t, map[int]int64{1: 50, 3: 50}, c.Offsets())
+}
+
+func TestIter(t *testing.T) {
+	t.Parallel()
+	const partitions, per = 4, 300
+	topic := backlog(t, partitions, per)
+	c := open(t, Config{Topic: topic, NumWorkers: 2, QueueSize: 50})
+
+	ctx, cancel := context.WithCancel(testCtx(t))
+	defer cancel()
+	var got []kafka.Message
+	for m := range c.Iter(ctx) {
+		got = append(got, m)
+		if len(got) == partitions*per {
+			cancel()
+		}
+	}
+	counts := checkOrder(t, got, zeros(partitions))
+	for p := range partitions {
+		assert.Equal(t, per, counts[p])
+	}
+}
+
+// Iter waits for messages however long it takes, and a message it took
+// but that was never received is delivered by the next call.
+func TestIterWaitsAndKeepsUnreceived(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 1, 0)
+	c := open(t, Config{Topic: topic, Group: group(t), ManualCommit: true})
+
+	ctx, cancel := context.WithCancel(testCtx(t))
+	ch := c.Iter(ctx)
+	produce(t, topic, 0, 0, 5) // after Iter started: it must wait, not end
+	m := <-ch
+	assert.Equal(t, int64(0), m.Offset)
+	// Stop receiving: messages 1..4 were taken for the channel, not received.
+	require.Eventually(t, func() bool { return c.Stats().QueueLen == 4 }, 10*time.Second, 5*time.Millisecond)
+	cancel()
+	for range ch { // the channel closes; anything else in it would be a bug
+		t.Fatal("message received after cancel")
+	}
+	assert.Equal(t, int64(1), c.Offsets()[0])
+
+	msgs, err := c.GetMessages(testCtx(t), 10, Block(false))
+	require.NoError(t, err)
+	require.Len(t, msgs, 4)
+	assert.Equal(t, int64(1), msgs[0].Offset)
+}
+
+// A message is consumed, and may be committed, only once the caller comes
+// back for more: commits never cover a message the caller still holds.
+func TestCommitsNeverCoverHeldMessages(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 1, 20)
+	g := group(t)
+	c := open(t, Config{Topic: topic, Group: g, AutoCommitEveryN: 1, AutoCommitEveryT: -1})
+
+	first := drain(t, c, 5, 5)
+	assert.Equal(t, int64(4), first[4].Offset)
+	// The first five are delivered, not consumed: the count trigger (1) must
+	// not commit them. Stats.Consumed says what commits may cover.
+	assert.Equal(t, int64(0), c.Stats().Partitions[0].Consumed)
+	assert.Empty(t, committed(t, topic, g, 1))
+
+	drain(t, c, 5, 5) // coming back consumes the first five and commits them
+	require.Eventually(t, func() bool { return c.Stats().Partitions[0].Committed == 5 }, 10*time.Second, 5*time.Millisecond)
+	assert.Equal(t, map[int]int64{0: 5}, committed(t, topic, g, 1))
+	assert.Equal(t, int64(10), c.Offsets()[0])
+
+	// Close counts the last five as consumed and commits them.
+	require.NoError(t, c.Close())
+	assert.Equal(t, map[int]int64{0: 10}, committed(t, topic, g, 1))
+}
+
+func TestIterCommitsOnlyReceivedAndCameBack(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 1, 10)
+	g := group(t)
+	c := open(t, Config{Topic: topic, Group: g, AutoCommitEveryN: 1, AutoCommitEveryT: -1})
+	ctx, cancel := context.WithCancel(testCtx(t))
+	defer cancel()
+	ch := c.Iter(ctx)
+	<-ch // offset 0: delivered, not consumed
+	assert.Equal(t, int64(0), c.Stats().Partitions[0].Consumed)
+	<-ch // offset 1: receiving it consumes 0, and the count trigger commits 1
+	require.Eventually(t, func() bool { return committed(t, topic, g, 1)[0] == 1 }, 10*time.Second, 10*time.Millisecond)
+	assert.Equal(t, int64(2), c.Offsets()[0])
+}
+
+// Close commits what was delivered; a second consumer of the group resumes
+// exactly after it: nothing lost, nothing twice, although the first had
+// fetched more than it delivered.
+func TestCommitOnCloseAndResume(t *testing.T) {
+	t.Parallel()
+	const partitions, per = 4, 250
+	topic := backlog(t, partitions, per)
+	g := group(t)
+	cfg := Config{Topic: topic, Group: g, NumWorkers: 2, AutoCommitEveryN: -1, AutoCommitEveryT: -1}
+
+	c1 := open(t, cfg)
+	first := drain(t, c1, 400, 100)
+	require.Eventually(t, func() bool { return c1.Stats().QueueLen > 0 }, 10*time.Second, 5*time.Millisecond,
+		"the workers should have fetched ahead")
+	require.NoError(t, c1.Close())
+	assert.ErrorIs(t, c1.Close(), ErrClosed)
+	want := c1.Offsets()
+	assert.Equal(t, want, committed(t, topic, g, partitions))
+
+	c2 := open(t, cfg)
+	assert.Equal(t, want, c2.Offsets())
+	rest := drain(t, c2, partitions*per-400, 100)
+	counts := checkOrder(t, append(first, rest...), zeros(partitions))
+	for p := range partitions {
+		assert.Equal(t, per, counts[p])
+	}
+}
+
+func TestManualCommit(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 2, 10)
+	g := group(t)
+	c := open(t, Config{Topic: topic, Group: g, ManualCommit: true, AutoCommitEveryN: 1})
+	drain(t, c, 20, 20)
+	_, err := c.GetMessages(testCtx(t), 1, Block(false)) // comes back: consumed, but manual
+	require.NoError(t, err)
+	assert.Empty(t, committed(t, topic, g, 2))
+
+	require.NoError(t, c.Commit(testCtx(t), 1))
+	assert.Equal(t, map[int]int64{1: 10}, committed(t, topic, g, 2))
+	require.NoError(t, c.Commit(testCtx(t)))
+	assert.Equal(t, map[int]int64{0: 10, 1: 10}, committed(t, topic, g, 2))
+
+	var perr *PartitionError
+	require.ErrorAs(t, c.Commit(testCtx(t), 7), &perr)
+	assert.Equal(t, 7, perr.Partition)
+	assert.ErrorIs(t, perr, ErrUnknownPartition)
+}
+
+func TestManualCommitCloseDoesNotCommit(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 1, 10)
+	g := group(t)
+	c := open(t, Config{Topic: topic, Group: g, ManualCommit: true})
+	drain(t, c, 10, 10)
+	require.NoError(t, c.Close())
+	assert.Empty(t, committed(t, topic, g, 1))
+}
+
+func TestAutoCommitEveryT(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 1, 10)
+	g := group(t)
+	c := open(t, Config{Topic: topic, Group: g, AutoCommitEveryN: -1, AutoCommitEveryT: 50 * time.Millisecond})
+	drain(t, c, 10, 10)
+	_, err := c.GetMessages(testCtx(t), 1, Block(false))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return committed(t, topic, g, 1)[0] == 10 }, 10*time.Second, 10*time.Millisecond)
+}
+
+func TestAutoCommitEveryN(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 1, 30)
+	g := group(t)
+	c := open(t, Config{Topic: topic, Group: g, AutoCommitEveryN: 10, AutoCommitEveryT: -1})
+	drain(t, c, 9, 9)
+	drain(t, c, 1, 1) // 9 consumed: below the trigger
+	assert.Equal(t, int64(-1), c.Stats().Partitions[0].Committed)
+	drain(t, c, 1, 1) // 10 consumed: commits
+	require.Eventually(t, func() bool { return committed(t, topic, g, 1)[0] == 10 }, 10*time.Second, 10*time.Millisecond)
+}
+
+func TestCommitWithoutGroup(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 1, 1)
+	c := open(t, Config{Topic: topic})
+	assert.ErrorIs(t, c.Commit(testCtx(t)), ErrNoGroup)
+}
+
+func TestGetMessagesBlocking(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 1, 5)
+	c := open(t, Config{Topic: topic})
+	ctx := testCtx(t)
+	require.Eventually(t, func() bool { return c.Stats().QueueLen == 5 }, 10*time.Second, 5*time.Millisecond)
+
+	// Block(true) waits for count, then returns what it has at the timeout.
+	start := time.Now()
+	msgs, err := c.GetMessages(ctx, 8, Timeout(200*time.Millisecond))
+	require.NoError(t, err)
+	assert.Len(t, msgs, 5)
+	assert.GreaterOrEqual(t, time.Since(start), 200*time.Millisecond)
+
+	// Block(false) takes what is queued, even nothing.
+	msgs, err = c.GetMessages(ctx, 8, Block(false))
+	require.NoError(t, err)
+	assert.Empty(t, msgs)
+
+	// BlockFor(n) returns once n arrived, taking up to count.
+	done := make(chan []kafka.Message)
+	go func() {
+		msgs, err := c.GetMessages(ctx, 10, BlockFor(3), Timeout(0))
+		assert.NoError(t, err)
+		done <- msgs
+	}()
+	produce(t, topic, 0, 5, 2)
+	select {
+	case <-done:
+		t.Fatal("BlockFor(3) returned with 2 messages produced")
+	case <-time.After(300 * time.Millisecond): // the absence of an event: a bounded wait
+	}
+	produce(t, topic, 0, 7, 4)
+	msgs = <-done
+	assert.GreaterOrEqual(t, len(msgs), 3)
+	assert.Equal(t, int64(5), msgs[0].Offset)
+
+	// count 0 returns nothing; a negative count is an error.
+	msgs, err = c.GetMessages(ctx, 0)
+	assert.NoError(t, err)
+	assert.Empty(t, msgs)
+	_, err = c.GetMessages(ctx, -1)
+	assert.ErrorContains(t, err, "negative count")
+	_, err = c.GetMessages(ctx, 1, Timeout(-time.Second))
+	assert.ErrorContains(t, err, "negative timeout")
+}
+
+// A call that ends with ctx's error delivers nothing: what it had taken is
+// kept for the next call.
+func TestGetMessagesCancelledKeepsMessages(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 1, 3)
+	c := open(t, Config{Topic: topic})
+	require.Eventually(t, func() bool { return c.Stats().QueueLen == 3 }, 10*time.Second, 5*time.Millisecond)
+
+	ctx, cancel := context.WithTimeout(testCtx(t), 100*time.Millisecond)
+	defer cancel()
+	msgs, err := c.GetMessages(ctx, 10, Timeout(0)) // takes 3, waits for 10
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Nil(t, msgs)
+	assert.Equal(t, int64(0), c.Offsets()[0])
+
+	msgs, err = c.GetMessages(testCtx(t), 10, Block(false))
+	require.NoError(t, err)
+	require.Len(t, msgs, 3)
+	checkOrder(t, msgs, zeros(1))
+}
+
+func TestPauseResume(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 2, 10)
+	c := open(t, Config{Topic: topic, NumWorkers: 2})
+	require.Eventually(t, func() bool { return c.Stats().QueueLen == 20 }, 10*time.Second, 5*time.Millisecond)
+
+	c.Pause()
+	assert.True(t, c.Stats().Paused)
+	produce(t, topic, 0, 10, 10)
+	produce(t, topic, 1, 10, 10)
+	// Queued messages are still delivered...
+	drain(t, c, 20, 20)
+	// ...and nothing new enters the queue while paused. Absence has no
+	// event to wait on: give the workers several fetch rounds.
+	time.Sleep(3 * fetchMaxWait)
+	assert.Equal(t, 0, c.Stats().QueueLen)
+	msgs, err := c.GetMessages(testCtx(t), 10, Block(false))
+	require.NoError(t, err)
+	assert.Empty(t, msgs)
+
+	c.Resume()
+	assert.False(t, c.Stats().Paused)
+	got := drain(t, c, 20, 20)
+	assert.Equal(t, map[int]int{0: 10, 1: 10}, checkOrder(t, got, map[int]int64{0: 10, 1: 10}))
+}
+
+func TestPending(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 4, 100)
+	c := open(t, Config{Topic: topic, NumWorkers: 2})
+	n, err := c.Pending(testCtx(t))
+	require.NoError(t, err)
+	assert.Equal(t, int64(400), n)
+
+	drain(t, c, 150, 50)
+	n, err = c.Pending(testCtx(t))
+	require.NoError(t, err)
+	assert.Equal(t, int64(250), n)
+
+	one, err := c.Pending(testCtx(t), 2)
+	require.NoError(t, err)
+	assert.Equal(t, 100-c.Offsets()[2], one)
+
+	_, err = c.Pending(testCtx(t), 9)
+	assert.ErrorIs(t, err, ErrUnknownPartition)
+}
+
+func TestSeek(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 2, 100)
+	g := group(t)
+	c := open(t, Config{Topic: topic, Group: g, ManualCommit: true, QueueSize: 40})
+	ctx := testCtx(t)
+	next := func(p int) int64 {
+		t.Helper()
+		for {
+			msgs, err := c.GetMessages(ctx, 1, Timeout(30*time.Second))
+			require.NoError(t, err)
+			require.Len(t, msgs, 1)
+			if msgs[0].Partition == p {
+				return msgs[0].Offset
+			}
+		}
+	}
+	drain(t, c, 10, 10)
+	require.Eventually(t, func() bool { return c.Stats().QueueLen == 40 }, 10*time.Second, 5*time.Millisecond)
+
+	// Absolute, on one partition: queued messages of partition 0 are dropped.
+	require.NoError(t, c.Seek(ctx, 50, SeekAbsolute, 0))
+	assert.Equal(t, int64(50), c.Offsets()[0])
+	assert.Equal(t, int64(50), next(0))
+
+	// From the start, the same offset for each partition (not divided).
+	require.NoError(t, c.Seek(ctx, 7, SeekStart))
+	assert.Equal(t, map[int]int64{0: 7, 1: 7}, c.Offsets())
+	assert.Equal(t, int64(7), next(1))
+
+	// From the current position.
+	cur := c.Offsets()[1]
+	require.NoError(t, c.Seek(ctx, -3, SeekCurrent, 1))
+	assert.Equal(t, cur-3, next(1))
+
+	// From the end.
+	require.NoError(t, c.Seek(ctx, -1, SeekEnd, 0))
+	assert.Equal(t, int64(99), next(0))
+
+	// Outside the log: an error, and nothing moves.
+	before := c.Offsets()
+	var rerr *OffsetRangeError
+	require.ErrorAs(t, c.Seek(ctx, 101, SeekAbsolute), &rerr)
+	assert.Equal(t, OffsetRangeError{Partition: 0, Offset: 101, First: 0, Last: 100}, *rerr)
+	require.ErrorAs(t, c.Seek(ctx, -1, SeekStart, 1), &rerr)
+	assert.Equal(t, before, c.Offsets())
+	assert.ErrorContains(t, c.Seek(ctx, 0, Whence(7)), "invalid whence")
+	assert.ErrorIs(t, c.Seek(ctx, 0, SeekStart, 5), ErrUnknownPartition)
+
+	// The position a seek sets is what the next commit stores.
+	require.NoError(t, c.Seek(ctx, 20, SeekAbsolute))
+	require.NoError(t, c.Commit(ctx))
+	assert.Equal(t, map[int]int64{0: 20, 1: 20}, committed(t, topic, g, 2))
+}
+
+func TestStartOffsetLast(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 1, 10)
+	c := open(t, Config{Topic: topic, StartOffset: kafka.LastOffset})
+	assert.Equal(t, map[int]int64{0: 10}, c.Offsets())
+	produce(t, topic, 0, 10, 1)
+	msgs := drain(t, c, 1, 1)
+	assert.Equal(t, int64(10), msgs[0].Offset)
+}
+
+// A committed offset the log no longer has (here: beyond its end) is reset
+// by StartOffset, not fatal.
+func TestCommittedOffsetOutOfRange(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 2, 10)
+	g := group(t)
+	_, err := cluster.Client().OffsetCommit(testCtx(t), &kafka.OffsetCommitRequest{
+		GroupID: g, GenerationID: -1,
+		Topics: map[string][]kafka.OffsetCommit{topic: {{Partition: 0, Offset: 1000}, {Partition: 1, Offset: 4}}},
+	})
+	require.NoError(t, err)
+	c := open(t, Config{Topic: topic, Group: g})
+	assert.Equal(t, map[int]int64{0: 0, 1: 4}, c.Offsets())
+}
+
+func TestStats(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 2, 10)
+	g := group(t)
+	c := open(t, Config{Topic: topic, Group: g, ManualCommit: true, QueueSize: 64})
+	drain(t, c, 20, 20)
+	require.NoError(t, c.Commit(testCtx(t), 0))
+	require.Eventually(t, func() bool { return c.Stats().Partitions[1].HighWatermark == 10 }, 10*time.Second, 5*time.Millisecond)
+	s := c.Stats()
+	assert.Equal(t, 1, s.Workers)
+	assert.Equal(t, 64, s.QueueSize)
+	assert.Equal(t, 0, s.QueueLen)
+	assert.Equal(t, PartitionStats{Delivered: 10, Consumed: 10, Committed: 10, HighWatermark: 10, Lag: 0}, s.Partitions[0])
+	assert.Equal(t, PartitionStats{Delivered: 10, Consumed: 10, Committed: -1, HighWatermark: 10, Lag: 0}, s.Partitions[1])
+}
+
+func TestBadConfig(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 2, 0)
+	brokers := cluster.Brokers()
+	for _, tc := range []struct {
+		name  string
+		cfg   Config
+		field string
+	}{
+		{"no brokers", Config{Topic: topic}, "Brokers"},
+		{"empty broker", Config{Brokers: []string{""}, Topic: topic}, "Brokers"},
+		{"no topic", Config{Brokers: brokers}, "Topic"},
+		{"negative partition", Config{Brokers: brokers, Topic: topic, Partitions: []int{-1}}, "Partitions"},
+		{"duplicate partition", Config{Brokers: brokers, Topic: topic, Partitions: []int{1, 1}}, "Partitions"},
+		{"empty partitions", Config{Brokers: brokers, Topic: topic, Partitions: []int{}}, "Partitions"},
+		{"negative workers", Config{Brokers: brokers, Topic: topic, NumWorkers: -1}, "NumWorkers"},
+		{"negative per worker", Config{Brokers: brokers, Topic: topic, PartitionsPerWorker: -2}, "PartitionsPerWorker"},
+		{"negative queue", Config{Brokers: brokers, Topic: topic, QueueSize: -5}, "QueueSize"},
+		{"negative backoff", Config{Brokers: brokers, Topic: topic, MaxBackoff: -time.Second}, "MaxBackoff"},
+		{"bad start offset", Config{Brokers: brokers, Topic: topic, StartOffset: 42}, "StartOffset"},
+		{"negative dial timeout", Config{Brokers: brokers, Topic: topic, Dialer: &kafka.Dialer{Timeout: -1}}, "Dialer.Timeout"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := New(testCtx(t), tc.cfg)
+			assert.Nil(t, c)
+			var cerr *ConfigError
+			require.ErrorAs(t, err, &cerr)
+			assert.Equal(t, tc.field, cerr.Field)
+			assert.Contains(t, err.Error(), "Config."+tc.field)
+		})
+	}
+}
+
+func TestBadCluster(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 2, 0)
+	brokers := cluster.Brokers()
+
+	_, err := New(testCtx(t), Config{Brokers: brokers, Topic: topic + "-missing"})
+	assert.ErrorIs(t, err, kafka.UnknownTopicOrPartition)
+	assert.ErrorContains(t, err, topic+"-missing")
+
+	_, err = New(testCtx(t), Config{Brokers: brokers, Topic: topic, Partitions: []int{0, 2, 5}})
+	assert.ErrorIs(t, err, ErrUnknownPartition)
+	assert.ErrorContains(t, err, "[2 5]")
+
+	// Nothing listens: refused at once.
+	free := freeAddr(t)
+	_, err = New(testCtx(t), Config{Brokers: []string{free}, Topic: topic})
+	assert.ErrorContains(t, err, free)
+
+	// A broker that accepts connections and never answers: bounded by the
+	// dialer's timeout, not a hang.
+	silent := silentBroker(t)
+	start := time.Now()
+	_, err = New(testCtx(t), Config{Brokers: []string{silent}, Topic: topic, Dialer: &kafka.Dialer{Timeout: 300 * time.Millisecond}})
+	assert.Error(t, err)
+	assert.Less(t, time.Since(start), 10*time.Second)
+
+	// ... or by ctx.
+	ctx, cancel := context.WithTimeout(testCtx(t), 200*time.Millisecond)
+	defer cancel()
+	_, err = New(ctx, Config{Brokers: []string{silent}, Topic: topic})
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := l.Addr().String()
+	require.NoError(t, l.Close())
+	return addr
+}
+
+// silentBroker accepts connections and never answers.
+func silentBroker(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	wg.Go(func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, conn)
+			mu.Unlock()
+		}
+	})
+	t.Cleanup(func() {
+		l.Close()
+		wg.Wait()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	return l.Addr().String()
+}
+
+// Close stops every goroutine the consumer started, including in-flight
+// fetches, Iter feeders and blocked GetMessages, and later calls fail with
+// ErrClosed. Not parallel: it counts goroutines.
+func TestCloseLeavesNothing(t *testing.T) {
+	topic := backlog(t, 4, 2000)
+	// After the backlog: the test cluster's own connections are not ours.
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	cfg := Config{Topic: topic, Group: group(t), NumWorkers: 4, QueueSize: 16, Brokers: cluster.Brokers()}
+	c, err := New(testCtx(t), cfg)
+	require.NoError(t, err)
+
+	ctx := testCtx(t)
+	iter := c.Iter(ctx)
+	<-iter
+	blocked := make(chan error)
+	go func() {
+		_, err := c.GetMessages(ctx, 100000, Timeout(0))
+		blocked <- err
+	}()
+	// Workers put in quarters of the queue: near full, they block.
+	require.Eventually(t, func() bool { return c.Stats().QueueLen > 12 }, 10*time.Second, 5*time.Millisecond)
+
+	start := time.Now()
+	require.NoError(t, c.Close())
+	assert.Less(t, time.Since(start), 2*time.Second, "Close must not wait on fetches")
+	assert.ErrorIs(t, <-blocked, ErrClosed)
+	for range iter {
+	}
+
+	assert.ErrorIs(t, c.Close(), ErrClosed)
+	_, err = c.GetMessages(ctx, 1)
+	assert.ErrorIs(t, err, ErrClosed)
+	assert.ErrorIs(t, c.Commit(ctx), ErrClosed)
+	assert.ErrorIs(t, c.Seek(ctx, 0, SeekStart), ErrClosed)
+	_, err = c.Pending(ctx)
+	assert.ErrorIs(t, err, ErrClosed)
+	_, ok := <-c.Iter(ctx)
+	assert.False(t, ok)
+	c.Pause()
+	c.Resume()
+	assert.True(t, c.Stats().Paused, "Resume after Close does nothing")
+	runtime.Gosched()
+}
+
+// A worker whose fetches fail retries with backoff, counts the errors, and
+// recovers: here the embedded broker refuses fetches for a while.
+func TestFetchErrorsRetried(t *testing.T) {
+	kf := cluster.Kfake()
+	if kf == nil {
+		t.Skip("needs the embedded broker to inject faults")
+	}
+	t.Parallel()
+	topic := backlog(t, 1, 5)
+	var mu sync.Mutex
+	failures := 2
+	kf.ControlKey(kmsg.Fetch.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		kf.KeepControl()
+		mu.Lock()
+		defer mu.Unlock()
+		if failures == 0 {
+			kf.DropControl()
+			return nil, nil, false
+		}
+		if !fetchesTopic(req.(*kmsg.FetchRequest), topic) {
+			return nil, nil, false
+		}
+		failures--
+		return nil, errors.New("injected"), true // the broker closes the connection
+	})
+	c := open(t, Config{Topic: topic, MaxBackoff: 100 * time.Millisecond})
+	msgs := drain(t, c, 5, 5)
+	checkOrder(t, msgs, zeros(1))
+	assert.GreaterOrEqual(t, c.Stats().Partitions[0].FetchErrors, int64(2))
+}
+
+func fetchesTopic(req *kmsg.FetchRequest, topic string) bool {
+	for _, t := range req.Topics {
+		if t.Topic == topic {
+			return true
+		}
+	}
+	return false
 }

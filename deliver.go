@@ -87,10 +87,18 @@ func (c *MultiConsumer) GetMessages(ctx context.Context, count int, opts ...GetO
 	var taken []batch
 	n := 0
 	for {
+		var stale int
+		c.mu.Lock()
 		for _, b := range c.q.take(count - n) {
+			if !c.book.current(b.partition, b.epoch) {
+				stale += len(b.msgs) // moved by Seek since it was fetched
+				continue
+			}
 			taken = append(taken, b)
 			n += len(b.msgs)
 		}
+		c.mu.Unlock()
+		c.q.release(stale)
 		if n >= need {
 			break
 		}
@@ -127,7 +135,7 @@ func (c *MultiConsumer) deliverBatches(taken []batch, n int) []kafka.Message {
 	c.mu.Lock()
 	for _, b := range taken {
 		if !c.book.current(b.partition, b.epoch) {
-			continue
+			continue // a Seek since it was taken
 		}
 		out = append(out, b.msgs...)
 		c.book.deliverRun(b.partition, b.msgs[len(b.msgs)-1].Offset, len(b.msgs))
@@ -210,15 +218,13 @@ func (c *MultiConsumer) iterate(ctx context.Context, ch chan<- kafka.Message) er
 		}
 	}
 
-	released := 0
-	defer func() { c.q.release(released) }()
 	for bi, b := range taken {
 		for i, m := range b.msgs {
 			c.mu.Lock()
 			current := c.book.current(b.partition, b.epoch)
 			c.mu.Unlock()
 			if !current {
-				released += len(b.msgs) - i
+				c.q.release(len(b.msgs) - i)
 				break
 			}
 			select {
@@ -237,7 +243,7 @@ func (c *MultiConsumer) iterate(ctx context.Context, ch chan<- kafka.Message) er
 				c.book.deliver(b.partition, m.Offset)
 			}
 			c.mu.Unlock()
-			released++
+			c.q.release(1)
 			if due {
 				c.wakeCommitter()
 			}

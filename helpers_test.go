@@ -2,6 +2,7 @@ package multiconsumer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"testing"
@@ -53,12 +54,13 @@ func backlog(t *testing.T, partitions, perPartition int) string {
 	return topic
 }
 
-// produce appends n messages with the given key prefix to partition p.
-func produce(t *testing.T, topic string, p, n int, prefix string) {
+// produce appends n messages to partition p, whose log ends at offset from,
+// valued as kafkatest.ProduceN values them ("p-offset").
+func produce(t *testing.T, topic string, p, from, n int) {
 	t.Helper()
 	msgs := make([]kafka.Message, n)
 	for i := range msgs {
-		msgs[i] = kafka.Message{Value: []byte(fmt.Sprintf("%s-%d", prefix, i))}
+		msgs[i] = kafka.Message{Value: []byte(fmt.Sprintf("%d-%d", p, from+i))}
 	}
 	require.NoError(t, cluster.Produce(testCtx(t), topic, p, msgs...))
 }
@@ -89,6 +91,10 @@ func committed(t *testing.T, topic, group string, partitions int) map[int]int64 
 	})
 	require.NoError(t, err)
 	out := map[int]int64{}
+	if errors.Is(res.Error, kafka.GroupIdNotFound) {
+		return out // kfake: a group without commits does not exist
+	}
+	require.NoError(t, res.Error)
 	for _, p := range res.Topics[topic] {
 		require.NoError(t, p.Error)
 		if p.CommittedOffset >= 0 {

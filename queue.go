@@ -29,6 +29,7 @@ type queue struct {
 	queued  int     // messages in batches
 	held    int     // queued plus taken and not yet released
 	limit   int
+	putters int // puts waiting for room: release wakes waiters only then
 	changed chan struct{}
 }
 
@@ -60,17 +61,25 @@ func (q *queue) put(ctx context.Context, b batch, open *event) error {
 			return nil
 		}
 		changed := q.changed
+		q.putters++
 		q.mu.Unlock()
 
 		var opened <-chan struct{}
 		if !isOpen {
 			opened = open.Done()
 		}
+		var err error
 		select {
 		case <-changed:
 		case <-opened:
 		case <-ctx.Done():
-			return ctx.Err()
+			err = ctx.Err()
+		}
+		q.mu.Lock()
+		q.putters--
+		q.mu.Unlock()
+		if err != nil {
+			return err
 		}
 	}
 }
@@ -132,7 +141,9 @@ func (q *queue) release(n int) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.held -= n
-	q.signalLocked()
+	if q.putters > 0 {
+		q.signalLocked()
+	}
 }
 
 // drop removes the queued batches for which stale returns true, frees their
