@@ -17,6 +17,27 @@ import (
 // commits. Each is bounded by the request timeout, so that an unreachable or
 // silent broker ends in an error, never a hang.
 
+// retry calls f until it succeeds, fails with an error Kafka does not call
+// temporary, or ctx ends. Temporary errors are common on a real broker
+// right after a topic is created (NOT_LEADER until its leader is ready) and
+// while a group coordinator loads (COORDINATOR_LOAD_IN_PROGRESS).
+func retry(ctx context.Context, f func() error) error {
+	delay := 20 * time.Millisecond
+	for {
+		err := f()
+		var kerr kafka.Error
+		if err == nil || !errors.As(err, &kerr) || !kerr.Temporary() {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 500*time.Millisecond)
+	}
+}
+
 // newTransport returns a kafka-go transport that dials as d does.
 func newTransport(d *kafka.Dialer) *kafka.Transport {
 	dial := d.DialFunc
@@ -56,9 +77,17 @@ func (c *MultiConsumer) withTimeout(ctx context.Context) (context.Context, conte
 }
 
 // topicMetadata returns the topic's partitions, sorted, and their leaders.
-func (c *MultiConsumer) topicMetadata(ctx context.Context) ([]int, map[int]int, error) {
+func (c *MultiConsumer) topicMetadata(ctx context.Context) (parts []int, leaders map[int]int, err error) {
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
+	err = retry(ctx, func() error {
+		parts, leaders, err = c.topicMetadataOnce(ctx)
+		return err
+	})
+	return parts, leaders, err
+}
+
+func (c *MultiConsumer) topicMetadataOnce(ctx context.Context) ([]int, map[int]int, error) {
 	md, err := c.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{c.cfg.Topic}})
 	if err != nil {
 		return nil, nil, fmt.Errorf("multiconsumer: metadata of topic %q from %v: %w", c.cfg.Topic, c.cfg.Brokers, err)
@@ -89,9 +118,17 @@ func (c *MultiConsumer) topicMetadata(ctx context.Context) ([]int, map[int]int, 
 type bounds struct{ first, last int64 }
 
 // logBounds returns the bounds of each of partitions.
-func (c *MultiConsumer) logBounds(ctx context.Context, partitions []int) (map[int]bounds, error) {
+func (c *MultiConsumer) logBounds(ctx context.Context, partitions []int) (out map[int]bounds, err error) {
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
+	err = retry(ctx, func() error {
+		out, err = c.logBoundsOnce(ctx, partitions)
+		return err
+	})
+	return out, err
+}
+
+func (c *MultiConsumer) logBoundsOnce(ctx context.Context, partitions []int) (map[int]bounds, error) {
 	reqs := make([]kafka.OffsetRequest, 0, 2*len(partitions))
 	for _, p := range partitions {
 		reqs = append(reqs, kafka.FirstOffsetOf(p), kafka.LastOffsetOf(p))
@@ -120,13 +157,21 @@ func (c *MultiConsumer) logBounds(ctx context.Context, partitions []int) (map[in
 // nothing committed: brokers differ in which of the two they answer (kfake
 // leaves out partitions without a commit, and answers GROUP_ID_NOT_FOUND for
 // a group that never committed; Apache Kafka lists them with -1).
-func (c *MultiConsumer) committedOffsets(ctx context.Context, partitions []int) (map[int]int64, error) {
-	out := make(map[int]int64, len(partitions))
+func (c *MultiConsumer) committedOffsets(ctx context.Context, partitions []int) (out map[int]int64, err error) {
 	if c.cfg.Group == "" {
-		return out, nil
+		return map[int]int64{}, nil
 	}
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
+	err = retry(ctx, func() error {
+		out, err = c.committedOffsetsOnce(ctx, partitions)
+		return err
+	})
+	return out, err
+}
+
+func (c *MultiConsumer) committedOffsetsOnce(ctx context.Context, partitions []int) (map[int]int64, error) {
+	out := make(map[int]int64, len(partitions))
 	res, err := c.client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{
 		GroupID: c.cfg.Group,
 		Topics:  map[string][]int{c.cfg.Topic: partitions},

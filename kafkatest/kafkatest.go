@@ -157,7 +157,7 @@ func (c *Cluster) CreateTopic(ctx context.Context, topic string, partitions int)
 			for _, p := range md.Topics[0].Partitions {
 				ready = ready && p.Error == nil && p.Leader.Host != ""
 			}
-			if ready {
+			if ready && c.leadersReady(ctx, topic, partitions) {
 				return nil
 			}
 		}
@@ -167,6 +167,26 @@ func (c *Cluster) CreateTopic(ctx context.Context, topic string, partitions int)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// leadersReady reports whether every partition's leader answers a
+// ListOffsets request: a real broker lists leaders in its metadata a moment
+// before they serve requests.
+func (c *Cluster) leadersReady(ctx context.Context, topic string, partitions int) bool {
+	reqs := make([]kafka.OffsetRequest, partitions)
+	for p := range reqs {
+		reqs[p] = kafka.LastOffsetOf(p)
+	}
+	res, err := c.client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
+	if err != nil || len(res.Topics[topic]) != partitions {
+		return false
+	}
+	for _, p := range res.Topics[topic] {
+		if p.Error != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // DeleteTopic deletes topic.
@@ -208,8 +228,22 @@ func (c *Cluster) Produce(ctx context.Context, topic string, partition int, msgs
 	const maxBatch = 4096
 	for len(msgs) > 0 {
 		n := min(len(msgs), maxBatch)
-		records := make([]kafka.Record, n)
-		for i, m := range msgs[:n] {
+		if err := c.produce(ctx, topic, partition, msgs[:n]); err != nil {
+			return err
+		}
+		msgs = msgs[n:]
+	}
+	return nil
+}
+
+// produce sends one batch, retrying while the error is temporary: a real
+// broker answers NOT_LEADER for a while after a topic is created, until the
+// partition's leader is ready.
+func (c *Cluster) produce(ctx context.Context, topic string, partition int, msgs []kafka.Message) error {
+	for {
+		// Records read their keys and values: each attempt needs its own.
+		records := make([]kafka.Record, len(msgs))
+		for i, m := range msgs {
 			records[i] = kafka.Record{Time: m.Time, Headers: m.Headers}
 			if m.Key != nil {
 				records[i].Key = kafka.NewBytes(m.Key)
@@ -227,12 +261,19 @@ func (c *Cluster) Produce(ctx context.Context, topic string, partition int, msgs
 		if err == nil {
 			err = res.Error
 		}
-		if err != nil {
+		if err == nil {
+			return nil
+		}
+		var kerr kafka.Error
+		if !errors.As(err, &kerr) || !kerr.Temporary() {
 			return fmt.Errorf("kafkatest: produce to %s[%d]: %w", topic, partition, err)
 		}
-		msgs = msgs[n:]
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("kafkatest: produce to %s[%d]: %w (last error: %w)", topic, partition, ctx.Err(), err)
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
-	return nil
 }
 
 // ProduceN appends perPartition messages to each of the first partitions
