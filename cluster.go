@@ -26,6 +26,10 @@ func retry(ctx context.Context, f func() error) error {
 	for {
 		err := f()
 		var kerr kafka.Error
+		var perm permanent
+		if errors.As(err, &perm) {
+			return perm.error
+		}
 		if err == nil || !errors.As(err, &kerr) || !kerr.Temporary() {
 			return err
 		}
@@ -37,6 +41,9 @@ func retry(ctx context.Context, f func() error) error {
 		delay = min(2*delay, 500*time.Millisecond)
 	}
 }
+
+// permanent marks an error that retry must not retry.
+type permanent struct{ error }
 
 // newTransport returns a kafka-go transport that dials as d does.
 func newTransport(d *kafka.Dialer) *kafka.Transport {
@@ -97,6 +104,11 @@ func (c *MultiConsumer) topicMetadataOnce(ctx context.Context) ([]int, map[int]i
 		return nil, nil, fmt.Errorf("multiconsumer: topic %q: %w", c.cfg.Topic, kafka.UnknownTopicOrPartition)
 	}
 	t := md.Topics[i]
+	if errors.Is(t.Error, kafka.UnknownTopicOrPartition) {
+		// Kafka calls this temporary; for a topic named in Config it
+		// almost always means a typo: fail now, don't retry.
+		return nil, nil, permanent{fmt.Errorf("multiconsumer: topic %q: %w", c.cfg.Topic, t.Error)}
+	}
 	if t.Error != nil {
 		return nil, nil, fmt.Errorf("multiconsumer: topic %q: %w", c.cfg.Topic, t.Error)
 	}

@@ -40,8 +40,10 @@ type Config struct {
 	// PartitionsPerWorker, when > 0, overrides NumWorkers with
 	// ceil(len(partitions)/PartitionsPerWorker) workers.
 	PartitionsPerWorker int
-	// QueueSize bounds the messages fetched and not yet delivered to the
-	// caller. Default 1024.
+	// QueueSize bounds the messages fetched and queued for delivery.
+	// Default 1024. Besides the queue, each worker holds at most one fetch
+	// response, and a GetMessages call what it has taken so far (up to its
+	// count).
 	QueueSize int
 
 	// ManualCommit turns auto-commit off (the seed's auto_commit=False):

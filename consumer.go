@@ -387,8 +387,8 @@ type PartitionStats struct {
 // Stats is a snapshot of the consumer's state.
 type Stats struct {
 	Workers      int
-	QueueLen     int // messages fetched and not yet delivered
-	QueueSize    int // the bound of QueueLen
+	QueueLen     int // messages fetched and queued for delivery
+	QueueSize    int // the bound of QueueLen (see Config.QueueSize)
 	Paused       bool
 	CommitErrors int64
 	Partitions   map[int]PartitionStats
@@ -396,11 +396,11 @@ type Stats struct {
 
 // Stats returns a snapshot of the consumer's state.
 func (c *MultiConsumer) Stats() Stats {
-	_, held := c.q.lens()
+	queued := c.q.len()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s := Stats{
-		Workers: c.workers, QueueLen: held, QueueSize: c.cfg.QueueSize,
+		Workers: c.workers, QueueLen: queued, QueueSize: c.cfg.QueueSize,
 		Paused: !c.running.IsSet(), CommitErrors: c.commitErrs,
 		Partitions: make(map[int]PartitionStats, len(c.book.parts)),
 	}

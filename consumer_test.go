@@ -36,6 +36,23 @@ func TestDeliversEveryMessageOnceInOrder(t *testing.T) {
 	require.NoError(t, c.Close())
 }
 
+// A call that asks for as many messages as the queue holds, or more, gets
+// them: what it has taken does not block the workers that bring the rest.
+func TestGetMessagesLargerThanQueue(t *testing.T) {
+	t.Parallel()
+	const partitions, per = 4, 500
+	topic := backlog(t, partitions, per)
+	c := open(t, Config{Topic: topic, NumWorkers: 2, QueueSize: 64})
+	var all []kafka.Message
+	for _, count := range []int{64, 200, 64, 1000, 672} {
+		msgs, err := c.GetMessages(testCtx(t), count, Timeout(5*time.Second))
+		require.NoError(t, err)
+		require.Len(t, msgs, count, "a full call must not wait for its timeout")
+		all = append(all, msgs...)
+	}
+	checkOrder(t, all, zeros(partitions))
+}
+
 func TestWorkersAndChunks(t *testing.T) {
 	t.Parallel()
 	topic := backlog(t, 5, 0)
@@ -101,13 +118,14 @@ func TestIterWaitsAndKeepsUnreceived(t *testing.T) {
 	produce(t, topic, 0, 0, 5) // after Iter started: it must wait, not end
 	m := <-ch
 	assert.Equal(t, int64(0), m.Offset)
-	// Stop receiving: messages 1..4 were taken for the channel, not received.
-	require.Eventually(t, func() bool { return c.Stats().QueueLen == 4 }, 10*time.Second, 5*time.Millisecond)
+	// Stop receiving: messages 1..4 were taken for the channel, not received,
+	// and go back to the queue.
 	cancel()
 	for range ch { // the channel closes; anything else in it would be a bug
 		t.Fatal("message received after cancel")
 	}
 	assert.Equal(t, int64(1), c.Offsets()[0])
+	assert.Equal(t, 4, c.Stats().QueueLen)
 
 	msgs, err := c.GetMessages(testCtx(t), 10, Block(false))
 	require.NoError(t, err)

@@ -87,18 +87,14 @@ func (c *MultiConsumer) GetMessages(ctx context.Context, count int, opts ...GetO
 	var taken []batch
 	n := 0
 	for {
-		var stale int
 		c.mu.Lock()
 		for _, b := range c.q.take(count - n) {
-			if !c.book.current(b.partition, b.epoch) {
-				stale += len(b.msgs) // moved by Seek since it was fetched
-				continue
+			if c.book.current(b.partition, b.epoch) { // else moved by Seek since it was fetched
+				taken = append(taken, b)
+				n += len(b.msgs)
 			}
-			taken = append(taken, b)
-			n += len(b.msgs)
 		}
 		c.mu.Unlock()
-		c.q.release(stale)
 		if n >= need {
 			break
 		}
@@ -141,7 +137,6 @@ func (c *MultiConsumer) deliverBatches(taken []batch, n int) []kafka.Message {
 		c.book.deliverRun(b.partition, b.msgs[len(b.msgs)-1].Offset, len(b.msgs))
 	}
 	c.mu.Unlock()
-	c.q.release(n)
 	return out
 }
 
@@ -224,7 +219,6 @@ func (c *MultiConsumer) iterate(ctx context.Context, ch chan<- kafka.Message) er
 			current := c.book.current(b.partition, b.epoch)
 			c.mu.Unlock()
 			if !current {
-				c.q.release(len(b.msgs) - i)
 				break
 			}
 			select {
@@ -243,7 +237,6 @@ func (c *MultiConsumer) iterate(ctx context.Context, ch chan<- kafka.Message) er
 				c.book.deliver(b.partition, m.Offset)
 			}
 			c.mu.Unlock()
-			c.q.release(1)
 			if due {
 				c.wakeCommitter()
 			}

@@ -17,19 +17,22 @@ type batch struct {
 
 // queue is the bounded queue between the workers and the caller. Workers put
 // whole batches, so the hot path costs a lock per batch, not per message;
-// the bound still counts messages: a message holds its place from put until
-// the controller releases it, after delivering or dropping it, so messages
-// taken for a call and not yet delivered still count.
+// the bound still counts messages.
 //
-// Waiters watch changed, a channel closed and replaced on every change, so
-// they can also select on a context.
+// A message leaves the bound when a delivery takes it. Taken messages that a
+// cancelled call puts back (unshift) return to the head of the queue, even
+// past the bound; puts then wait until it drains. So the queue holds at most
+// its limit plus what one call asked for, and a call waiting for more
+// messages than the limit never starves the workers that would bring them.
+//
+// Waiters watch changed, a channel closed and replaced on every change they
+// wait for, so they can also select on a context.
 type queue struct {
 	mu      sync.Mutex
 	batches []batch // FIFO
 	queued  int     // messages in batches
-	held    int     // queued plus taken and not yet released
 	limit   int
-	putters int // puts waiting for room: release wakes waiters only then
+	putters int // puts waiting for room: take wakes waiters only then
 	changed chan struct{}
 }
 
@@ -43,19 +46,18 @@ func (q *queue) signalLocked() {
 	q.changed = make(chan struct{})
 }
 
-// put appends b, waiting while the queue is full or open is cleared (the
-// consumer is paused). len(b.msgs) must not exceed the limit. Because open is
-// checked under q.mu, once Pause has cleared open and taken q.mu once, no
-// later put can complete.
+// put appends b, waiting while the queue has no room for it or open is
+// cleared (the consumer is paused). len(b.msgs) must not exceed the limit.
+// Because open is checked under q.mu, once Pause has cleared open and passed
+// barrier, no later put can complete.
 func (q *queue) put(ctx context.Context, b batch, open *event) error {
 	n := len(b.msgs)
 	for {
 		q.mu.Lock()
 		isOpen := open.IsSet()
-		if isOpen && q.held+n <= q.limit {
+		if isOpen && q.queued+n <= q.limit {
 			q.batches = append(q.batches, b)
 			q.queued += n
-			q.held += n
 			q.signalLocked()
 			q.mu.Unlock()
 			return nil
@@ -92,11 +94,12 @@ func (q *queue) barrier() {
 }
 
 // take removes up to max messages from the head of the queue without
-// waiting. Taken messages keep their place in the bound until released.
+// waiting.
 func (q *queue) take(max int) []batch {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	var out []batch
+	before := q.queued
 	for max > 0 && len(q.batches) > 0 {
 		b := &q.batches[0]
 		if len(b.msgs) <= max {
@@ -115,11 +118,14 @@ func (q *queue) take(max int) []batch {
 	if len(q.batches) == 0 {
 		q.batches = q.batches[:0:0] // let the backing array go
 	}
+	if q.queued < before && q.putters > 0 {
+		q.signalLocked()
+	}
 	return out
 }
 
 // unshift puts taken batches back at the head of the queue, in order, for a
-// later call. Their places in the bound were never released.
+// later call.
 func (q *queue) unshift(bs []batch) {
 	if len(bs) == 0 {
 		return
@@ -133,21 +139,8 @@ func (q *queue) unshift(bs []batch) {
 	q.signalLocked()
 }
 
-// release frees n places in the bound.
-func (q *queue) release(n int) {
-	if n == 0 {
-		return
-	}
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	q.held -= n
-	if q.putters > 0 {
-		q.signalLocked()
-	}
-}
-
-// drop removes the queued batches for which stale returns true, frees their
-// places and returns how many messages it dropped.
+// drop removes the queued batches for which stale returns true and returns
+// how many messages it dropped.
 func (q *queue) drop(stale func(b *batch) bool) int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -162,7 +155,6 @@ func (q *queue) drop(stale func(b *batch) bool) int {
 	clear(q.batches[len(kept):])
 	q.batches = kept
 	q.queued -= n
-	q.held -= n
 	if n > 0 {
 		q.signalLocked()
 	}
@@ -177,9 +169,9 @@ func (q *queue) state() (queued int, changed <-chan struct{}) {
 	return q.queued, q.changed
 }
 
-// lens returns the queued and held message counts.
-func (q *queue) lens() (queued, held int) {
+// len returns the number of queued messages.
+func (q *queue) len() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.queued, q.held
+	return q.queued
 }

@@ -32,6 +32,8 @@ type worker struct {
 	partitions []int
 	pos        map[int]*fetchPos
 	log        *slog.Logger
+	chunk      int    // messages per batch queued
+	arena      []byte // what is left of the block keys and values are copied into
 }
 
 // fetchPos is where a worker fetches a partition from, in which epoch.
@@ -47,6 +49,9 @@ func newWorker(c *MultiConsumer, id int, partitions []int) *worker {
 		w.pos[p] = &fetchPos{}
 	}
 	w.log = c.log.With("worker", id)
+	// A quarter of the queue: big enough to keep the per-batch costs low,
+	// small enough that a worker finds room before the queue is empty.
+	w.chunk = max(1, min(512, c.cfg.QueueSize/4))
 	return w
 }
 
@@ -156,37 +161,35 @@ func (w *worker) handle(ctx context.Context, rp *fetchAPI.ResponsePartition) err
 	}
 	w.c.setHighWatermark(p, rp.HighWatermark)
 
-	msgs, err := w.decode(p, pos.offset, rp.HighWatermark, rp.RecordSet.Records)
-	if len(msgs) > 0 {
-		pos.offset = msgs[len(msgs)-1].Offset + 1
-		if qerr := w.queue(ctx, batch{partition: p, epoch: pos.epoch, msgs: msgs}); qerr != nil {
-			return qerr
+	if err := w.decode(ctx, p, pos, rp.HighWatermark, rp.RecordSet.Records); err != nil {
+		if ctx.Err() != nil {
+			return err
 		}
-	}
-	if err != nil {
 		w.c.countFetchErrors([]int{p})
 		return &PartitionError{Topic: w.c.cfg.Topic, Partition: p, Err: fmt.Errorf("decode records: %w", err)}
 	}
 	return nil
 }
 
-// queue puts b into the queue, in as many pieces as the bound needs.
-func (w *worker) queue(ctx context.Context, b batch) error {
-	limit := w.c.cfg.QueueSize
-	for len(b.msgs) > 0 {
-		n := min(len(b.msgs), max(1, limit/4))
-		if err := w.c.q.put(ctx, batch{partition: b.partition, epoch: b.epoch, msgs: b.msgs[:n:n]}, w.c.running); err != nil {
+// decode turns the records of a partition at or after pos.offset into
+// messages, leaving out control records (transaction markers), and queues
+// them in runs of w.chunk as it goes, so the caller can take the first
+// messages of a large response while the rest is decoded. pos.offset
+// follows what was queued.
+func (w *worker) decode(ctx context.Context, p int, pos *fetchPos, hwm int64, rr protocol.RecordReader) error {
+	var run []kafka.Message
+	flush := func() error {
+		if len(run) == 0 {
+			return nil
+		}
+		b := batch{partition: p, epoch: pos.epoch, msgs: run}
+		run = nil
+		if err := w.c.q.put(ctx, b, w.c.running); err != nil {
 			return err
 		}
-		b.msgs = b.msgs[n:]
+		pos.offset = b.msgs[len(b.msgs)-1].Offset + 1
+		return nil
 	}
-	return nil
-}
-
-// decode turns the records of a partition at or after offset into messages,
-// leaving out control records (transaction markers).
-func (w *worker) decode(p int, offset, hwm int64, rr protocol.RecordReader) ([]kafka.Message, error) {
-	var msgs []kafka.Message
 	var walk func(rr protocol.RecordReader) error
 	walk = func(rr protocol.RecordReader) error {
 		switch r := rr.(type) {
@@ -208,10 +211,13 @@ func (w *worker) decode(p int, offset, hwm int64, rr protocol.RecordReader) ([]k
 			if err != nil {
 				return err
 			}
-			if rec.Offset < offset {
+			if rec.Offset < pos.offset {
 				// A compressed batch starts before the offset asked for.
 				closeBytes(rec)
 				continue
+			}
+			if run == nil {
+				run = make([]kafka.Message, 0, w.chunk)
 			}
 			m := kafka.Message{
 				Topic:         w.c.cfg.Topic,
@@ -221,21 +227,46 @@ func (w *worker) decode(p int, offset, hwm int64, rr protocol.RecordReader) ([]k
 				Time:          rec.Time,
 				Headers:       rec.Headers, // decoded into fresh memory per record
 			}
-			if m.Key, err = protocol.ReadAll(rec.Key); err == nil {
-				m.Value, err = protocol.ReadAll(rec.Value)
+			if m.Key, err = w.read(rec.Key); err == nil {
+				m.Value, err = w.read(rec.Value)
 			}
 			closeBytes(rec)
 			if err != nil {
 				return err
 			}
-			if msgs == nil {
-				msgs = make([]kafka.Message, 0, min(max(16, hwm-offset), 4096))
+			if run = append(run, m); len(run) == w.chunk {
+				if err := flush(); err != nil {
+					return err
+				}
 			}
-			msgs = append(msgs, m)
 		}
 	}
-	err := walk(rr)
-	return msgs, err
+	if err := walk(rr); err != nil {
+		return errors.Join(err, flush())
+	}
+	return flush()
+}
+
+// arenaSize is the size of the blocks that keys and values are copied into:
+// one allocation for many small messages instead of two per message.
+const arenaSize = 32 << 10
+
+// read copies b into the worker's arena (nil stays nil).
+func (w *worker) read(b protocol.Bytes) ([]byte, error) {
+	if b == nil {
+		return nil, nil
+	}
+	n := b.Len()
+	if n > len(w.arena) {
+		if n > arenaSize/4 {
+			return protocol.ReadAll(b) // large values get their own
+		}
+		w.arena = make([]byte, arenaSize)
+	}
+	out := w.arena[:n:n]
+	w.arena = w.arena[n:]
+	_, err := io.ReadFull(b, out)
+	return out, err
 }
 
 // closeBytes returns the record's key and value buffers to kafka-go's pool.
