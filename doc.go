@@ -1,0 +1,40 @@
+// Package multiconsumer consumes a Kafka topic in parallel: several worker
+// goroutines, each fetching its own chunk of the topic's partitions, feed one
+// bounded queue, from which the caller takes messages with GetMessages or
+// ranges over Iter. It is kafka-python's MultiProcessConsumer re-imagined in
+// Go on github.com/segmentio/kafka-go, and it owns offset auto-commit.
+//
+// # Delivery and commit
+//
+// A message is delivered when GetMessages returns it or the caller receives
+// it from Iter; Offsets moves then. It is consumed once the caller comes back
+// for more: the next GetMessages call, the next receive from Iter, a Commit,
+// or Close. Commits only ever cover consumed messages, so a process that
+// crashes while handling a message finds it again when it restarts: delivery
+// is at least once, never at most once. Within a partition messages arrive in
+// log order, each once in a run without seeks; across partitions there is no
+// order.
+//
+// Auto-commit (unless Config.ManualCommit) stores the consumed offsets in
+// the group after AutoCommitEveryN consumed messages or AutoCommitEveryT,
+// whichever comes first; either resets the other, and so does Commit. A
+// failed auto-commit is logged and retried with backoff; the next commit
+// covers its offsets anyway. Close makes a final commit.
+//
+// Commits use the group's offset storage without joining the group (as the
+// seed does): two consumers with the same Group and partitions both read
+// everything, and the last commit wins.
+//
+// # Memory
+//
+// The queue holds at most Config.QueueSize messages. Besides it, each worker
+// holds one fetch response (at most 16 MiB) and a GetMessages call what it
+// has taken so far. Keys and values of small messages are copied into shared
+// 32 KiB blocks: a message kept for long keeps its block alive, so copy the
+// bytes of the few messages you keep.
+//
+// # Transactions
+//
+// Fetches read uncommitted, as kafka-go's Reader does by default: records of
+// aborted transactions are delivered; transaction markers are not.
+package multiconsumer

@@ -1,0 +1,154 @@
+package multiconsumer_test
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"time"
+
+	"github.com/multiconsumer/multiconsumer"
+	"github.com/multiconsumer/multiconsumer/kafkatest"
+	"github.com/segmentio/kafka-go"
+)
+
+// exampleTopic starts an embedded broker with a topic of one partition
+// holding the values given.
+func exampleTopic(values ...string) (*kafkatest.Cluster, string) {
+	cluster, err := kafkatest.Start()
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := cluster.CreateTopic(ctx, "events", 1); err != nil {
+		log.Fatal(err)
+	}
+	msgs := make([]kafka.Message, len(values))
+	for i, v := range values {
+		msgs[i] = kafka.Message{Value: []byte(v)}
+	}
+	if err := cluster.Produce(ctx, "events", 0, msgs...); err != nil {
+		log.Fatal(err)
+	}
+	return cluster, "events"
+}
+
+// Take messages in batches; each call commits what the previous returned.
+func Example() {
+	cluster, topic := exampleTopic("a", "b", "c", "d", "e")
+	defer cluster.Close()
+	ctx := context.Background()
+
+	c, err := multiconsumer.New(ctx, multiconsumer.Config{
+		Brokers:    cluster.Brokers(),
+		Topic:      topic,
+		Group:      "billing",
+		NumWorkers: 4,
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close() // commits what was delivered
+
+	for {
+		msgs, err := c.GetMessages(ctx, 2, multiconsumer.Timeout(time.Second))
+		if err != nil {
+			log.Fatal(err)
+		}
+		if len(msgs) == 0 {
+			break // nothing for a second
+		}
+		for _, m := range msgs {
+			fmt.Printf("%d: %s\n", m.Offset, m.Value)
+		}
+	}
+	fmt.Println(c)
+	// Output:
+	// 0: a
+	// 1: b
+	// 2: c
+	// 3: d
+	// 4: e
+	// <MultiConsumer group=billing, topic=events, consumers=1>
+}
+
+// Range over Iter until ctx is done; receiving a message consumes the one
+// before it.
+func ExampleMultiConsumer_Iter() {
+	cluster, topic := exampleTopic("a", "b", "c")
+	defer cluster.Close()
+
+	c, err := multiconsumer.New(context.Background(), multiconsumer.Config{Brokers: cluster.Brokers(), Topic: topic, Group: "audit"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for m := range c.Iter(ctx) {
+		fmt.Printf("%d: %s\n", m.Offset, m.Value)
+		if m.Offset == 2 {
+			cancel() // in a service: on shutdown
+		}
+	}
+	fmt.Println("offsets:", c.Offsets())
+	// Output:
+	// 0: a
+	// 1: b
+	// 2: c
+	// offsets: map[0:3]
+}
+
+// Commit by hand, after the work is safely done.
+func ExampleMultiConsumer_Commit() {
+	cluster, topic := exampleTopic("a", "b", "c")
+	defer cluster.Close()
+	ctx := context.Background()
+
+	c, err := multiconsumer.New(ctx, multiconsumer.Config{
+		Brokers: cluster.Brokers(), Topic: topic, Group: "orders", ManualCommit: true,
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close() // no commit with ManualCommit
+
+	msgs, err := c.GetMessages(ctx, 3)
+	if err != nil {
+		log.Fatal(err)
+	}
+	// ... store msgs somewhere durable, then:
+	if err := c.Commit(ctx); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(len(msgs), "messages, committed:", c.Stats().Partitions[0].Committed)
+	// Output:
+	// 3 messages, committed: 3
+}
+
+// Replay the last two messages of every partition.
+func ExampleMultiConsumer_Seek() {
+	cluster, topic := exampleTopic("a", "b", "c", "d")
+	defer cluster.Close()
+	ctx := context.Background()
+
+	c, err := multiconsumer.New(ctx, multiconsumer.Config{Brokers: cluster.Brokers(), Topic: topic})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	if err := c.Seek(ctx, -2, multiconsumer.SeekEnd); err != nil {
+		log.Fatal(err)
+	}
+	msgs, err := c.GetMessages(ctx, 2)
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, m := range msgs {
+		fmt.Printf("%d: %s\n", m.Offset, m.Value)
+	}
+	// Output:
+	// 2: c
+	// 3: d
+}
