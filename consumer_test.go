@@ -457,6 +457,27 @@ func TestCommittedOffsetOutOfRange(t *testing.T) {
 	assert.Equal(t, map[int]int64{0: 0, 1: 4}, c.Offsets())
 }
 
+// An offset that retention deletes before the consumer reads it is reset by
+// StartOffset, logged, not fatal.
+func TestOffsetOutOfRangeWhileConsuming(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 1, 10)
+	c := open(t, Config{Topic: topic})
+	drain(t, c, 10, 10)
+	c.Pause()
+	// Let the worker's last long poll (empty: nothing new yet) come back,
+	// so that its next fetch starts after the deletion. There is no event
+	// for "not fetching": wait several fetch rounds.
+	time.Sleep(4 * fetchMaxWait)
+	produce(t, topic, 0, 10, 90)
+	require.NoError(t, cluster.DeleteRecords(testCtx(t), topic, 0, 50))
+	c.Resume()
+
+	got := drain(t, c, 50, 50)
+	assert.Equal(t, int64(50), got[0].Offset, "restarted at the log's new start")
+	checkOrder(t, got, map[int]int64{0: 50})
+}
+
 func TestStats(t *testing.T) {
 	t.Parallel()
 	topic := backlog(t, 2, 10)

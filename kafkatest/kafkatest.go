@@ -23,7 +23,10 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 // EnvBrokers is the environment variable that, when set to a comma-separated
@@ -232,6 +235,34 @@ func (c *Cluster) Produce(ctx context.Context, topic string, partition int, msgs
 			return err
 		}
 		msgs = msgs[n:]
+	}
+	return nil
+}
+
+// DeleteRecords deletes the records of partition before offset, as
+// retention does: the partition's log then starts at offset.
+func (c *Cluster) DeleteRecords(ctx context.Context, topic string, partition int, before int64) error {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.brokers...))
+	if err != nil {
+		return fmt.Errorf("kafkatest: delete records: %w", err)
+	}
+	defer cl.Close()
+	req := kmsg.NewPtrDeleteRecordsRequest()
+	req.TimeoutMillis = 30_000
+	req.Topics = []kmsg.DeleteRecordsRequestTopic{{
+		Topic:      topic,
+		Partitions: []kmsg.DeleteRecordsRequestTopicPartition{{Partition: int32(partition), Offset: before}},
+	}}
+	res, err := req.RequestWith(ctx, cl)
+	if err != nil {
+		return fmt.Errorf("kafkatest: delete records of %s[%d] before %d: %w", topic, partition, before, err)
+	}
+	for _, t := range res.Topics {
+		for _, p := range t.Partitions {
+			if err := kerr.ErrorForCode(p.ErrorCode); err != nil {
+				return fmt.Errorf("kafkatest: delete records of %s[%d] before %d: %w", topic, partition, before, err)
+			}
+		}
 	}
 	return nil
 }
