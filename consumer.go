@@ -345,12 +345,17 @@ func (c *MultiConsumer) Seek(ctx context.Context, offset int64, whence Whence, p
 	c.mu.Lock()
 	targets := make(map[int]int64, len(parts))
 	for _, p := range parts {
+		po, ok := c.book.parts[p]
+		if !ok { // taken away since owned() looked
+			c.mu.Unlock()
+			return &PartitionError{Topic: c.cfg.Topic, Partition: p, Err: ErrUnknownPartition}
+		}
 		t := offset
 		switch whence {
 		case SeekStart:
 			t += b[p].first
 		case SeekCurrent:
-			t += c.book.parts[p].delivered
+			t += po.delivered
 		case SeekEnd:
 			t += b[p].last
 		}
@@ -362,7 +367,7 @@ func (c *MultiConsumer) Seek(ctx context.Context, offset int64, whence Whence, p
 	}
 	epochs := make(map[int]uint64, len(parts))
 	for p, t := range targets {
-		epochs[p] = c.book.seek(p, t)
+		epochs[p], _ = c.book.seek(p, t) // every p was checked above, under the same lock
 	}
 	c.mu.Unlock()
 

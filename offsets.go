@@ -107,13 +107,17 @@ func (b *book) consume(now time.Time) bool {
 
 // seek moves partition p to offset: what was delivered before counts as
 // consumed, and the position itself is the next thing to commit, as the seed
-// does. It returns the partition's new epoch.
-func (b *book) seek(p int, offset int64) uint64 {
-	po := b.parts[p]
+// does. It returns the partition's new epoch, or false if p is not in the
+// book.
+func (b *book) seek(p int, offset int64) (uint64, bool) {
+	po, ok := b.parts[p]
+	if !ok {
+		return 0, false
+	}
 	po.epoch++
 	po.delivered, po.consumed = offset, offset
 	b.sinceCommit++
-	return po.epoch
+	return po.epoch, true
 }
 
 // uncommitted returns the consumed offset of each of partitions (every
@@ -158,7 +162,15 @@ func (b *book) committed(offsets map[int]int64, now time.Time) {
 			po.committed = off
 		}
 	}
+	// A partition left out (an explicit Commit of some partitions, or a
+	// partial failure) keeps the book due for the next trigger.
 	b.sinceCommit = 0
+	for _, po := range b.parts {
+		if po.consumed != po.committed {
+			b.sinceCommit = 1
+			break
+		}
+	}
 	b.lastCommit = now
 }
 
