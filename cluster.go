@@ -17,8 +17,8 @@ import (
 // commits. Each is bounded by the request timeout, so that an unreachable or
 // silent broker ends in an error, never a hang.
 
-// retry calls f until it succeeds, fails with an error Kafka does not call
-// temporary, or ctx ends. Temporary errors are common on a real broker
+// retry calls f until it succeeds, fails with an error that is neither a
+// network timeout nor one Kafka calls temporary, or ctx ends. Temporary errors are common on a real broker
 // right after a topic is created (NOT_LEADER until its leader is ready) and
 // while a group coordinator loads (COORDINATOR_LOAD_IN_PROGRESS).
 func retry(ctx context.Context, f func() error) error {
@@ -30,7 +30,9 @@ func retry(ctx context.Context, f func() error) error {
 		if errors.As(err, &perm) {
 			return perm.error
 		}
-		if err == nil || !errors.As(err, &kerr) || !kerr.Temporary() {
+		var nerr net.Error
+		timeout := errors.As(err, &nerr) && nerr.Timeout() && ctx.Err() == nil
+		if err == nil || !timeout && (!errors.As(err, &kerr) || !kerr.Temporary()) {
 			return err
 		}
 		select {
@@ -46,7 +48,7 @@ func retry(ctx context.Context, f func() error) error {
 type permanent struct{ error }
 
 // newTransport returns a kafka-go transport that dials as d does.
-func newTransport(d *kafka.Dialer) *kafka.Transport {
+func newTransport(d *kafka.Dialer, topic string) *kafka.Transport {
 	dial := d.DialFunc
 	if dial == nil {
 		nd := &net.Dialer{
@@ -64,9 +66,12 @@ func newTransport(d *kafka.Dialer) *kafka.Transport {
 		ClientID:    d.ClientID,
 		TLS:         d.TLS,
 		SASL:        d.SASLMechanism,
-		// Leaders move; fetches of a partition whose leader moved fail
-		// until the transport's metadata catches up.
-		MetadataTTL: 5 * time.Second,
+		// The transport answers Metadata requests from a cache it
+		// refreshes every MetadataTTL (each refresh bounded by it too):
+		// ask only for our topic, not every topic of the cluster. Leaders
+		// move; fetches of a moved partition fail until the cache catches up.
+		MetadataTopics: []string{topic},
+		MetadataTTL:    5 * time.Second,
 	}
 }
 

@@ -54,7 +54,7 @@ func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
 	if err != nil {
 		return nil, err
 	}
-	tr := newTransport(cfg.Dialer)
+	tr := newTransport(cfg.Dialer, cfg.Topic)
 	c := &MultiConsumer{
 		cfg:       cfg,
 		log:       cfg.Logger.With("topic", cfg.Topic, "group", cfg.Group),
