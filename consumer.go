@@ -35,6 +35,7 @@ type MultiConsumer struct {
 	workers    int
 	stopFetch  context.CancelFunc
 	commitErrs int64
+	seeked     chan struct{} // closed and replaced by every Seek
 
 	fetchers  sync.WaitGroup // workers
 	helpers   sync.WaitGroup // committer and Iter goroutines
@@ -66,6 +67,7 @@ func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
 		deliver:   make(chan struct{}, 1),
 		book:      newBook(cfg.AutoCommitEveryN, cfg.AutoCommitEveryT, time.Now()),
 		commitNow: make(chan struct{}, 1),
+		seeked:    make(chan struct{}),
 	}
 	parts, err := c.start(ctx)
 	if err != nil {
@@ -369,6 +371,8 @@ func (c *MultiConsumer) Seek(ctx context.Context, offset int64, whence Whence, p
 	for p, t := range targets {
 		epochs[p], _ = c.book.seek(p, t) // every p was checked above, under the same lock
 	}
+	close(c.seeked) // an Iter goroutine blocked on a send gives its message back
+	c.seeked = make(chan struct{})
 	c.mu.Unlock()
 
 	dropped := c.q.drop(func(b *batch) bool {

@@ -217,12 +217,22 @@ func (c *MultiConsumer) iterate(ctx context.Context, ch chan<- kafka.Message) er
 		for i, m := range b.msgs {
 			c.mu.Lock()
 			current := c.book.current(b.partition, b.epoch)
+			seeked := c.seeked
 			c.mu.Unlock()
 			if !current {
 				break
 			}
+			if ctx.Err() != nil { // prefer stopping to a receiver that is also ready
+				c.requeue(b, i, taken[bi+1:])
+				return ctx.Err()
+			}
 			select {
 			case ch <- m:
+			case <-seeked:
+				// m may be of a partition that Seek just moved: don't
+				// hand it over; take again, the stale ones are dropped.
+				c.requeue(b, i, taken[bi+1:])
+				return nil
 			case <-ctx.Done():
 				c.requeue(b, i, taken[bi+1:])
 				return ctx.Err()
