@@ -175,18 +175,27 @@ func (c *MultiConsumer) stopWorkers() {
 }
 
 // syncPositions brings a worker's fetch positions up to date with seeks and
-// returns its partitions grouped by leader.
-func (c *MultiConsumer) syncPositions(parts []int, pos map[int]*fetchPos) [][]int {
+// returns its partitions that may be fetched at now, grouped by leader. When
+// every one is backing off, it returns how long until the first may retry.
+func (c *MultiConsumer) syncPositions(parts []int, pos map[int]*fetchPos, now time.Time) ([][]int, time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	byLeader := make(map[int][]int, 1)
+	idle := time.Duration(-1)
 	for _, p := range parts {
 		po, ok := c.book.parts[p]
 		if !ok {
 			continue
 		}
-		if fp := pos[p]; !fp.synced || fp.epoch != po.epoch {
-			*fp = fetchPos{offset: po.delivered, epoch: po.epoch, synced: true}
+		fp := pos[p]
+		if !fp.synced || fp.epoch != po.epoch {
+			*fp = fetchPos{offset: po.delivered, epoch: po.epoch, synced: true, retryAt: fp.retryAt, backoff: fp.backoff}
+		}
+		if wait := fp.retryAt.Sub(now); wait > 0 {
+			if idle < 0 || wait < idle {
+				idle = wait
+			}
+			continue
 		}
 		byLeader[c.leaders[p]] = append(byLeader[c.leaders[p]], p)
 	}
@@ -194,7 +203,10 @@ func (c *MultiConsumer) syncPositions(parts []int, pos map[int]*fetchPos) [][]in
 	for _, l := range slices.Sorted(maps.Keys(byLeader)) {
 		out = append(out, byLeader[l])
 	}
-	return out
+	if idle < 0 {
+		idle = time.Hour // no partition at all: the worker waits to be stopped
+	}
+	return out, idle
 }
 
 // refreshLeaders rereads the partition leaders after a failed fetch.

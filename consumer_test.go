@@ -3,15 +3,19 @@ package multiconsumer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/multiconsumer/multiconsumer/kafkatest"
 	"github.com/segmentio/kafka-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"go.uber.org/goleak"
 )
@@ -496,6 +500,52 @@ func TestOffsetOutOfRangeWhileConsuming(t *testing.T) {
 	got := drain(t, c, 50, 50)
 	assert.Equal(t, int64(50), got[0].Offset, "restarted at the log's new start")
 	checkOrder(t, got, map[int]int64{0: 50})
+}
+
+// A transaction marker takes an offset but is no message: the worker reads
+// past it instead of fetching it again and again, and the next message
+// after it arrives.
+func TestTransactionMarkers(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 1, 0)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(cluster.Brokers()...), kgo.TransactionalID(kafkatest.UniqueName("tx")),
+		kgo.DefaultProduceTopic(topic), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	require.NoError(t, err)
+	defer cl.Close()
+	ctx := testCtx(t)
+	require.NoError(t, cl.BeginTransaction())
+	for i := range 3 {
+		require.NoError(t, cl.ProduceSync(ctx, &kgo.Record{Partition: 0, Value: fmt.Appendf(nil, "0-%d", i)}).FirstErr())
+	}
+	require.NoError(t, cl.EndTransaction(ctx, kgo.TryCommit)) // the marker: offset 3
+
+	var fetches atomic.Int64
+	if kf := cluster.Kfake(); kf != nil {
+		kf.ControlKey(kmsg.Fetch.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
+			kf.KeepControl()
+			if fetchesTopic(req.(*kmsg.FetchRequest), topic) {
+				fetches.Add(1)
+			}
+			return nil, nil, false
+		})
+		t.Cleanup(func() { kf.DropControl() })
+	}
+	c := open(t, Config{Topic: topic})
+	got := drain(t, c, 3, 3)
+	checkOrder(t, got, zeros(1))
+
+	if cluster.Kfake() != nil {
+		// Idle at the marker: long polls of 250ms, not a hot loop.
+		before := fetches.Load()
+		time.Sleep(time.Second)
+		assert.Less(t, fetches.Load()-before, int64(20), "fetches in an idle second")
+	}
+	produce(t, topic, 0, 4, 1)
+	got = drain(t, c, 1, 1)
+	assert.Equal(t, "0-4", string(got[0].Value))
+	// Kafka writes the marker after EndTransaction returns: the message may
+	// land before it (offset 3) or after it (offset 4).
+	assert.Contains(t, []int64{3, 4}, got[0].Offset)
 }
 
 func TestStats(t *testing.T) {

@@ -25,7 +25,8 @@ const (
 
 // worker fetches one chunk of the partitions and feeds the queue. It sends
 // one fetch request per leader broker for all of its partitions there, so
-// an idle partition costs no round trip of its own.
+// an idle partition costs no round trip of its own. A partition that fails
+// backs off on its own; the others go on.
 type worker struct {
 	c          *MultiConsumer
 	id         int
@@ -36,11 +37,23 @@ type worker struct {
 	arena      []byte // what is left of the block keys and values are copied into
 }
 
-// fetchPos is where a worker fetches a partition from, in which epoch.
+// fetchPos is where a worker fetches a partition from, in which epoch, and
+// when it may fetch it again after a failure.
 type fetchPos struct {
-	offset int64
-	epoch  uint64
-	synced bool
+	offset  int64
+	epoch   uint64
+	synced  bool
+	retryAt time.Time     // zero: not backing off
+	backoff time.Duration // the next wait after a failure
+}
+
+// failed schedules the partition's next fetch after its backoff, and doubles
+// the backoff up to maxBackoff (1s, 2s, 4s...). It returns the wait.
+func (fp *fetchPos) failed(now time.Time, maxBackoff time.Duration) time.Duration {
+	wait := min(max(fp.backoff, initialBackoff), maxBackoff)
+	fp.retryAt = now.Add(wait)
+	fp.backoff = min(2*wait, maxBackoff)
+	return wait
 }
 
 func newWorker(c *MultiConsumer, id int, partitions []int) *worker {
@@ -55,52 +68,50 @@ func newWorker(c *MultiConsumer, id int, partitions []int) *worker {
 	return w
 }
 
-// run fetches until ctx is done. It waits while the consumer is paused,
-// and retries failures with exponential backoff up to MaxBackoff.
+// run fetches until ctx is done. It waits while the consumer is paused, and
+// while every one of its partitions is backing off.
 func (w *worker) run(ctx context.Context) {
-	backoff := initialBackoff
 	for {
 		if err := w.c.running.Wait(ctx); err != nil {
 			return
 		}
-		err := w.fetch(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		if err == nil {
-			backoff = initialBackoff
+		groups, idle := w.c.syncPositions(w.partitions, w.pos, time.Now())
+		if len(groups) == 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(idle):
+			}
 			continue
 		}
-		w.log.Error("fetch failed, retrying", "topic", w.c.cfg.Topic, "partitions", w.partitions, "backoff", backoff, "err", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
+		failed := false
+		for _, parts := range groups {
+			if !w.fetchFrom(ctx, parts) {
+				failed = true
+			}
+			if ctx.Err() != nil {
+				return
+			}
 		}
-		backoff = min(backoff*2, w.c.cfg.MaxBackoff)
+		if failed {
+			w.c.refreshLeaders(ctx)
+		}
 	}
 }
 
-// fetch makes one round: a fetch request per leader, each response queued.
-func (w *worker) fetch(ctx context.Context) error {
-	groups := w.c.syncPositions(w.partitions, w.pos)
-	var errs []error
-	for _, parts := range groups {
-		if err := w.fetchFrom(ctx, parts); err != nil {
-			errs = append(errs, err)
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
+// fail counts a fetch error of parts, logs it, and backs them off.
+func (w *worker) fail(parts []int, err error) {
+	w.c.countFetchErrors(parts)
+	now := time.Now()
+	for _, p := range parts {
+		wait := w.pos[p].failed(now, w.c.cfg.MaxBackoff)
+		w.log.Error("fetch failed, retrying", "partition", p, "offset", w.pos[p].offset, "backoff", wait, "err", err)
 	}
-	if len(errs) > 0 {
-		w.c.refreshLeaders(ctx)
-	}
-	return errors.Join(errs...)
 }
 
-// fetchFrom fetches parts, which share a leader, in one request.
-func (w *worker) fetchFrom(ctx context.Context, parts []int) error {
+// fetchFrom fetches parts, which share a leader, in one request, and queues
+// what comes back. It reports whether every partition succeeded.
+func (w *worker) fetchFrom(ctx context.Context, parts []int) bool {
 	topic := w.c.cfg.Topic
 	reqParts := make([]fetchAPI.RequestPartition, len(parts))
 	for i, p := range parts {
@@ -112,7 +123,11 @@ func (w *worker) fetchFrom(ctx context.Context, parts []int) error {
 			PartitionMaxBytes:  fetchPartitionMaxBytes,
 		}
 	}
-	m, err := w.c.transport.RoundTrip(ctx, w.c.client.Addr, &fetchAPI.Request{
+	// kafka-go bounds a request's socket reads only by the context's
+	// deadline: without one, a broker that stops answering would hold the
+	// worker (and a kafka-go goroutine) forever.
+	fctx, cancel := context.WithTimeout(ctx, fetchMaxWait+w.c.requestTimeout())
+	m, err := w.c.transport.RoundTrip(fctx, w.c.client.Addr, &fetchAPI.Request{
 		ReplicaID:    -1,
 		MaxWaitTime:  int32(fetchMaxWait / time.Millisecond),
 		MinBytes:     1,
@@ -121,52 +136,54 @@ func (w *worker) fetchFrom(ctx context.Context, parts []int) error {
 		SessionEpoch: -1,
 		Topics:       []fetchAPI.RequestTopic{{Topic: topic, Partitions: reqParts}},
 	})
+	cancel()
+	if err == nil && m.(*fetchAPI.Response).ErrorCode != 0 {
+		err = kafka.Error(m.(*fetchAPI.Response).ErrorCode)
+	}
 	if err != nil {
-		w.c.countFetchErrors(parts)
-		return fmt.Errorf("fetch partitions %v of topic %q: %w", parts, topic, err)
+		if ctx.Err() == nil {
+			w.fail(parts, fmt.Errorf("fetch partitions %v: %w", parts, err))
+		}
+		return false
 	}
-	res := m.(*fetchAPI.Response)
-	if res.ErrorCode != 0 {
-		w.c.countFetchErrors(parts)
-		return fmt.Errorf("fetch partitions %v of topic %q: %w", parts, topic, kafka.Error(res.ErrorCode))
-	}
-	var errs []error
-	for _, rt := range res.Topics {
+	ok := true
+	for _, rt := range m.(*fetchAPI.Response).Topics {
 		if rt.Topic != topic {
 			continue
 		}
 		for i := range rt.Partitions {
+			p := int(rt.Partitions[i].Partition)
+			if _, mine := w.pos[p]; !mine {
+				continue
+			}
 			if err := w.handle(ctx, &rt.Partitions[i]); err != nil {
-				errs = append(errs, err)
+				if ctx.Err() != nil {
+					return false
+				}
+				w.fail([]int{p}, err)
+				ok = false
+			} else {
+				w.pos[p].backoff, w.pos[p].retryAt = 0, time.Time{}
 			}
 		}
 	}
-	return errors.Join(errs...)
+	return ok
 }
 
 // handle queues the records of one partition of a fetch response.
 func (w *worker) handle(ctx context.Context, rp *fetchAPI.ResponsePartition) error {
 	p := int(rp.Partition)
-	pos, ok := w.pos[p]
-	if !ok {
-		return nil
-	}
+	pos := w.pos[p]
 	if rp.ErrorCode != 0 {
 		err := kafka.Error(rp.ErrorCode)
 		if errors.Is(err, kafka.OffsetOutOfRange) {
 			return w.reset(ctx, p, pos)
 		}
-		w.c.countFetchErrors([]int{p})
-		return &PartitionError{Topic: w.c.cfg.Topic, Partition: p, Err: fmt.Errorf("fetch at offset %d: %w", pos.offset, err)}
+		return fmt.Errorf("fetch at offset %d: %w", pos.offset, err)
 	}
 	w.c.setHighWatermark(p, rp.HighWatermark)
-
 	if err := w.decode(ctx, p, pos, rp.HighWatermark, rp.RecordSet.Records); err != nil {
-		if ctx.Err() != nil {
-			return err
-		}
-		w.c.countFetchErrors([]int{p})
-		return &PartitionError{Topic: w.c.cfg.Topic, Partition: p, Err: fmt.Errorf("decode records: %w", err)}
+		return fmt.Errorf("decode records at offset %d: %w", pos.offset, err)
 	}
 	return nil
 }
@@ -178,6 +195,7 @@ func (w *worker) handle(ctx context.Context, rp *fetchAPI.ResponsePartition) err
 // follows what was queued.
 func (w *worker) decode(ctx context.Context, p int, pos *fetchPos, hwm int64, rr protocol.RecordReader) error {
 	var run []kafka.Message
+	seen := int64(-1) // the last offset read, messages or not
 	flush := func() error {
 		if len(run) == 0 {
 			return nil
@@ -193,8 +211,20 @@ func (w *worker) decode(ctx context.Context, p int, pos *fetchPos, hwm int64, rr
 	var walk func(rr protocol.RecordReader) error
 	walk = func(rr protocol.RecordReader) error {
 		switch r := rr.(type) {
-		case nil, *protocol.ControlBatch:
+		case nil:
 			return nil
+		case *protocol.ControlBatch:
+			// A transaction marker takes an offset but is no message: read
+			// past it, or a marker at the end of the log would be fetched
+			// again and again.
+			for {
+				rec, err := r.ReadRecord()
+				if err != nil {
+					return nil
+				}
+				seen = max(seen, rec.Offset)
+				closeBytes(rec)
+			}
 		case *protocol.RecordStream:
 			for _, sub := range r.Records {
 				if err := walk(sub); err != nil {
@@ -211,6 +241,7 @@ func (w *worker) decode(ctx context.Context, p int, pos *fetchPos, hwm int64, rr
 			if err != nil {
 				return err
 			}
+			seen = max(seen, rec.Offset)
 			if rec.Offset < pos.offset {
 				// A compressed batch starts before the offset asked for.
 				closeBytes(rec)
@@ -244,7 +275,11 @@ func (w *worker) decode(ctx context.Context, p int, pos *fetchPos, hwm int64, rr
 	if err := walk(rr); err != nil {
 		return errors.Join(err, flush())
 	}
-	return flush()
+	if err := flush(); err != nil {
+		return err
+	}
+	pos.offset = max(pos.offset, seen+1)
+	return nil
 }
 
 // arenaSize is the size of the blocks that keys and values are copied into:
