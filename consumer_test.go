@@ -333,6 +333,31 @@ func TestGetMessagesBlocking(t *testing.T) {
 	assert.ErrorContains(t, err, "negative timeout")
 }
 
+// Timeout and Block(false) bound the wait for a delivery in progress too:
+// a call blocked without a timeout, or an idle Iter, does not hold others.
+func TestGetMessagesWaitsBoundedBehindOtherCalls(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 1, 0)
+	c := open(t, Config{Topic: topic})
+	ctx, cancel := context.WithCancel(testCtx(t))
+	defer cancel()
+	_ = c.Iter(ctx) // idle: nothing to send
+	blocked := make(chan error, 1)
+	go func() {
+		_, err := c.GetMessages(ctx, 10, Timeout(0))
+		blocked <- err
+	}()
+
+	msgs, err := c.GetMessages(testCtx(t), 10, Timeout(200*time.Millisecond))
+	assert.NoError(t, err, "a timeout is not an error")
+	assert.Empty(t, msgs)
+	msgs, err = c.GetMessages(testCtx(t), 10, Block(false))
+	assert.NoError(t, err)
+	assert.Empty(t, msgs)
+	cancel()
+	assert.ErrorIs(t, <-blocked, context.Canceled)
+}
+
 // A call that ends with ctx's error delivers nothing: what it had taken is
 // kept for the next call.
 func TestGetMessagesCancelledKeepsMessages(t *testing.T) {

@@ -69,21 +69,32 @@ func (c *MultiConsumer) GetMessages(ctx context.Context, count int, opts ...GetO
 		}
 	}
 
-	if err := c.acquire(ctx); err != nil {
-		return nil, err
-	}
-	defer c.releaseToken()
-	c.consume()
+	c.consume() // the caller came back for more
 	if count == 0 {
 		return nil, nil
 	}
-
 	var expired <-chan time.Time
 	if need > 0 && o.timeout > 0 {
 		t := time.NewTimer(o.timeout)
 		defer t.Stop()
 		expired = t.C
 	}
+	// The timeout covers the wait for another delivery in progress too;
+	// Block(false) does not wait for one.
+	if need == 0 {
+		select {
+		case c.deliver <- struct{}{}:
+		default:
+			return nil, nil
+		}
+		if c.isClosed() {
+			c.releaseToken()
+			return nil, ErrClosed
+		}
+	} else if ok, err := c.acquire(ctx, expired); !ok {
+		return nil, err
+	}
+	defer c.releaseToken()
 	var taken []batch
 	n := 0
 	for {
@@ -140,27 +151,30 @@ func (c *MultiConsumer) deliverBatches(taken []batch, n int) []kafka.Message {
 	return out
 }
 
-// acquire takes the delivery token, or fails when ctx ends or the consumer
-// closes.
-func (c *MultiConsumer) acquire(ctx context.Context) error {
+// acquire takes the delivery token. It gives up, with an error, when ctx
+// ends or the consumer closes, and, without one, when expired fires.
+func (c *MultiConsumer) acquire(ctx context.Context, expired <-chan time.Time) (bool, error) {
 	select {
 	case c.deliver <- struct{}{}:
+	case <-expired:
+		return false, nil
 	case <-ctx.Done():
-		return ctx.Err()
+		return false, ctx.Err()
 	case <-c.closing.Done():
-		return ErrClosed
+		return false, ErrClosed
 	}
 	if c.isClosed() {
 		c.releaseToken()
-		return ErrClosed
+		return false, ErrClosed
 	}
-	return nil
+	return true, nil
 }
 
 func (c *MultiConsumer) releaseToken() { <-c.deliver }
 
 // iterBatch is how many messages an Iter goroutine takes from the queue at
-// a time; it holds the delivery token while it hands them over.
+// a time; it holds the delivery token while it hands them over, not while
+// it waits for messages.
 const iterBatch = 256
 
 // Iter returns an unbuffered channel of messages, in order within each
@@ -190,37 +204,42 @@ func (c *MultiConsumer) Iter(ctx context.Context) <-chan kafka.Message {
 // iterate waits for messages and hands them to ch one by one. It returns an
 // error when ctx ends or the consumer closes.
 func (c *MultiConsumer) iterate(ctx context.Context, ch chan<- kafka.Message) error {
-	if err := c.acquire(ctx); err != nil {
-		return err
-	}
-	defer c.releaseToken()
-	var taken []batch
-	for len(taken) == 0 {
-		taken = c.q.take(iterBatch)
-		if len(taken) > 0 {
-			break
-		}
+	for {
 		queued, changed := c.q.state()
-		if queued > 0 {
-			continue
+		if queued == 0 {
+			select {
+			case <-changed:
+				continue
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-c.closing.Done():
+				return ErrClosed
+			}
 		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-c.closing.Done():
-			return ErrClosed
+		if _, err := c.acquire(ctx, nil); err != nil {
+			return err
+		}
+		taken := c.q.take(iterBatch)
+		err := c.send(ctx, ch, taken)
+		c.releaseToken()
+		if err != nil {
+			return err
 		}
 	}
+}
 
+// send hands taken to ch one message at a time, and puts back what it does
+// not hand over when ctx ends, the consumer closes, or a Seek may have made
+// it stale.
+func (c *MultiConsumer) send(ctx context.Context, ch chan<- kafka.Message, taken []batch) error {
 	for bi, b := range taken {
+		c.mu.Lock()
+		current := c.book.current(b.partition, b.epoch)
+		seeked := c.seeked
+		c.mu.Unlock()
 		for i, m := range b.msgs {
-			c.mu.Lock()
-			current := c.book.current(b.partition, b.epoch)
-			seeked := c.seeked
-			c.mu.Unlock()
 			if !current {
-				break
+				break // Seek moved the partition: the rest is dropped
 			}
 			if ctx.Err() != nil { // prefer stopping to a receiver that is also ready
 				c.requeue(b, i, taken[bi+1:])
@@ -240,12 +259,15 @@ func (c *MultiConsumer) iterate(ctx context.Context, ch chan<- kafka.Message) er
 				c.requeue(b, i, taken[bi+1:])
 				return ErrClosed
 			}
+			// Receiving m consumes what came before it; m is delivered.
 			now := time.Now()
 			c.mu.Lock()
 			due := c.book.consume(now)
-			if c.book.current(b.partition, b.epoch) {
+			current = c.book.current(b.partition, b.epoch)
+			if current {
 				c.book.deliver(b.partition, m.Offset)
 			}
+			seeked = c.seeked
 			c.mu.Unlock()
 			if due {
 				c.wakeCommitter()

@@ -24,6 +24,7 @@ type partOffsets struct {
 	committed     int64 // stored in the group; noOffset if none is known
 	highWatermark int64 // from the last fetch; noOffset before the first
 	fetchErrors   int64
+	touched       bool // delivered since the last consume: in book.touched
 
 	// epoch counts seeks and reassignments. Workers tag what they fetch
 	// with the epoch they fetched it in; messages of an older epoch are
@@ -39,6 +40,7 @@ type book struct {
 	everyT time.Duration // commit this long after the last commit; <= 0: never
 
 	unconsumed  int       // messages delivered and not consumed yet
+	touched     []int     // partitions delivered since the last consume
 	sinceCommit int       // messages consumed since the last commit
 	lastCommit  time.Time // last commit, or creation
 }
@@ -80,6 +82,16 @@ func (b *book) deliver(p int, offset int64) {
 	if po, ok := b.parts[p]; ok {
 		po.delivered = offset + 1
 		b.unconsumed++
+		b.touch(p, po)
+	}
+}
+
+// touch lists p among the partitions the next consume moves, so that
+// consume costs what was delivered, not the number of partitions.
+func (b *book) touch(p int, po *partOffsets) {
+	if !po.touched {
+		po.touched = true
+		b.touched = append(b.touched, p)
 	}
 }
 
@@ -89,6 +101,7 @@ func (b *book) deliverRun(p int, last int64, n int) {
 	if po, ok := b.parts[p]; ok {
 		po.delivered = last + 1
 		b.unconsumed += n
+		b.touch(p, po)
 	}
 }
 
@@ -96,9 +109,13 @@ func (b *book) deliverRun(p int, last int64, n int) {
 // is consumed now. It reports whether a commit is due.
 func (b *book) consume(now time.Time) bool {
 	if b.unconsumed > 0 {
-		for _, po := range b.parts {
-			po.consumed = po.delivered
+		for _, p := range b.touched {
+			if po, ok := b.parts[p]; ok {
+				po.consumed = po.delivered
+				po.touched = false
+			}
 		}
+		b.touched = b.touched[:0]
 		b.sinceCommit += b.unconsumed
 		b.unconsumed = 0
 	}
