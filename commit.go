@@ -57,7 +57,13 @@ func (c *MultiConsumer) commit(ctx context.Context, partitions ...int) error {
 	}
 	c.mu.Unlock()
 
-	ok, err := c.offsetCommit(ctx, offsets)
+	var ok map[int]int64
+	rctx, cancel := c.withTimeout(ctx)
+	err := retry(rctx, func() (err error) {
+		ok, err = c.offsetCommit(rctx, offsets)
+		return err
+	})
+	cancel()
 	c.mu.Lock()
 	if len(ok) > 0 {
 		c.book.committed(ok, time.Now())
@@ -75,43 +81,54 @@ func (c *MultiConsumer) commit(ctx context.Context, partitions ...int) error {
 }
 
 // runCommitter is the auto-commit goroutine: it commits when the count
-// trigger wakes it or the time trigger fires, and retries a failed commit
-// with backoff (the retry commits the newest consumed offsets, so nothing
-// is dropped). It ends when ctx is done; Close then makes the final commit.
+// trigger wakes it or the time trigger fires. A failed commit is retried
+// after a backoff (1s doubling up to MaxBackoff), whatever the triggers say;
+// the retry commits the newest consumed offsets, so nothing is dropped. It
+// ends when ctx is done, after finishing a commit in flight; Close then makes
+// the final commit.
 func (c *MultiConsumer) runCommitter(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
-	backoff := initialBackoff
+	var backoff time.Duration // > 0: the last commit failed
 	for {
 		c.mu.Lock()
 		wait := c.book.nextDue(time.Now())
 		c.mu.Unlock()
+		if backoff > 0 && (wait < 0 || backoff < wait) {
+			wait = backoff
+		}
 		var fire <-chan time.Time
 		if wait >= 0 {
 			timer.Reset(wait)
 			fire = timer.C
 		}
+		retrying := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-c.commitNow:
 		case <-fire:
+			retrying = backoff > 0
 		}
 		c.mu.Lock()
 		due := c.book.poll(time.Now())
 		c.mu.Unlock()
-		if !due {
+		if !due && !retrying {
 			continue
 		}
-		if err := c.commit(ctx); err == nil {
-			backoff = initialBackoff
-			continue
+		if err := c.commit(context.WithoutCancel(ctx)); err != nil {
+			backoff = nextBackoff(backoff, c.cfg.MaxBackoff)
+		} else {
+			backoff = 0
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, c.cfg.MaxBackoff)
 	}
+}
+
+// nextBackoff returns the wait after prev (0: the first failure): 1s,
+// doubling, capped at maxBackoff.
+func nextBackoff(prev, maxBackoff time.Duration) time.Duration {
+	if prev == 0 {
+		return min(initialBackoff, maxBackoff)
+	}
+	return min(2*prev, maxBackoff)
 }

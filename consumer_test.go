@@ -768,6 +768,40 @@ func TestFetchErrorsRetried(t *testing.T) {
 	assert.GreaterOrEqual(t, c.Stats().Partitions[0].FetchErrors, int64(2))
 }
 
+// A failed auto-commit is retried after its backoff, even when no trigger
+// fires again (here: count trigger only, and the caller waits for messages
+// that do not come).
+func TestAutoCommitRetried(t *testing.T) {
+	kf := cluster.Kfake()
+	if kf == nil {
+		t.Skip("needs the embedded broker to inject faults")
+	}
+	t.Parallel()
+	topic := backlog(t, 1, 1)
+	g := group(t)
+	var failed atomic.Int64
+	kf.ControlKey(kmsg.OffsetCommit.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		kf.KeepControl()
+		if req.(*kmsg.OffsetCommitRequest).Group != g || failed.Load() > 0 {
+			return nil, nil, false
+		}
+		kf.DropControl()
+		failed.Add(1)
+		return nil, errors.New("injected"), true // the broker closes the connection
+	})
+	c := open(t, Config{Topic: topic, Group: g, AutoCommitEveryN: 1, AutoCommitEveryT: -1, MaxBackoff: 50 * time.Millisecond})
+	drain(t, c, 1, 1)
+	// Coming back consumes the message, and the commit fails; then the call
+	// waits for a message that never comes.
+	ctx, cancel := context.WithCancel(testCtx(t))
+	defer cancel()
+	go func() { _, _ = c.GetMessages(ctx, 1, Timeout(0)) }()
+	require.Eventually(t, func() bool { return c.Stats().Partitions[0].Committed == 1 }, 10*time.Second, 10*time.Millisecond)
+	assert.Equal(t, int64(1), failed.Load())
+	assert.GreaterOrEqual(t, c.Stats().CommitErrors, int64(1))
+	assert.Equal(t, map[int]int64{0: 1}, committed(t, topic, g, 1))
+}
+
 func fetchesTopic(req *kmsg.FetchRequest, topic string) bool {
 	for _, t := range req.Topics {
 		if t.Topic == topic {

@@ -44,16 +44,15 @@ type fetchPos struct {
 	epoch   uint64
 	synced  bool
 	retryAt time.Time     // zero: not backing off
-	backoff time.Duration // the next wait after a failure
+	backoff time.Duration // the last wait after a failure; 0 after a success
 }
 
 // failed schedules the partition's next fetch after its backoff, and doubles
 // the backoff up to maxBackoff (1s, 2s, 4s...). It returns the wait.
 func (fp *fetchPos) failed(now time.Time, maxBackoff time.Duration) time.Duration {
-	wait := min(max(fp.backoff, initialBackoff), maxBackoff)
-	fp.retryAt = now.Add(wait)
-	fp.backoff = min(2*wait, maxBackoff)
-	return wait
+	fp.backoff = nextBackoff(fp.backoff, maxBackoff)
+	fp.retryAt = now.Add(fp.backoff)
+	return fp.backoff
 }
 
 func newWorker(c *MultiConsumer, id int, partitions []int) *worker {
