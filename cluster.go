@@ -135,20 +135,34 @@ func (c *MultiConsumer) topicMetadataOnce(ctx context.Context) ([]int, map[int]i
 type bounds struct{ first, last int64 }
 
 // logBounds returns the bounds of each of partitions.
-func (c *MultiConsumer) logBounds(ctx context.Context, partitions []int) (out map[int]bounds, err error) {
+func (c *MultiConsumer) logBounds(ctx context.Context, partitions []int) (map[int]bounds, error) {
+	return c.listOffsets(ctx, partitions, true)
+}
+
+// logEnds returns the high watermark of each of partitions, as bounds.last
+// (bounds.first is not asked for: kafka-go sends a request per partition and
+// timestamp).
+func (c *MultiConsumer) logEnds(ctx context.Context, partitions []int) (map[int]bounds, error) {
+	return c.listOffsets(ctx, partitions, false)
+}
+
+func (c *MultiConsumer) listOffsets(ctx context.Context, partitions []int, first bool) (out map[int]bounds, err error) {
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
 	err = retry(ctx, func() error {
-		out, err = c.logBoundsOnce(ctx, partitions)
+		out, err = c.listOffsetsOnce(ctx, partitions, first)
 		return err
 	})
 	return out, err
 }
 
-func (c *MultiConsumer) logBoundsOnce(ctx context.Context, partitions []int) (map[int]bounds, error) {
+func (c *MultiConsumer) listOffsetsOnce(ctx context.Context, partitions []int, first bool) (map[int]bounds, error) {
 	reqs := make([]kafka.OffsetRequest, 0, 2*len(partitions))
 	for _, p := range partitions {
-		reqs = append(reqs, kafka.FirstOffsetOf(p), kafka.LastOffsetOf(p))
+		if first {
+			reqs = append(reqs, kafka.FirstOffsetOf(p))
+		}
+		reqs = append(reqs, kafka.LastOffsetOf(p))
 	}
 	res, err := c.client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{c.cfg.Topic: reqs}})
 	if err != nil {

@@ -13,7 +13,8 @@
 // crashes while handling a message finds it again when it restarts: delivery
 // is at least once, never at most once. Within a partition messages arrive in
 // log order, each once in a run without seeks; across partitions there is no
-// order.
+// order. "Came back" is one mark for the whole consumer, so let one
+// goroutine take the messages, or commit by hand (see MultiConsumer).
 //
 // Auto-commit (unless Config.ManualCommit) stores the consumed offsets in
 // the group after AutoCommitEveryN consumed messages or AutoCommitEveryT,
