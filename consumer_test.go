@@ -740,28 +740,9 @@ func TestCloseLeavesNothing(t *testing.T) {
 // A worker whose fetches fail retries with backoff, counts the errors, and
 // recovers: here the embedded broker refuses fetches for a while.
 func TestFetchErrorsRetried(t *testing.T) {
-	kf := cluster.Kfake()
-	if kf == nil {
-		t.Skip("needs the embedded broker to inject faults")
-	}
 	t.Parallel()
 	topic := backlog(t, 1, 5)
-	var mu sync.Mutex
-	failures := 2
-	kf.ControlKey(kmsg.Fetch.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
-		kf.KeepControl()
-		mu.Lock()
-		defer mu.Unlock()
-		if failures == 0 {
-			kf.DropControl()
-			return nil, nil, false
-		}
-		if !fetchesTopic(req.(*kmsg.FetchRequest), topic) {
-			return nil, nil, false
-		}
-		failures--
-		return nil, errors.New("injected"), true // the broker closes the connection
-	})
+	injectFailures(t, kmsg.Fetch, 2, func(req kmsg.Request) bool { return fetchesTopic(req.(*kmsg.FetchRequest), topic) })
 	c := open(t, Config{Topic: topic, MaxBackoff: 100 * time.Millisecond})
 	msgs := drain(t, c, 5, 5)
 	checkOrder(t, msgs, zeros(1))
@@ -772,23 +753,10 @@ func TestFetchErrorsRetried(t *testing.T) {
 // fires again (here: count trigger only, and the caller waits for messages
 // that do not come).
 func TestAutoCommitRetried(t *testing.T) {
-	kf := cluster.Kfake()
-	if kf == nil {
-		t.Skip("needs the embedded broker to inject faults")
-	}
 	t.Parallel()
 	topic := backlog(t, 1, 1)
 	g := group(t)
-	var failed atomic.Int64
-	kf.ControlKey(kmsg.OffsetCommit.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
-		kf.KeepControl()
-		if req.(*kmsg.OffsetCommitRequest).Group != g || failed.Load() > 0 {
-			return nil, nil, false
-		}
-		kf.DropControl()
-		failed.Add(1)
-		return nil, errors.New("injected"), true // the broker closes the connection
-	})
+	failed := injectFailures(t, kmsg.OffsetCommit, 1, func(req kmsg.Request) bool { return req.(*kmsg.OffsetCommitRequest).Group == g })
 	c := open(t, Config{Topic: topic, Group: g, AutoCommitEveryN: 1, AutoCommitEveryT: -1, MaxBackoff: 50 * time.Millisecond})
 	drain(t, c, 1, 1)
 	// Coming back consumes the message, and the commit fails; then the call
@@ -800,6 +768,31 @@ func TestAutoCommitRetried(t *testing.T) {
 	assert.Equal(t, int64(1), failed.Load())
 	assert.GreaterOrEqual(t, c.Stats().CommitErrors, int64(1))
 	assert.Equal(t, map[int]int64{0: 1}, committed(t, topic, g, 1))
+}
+
+// injectFailures makes the embedded broker close the connection on the
+// first n requests of kind key that match, and counts them. On a real broker
+// it skips the test.
+func injectFailures(t *testing.T, key kmsg.Key, n int64, match func(kmsg.Request) bool) *atomic.Int64 {
+	t.Helper()
+	kf := cluster.Kfake()
+	if kf == nil {
+		t.Skip("needs the embedded broker to inject faults")
+	}
+	var failed atomic.Int64
+	kf.ControlKey(key.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		kf.KeepControl()
+		if failed.Load() >= n {
+			kf.DropControl()
+			return nil, nil, false
+		}
+		if !match(req) {
+			return nil, nil, false
+		}
+		failed.Add(1)
+		return nil, errors.New("injected"), true
+	})
+	return &failed
 }
 
 func fetchesTopic(req *kmsg.FetchRequest, topic string) bool {
