@@ -183,8 +183,10 @@ const iterBatch = 256
 // message counts every message delivered before it as consumed. A message
 // taken for the channel but never received stays queued for the next call.
 //
-// Ranging over the channel and breaking out of the loop should be followed by
-// cancelling ctx, which ends the goroutine that feeds it.
+// The goroutine that feeds the channel records each hand-over right after
+// it: Offsets and Stats may lag a receive by that instant. Ranging over the
+// channel and breaking out of the loop should be followed by cancelling ctx,
+// which ends the goroutine.
 func (c *MultiConsumer) Iter(ctx context.Context) <-chan kafka.Message {
 	ch := make(chan kafka.Message)
 	c.mu.Lock()
