@@ -234,6 +234,7 @@ func (c *MultiConsumer) iterate(ctx context.Context, ch chan<- kafka.Message) er
 // not hand over when ctx ends, the consumer closes, or a Seek may have made
 // it stale.
 func (c *MultiConsumer) send(ctx context.Context, ch chan<- kafka.Message, taken []batch) error {
+	closing := c.closing.Done()
 	for bi, b := range taken {
 		c.mu.Lock()
 		current := c.book.current(b.partition, b.epoch)
@@ -257,14 +258,15 @@ func (c *MultiConsumer) send(ctx context.Context, ch chan<- kafka.Message, taken
 			case <-ctx.Done():
 				c.requeue(b, i, taken[bi+1:])
 				return ctx.Err()
-			case <-c.closing.Done():
+			case <-closing:
 				c.requeue(b, i, taken[bi+1:])
 				return ErrClosed
 			}
 			// Receiving m consumes what came before it; m is delivered.
-			now := time.Now()
+			// Only the count trigger is checked here (no clock read per
+			// message): the committer's timer runs the time trigger.
 			c.mu.Lock()
-			due := c.book.consume(now)
+			due := c.book.consume(time.Time{})
 			current = c.book.current(b.partition, b.epoch)
 			if current {
 				c.book.deliver(b.partition, m.Offset)
