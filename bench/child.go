@@ -1,0 +1,573 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/multiconsumer/multiconsumer"
+	"github.com/multiconsumer/multiconsumer/kafkatest"
+	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// result is what a child reports, as one JSON line after "RESULT ".
+type result struct {
+	Contender string  `json:"contender"`
+	Mode      string  `json:"mode"`
+	Size      int     `json:"size"`
+	N         int64   `json:"n"`
+	Bytes     int64   `json:"bytes"`
+	Startup   float64 `json:"startup_s"`         // New/NewReader to the first message
+	Drain     float64 `json:"drain_s"`           // first message to the last
+	Total     float64 `json:"total_s"`           // New/NewReader to the last message
+	MsgsPerS  float64 `json:"msgs_per_s"`        // N / Total
+	MBPerS    float64 `json:"mb_per_s"`          // Bytes / Total
+	Steady    float64 `json:"steady_msgs_per_s"` // N / Drain
+	PeakRSS   int64   `json:"peak_rss"`          // VmHWM
+	PeakHeap  uint64  `json:"peak_heap"`         // max sampled HeapAlloc
+	HeapSys   uint64  `json:"heap_sys"`
+	P50       float64 `json:"p50_ms,omitempty"`
+	P99       float64 `json:"p99_ms,omitempty"`
+	Max       float64 `json:"max_ms,omitempty"`
+	Handlers  int     `json:"handlers,omitempty"`
+	Round     int     `json:"round"`
+	Broker    string  `json:"broker"`
+	Err       string  `json:"err,omitempty"`
+	Partial   bool    `json:"partial,omitempty"` // timed out: rates are of what arrived
+}
+
+// sink counts what a contender receives and knows when it is done. add is
+// safe for concurrent use.
+type sink struct {
+	target  int64
+	latency bool
+	start   time.Time
+
+	n, bytes atomic.Int64
+	first    atomic.Int64 // unix nanos of the first message
+	last     atomic.Int64
+	done     chan struct{}
+	once     sync.Once
+
+	mu   sync.Mutex
+	lats []time.Duration
+}
+
+func newSink(target int64, latency bool) *sink {
+	return &sink{target: target, latency: latency, done: make(chan struct{}), start: time.Now()}
+}
+
+func (s *sink) add(key, value []byte) {
+	if s.isDone() {
+		return // a batch handed over past the target
+	}
+	now := time.Now()
+	if s.first.Load() == 0 {
+		s.first.CompareAndSwap(0, now.UnixNano())
+	}
+	if s.latency {
+		// value: 8 bytes of produce time, then 1 byte: 1 for a measured message.
+		if len(value) < 9 || value[8] != 1 {
+			return
+		}
+		sent := time.Unix(0, int64(binary.BigEndian.Uint64(value)))
+		s.mu.Lock()
+		s.lats = append(s.lats, now.Sub(sent))
+		s.mu.Unlock()
+	}
+	s.bytes.Add(int64(len(key) + len(value)))
+	if s.n.Add(1) == s.target {
+		s.last.Store(now.UnixNano())
+		s.once.Do(func() { close(s.done) })
+	}
+}
+
+func (s *sink) isDone() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// handler is what a contender calls for each message.
+type handler func(key, value []byte)
+
+// spec is a contender: a name and parameters, written name?k=v&k=v.
+type spec struct {
+	name string
+	p    url.Values
+}
+
+func parseSpec(s string) (spec, error) {
+	name, q, _ := strings.Cut(s, "?")
+	p, err := url.ParseQuery(q)
+	return spec{name: name, p: p}, err
+}
+
+func (s spec) int(k string, def int) int {
+	if v := s.p.Get(k); v != "" {
+		n, err := strconv.Atoi(v)
+		if err == nil {
+			return n
+		}
+	}
+	return def
+}
+
+func (s spec) dur(k string, def time.Duration) time.Duration {
+	if v := s.p.Get(k); v != "" {
+		d, err := time.ParseDuration(v)
+		if err == nil {
+			return d
+		}
+	}
+	return def
+}
+
+func (s spec) str(k, def string) string {
+	if v := s.p.Get(k); v != "" {
+		return v
+	}
+	return def
+}
+
+// runner consumes topic, calling h for each message, until ctx ends.
+type runner func(ctx context.Context, brokers []string, topic string, h handler) error
+
+func runnerFor(s spec) (runner, error) {
+	switch s.name {
+	case "mc-get":
+		return runMCGet(s), nil
+	case "mc-iter":
+		return runMCIter(s), nil
+	case "kafkago-group":
+		return runKafkaGoGroup(s), nil
+	case "kafkago-partition":
+		return runKafkaGoPartitions(s), nil
+	case "franz":
+		return runFranz(s), nil
+	}
+	return nil, fmt.Errorf("unknown contender %q", s.name)
+}
+
+func group() string { return kafkatest.UniqueName("bench") }
+
+func mcConfig(s spec, brokers []string, topic string) multiconsumer.Config {
+	cfg := multiconsumer.Config{
+		Brokers:    brokers,
+		Topic:      topic,
+		NumWorkers: s.int("w", 1),
+		QueueSize:  s.int("q", 4096),
+	}
+	if s.str("group", "yes") == "yes" {
+		cfg.Group = group()
+	}
+	return cfg
+}
+
+// runMCGet: GetMessages(count) in a loop. block=1 (the default here) returns
+// as soon as one message is there; block=full waits for count messages or
+// the 10s default timeout.
+func runMCGet(s spec) runner {
+	return func(ctx context.Context, brokers []string, topic string, h handler) error {
+		c, err := multiconsumer.New(ctx, mcConfig(s, brokers, topic))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		count := s.int("count", 1000)
+		opts := []multiconsumer.GetOption{multiconsumer.BlockFor(1), multiconsumer.Timeout(time.Second)}
+		if s.str("block", "1") == "full" {
+			opts = nil
+		}
+		for ctx.Err() == nil {
+			msgs, err := c.GetMessages(ctx, count, opts...)
+			if err != nil {
+				return err
+			}
+			for i := range msgs {
+				h(msgs[i].Key, msgs[i].Value)
+			}
+		}
+		return nil
+	}
+}
+
+func runMCIter(s spec) runner {
+	return func(ctx context.Context, brokers []string, topic string, h handler) error {
+		c, err := multiconsumer.New(ctx, mcConfig(s, brokers, topic))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		for m := range c.Iter(ctx) {
+			h(m.Key, m.Value)
+		}
+		return nil
+	}
+}
+
+// runKafkaGoGroup: one kafka-go Reader in group mode. Zero parameters are
+// kafka-go's defaults (MaxWait 10s, MinBytes 1, MaxBytes 1MB, QueueCapacity
+// 100, CommitInterval 0 = a synchronous commit per ReadMessage).
+func runKafkaGoGroup(s spec) runner {
+	return func(ctx context.Context, brokers []string, topic string, h handler) error {
+		r := kafka.NewReader(kafka.ReaderConfig{
+			Brokers:        brokers,
+			GroupID:        group(),
+			Topic:          topic,
+			MaxWait:        s.dur("maxwait", 0),
+			MinBytes:       s.int("minbytes", 0),
+			MaxBytes:       s.int("maxbytes", 0),
+			QueueCapacity:  s.int("queue", 0),
+			CommitInterval: s.dur("commit", 0),
+			StartOffset:    kafka.FirstOffset,
+		})
+		defer r.Close()
+		read := r.ReadMessage
+		if s.str("read", "read") == "fetch" {
+			read = r.FetchMessage
+		}
+		for {
+			m, err := read(ctx)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+			h(m.Key, m.Value)
+		}
+	}
+}
+
+// runKafkaGoPartitions: one kafka-go Reader per partition (no group), each
+// with its own goroutine: as parallel as the client library gets.
+func runKafkaGoPartitions(s spec) runner {
+	return func(ctx context.Context, brokers []string, topic string, h handler) error {
+		parts, err := kafka.LookupPartitions(ctx, "tcp", brokers[0], topic)
+		if err != nil {
+			return err
+		}
+		var wg sync.WaitGroup
+		errs := make([]error, len(parts))
+		for i, p := range parts {
+			r := kafka.NewReader(kafka.ReaderConfig{
+				Brokers:       brokers,
+				Topic:         topic,
+				Partition:     p.ID,
+				MaxWait:       s.dur("maxwait", 250*time.Millisecond),
+				MinBytes:      s.int("minbytes", 0),
+				MaxBytes:      s.int("maxbytes", 0),
+				QueueCapacity: s.int("queue", 1000),
+			})
+			wg.Go(func() {
+				defer r.Close()
+				for {
+					m, err := r.FetchMessage(ctx)
+					if err != nil {
+						if ctx.Err() == nil {
+							errs[i] = err
+						}
+						return
+					}
+					h(m.Key, m.Value)
+				}
+			})
+		}
+		wg.Wait()
+		return errors.Join(errs...)
+	}
+}
+
+// runFranz: franz-go consuming as a group, PollFetches, default options
+// (autocommit every 5s) but for the reset offset.
+func runFranz(s spec) runner {
+	return func(ctx context.Context, brokers []string, topic string, h handler) error {
+		cl, err := kgo.NewClient(
+			kgo.SeedBrokers(brokers...),
+			kgo.ConsumerGroup(group()),
+			kgo.ConsumeTopics(topic),
+			kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+			kgo.FetchMaxWait(s.dur("maxwait", 5*time.Second)),
+		)
+		if err != nil {
+			return err
+		}
+		defer cl.Close()
+		for ctx.Err() == nil {
+			fs := cl.PollFetches(ctx)
+			if err := ctx.Err(); err != nil {
+				return nil
+			}
+			if errs := fs.Errors(); len(errs) > 0 {
+				return fmt.Errorf("franz: %v", errs[0].Err)
+			}
+			fs.EachRecord(func(r *kgo.Record) { h(r.Key, r.Value) })
+		}
+		return nil
+	}
+}
+
+// child runs one contender in this process and prints its result.
+func child(o options) error {
+	s, err := parseSpec(o.contender)
+	if err != nil {
+		return err
+	}
+	run, err := runnerFor(s)
+	if err != nil {
+		return err
+	}
+	brokers := strings.Split(o.brokers, ",")
+	if o.cpuprofile != "" {
+		f, err := os.Create(o.cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+
+	var peakHeap atomic.Uint64
+	stopSampling := sampleHeap(&peakHeap)
+
+	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
+	defer cancel()
+	var snk *sink
+	var runErr error
+	switch o.mode {
+	case "drain":
+		snk, runErr = drain(ctx, run, brokers, o.topic, int64(o.n), o.handlers, 0)
+	case "io":
+		snk, runErr = drain(ctx, run, brokers, o.topic, int64(o.n), o.handlers, o.ioSleep)
+	case "latency":
+		snk, runErr = latency(ctx, run, brokers, o.topic, o.latRate, o.latDur)
+	default:
+		return fmt.Errorf("unknown mode %q", o.mode)
+	}
+	stopSampling()
+	if o.memprofile != "" {
+		f, err := os.Create(o.memprofile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+			return err
+		}
+		f.Close()
+	}
+
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	r := result{
+		Contender: o.contender, Mode: o.mode, Handlers: o.handlers,
+		N: min(snk.n.Load(), snk.target), Bytes: snk.bytes.Load(),
+		PeakRSS: vmHWM(), PeakHeap: max(peakHeap.Load(), ms.HeapAlloc), HeapSys: ms.HeapSys,
+	}
+	if errors.Is(runErr, errPartial) {
+		r.Partial = true
+	} else if runErr != nil {
+		r.Err = runErr.Error()
+	}
+	first, last := snk.first.Load(), snk.last.Load()
+	if first > 0 && last > 0 {
+		r.Startup = time.Unix(0, first).Sub(snk.start).Seconds()
+		r.Drain = time.Unix(0, last).Sub(time.Unix(0, first)).Seconds()
+		r.Total = time.Unix(0, last).Sub(snk.start).Seconds()
+		r.MsgsPerS = float64(r.N) / r.Total
+		r.MBPerS = float64(r.Bytes) / r.Total / 1e6
+		if r.Drain > 0 {
+			r.Steady = float64(r.N) / r.Drain
+		}
+	}
+	if len(snk.lats) > 0 {
+		slices.Sort(snk.lats)
+		q := func(f float64) float64 {
+			return float64(snk.lats[min(len(snk.lats)-1, int(f*float64(len(snk.lats))))]) / 1e6
+		}
+		r.P50, r.P99, r.Max = q(0.50), q(0.99), float64(snk.lats[len(snk.lats)-1])/1e6
+	}
+	b, _ := json.Marshal(r)
+	fmt.Printf("RESULT %s\n", b)
+	return nil
+}
+
+var errPartial = errors.New("timed out")
+
+// drain consumes until target messages have been handled. With handlers >
+// 0, the contender's callback hands each message to a pool of that many
+// goroutines, each waiting sleep per message (an I/O-bound handler); with
+// handlers == 0 and sleep > 0 the callback itself waits.
+func drain(ctx context.Context, run runner, brokers []string, topic string, target int64, handlers int, sleep time.Duration) (*sink, error) {
+	snk := newSink(target, false)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	h := handler(snk.add)
+	var pool sync.WaitGroup
+	if sleep > 0 {
+		if handlers <= 0 {
+			h = func(k, v []byte) { time.Sleep(sleep); snk.add(k, v) }
+		} else {
+			type kv struct{ k, v []byte }
+			work := make(chan kv, handlers)
+			for range handlers {
+				pool.Go(func() {
+					for m := range work {
+						time.Sleep(sleep)
+						snk.add(m.k, m.v)
+					}
+				})
+			}
+			defer func() { close(work); pool.Wait() }()
+			h = func(k, v []byte) {
+				select {
+				case work <- kv{k, v}:
+				case <-ctx.Done():
+				}
+			}
+		}
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- run(ctx, brokers, topic, h) }()
+	select {
+	case <-snk.done:
+		cancel()
+		<-errc
+		return snk, nil
+	case err := <-errc:
+		if err == nil {
+			err = ctx.Err()
+		}
+		return snk, fmt.Errorf("stopped after %d of %d messages: %w", snk.n.Load(), target, err)
+	case <-ctx.Done():
+		snk.last.Store(time.Now().UnixNano())
+		cancel()
+		<-errc
+		return snk, errPartial
+	}
+}
+
+// latency starts the contender on an empty topic, produces a warm-up message
+// every 10ms until the contender receives one, then produces rate messages/s
+// for d, round-robin over the partitions, each carrying its produce time,
+// and measures how long each takes to arrive.
+func latency(ctx context.Context, run runner, brokers []string, topic string, rate int, d time.Duration) (*sink, error) {
+	target := int64(float64(rate) * d.Seconds())
+	snk := newSink(target, true)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- run(ctx, brokers, topic, snk.add) }()
+
+	pr, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ProducerLinger(0),
+		kgo.RecordPartitioner(kgo.RoundRobinPartitioner()), kgo.RequiredAcks(kgo.LeaderAck()), kgo.DisableIdempotentWrite())
+	if err != nil {
+		return snk, err
+	}
+	defer pr.Close()
+	value := func(measured byte) []byte {
+		v := make([]byte, 100)
+		binary.BigEndian.PutUint64(v, uint64(time.Now().UnixNano()))
+		v[8] = measured
+		return v
+	}
+	produce := func(v []byte) {
+		pr.Produce(ctx, &kgo.Record{Topic: topic, Value: v}, func(_ *kgo.Record, err error) {
+			if err != nil && ctx.Err() == nil {
+				fmt.Fprintln(os.Stderr, "produce:", err)
+			}
+		})
+	}
+warm:
+	for {
+		produce(value(0))
+		select {
+		case <-time.After(10 * time.Millisecond):
+			if snk.first.Load() != 0 {
+				break warm
+			}
+		case err := <-errc:
+			return snk, fmt.Errorf("contender stopped during warm-up: %v", err)
+		case <-ctx.Done():
+			return snk, ctx.Err()
+		}
+	}
+	start := time.Now()
+	for i := range target {
+		if wait := time.Until(start.Add(time.Duration(float64(i) / float64(rate) * 1e9))); wait > 0 {
+			time.Sleep(wait)
+		}
+		produce(value(1))
+	}
+	select {
+	case <-snk.done:
+	case <-time.After(15 * time.Second):
+		return snk, fmt.Errorf("received %d of %d measured messages", snk.n.Load(), target)
+	case err := <-errc:
+		return snk, fmt.Errorf("contender stopped: %v", err)
+	}
+	return snk, nil
+}
+
+// sampleHeap records the largest HeapAlloc seen every 20ms until stopped.
+func sampleHeap(peak *atomic.Uint64) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		var ms runtime.MemStats
+		for {
+			runtime.ReadMemStats(&ms)
+			if ms.HeapAlloc > peak.Load() {
+				peak.Store(ms.HeapAlloc)
+			}
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+		}
+	})
+	return func() { close(done); wg.Wait() }
+}
+
+// vmHWM returns this process's peak resident set, in bytes.
+func vmHWM() int64 { return statusField("/proc/self/status", "VmHWM:") }
+
+// statusField reads a "kB" field of a /proc/PID/status file, in bytes.
+func statusField(path, field string) int64 {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return -1
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), field); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	return -1
+}

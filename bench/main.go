@@ -1,0 +1,106 @@
+// Command bench compares MultiConsumer with kafka-go's Reader (group mode
+// and one Reader per partition) and franz-go's group consumer: time to drain
+// a backlog, peak memory, end-to-end latency at a fixed produce rate, and
+// throughput with an I/O-bound handler.
+//
+// Every contender runs in a child process (the program re-executes itself
+// with -contender) so that its peak RSS is its own; the embedded broker
+// (kfake) runs in a third process (-serve). With -brokers host:port it uses
+// a running Kafka instead.
+//
+//	go run ./bench                                  # default suites on kfake
+//	go run ./bench -brokers 127.0.0.1:9092          # on a real Kafka
+//	go run ./bench -suites drain -rounds 5 -n 200000 -sizes 100
+//	go run ./bench -suites pitfall,mem,profile
+//
+// See docs/BENCHMARKS.md for the results and what they mean.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+)
+
+type options struct {
+	// orchestrator
+	brokers    string
+	label      string
+	suites     string
+	partitions int
+	n          int
+	sizes      string
+	rounds     int
+	contenders string
+	latency    string
+	latRate    int
+	latDur     time.Duration
+	ioWorkers  string
+	ioHandlers string
+	ioSleep    time.Duration
+	memN       string
+	out        string
+	docs       string
+	reportFrom string
+
+	// child
+	contender  string
+	mode       string
+	topic      string
+	cpuprofile string
+	memprofile string
+	handlers   int
+	timeout    time.Duration
+
+	// broker
+	serve bool
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.brokers, "brokers", "", "host:port of a running Kafka; empty: start an embedded kfake broker in a child process")
+	flag.StringVar(&o.label, "label", "", "name of this run in file names (default kfake or kafka)")
+	flag.StringVar(&o.suites, "suites", "drain,latency,io", "suites to run: drain, latency, io, pitfall, mem, profile")
+	flag.IntVar(&o.partitions, "partitions", 8, "partitions of each topic")
+	flag.IntVar(&o.n, "n", 1_000_000, "messages in the backlog to drain")
+	flag.StringVar(&o.sizes, "sizes", "100,1024", "message value sizes in bytes, comma-separated")
+	flag.IntVar(&o.rounds, "rounds", 3, "rounds of the drain suite; contenders alternate within each round")
+	flag.StringVar(&o.contenders, "contenders", strings.Join(defaultDrain, " "), "contenders of the drain suite, space-separated")
+	flag.StringVar(&o.latency, "latency-contenders", strings.Join(defaultLatency, " "), "contenders of the latency suite, space-separated")
+	flag.IntVar(&o.latRate, "rate", 2000, "produce rate of the latency suite, messages/s")
+	flag.DurationVar(&o.latDur, "duration", 10*time.Second, "measured produce time of the latency suite")
+	flag.StringVar(&o.ioWorkers, "io-workers", "1,2,4,8", "MultiConsumer workers of the io suite")
+	flag.StringVar(&o.ioHandlers, "io-handlers", "1,64", "handler goroutines of the io suite")
+	flag.DurationVar(&o.ioSleep, "io-sleep", time.Millisecond, "wait per message in the io suite")
+	flag.StringVar(&o.memN, "mem-n", "1000000,10000000", "backlogs of the mem suite (100 B messages)")
+	flag.StringVar(&o.out, "out", "bench/results", "directory for the JSON and Markdown results and profiles")
+	flag.StringVar(&o.docs, "docs", "docs", "directory for the PNG charts")
+	flag.StringVar(&o.reportFrom, "report", "", "only write the tables and charts of a results JSON file of an earlier run (give its -suites and -label too)")
+
+	flag.StringVar(&o.contender, "contender", "", "child mode: run this contender and print its result")
+	flag.StringVar(&o.mode, "mode", "drain", "child mode: drain, latency or io")
+	flag.StringVar(&o.topic, "topic", "", "child mode: topic")
+	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "child mode: write a CPU profile")
+	flag.StringVar(&o.memprofile, "memprofile", "", "child mode: write an allocation profile")
+	flag.IntVar(&o.handlers, "handlers", 0, "child io mode: handler goroutines (0: the caller handles each message)")
+	flag.DurationVar(&o.timeout, "timeout", 5*time.Minute, "child mode: give up after this long")
+
+	flag.BoolVar(&o.serve, "serve", false, "run an embedded kfake broker, print its address, serve until stdin closes")
+	flag.Parse()
+
+	var err error
+	switch {
+	case o.serve:
+		err = serve()
+	case o.contender != "":
+		err = child(o)
+	default:
+		err = orchestrate(o)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
