@@ -12,6 +12,7 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"maps"
 	"os"
 	"slices"
 	"time"
@@ -113,15 +114,9 @@ func run(messages, partitions, workers, size int) error {
 	fmt.Printf("\nconsumed %d messages in %v: %.0f msg/s, %.1f MB/s\n", total, elapsed.Round(time.Millisecond),
 		float64(total)/elapsed.Seconds(), float64(total*size)/elapsed.Seconds()/1e6)
 	fmt.Println("partition  messages  committed offset")
-	offsets := c.Offsets()
-	for _, p := range slices.Sorted(func(yield func(int) bool) {
-		for p := range counts {
-			if !yield(p) {
-				return
-			}
-		}
-	}) {
-		fmt.Printf("%9d  %8d  %16d\n", p, counts[p], offsets[p])
+	stats := c.Stats() // still readable after Close
+	for _, p := range slices.Sorted(maps.Keys(counts)) {
+		fmt.Printf("%9d  %8d  %16d\n", p, counts[p], stats.Partitions[p].Committed)
 	}
 	return nil
 }
