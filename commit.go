@@ -10,6 +10,9 @@ import (
 // the group, synchronously. It resets both auto-commit triggers. It returns
 // ErrNoGroup when Config.Group is "", and works with ManualCommit too.
 func (c *MultiConsumer) Commit(ctx context.Context, partitions ...int) error {
+	if ctx == nil {
+		return errNilContext
+	}
 	parts, err := c.owned(partitions)
 	if err != nil {
 		return err

@@ -57,6 +57,9 @@ type MultiConsumer struct {
 // partition, or a cluster that does not answer within ctx or the dialer's
 // timeout.
 func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
+	if ctx == nil {
+		return nil, errNilContext
+	}
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
@@ -280,6 +283,9 @@ func (c *MultiConsumer) Offsets() map[int]int64 {
 // none is given) are in the log after Offsets: the sum of high watermark
 // minus delivered offset.
 func (c *MultiConsumer) Pending(ctx context.Context, partitions ...int) (int64, error) {
+	if ctx == nil {
+		return 0, errNilContext
+	}
 	parts, err := c.owned(partitions)
 	if err != nil {
 		return 0, err
@@ -351,6 +357,9 @@ func (w Whence) String() string {
 // before count as consumed, and the new position is committed by the next
 // commit, as in the seed.
 func (c *MultiConsumer) Seek(ctx context.Context, offset int64, whence Whence, partitions ...int) error {
+	if ctx == nil {
+		return errNilContext
+	}
 	if whence < SeekAbsolute || whence > SeekEnd {
 		return fmt.Errorf("multiconsumer: seek: invalid whence %d", int(whence))
 	}

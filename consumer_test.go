@@ -655,6 +655,26 @@ func TestBadCluster(t *testing.T) {
 	assert.ErrorIs(t, err, context.DeadlineExceeded)
 }
 
+// A nil context or option is an error, not a panic.
+func TestNilArguments(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 1, 1)
+	_, err := New(nil, Config{Brokers: cluster.Brokers(), Topic: topic}) //nolint:staticcheck // the point of the test
+	assert.ErrorContains(t, err, "nil context")
+	c := open(t, Config{Topic: topic, Group: group(t)})
+	_, err = c.GetMessages(nil, 1) //nolint:staticcheck
+	assert.ErrorContains(t, err, "nil context")
+	_, err = c.Pending(nil) //nolint:staticcheck
+	assert.ErrorContains(t, err, "nil context")
+	assert.ErrorContains(t, c.Seek(nil, 0, SeekStart), "nil context") //nolint:staticcheck
+	assert.ErrorContains(t, c.Commit(nil), "nil context")             //nolint:staticcheck
+	_, ok := <-c.Iter(nil)                                            //nolint:staticcheck
+	assert.False(t, ok)
+	msgs, err := c.GetMessages(testCtx(t), 1, nil, Timeout(10*time.Second))
+	require.NoError(t, err)
+	assert.Len(t, msgs, 1)
+}
+
 func freeAddr(t *testing.T) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)

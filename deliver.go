@@ -51,9 +51,14 @@ func (c *MultiConsumer) GetMessages(ctx context.Context, count int, opts ...GetO
 	if c.isClosed() {
 		return nil, ErrClosed
 	}
+	if ctx == nil {
+		return nil, errNilContext
+	}
 	o := getOptions{block: true, atLeast: -1, timeout: DefaultTimeout}
 	for _, opt := range opts {
-		opt(&o)
+		if opt != nil {
+			opt(&o)
+		}
 	}
 	switch {
 	case count < 0:
@@ -179,7 +184,8 @@ const iterBatch = 256
 
 // Iter returns an unbuffered channel of messages, in order within each
 // partition, closed when ctx ends or the consumer closes. It waits for
-// messages as long as it takes; there is no idle cut-off. Receiving a
+// messages as long as it takes; there is no idle cut-off. A nil ctx gives a
+// closed channel. Receiving a
 // message counts every message delivered before it as consumed. A message
 // taken for the channel but never received stays queued for the next call.
 //
@@ -191,7 +197,7 @@ func (c *MultiConsumer) Iter(ctx context.Context) <-chan kafka.Message {
 	ch := make(chan kafka.Message)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed {
+	if c.closed || ctx == nil {
 		close(ch)
 		return ch
 	}

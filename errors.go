@@ -12,6 +12,10 @@ var ErrClosed = errors.New("multiconsumer: consumer is closed")
 // offset storage to commit to.
 var ErrNoGroup = errors.New("multiconsumer: no consumer group configured, nothing to commit to")
 
+// errNilContext is returned for a nil context, instead of the panic it
+// would cause deeper down.
+var errNilContext = errors.New("multiconsumer: nil context")
+
 // ErrUnknownPartition is wrapped by errors about a partition the topic lacks
 // or the consumer does not own.
 var ErrUnknownPartition = errors.New("unknown partition")
