@@ -178,20 +178,19 @@ func (b *bench) pickAny(suite string, size int) []result {
 }
 
 func (b *bench) contendersOf(suite string) []string {
-	var out []string
-	for _, r := range b.results {
-		if r.Mode == suite && !slices.Contains(out, r.Contender) {
-			out = append(out, r.Contender)
-		}
-	}
-	return out
+	return distinct(b.results, suite, func(r result) string { return r.Contender })
 }
 
 func (b *bench) sizesOf(suite string) []int {
-	var out []int
-	for _, r := range b.results {
-		if r.Mode == suite && !slices.Contains(out, r.Size) {
-			out = append(out, r.Size)
+	return distinct(b.results, suite, func(r result) int { return r.Size })
+}
+
+// distinct returns key of the results of suite, each once, in order.
+func distinct[T comparable](results []result, suite string, key func(result) T) []T {
+	var out []T
+	for _, r := range results {
+		if k := key(r); r.Mode == suite && !slices.Contains(out, k) {
+			out = append(out, k)
 		}
 	}
 	return out
