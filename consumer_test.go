@@ -525,6 +525,31 @@ func TestOffsetOutOfRangeWhileConsuming(t *testing.T) {
 	got := drain(t, c, 50, 50)
 	assert.Equal(t, int64(50), got[0].Offset, "restarted at the log's new start")
 	checkOrder(t, got, map[int]int64{0: 50})
+	assert.Equal(t, int64(100), c.Offsets()[0])
+}
+
+// A reset to the end of the log (StartOffset LastOffset) shows in Offsets
+// and Pending before any new message arrives.
+func TestOffsetOutOfRangeResetToLast(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 1, 10)
+	c := open(t, Config{Topic: topic, StartOffset: kafka.LastOffset, Partitions: []int{0}})
+	require.NoError(t, c.Seek(testCtx(t), 0, SeekStart))
+	c.Pause()
+	time.Sleep(4 * fetchMaxWait) // as in TestOffsetOutOfRangeWhileConsuming
+	produce(t, topic, 0, 10, 90)
+	require.NoError(t, cluster.DeleteRecords(testCtx(t), topic, 0, 50))
+	_, err := c.GetMessages(testCtx(t), 100, Block(false)) // drop what was fetched before
+	require.NoError(t, err)
+	c.Resume()
+	require.Eventually(t, func() bool {
+		_, err := c.GetMessages(testCtx(t), 100, Block(false))
+		require.NoError(t, err)
+		return c.Offsets()[0] == 100
+	}, 10*time.Second, 10*time.Millisecond)
+	pending, err := c.Pending(testCtx(t))
+	require.NoError(t, err)
+	assert.Equal(t, int64(0), pending)
 }
 
 // A transaction marker takes an offset but is no message: the worker reads
@@ -558,6 +583,17 @@ func TestTransactionMarkers(t *testing.T) {
 	c := open(t, Config{Topic: topic})
 	got := drain(t, c, 3, 3)
 	checkOrder(t, got, zeros(1))
+	// The marker is skipped in the bookkeeping too, once the caller comes
+	// back: nothing pending, no lag.
+	require.Eventually(t, func() bool {
+		_, err := c.GetMessages(ctx, 10, Block(false))
+		require.NoError(t, err)
+		return c.Offsets()[0] == 4
+	}, 10*time.Second, 10*time.Millisecond)
+	pending, err := c.Pending(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, int64(0), pending)
+	assert.Equal(t, int64(0), c.Stats().Partitions[0].Lag)
 
 	if cluster.Kfake() != nil {
 		// Idle at the marker: long polls of 250ms, not a hot loop.
@@ -717,10 +753,23 @@ func silentBroker(t *testing.T) string {
 // fetches, Iter feeders and blocked GetMessages, and later calls fail with
 // ErrClosed. Not parallel: it counts goroutines.
 func TestCloseLeavesNothing(t *testing.T) {
-	topic := backlog(t, 4, 2000)
-	// After the backlog: the test cluster's own connections are not ours.
-	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	cfg := Config{Topic: topic, Group: group(t), NumWorkers: 4, QueueSize: 16, Brokers: cluster.Brokers()}
+	tc, topic := cluster, ""
+	if cluster.Embedded() {
+		// A broker of its own, closed before the check: the shared kfake
+		// starts server goroutines for the shared client's connections.
+		defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+		own, err := kafkatest.Start()
+		require.NoError(t, err)
+		defer own.Close()
+		tc, topic = own, kafkatest.UniqueName("close")
+		require.NoError(t, own.CreateTopic(testCtx(t), topic, 4))
+		require.NoError(t, own.ProduceN(testCtx(t), topic, 4, 2000))
+	} else {
+		topic = backlog(t, 4, 2000)
+		// After the backlog: the test cluster's own connections are not ours.
+		defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	}
+	cfg := Config{Topic: topic, Group: group(t), NumWorkers: 4, QueueSize: 16, Brokers: tc.Brokers()}
 	c, err := New(testCtx(t), cfg)
 	require.NoError(t, err)
 

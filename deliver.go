@@ -140,14 +140,18 @@ func (c *MultiConsumer) GetMessages(ctx context.Context, count int, opts ...GetO
 // deliverBatches records taken as delivered and returns its messages,
 // leaving out those of partitions moved by Seek since they were fetched.
 func (c *MultiConsumer) deliverBatches(taken []batch, n int) []kafka.Message {
-	if n == 0 {
-		return nil
+	var out []kafka.Message
+	if n > 0 {
+		out = make([]kafka.Message, 0, n)
 	}
-	out := make([]kafka.Message, 0, n)
 	c.mu.Lock()
 	for _, b := range taken {
 		if !c.book.current(b.partition, b.epoch) {
 			continue // a Seek since it was taken
+		}
+		if len(b.msgs) == 0 {
+			c.book.advance(b.partition, b.advance)
+			continue
 		}
 		out = append(out, b.msgs...)
 		c.book.deliverRun(b.partition, b.msgs[len(b.msgs)-1].Offset, len(b.msgs))
@@ -244,6 +248,9 @@ func (c *MultiConsumer) send(ctx context.Context, ch chan<- kafka.Message, taken
 	for bi, b := range taken {
 		c.mu.Lock()
 		current := c.book.current(b.partition, b.epoch)
+		if current && len(b.msgs) == 0 {
+			c.book.advance(b.partition, b.advance)
+		}
 		seeked := c.seeked
 		c.mu.Unlock()
 		for i, m := range b.msgs {

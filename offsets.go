@@ -105,10 +105,20 @@ func (b *book) deliverRun(p int, last int64, n int) {
 	}
 }
 
+// advance moves partition p to offset to, where the next message is: the
+// offsets between hold no message (transaction markers), or were deleted
+// (retention). What the caller holds stays unconsumed until it comes back.
+func (b *book) advance(p int, to int64) {
+	if po, ok := b.parts[p]; ok {
+		po.delivered = to
+		b.touch(p, po)
+	}
+}
+
 // consume records that the caller came back for more: everything delivered
 // is consumed now. It reports whether a commit is due.
 func (b *book) consume(now time.Time) bool {
-	if b.unconsumed > 0 {
+	if len(b.touched) > 0 {
 		for _, p := range b.touched {
 			if po, ok := b.parts[p]; ok {
 				po.consumed = po.delivered

@@ -8,11 +8,16 @@ import (
 )
 
 // batch is a run of consecutive messages of one partition, fetched in one
-// epoch of that partition (see partOffsets.epoch).
+// epoch of that partition (see partOffsets.epoch). A batch without messages
+// is a marker: delivering it moves the partition to advance, past offsets
+// that hold no message (transaction markers), or to where the log restarts
+// after retention. Markers travel in order with the messages, and do not
+// count in the bound.
 type batch struct {
 	partition int
 	epoch     uint64
 	msgs      []kafka.Message
+	advance   int64 // markers only
 }
 
 // queue is the bounded queue between the workers and the caller. Workers put

@@ -277,7 +277,21 @@ func (w *worker) decode(ctx context.Context, p int, pos *fetchPos, hwm int64, rr
 	if err := flush(); err != nil {
 		return err
 	}
-	pos.offset = max(pos.offset, seen+1)
+	if seen+1 > pos.offset {
+		// The response ended with records that are no messages: skip them,
+		// here and in the bookkeeping (Offsets, Pending, Lag).
+		return w.skip(ctx, p, pos, seen+1)
+	}
+	return nil
+}
+
+// skip moves partition p to offset to, here and, through a marker queued
+// behind its messages, in the controller's bookkeeping.
+func (w *worker) skip(ctx context.Context, p int, pos *fetchPos, to int64) error {
+	if err := w.c.q.put(ctx, batch{partition: p, epoch: pos.epoch, advance: to}, w.c.running); err != nil {
+		return err
+	}
+	pos.offset = to
 	return nil
 }
 
@@ -324,7 +338,6 @@ func (w *worker) reset(ctx context.Context, p int, pos *fetchPos) error {
 	if w.c.cfg.StartOffset == kafka.LastOffset {
 		to = b[p].last
 	}
-	w.log.Warn("offset out of range, resetting", "topic", w.c.cfg.Topic, "partition", p, "offset", pos.offset, "reset_to", to)
-	pos.offset = to
-	return nil
+	w.log.Warn("offset out of range, resetting", "partition", p, "offset", pos.offset, "reset_to", to)
+	return w.skip(ctx, p, pos, to)
 }
