@@ -48,7 +48,6 @@ type MultiConsumer struct {
 	stopHelp  context.CancelFunc
 	commitMu  sync.Mutex    // serializes commits
 	commitNow chan struct{} // wakes the committer: the count trigger fired
-	closeErr  error
 }
 
 // New connects to the cluster, reads the topic's partitions and the
