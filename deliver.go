@@ -141,9 +141,6 @@ func (c *MultiConsumer) GetMessages(ctx context.Context, count int, opts ...GetO
 // leaving out those of partitions moved by Seek since they were fetched.
 func (c *MultiConsumer) deliverBatches(taken []batch, n int) []kafka.Message {
 	var out []kafka.Message
-	if n > 0 {
-		out = make([]kafka.Message, 0, n)
-	}
 	c.mu.Lock()
 	for _, b := range taken {
 		if !c.book.current(b.partition, b.epoch) {
@@ -153,8 +150,14 @@ func (c *MultiConsumer) deliverBatches(taken []batch, n int) []kafka.Message {
 			c.book.advance(b.partition, b.advance)
 			continue
 		}
-		out = append(out, b.msgs...)
 		c.book.deliverRun(b.partition, b.msgs[len(b.msgs)-1].Offset, len(b.msgs))
+		if len(b.msgs) == n {
+			// One batch: hand it over as it is, no copy. Its capacity ends
+			// with it (see queue.take), so appending to it is safe.
+			out = b.msgs
+			continue
+		}
+		out = append(out, b.msgs...)
 	}
 	c.mu.Unlock()
 	return out
