@@ -152,8 +152,10 @@ func (c *MultiConsumer) deliverBatches(taken []batch, n int) []kafka.Message {
 		}
 		c.book.deliverRun(b.partition, b.msgs[len(b.msgs)-1].Offset, len(b.msgs))
 		if len(b.msgs) == n {
-			// One batch: hand it over as it is, no copy. Its capacity ends
-			// with it (see queue.take), so appending to it is safe.
+			// One batch: hand it over as it is, no copy. Nothing else
+			// uses its array past its end (a split in queue.take clips
+			// the head's capacity; a worker drops a run it has queued),
+			// so the caller may append to it.
 			out = b.msgs
 			continue
 		}
