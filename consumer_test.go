@@ -609,6 +609,37 @@ func TestTransactionMarkers(t *testing.T) {
 	assert.Contains(t, []int64{3, 4}, got[0].Offset)
 }
 
+// Compressed batches arrive whole, with keys, values and headers; a seek
+// into the middle of one skips the records before the target.
+func TestCompressedBatches(t *testing.T) {
+	t.Parallel()
+	codecs := []kafka.Compression{kafka.Gzip, kafka.Snappy, kafka.Lz4, kafka.Zstd}
+	topic := backlog(t, len(codecs), 0)
+	for p, codec := range codecs {
+		msgs := make([]kafka.Message, 100)
+		for i := range msgs {
+			msgs[i] = kafka.Message{
+				Key:     fmt.Appendf(nil, "k%d", i),
+				Value:   fmt.Appendf(nil, "%d-%d", p, i),
+				Headers: []kafka.Header{{Key: "codec", Value: []byte(codec.String())}},
+			}
+		}
+		require.NoError(t, cluster.ProduceCompressed(testCtx(t), topic, p, codec, msgs...))
+	}
+	c := open(t, Config{Topic: topic, NumWorkers: 2})
+	got := drain(t, c, 4*100, 64)
+	checkOrder(t, got, zeros(len(codecs)))
+	for _, m := range got {
+		assert.Equal(t, fmt.Sprintf("k%d", m.Offset), string(m.Key))
+		require.Len(t, m.Headers, 1)
+		assert.Equal(t, codecs[m.Partition].String(), string(m.Headers[0].Value))
+	}
+
+	require.NoError(t, c.Seek(testCtx(t), 50, SeekAbsolute))
+	got = drain(t, c, 4*50, 64)
+	checkOrder(t, got, map[int]int64{0: 50, 1: 50, 2: 50, 3: 50})
+}
+
 func TestStats(t *testing.T) {
 	t.Parallel()
 	topic := backlog(t, 2, 10)

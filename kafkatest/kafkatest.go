@@ -228,10 +228,16 @@ func (c *Cluster) Topic(t testing.TB, partitions int) string {
 // Produce appends msgs to partition of topic, in order, with acks from all
 // in-sync replicas. Only Key, Value, Headers and Time of msgs are used.
 func (c *Cluster) Produce(ctx context.Context, topic string, partition int, msgs ...kafka.Message) error {
+	return c.ProduceCompressed(ctx, topic, partition, 0, msgs...)
+}
+
+// ProduceCompressed is Produce with record batches compressed by codec
+// (kafka.Gzip, kafka.Snappy, kafka.Lz4, kafka.Zstd; 0 for none).
+func (c *Cluster) ProduceCompressed(ctx context.Context, topic string, partition int, codec kafka.Compression, msgs ...kafka.Message) error {
 	const maxBatch = 4096
 	for len(msgs) > 0 {
 		n := min(len(msgs), maxBatch)
-		if err := c.produce(ctx, topic, partition, msgs[:n]); err != nil {
+		if err := c.produce(ctx, topic, partition, codec, msgs[:n]); err != nil {
 			return err
 		}
 		msgs = msgs[n:]
@@ -270,7 +276,7 @@ func (c *Cluster) DeleteRecords(ctx context.Context, topic string, partition int
 // produce sends one batch, retrying while the error is temporary: a real
 // broker answers NOT_LEADER for a while after a topic is created, until the
 // partition's leader is ready.
-func (c *Cluster) produce(ctx context.Context, topic string, partition int, msgs []kafka.Message) error {
+func (c *Cluster) produce(ctx context.Context, topic string, partition int, codec kafka.Compression, msgs []kafka.Message) error {
 	for {
 		// Records read their keys and values: each attempt needs its own.
 		records := make([]kafka.Record, len(msgs))
@@ -288,6 +294,7 @@ func (c *Cluster) produce(ctx context.Context, topic string, partition int, msgs
 			Partition:    partition,
 			RequiredAcks: kafka.RequireAll,
 			Records:      kafka.NewRecordReader(records...),
+			Compression:  codec,
 		})
 		if err == nil {
 			err = res.Error
