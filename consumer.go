@@ -41,7 +41,7 @@ type MultiConsumer struct {
 	workers    int
 	stopFetch  context.CancelFunc
 	commitErrs int64
-	seeked     chan struct{} // closed and replaced by every Seek
+	interrupt  chan struct{} // closed and replaced by every Seek, and by Close
 
 	fetchers  sync.WaitGroup // workers
 	helpers   sync.WaitGroup // committer and Iter goroutines
@@ -75,7 +75,7 @@ func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
 		deliver:   make(chan struct{}, 1),
 		book:      newBook(cfg.AutoCommitEveryN, cfg.AutoCommitEveryT, time.Now()),
 		commitNow: make(chan struct{}, 1),
-		seeked:    make(chan struct{}),
+		interrupt: make(chan struct{}),
 	}
 	parts, err := c.start(ctx)
 	if err != nil {
@@ -247,6 +247,13 @@ func (c *MultiConsumer) countFetchErrors(parts []int) {
 	c.mu.Unlock()
 }
 
+// interruptLocked wakes Iter goroutines blocked on a send, so they
+// recheck what they hold; c.mu is held.
+func (c *MultiConsumer) interruptLocked() {
+	close(c.interrupt)
+	c.interrupt = make(chan struct{})
+}
+
 // isClosed reports whether Close has begun.
 func (c *MultiConsumer) isClosed() bool { return c.closing.IsSet() }
 
@@ -397,8 +404,7 @@ func (c *MultiConsumer) Seek(ctx context.Context, offset int64, whence Whence, p
 	for p, t := range targets {
 		epochs[p], _ = c.book.seek(p, t) // every p was checked above, under the same lock
 	}
-	close(c.seeked) // an Iter goroutine blocked on a send gives its message back
-	c.seeked = make(chan struct{})
+	c.interruptLocked() // an Iter goroutine blocked on a send gives its message back
 	c.mu.Unlock()
 
 	dropped := c.q.drop(func(b *batch) bool {
@@ -478,6 +484,9 @@ func (c *MultiConsumer) Close() error {
 	c.mu.Unlock()
 
 	c.closing.Set()
+	c.mu.Lock()
+	c.interruptLocked()
+	c.mu.Unlock()
 	c.running.Clear() // no put completes from now on
 	c.q.barrier()
 	c.stopWorkers()

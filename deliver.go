@@ -246,39 +246,38 @@ func (c *MultiConsumer) iterate(ctx context.Context, ch chan<- kafka.Message) er
 }
 
 // send hands taken to ch one message at a time, and puts back what it does
-// not hand over when ctx ends, the consumer closes, or a Seek may have made
-// it stale.
+// not hand over when ctx ends, or when a Seek or Close interrupts it.
 func (c *MultiConsumer) send(ctx context.Context, ch chan<- kafka.Message, taken []batch) error {
-	closing := c.closing.Done()
+	done := ctx.Done()
 	for bi, b := range taken {
 		c.mu.Lock()
 		current := c.book.current(b.partition, b.epoch)
 		if current && len(b.msgs) == 0 {
 			c.book.advance(b.partition, b.advance)
 		}
-		seeked := c.seeked
+		interrupt := c.interrupt
 		c.mu.Unlock()
 		for i, m := range b.msgs {
 			if !current {
 				break // Seek moved the partition: the rest is dropped
 			}
-			if ctx.Err() != nil { // prefer stopping to a receiver that is also ready
+			select {
+			case <-done: // prefer stopping to a receiver that is also ready
 				c.requeue(b, i, taken[bi+1:])
 				return ctx.Err()
+			default:
 			}
 			select {
 			case ch <- m:
-			case <-seeked:
-				// m may be of a partition that Seek just moved: don't
-				// hand it over; take again, the stale ones are dropped.
+			case <-interrupt:
+				// A Seek (m may be of a partition it moved) or Close: give
+				// m back; the caller takes again (stale messages are
+				// dropped) or sees the consumer closed.
 				c.requeue(b, i, taken[bi+1:])
 				return nil
-			case <-ctx.Done():
+			case <-done:
 				c.requeue(b, i, taken[bi+1:])
 				return ctx.Err()
-			case <-closing:
-				c.requeue(b, i, taken[bi+1:])
-				return ErrClosed
 			}
 			// Receiving m consumes what came before it; m is delivered.
 			// Only the count trigger is checked here (no clock read per
@@ -289,7 +288,7 @@ func (c *MultiConsumer) send(ctx context.Context, ch chan<- kafka.Message, taken
 			if current {
 				c.book.deliver(b.partition, m.Offset)
 			}
-			seeked = c.seeked
+			interrupt = c.interrupt
 			c.mu.Unlock()
 			if due {
 				c.wakeCommitter()
