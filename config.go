@@ -80,6 +80,7 @@ type ConfigError struct {
 	Reason string
 }
 
+// Error names the field, its value and what is wrong with it.
 func (e *ConfigError) Error() string {
 	return fmt.Sprintf("multiconsumer: invalid Config.%s (%v): %s", e.Field, e.Value, e.Reason)
 }

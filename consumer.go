@@ -341,6 +341,7 @@ const (
 	SeekEnd                        // from the high watermark (the next message to be produced)
 )
 
+// String returns the constant's name.
 func (w Whence) String() string {
 	switch w {
 	case SeekAbsolute:

@@ -27,10 +27,12 @@ type PartitionError struct {
 	Err       error
 }
 
+// Error names the topic and partition, then the cause.
 func (e *PartitionError) Error() string {
 	return fmt.Sprintf("multiconsumer: topic %q partition %d: %v", e.Topic, e.Partition, e.Err)
 }
 
+// Unwrap returns the cause.
 func (e *PartitionError) Unwrap() error { return e.Err }
 
 // OffsetRangeError is returned by Seek for a target offset outside the
@@ -42,6 +44,7 @@ type OffsetRangeError struct {
 	First, Last int64
 }
 
+// Error names the partition, the target and the log's bounds.
 func (e *OffsetRangeError) Error() string {
 	return fmt.Sprintf("multiconsumer: seek partition %d to offset %d: outside the log [%d, %d]",
 		e.Partition, e.Offset, e.First, e.Last)
