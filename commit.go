@@ -93,34 +93,39 @@ func (c *MultiConsumer) runCommitter(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	var backoff time.Duration // > 0: the last commit failed
+	var retryAt time.Time     // and is retried then, not before
 	for {
+		now := time.Now()
 		c.mu.Lock()
-		wait := c.book.nextDue(time.Now())
+		wait := c.book.nextDue(now)
 		c.mu.Unlock()
-		if backoff > 0 && (wait < 0 || backoff < wait) {
-			wait = backoff
+		if backoff > 0 {
+			wait = max(0, retryAt.Sub(now))
 		}
 		var fire <-chan time.Time
 		if wait >= 0 {
 			timer.Reset(wait)
 			fire = timer.C
 		}
-		retrying := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-c.commitNow:
 		case <-fire:
-			retrying = backoff > 0
+		}
+		now = time.Now()
+		if backoff > 0 && now.Before(retryAt) {
+			continue // a trigger during the backoff: the retry will cover it
 		}
 		c.mu.Lock()
-		due := c.book.poll(time.Now())
+		due := c.book.poll(now)
 		c.mu.Unlock()
-		if !due && !retrying {
+		if !due && backoff == 0 {
 			continue
 		}
 		if err := c.commit(context.WithoutCancel(ctx)); err != nil {
 			backoff = nextBackoff(backoff, c.cfg.MaxBackoff)
+			retryAt = time.Now().Add(backoff)
 		} else {
 			backoff = 0
 		}

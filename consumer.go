@@ -197,7 +197,8 @@ func (c *MultiConsumer) syncPositions(parts []int, pos map[int]*fetchPos, now ti
 		}
 		fp := pos[p]
 		if !fp.synced || fp.epoch != po.epoch {
-			*fp = fetchPos{offset: po.delivered, epoch: po.epoch, synced: true, retryAt: fp.retryAt, backoff: fp.backoff}
+			// A new position (a Seek) is tried at once, backoff or not.
+			*fp = fetchPos{offset: po.delivered, epoch: po.epoch, synced: true}
 		}
 		if wait := fp.retryAt.Sub(now); wait > 0 {
 			if idle < 0 || wait < idle {
@@ -248,8 +249,12 @@ func (c *MultiConsumer) countFetchErrors(parts []int) {
 }
 
 // interruptLocked wakes Iter goroutines blocked on a send, so they
-// recheck what they hold; c.mu is held.
+// recheck what they hold; c.mu is held. After Close, which closed the
+// channel for good, it does nothing.
 func (c *MultiConsumer) interruptLocked() {
+	if c.closed {
+		return
+	}
 	close(c.interrupt)
 	c.interrupt = make(chan struct{})
 }
@@ -482,12 +487,12 @@ func (c *MultiConsumer) Close() error {
 		return ErrClosed
 	}
 	c.closed = true
+	// Closed for good, not replaced: an Iter goroutine that reads it
+	// from now on sees it closed and gives up its send.
+	close(c.interrupt)
 	c.mu.Unlock()
 
 	c.closing.Set()
-	c.mu.Lock()
-	c.interruptLocked()
-	c.mu.Unlock()
 	c.running.Clear() // no put completes from now on
 	c.q.barrier()
 	c.stopWorkers()

@@ -640,6 +640,33 @@ func TestCompressedBatches(t *testing.T) {
 	checkOrder(t, got, map[int]int64{0: 50, 1: 50, 2: 50, 3: 50})
 }
 
+// A transaction marker right behind a full Iter batch, or alone in a fetch,
+// is applied without waiting for another message.
+func TestIterTransactionMarker(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 1, 0)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(cluster.Brokers()...), kgo.TransactionalID(kafkatest.UniqueName("tx")),
+		kgo.DefaultProduceTopic(topic), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	require.NoError(t, err)
+	defer cl.Close()
+	ctx := testCtx(t)
+	require.NoError(t, cl.BeginTransaction())
+	recs := make([]*kgo.Record, iterBatch)
+	for i := range recs {
+		recs[i] = &kgo.Record{Partition: 0, Value: fmt.Appendf(nil, "0-%d", i)}
+	}
+	require.NoError(t, cl.ProduceSync(ctx, recs...).FirstErr())
+	require.NoError(t, cl.EndTransaction(ctx, kgo.TryCommit))
+
+	c := open(t, Config{Topic: topic})
+	ch := c.Iter(ctx)
+	for i := range iterBatch {
+		assert.Equal(t, int64(i), (<-ch).Offset)
+	}
+	require.Eventually(t, func() bool { return c.Offsets()[0] == iterBatch+1 }, 10*time.Second, 5*time.Millisecond)
+	assert.Equal(t, int64(0), c.Stats().Partitions[0].Lag)
+}
+
 func TestStats(t *testing.T) {
 	t.Parallel()
 	topic := backlog(t, 2, 10)
@@ -780,6 +807,29 @@ func silentBroker(t *testing.T) string {
 	return l.Addr().String()
 }
 
+// Close from the goroutine that receives from Iter, while the Iter goroutine
+// is blocked sending the next message, returns.
+func TestCloseWhileIterSends(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 1, 100)
+	c := open(t, Config{Topic: topic})
+	ch := c.Iter(testCtx(t))
+	// Let the Iter goroutine block on its first send (no event tells), so
+	// that the receive below hands it over and Close races its bookkeeping.
+	time.Sleep(100 * time.Millisecond)
+	<-ch
+	closed := make(chan error, 1)
+	go func() { closed <- c.Close() }()
+	select {
+	case err := <-closed:
+		assert.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close hung")
+	}
+	for range ch {
+	}
+}
+
 // Close stops every goroutine the consumer started, including in-flight
 // fetches, Iter feeders and blocked GetMessages, and later calls fail with
 // ErrClosed. Not parallel: it counts goroutines.
@@ -847,6 +897,24 @@ func TestFetchErrorsRetried(t *testing.T) {
 	msgs := drain(t, c, 5, 5)
 	checkOrder(t, msgs, zeros(1))
 	assert.GreaterOrEqual(t, c.Stats().Partitions[0].FetchErrors, int64(2))
+}
+
+// A failing auto-commit waits out its backoff: no storm of retries when the
+// time trigger is long overdue.
+func TestAutoCommitBackoff(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 1, 1)
+	g := group(t)
+	failed := injectFailures(t, kmsg.OffsetCommit, 1000, func(req kmsg.Request) bool { return req.(*kmsg.OffsetCommitRequest).Group == g })
+	c := open(t, Config{Topic: topic, Group: g, AutoCommitEveryN: -1, AutoCommitEveryT: 20 * time.Millisecond, MaxBackoff: time.Second})
+	drain(t, c, 1, 1)
+	_, err := c.GetMessages(testCtx(t), 1, Block(false)) // consumes: the time trigger commits, and fails
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return failed.Load() >= 1 }, 10*time.Second, 5*time.Millisecond)
+	// The next attempt comes a second later. Absence has no event: wait
+	// half of that.
+	time.Sleep(500 * time.Millisecond)
+	assert.Equal(t, int64(1), failed.Load(), "commit attempts within the first backoff")
 }
 
 // A failed auto-commit is retried after its backoff, even when no trigger

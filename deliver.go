@@ -222,8 +222,8 @@ func (c *MultiConsumer) Iter(ctx context.Context) <-chan kafka.Message {
 // error when ctx ends or the consumer closes.
 func (c *MultiConsumer) iterate(ctx context.Context, ch chan<- kafka.Message) error {
 	for {
-		queued, changed := c.q.state()
-		if queued == 0 {
+		batches, changed := c.q.pending()
+		if batches == 0 {
 			select {
 			case <-changed:
 				continue
@@ -261,10 +261,15 @@ func (c *MultiConsumer) send(ctx context.Context, ch chan<- kafka.Message, taken
 			if !current {
 				break // Seek moved the partition: the rest is dropped
 			}
+			// Prefer stopping, or rechecking after a Seek, to a receiver
+			// that is also ready (a select picks at random).
 			select {
-			case <-done: // prefer stopping to a receiver that is also ready
+			case <-done:
 				c.requeue(b, i, taken[bi+1:])
 				return ctx.Err()
+			case <-interrupt:
+				c.requeue(b, i, taken[bi+1:])
+				return nil
 			default:
 			}
 			select {

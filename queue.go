@@ -120,6 +120,13 @@ func (q *queue) take(max int) []batch {
 		q.queued -= max
 		max = 0
 	}
+	// Markers right behind what was taken go too: they cost nothing, and
+	// left at the head they would wait for the next message.
+	for len(q.batches) > 0 && len(q.batches[0].msgs) == 0 && len(out) > 0 {
+		out = append(out, q.batches[0])
+		q.batches[0] = batch{}
+		q.batches = q.batches[1:]
+	}
 	if len(q.batches) == 0 {
 		q.batches = q.batches[:0:0] // let the backing array go
 	}
@@ -172,6 +179,14 @@ func (q *queue) state() (queued int, changed <-chan struct{}) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return q.queued, q.changed
+}
+
+// pending returns the number of queued batches, markers included, and a
+// channel closed at the next change.
+func (q *queue) pending() (batches int, changed <-chan struct{}) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.batches), q.changed
 }
 
 // len returns the number of queued messages.

@@ -338,6 +338,11 @@ func (w *worker) reset(ctx context.Context, p int, pos *fetchPos) error {
 	if w.c.cfg.StartOffset == kafka.LastOffset {
 		to = b[p].last
 	}
+	if to == pos.offset {
+		// The log says the offset is there, the fetch says it is not: a
+		// failure, retried with backoff, not a reset.
+		return fmt.Errorf("fetch at offset %d: %w (log is [%d, %d])", pos.offset, kafka.OffsetOutOfRange, b[p].first, b[p].last)
+	}
 	w.log.Warn("offset out of range, resetting", "partition", p, "offset", pos.offset, "reset_to", to)
 	return w.skip(ctx, p, pos, to)
 }
