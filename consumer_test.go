@@ -558,16 +558,8 @@ func TestOffsetOutOfRangeResetToLast(t *testing.T) {
 func TestTransactionMarkers(t *testing.T) {
 	t.Parallel()
 	topic := backlog(t, 1, 0)
-	cl, err := kgo.NewClient(kgo.SeedBrokers(cluster.Brokers()...), kgo.TransactionalID(kafkatest.UniqueName("tx")),
-		kgo.DefaultProduceTopic(topic), kgo.RecordPartitioner(kgo.ManualPartitioner()))
-	require.NoError(t, err)
-	defer cl.Close()
 	ctx := testCtx(t)
-	require.NoError(t, cl.BeginTransaction())
-	for i := range 3 {
-		require.NoError(t, cl.ProduceSync(ctx, &kgo.Record{Partition: 0, Value: fmt.Appendf(nil, "0-%d", i)}).FirstErr())
-	}
-	require.NoError(t, cl.EndTransaction(ctx, kgo.TryCommit)) // the marker: offset 3
+	produceTransaction(t, topic, 3) // the marker: offset 3
 
 	var fetches atomic.Int64
 	if kf := cluster.Kfake(); kf != nil {
@@ -645,18 +637,8 @@ func TestCompressedBatches(t *testing.T) {
 func TestIterTransactionMarker(t *testing.T) {
 	t.Parallel()
 	topic := backlog(t, 1, 0)
-	cl, err := kgo.NewClient(kgo.SeedBrokers(cluster.Brokers()...), kgo.TransactionalID(kafkatest.UniqueName("tx")),
-		kgo.DefaultProduceTopic(topic), kgo.RecordPartitioner(kgo.ManualPartitioner()))
-	require.NoError(t, err)
-	defer cl.Close()
 	ctx := testCtx(t)
-	require.NoError(t, cl.BeginTransaction())
-	recs := make([]*kgo.Record, iterBatch)
-	for i := range recs {
-		recs[i] = &kgo.Record{Partition: 0, Value: fmt.Appendf(nil, "0-%d", i)}
-	}
-	require.NoError(t, cl.ProduceSync(ctx, recs...).FirstErr())
-	require.NoError(t, cl.EndTransaction(ctx, kgo.TryCommit))
+	produceTransaction(t, topic, iterBatch)
 
 	c := open(t, Config{Topic: topic})
 	ch := c.Iter(ctx)
@@ -938,6 +920,24 @@ func TestAutoCommitRetried(t *testing.T) {
 	assert.Equal(t, int64(1), failed.Load())
 	assert.GreaterOrEqual(t, c.Stats().CommitErrors, int64(1))
 	assert.Equal(t, map[int]int64{0: 1}, committed(t, topic, g, 1))
+}
+
+// produceTransaction commits a transaction of n messages ("0-i") to
+// partition 0 of topic; its commit marker takes the offset after them.
+func produceTransaction(t *testing.T, topic string, n int) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(cluster.Brokers()...), kgo.TransactionalID(kafkatest.UniqueName("tx")),
+		kgo.DefaultProduceTopic(topic), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	require.NoError(t, err)
+	defer cl.Close()
+	ctx := testCtx(t)
+	require.NoError(t, cl.BeginTransaction())
+	recs := make([]*kgo.Record, n)
+	for i := range recs {
+		recs[i] = &kgo.Record{Partition: 0, Value: fmt.Appendf(nil, "0-%d", i)}
+	}
+	require.NoError(t, cl.ProduceSync(ctx, recs...).FirstErr())
+	require.NoError(t, cl.EndTransaction(ctx, kgo.TryCommit))
 }
 
 // injectFailures makes the embedded broker close the connection on the
