@@ -332,14 +332,9 @@ func (b *bench) workersChart(tag string) error {
 			if len(xys) == 0 {
 				continue
 			}
-			l, pts, err := plotter.NewLinePoints(xys)
-			if err != nil {
+			if err := addLine(p, xys, i, fmt.Sprintf("%s %d B", kind, size)); err != nil {
 				return err
 			}
-			l.Color, pts.Color = plotutil.Color(i), plotutil.Color(i)
-			pts.Shape = plotutil.Shape(i)
-			p.Add(l, pts)
-			p.Legend.Add(fmt.Sprintf("%s %d B", kind, size), l, pts)
 			i++
 		}
 	}
@@ -417,13 +412,9 @@ func (b *bench) ioChart(tag string) error {
 		if len(xys) == 0 {
 			continue
 		}
-		l, pts, err := plotter.NewLinePoints(xys)
-		if err != nil {
+		if err := addLine(p, xys, i, fmt.Sprintf("MultiConsumer, %d handler goroutine(s)", h)); err != nil {
 			return err
 		}
-		l.Color, pts.Color = plotutil.Color(i), plotutil.Color(i)
-		p.Add(l, pts)
-		p.Legend.Add(fmt.Sprintf("MultiConsumer, %d handler goroutine(s)", h), l, pts)
 		if ref > 0 {
 			rl, err := plotter.NewLine(plotter.XYs{{X: 1, Y: ref}, {X: 8, Y: ref}})
 			if err != nil {
@@ -443,4 +434,18 @@ func (b *bench) ioChart(tag string) error {
 	p.Legend.Left = true
 	p.Add(plotter.NewGrid())
 	return save(p, 7*vg.Inch, 4.5*vg.Inch, filepath.Join(b.o.docs, fmt.Sprintf("bench-%s-io.png", tag)))
+}
+
+// addLine adds xys to p as the i-th line with points, in the i-th colour
+// and shape, with a legend entry.
+func addLine(p *plot.Plot, xys plotter.XYs, i int, label string) error {
+	l, pts, err := plotter.NewLinePoints(xys)
+	if err != nil {
+		return err
+	}
+	l.Color, pts.Color = plotutil.Color(i), plotutil.Color(i)
+	pts.Shape = plotutil.Shape(i)
+	p.Add(l, pts)
+	p.Legend.Add(label, l, pts)
+	return nil
 }
