@@ -43,9 +43,11 @@ func Timeout(d time.Duration) GetOption {
 // With Block(true), the default, it waits until count messages or the
 // timeout; with BlockFor(n), until n; with Block(false), not at all. When the
 // timeout expires it returns what it has, possibly nothing, and a nil
-// error. If ctx ends first, it returns ctx's error and delivers nothing: the
-// messages it had taken stay queued, in order, for the next call. After
-// Close it returns ErrClosed. A negative count is an error; 0 returns
+// error. If ctx ends first, or was done already, it returns ctx's error and
+// delivers nothing: the messages it had taken stay queued, in order, for the
+// next call. A call with a done ctx still counts what was delivered before
+// as consumed: that is how a loop ends cleanly (see Close). After Close it
+// returns ErrClosed. A negative count is an error; 0 returns
 // nothing.
 func (c *MultiConsumer) GetMessages(ctx context.Context, count int, opts ...GetOption) ([]kafka.Message, error) {
 	if c.isClosed() {
@@ -74,7 +76,10 @@ func (c *MultiConsumer) GetMessages(ctx context.Context, count int, opts ...GetO
 		}
 	}
 
-	c.consume() // the caller came back for more
+	c.consume() // the caller came back for more, even with a done ctx
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	if count == 0 {
 		return nil, nil
 	}
@@ -112,6 +117,10 @@ func (c *MultiConsumer) GetMessages(ctx context.Context, count int, opts ...GetO
 		}
 		c.mu.Unlock()
 		if n >= need {
+			if err := ctx.Err(); err != nil {
+				c.q.unshift(taken)
+				return nil, err
+			}
 			break
 		}
 		queued, changed := c.q.state()

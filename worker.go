@@ -299,12 +299,20 @@ func (w *worker) skip(ctx context.Context, p int, pos *fetchPos, to int64) error
 // one allocation for many small messages instead of two per message.
 const arenaSize = 32 << 10
 
-// read copies b into the worker's arena (nil stays nil).
+// empty is what an empty key or value reads as: not nil, which would make
+// an empty value look like a tombstone. Its capacity is 0, so a caller's
+// append never writes into it.
+var empty = []byte{}
+
+// read copies b into the worker's arena (nil stays nil, empty stays empty).
 func (w *worker) read(b protocol.Bytes) ([]byte, error) {
 	if b == nil {
 		return nil, nil
 	}
 	n := b.Len()
+	if n == 0 {
+		return empty, nil
+	}
 	if n > len(w.arena) {
 		if n > arenaSize/4 {
 			return protocol.ReadAll(b) // large values get their own
