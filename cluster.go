@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"slices"
+	"syscall"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -17,22 +19,27 @@ import (
 // commits. Each is bounded by the request timeout, so that an unreachable or
 // silent broker ends in an error, never a hang.
 
-// retry calls f until it succeeds, fails with an error that is neither a
-// network timeout nor one Kafka calls temporary, or ctx ends. Temporary errors are common on a real broker
-// right after a topic is created (NOT_LEADER until its leader is ready) and
-// while a group coordinator loads (COORDINATOR_LOAD_IN_PROGRESS).
-func retry(ctx context.Context, f func() error) error {
+// retry calls f until it succeeds, fails with an error that is not worth
+// another try, or ctx ends. Worth another try: a network timeout, an error
+// Kafka calls temporary, and, with conns, a dropped or refused connection.
+// Temporary errors are common on a real broker right after a topic is
+// created (NOT_LEADER until its leader is ready) and while a group
+// coordinator loads (COORDINATOR_LOAD_IN_PROGRESS); a connection drops when
+// a broker restarts or a proxy resets it. A missing topic is not temporary
+// here, although Kafka says so: for a topic the consumer was reading it
+// means the topic was deleted.
+func retry(ctx context.Context, conns bool, f func() error) error {
 	delay := 20 * time.Millisecond
 	for {
 		err := f()
-		var kerr kafka.Error
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
 		var perm permanent
 		if errors.As(err, &perm) {
 			return perm.error
 		}
-		var nerr net.Error
-		timeout := errors.As(err, &nerr) && nerr.Timeout() && ctx.Err() == nil
-		if err == nil || !timeout && (!errors.As(err, &kerr) || !kerr.Temporary()) {
+		if !retriable(err, conns) {
 			return err
 		}
 		select {
@@ -42,6 +49,31 @@ func retry(ctx context.Context, f func() error) error {
 		}
 		delay = min(2*delay, 500*time.Millisecond)
 	}
+}
+
+// retriable reports whether err is worth another try (see retry).
+func retriable(err error, conns bool) bool {
+	if errors.Is(err, kafka.UnknownTopicOrPartition) {
+		return false
+	}
+	var kerr kafka.Error
+	if errors.As(err, &kerr) {
+		return kerr.Temporary()
+	}
+	var nerr net.Error
+	if errors.As(err, &nerr) && nerr.Timeout() {
+		return true
+	}
+	return conns && connError(err)
+}
+
+// connError reports whether err means the connection dropped or was
+// refused: the request may succeed on a new one.
+func connError(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNABORTED) ||
+		errors.Is(err, syscall.EPIPE)
 }
 
 // permanent marks an error that retry must not retry.
@@ -92,7 +124,7 @@ func (c *MultiConsumer) withTimeout(ctx context.Context) (context.Context, conte
 func (c *MultiConsumer) topicMetadata(ctx context.Context) (parts []int, leaders map[int]int, err error) {
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
-	err = retry(ctx, func() error {
+	err = retry(ctx, c.retryConnErrs, func() error {
 		parts, leaders, err = c.topicMetadataOnce(ctx)
 		return err
 	})
@@ -149,7 +181,7 @@ func (c *MultiConsumer) logEnds(ctx context.Context, partitions []int) (map[int]
 func (c *MultiConsumer) listOffsets(ctx context.Context, partitions []int, first bool) (out map[int]bounds, err error) {
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
-	err = retry(ctx, func() error {
+	err = retry(ctx, c.retryConnErrs, func() error {
 		out, err = c.listOffsetsOnce(ctx, partitions, first)
 		return err
 	})
@@ -194,7 +226,7 @@ func (c *MultiConsumer) committedOffsets(ctx context.Context, partitions []int) 
 	}
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
-	err = retry(ctx, func() error {
+	err = retry(ctx, c.retryConnErrs, func() error {
 		out, err = c.committedOffsetsOnce(ctx, partitions)
 		return err
 	})

@@ -5,10 +5,13 @@ import (
 	"time"
 )
 
-// Commit counts everything delivered so far as consumed and stores the
-// consumed offsets of partitions (every partition when none is given) in
-// the group, synchronously. It resets both auto-commit triggers. It returns
-// ErrNoGroup when Config.Group is "", and works with ManualCommit too.
+// Commit counts everything delivered so far as consumed (the caller says it
+// is done with it) and stores the consumed offsets of partitions (every
+// partition when none is given) in the group, synchronously. It resets both
+// auto-commit triggers. It returns ErrNoGroup when Config.Group is "", and
+// works with ManualCommit too. A dropped connection or a temporary Kafka
+// error is retried within the request timeout. A Commit that overlaps
+// Close returns ErrClosed; Close commits what it had counted consumed.
 func (c *MultiConsumer) Commit(ctx context.Context, partitions ...int) error {
 	if ctx == nil {
 		return errNilContext
@@ -20,11 +23,16 @@ func (c *MultiConsumer) Commit(ctx context.Context, partitions ...int) error {
 	if c.cfg.Group == "" {
 		return ErrNoGroup
 	}
+	ctx, leave, err := c.enter(ctx, c.commitLife)
+	if err != nil {
+		return err
+	}
+	defer leave()
 	c.consume()
 	if len(partitions) == 0 {
 		parts = nil
 	}
-	return c.commit(ctx, parts...)
+	return closedErr(ctx, c.commit(ctx, parts...))
 }
 
 // consume records that the caller came back for more, and wakes the
@@ -62,7 +70,7 @@ func (c *MultiConsumer) commit(ctx context.Context, partitions ...int) error {
 
 	var ok map[int]int64
 	rctx, cancel := c.withTimeout(ctx)
-	err := retry(rctx, func() (err error) {
+	err := retry(rctx, c.retryConnErrs, func() (err error) {
 		ok, err = c.offsetCommit(rctx, offsets)
 		return err
 	})
@@ -87,8 +95,11 @@ func (c *MultiConsumer) commit(ctx context.Context, partitions ...int) error {
 // trigger wakes it or the time trigger fires. A failed commit is retried
 // after a backoff (1s doubling up to MaxBackoff), whatever the triggers say;
 // the retry commits the newest consumed offsets, so nothing is dropped. It
-// ends when ctx is done, after finishing a commit in flight; Close then makes
-// the final commit.
+// ends when ctx is done, after finishing a commit in flight (bounded by
+// c.commitLife, which Close ends at its deadline); Close then makes the
+// final commit. A commit in flight is not cancelled at once: its request
+// is on the wire, and a later commit could overtake it on another
+// connection and be overwritten by its older offsets.
 func (c *MultiConsumer) runCommitter(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -123,7 +134,7 @@ func (c *MultiConsumer) runCommitter(ctx context.Context) {
 		if !due && backoff == 0 {
 			continue
 		}
-		if err := c.commit(context.WithoutCancel(ctx)); err != nil {
+		if err := c.commit(c.commitLife); err != nil {
 			backoff = nextBackoff(backoff, c.cfg.MaxBackoff)
 			retryAt = time.Now().Add(backoff)
 		} else {

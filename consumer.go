@@ -2,6 +2,7 @@ package multiconsumer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -36,18 +37,28 @@ type MultiConsumer struct {
 
 	mu         sync.Mutex // guards the fields below
 	book       *book
-	leaders    map[int]int // partition -> leader broker id
-	closed     bool
+	leaders    map[int]int   // partition -> leader broker id
+	closed     bool          // Close has begun
+	closeDone  chan struct{} // closed when Close has returned
 	workers    int
 	stopFetch  context.CancelFunc
 	commitErrs int64
 	interrupt  chan struct{} // closed and replaced by every Seek, and by Close
 
-	fetchers  sync.WaitGroup // workers
-	helpers   sync.WaitGroup // committer and Iter goroutines
-	stopHelp  context.CancelFunc
-	commitMu  sync.Mutex    // serializes commits
-	commitNow chan struct{} // wakes the committer: the count trigger fired
+	// Close cancels life when it begins, which ends the requests of calls
+	// in flight (Seek, Pending), and commitLife when its one timeout is
+	// up, which ends commits in flight. It waits for calls to return
+	// before it closes the transport's connections, so that none reopens
+	// one.
+	life, commitLife       context.Context
+	endLife, endCommitLife context.CancelFunc
+	calls                  sync.WaitGroup // public calls that make requests; Add under mu while !closed
+	retryConnErrs          bool           // set once New has reached the cluster
+	fetchers               sync.WaitGroup // workers
+	helpers                sync.WaitGroup // committer and Iter goroutines
+	stopHelp               context.CancelFunc
+	commitMu               sync.Mutex    // serializes commits
+	commitNow              chan struct{} // wakes the committer: the count trigger fired
 }
 
 // New connects to the cluster, reads the topic's partitions and the
@@ -76,12 +87,20 @@ func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
 		book:      newBook(cfg.AutoCommitEveryN, cfg.AutoCommitEveryT, time.Now()),
 		commitNow: make(chan struct{}, 1),
 		interrupt: make(chan struct{}),
+		closeDone: make(chan struct{}),
 	}
+	c.life, c.endLife = context.WithCancel(context.Background())
+	c.commitLife, c.endCommitLife = context.WithCancel(context.Background())
 	parts, err := c.start(ctx)
 	if err != nil {
+		c.endLife()
+		c.endCommitLife()
 		tr.CloseIdleConnections()
 		return nil, err
 	}
+	// From now on a dropped connection is retried: the cluster was there.
+	// Before, a refused connection fails New at once (a wrong address).
+	c.retryConnErrs = true
 
 	helpCtx, stop := context.WithCancel(context.Background())
 	c.stopHelp = stop
@@ -270,11 +289,44 @@ func (c *MultiConsumer) Pause() {
 	c.q.barrier()
 }
 
-// Resume lets paused workers fetch and queue again.
+// Resume lets paused workers fetch and queue again. After Close it does
+// nothing.
 func (c *MultiConsumer) Resume() {
-	if !c.isClosed() {
+	c.mu.Lock()
+	defer c.mu.Unlock() // Close clears running under mu: no Set slips in after it
+	if !c.closed {
 		c.running.Set()
 	}
+}
+
+// enter registers a call that makes requests to the cluster, and returns
+// ctx bounded by parent as well (c.life for reads, c.commitLife for
+// commits). It returns ErrClosed once Close has begun. The caller calls
+// leave when its requests are done.
+func (c *MultiConsumer) enter(ctx, parent context.Context) (context.Context, func(), error) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil, nil, ErrClosed
+	}
+	c.calls.Add(1)
+	c.mu.Unlock()
+	ctx, cancel := context.WithCancelCause(ctx)
+	stop := context.AfterFunc(parent, func() { cancel(ErrClosed) })
+	return ctx, func() {
+		stop()
+		cancel(nil)
+		c.calls.Done()
+	}, nil
+}
+
+// closedErr returns ErrClosed for err when ctx (from enter) ended because
+// the consumer closed, and err otherwise.
+func closedErr(ctx context.Context, err error) error {
+	if err != nil && errors.Is(context.Cause(ctx), ErrClosed) {
+		return ErrClosed
+	}
+	return err
 }
 
 // Offsets returns, per partition, the offset after the last message
@@ -301,9 +353,14 @@ func (c *MultiConsumer) Pending(ctx context.Context, partitions ...int) (int64, 
 	if err != nil {
 		return 0, err
 	}
-	b, err := c.logEnds(ctx, parts)
+	ctx, leave, err := c.enter(ctx, c.life)
 	if err != nil {
 		return 0, err
+	}
+	defer leave()
+	b, err := c.logEnds(ctx, parts)
+	if err != nil {
+		return 0, closedErr(ctx, err)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -379,11 +436,20 @@ func (c *MultiConsumer) Seek(ctx context.Context, offset int64, whence Whence, p
 	if err != nil {
 		return err
 	}
-	b, err := c.logBounds(ctx, parts)
+	ctx, leave, err := c.enter(ctx, c.life)
 	if err != nil {
 		return err
 	}
+	defer leave()
+	b, err := c.logBounds(ctx, parts)
+	if err != nil {
+		return closedErr(ctx, err)
+	}
 	c.mu.Lock()
+	if c.closed { // Close began during the request: move nothing
+		c.mu.Unlock()
+		return ErrClosed
+	}
 	targets := make(map[int]int64, len(parts))
 	for _, p := range parts {
 		po, ok := c.book.parts[p]
@@ -473,42 +539,54 @@ func (c *MultiConsumer) String() string {
 }
 
 // Close stops the consumer, as http.Server.Shutdown does a server: it stops
-// the workers and cancels their fetches, ends every Iter channel and makes
+// the workers and cancels their fetches, ends every Iter channel, makes
 // pending GetMessages calls return ErrClosed (what they had taken is not
-// delivered), then, unless ManualCommit or Group is "", counts everything
-// delivered as consumed and commits it, within the dialer's timeout. It
-// returns when every goroutine the consumer started has ended, with the
-// final commit's error if any. Close is safe to call more than once; later
-// calls, like every other call after Close, return ErrClosed.
+// delivered) and calls in flight (Seek, Pending, Commit) return ErrClosed,
+// then, unless ManualCommit or Group is "", commits what the caller came
+// back from (consumed, see the package doc): a batch the caller still holds
+// is not committed, and will be delivered again. To commit everything
+// handled, come back to GetMessages once more (with a cancelled ctx, for
+// example) or call Commit before Close.
+//
+// All of Close, a commit in flight included, takes at most one request
+// timeout (the Dialer's). It returns when every goroutine the consumer
+// started has ended and every connection is closed, with the final commit's
+// error if any. Close is safe to call concurrently and more than once: later
+// calls wait for the first to finish and return ErrClosed, like every other
+// call after Close.
 func (c *MultiConsumer) Close() error {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
+		<-c.closeDone
 		return ErrClosed
 	}
 	c.closed = true
 	// Closed for good, not replaced: an Iter goroutine that reads it
 	// from now on sees it closed and gives up its send.
 	close(c.interrupt)
+	c.running.Clear() // no put completes from now on; Resume cannot undo it
 	c.mu.Unlock()
+	defer close(c.closeDone)
 
+	ctx, cancel := c.withTimeout(context.Background())
+	defer cancel()
+	stopCommits := context.AfterFunc(ctx, c.endCommitLife)
+	defer stopCommits()
 	c.closing.Set()
-	c.running.Clear() // no put completes from now on
+	c.endLife()
 	c.q.barrier()
 	c.stopWorkers()
 	c.deliver <- struct{}{} // wait for any delivery in progress to give up
 	c.stopHelp()
-	c.helpers.Wait()
+	c.helpers.Wait() // the committer finishes a commit in flight, within ctx
+	c.calls.Wait()
 
 	var err error
 	if c.autoCommit() {
-		c.mu.Lock()
-		c.book.consume(time.Now())
-		c.mu.Unlock()
-		ctx, cancel := c.withTimeout(context.Background())
 		err = c.commit(ctx)
-		cancel()
 	}
+	c.endCommitLife()
 	c.transport.CloseIdleConnections()
 	c.log.Info("closed")
 	return err

@@ -15,6 +15,7 @@ import (
 	"github.com/segmentio/kafka-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"go.uber.org/goleak"
@@ -177,9 +178,10 @@ func TestCommitsNeverCoverHeldMessages(t *testing.T) {
 	assert.Equal(t, map[int]int64{0: 5}, committed(t, topic, g, 1))
 	assert.Equal(t, int64(10), c.Offsets()[0])
 
-	// Close counts the last five as consumed and commits them.
+	// Close commits only what the caller came back from: the last five
+	// are held.
 	require.NoError(t, c.Close())
-	assert.Equal(t, map[int]int64{0: 10}, committed(t, topic, g, 1))
+	assert.Equal(t, map[int]int64{0: 5}, committed(t, topic, g, 1))
 }
 
 func TestIterCommitsOnlyReceivedAndCameBack(t *testing.T) {
@@ -197,7 +199,7 @@ func TestIterCommitsOnlyReceivedAndCameBack(t *testing.T) {
 	assert.Equal(t, int64(2), c.Offsets()[0])
 }
 
-// Close commits what was delivered; a second consumer of the group resumes
+// Close commits what was consumed; a second consumer of the group resumes
 // exactly after it: nothing lost, nothing twice, although the first had
 // fetched more than it delivered.
 func TestCommitOnCloseAndResume(t *testing.T) {
@@ -211,6 +213,10 @@ func TestCommitOnCloseAndResume(t *testing.T) {
 	first := drain(t, c1, 400, 100)
 	require.Eventually(t, func() bool { return c1.Stats().QueueLen > 0 }, 10*time.Second, 5*time.Millisecond,
 		"the workers should have fetched ahead")
+	done, cancel := context.WithCancel(testCtx(t))
+	cancel()
+	_, err := c1.GetMessages(done, 1) // the clean end: comes back, consumes all
+	require.ErrorIs(t, err, context.Canceled)
 	require.NoError(t, c1.Close())
 	assert.ErrorIs(t, c1.Close(), ErrClosed)
 	want := c1.Offsets()
@@ -889,7 +895,7 @@ func TestAutoCommitBackoff(t *testing.T) {
 	t.Parallel()
 	topic := backlog(t, 1, 1)
 	g := group(t)
-	failed := injectFailures(t, kmsg.OffsetCommit, 1000, func(req kmsg.Request) bool { return req.(*kmsg.OffsetCommitRequest).Group == g })
+	failed := rejectCommits(t, g, 1000)
 	c := open(t, Config{Topic: topic, Group: g, AutoCommitEveryN: -1, AutoCommitEveryT: 20 * time.Millisecond, MaxBackoff: time.Second})
 	drain(t, c, 1, 1)
 	_, err := c.GetMessages(testCtx(t), 1, Block(false)) // consumes: the time trigger commits, and fails
@@ -908,7 +914,7 @@ func TestAutoCommitRetried(t *testing.T) {
 	t.Parallel()
 	topic := backlog(t, 1, 1)
 	g := group(t)
-	failed := injectFailures(t, kmsg.OffsetCommit, 1, func(req kmsg.Request) bool { return req.(*kmsg.OffsetCommitRequest).Group == g })
+	failed := rejectCommits(t, g, 1)
 	c := open(t, Config{Topic: topic, Group: g, AutoCommitEveryN: 1, AutoCommitEveryT: -1, MaxBackoff: 50 * time.Millisecond})
 	drain(t, c, 1, 1)
 	// Coming back consumes the message, and the commit fails; then the call
@@ -961,6 +967,44 @@ func injectFailures(t *testing.T, key kmsg.Key, n int64, match func(kmsg.Request
 		}
 		failed.Add(1)
 		return nil, errors.New("injected"), true
+	})
+	return &failed
+}
+
+// rejectCommits makes the embedded broker answer the first n commits of
+// group with GROUP_AUTHORIZATION_FAILED, an error no retry mends, and counts
+// them. On a real broker it skips the test.
+func rejectCommits(t *testing.T, group string, n int64) *atomic.Int64 {
+	t.Helper()
+	kf := cluster.Kfake()
+	if kf == nil {
+		t.Skip("needs the embedded broker to inject faults")
+	}
+	var failed atomic.Int64
+	kf.ControlKey(kmsg.OffsetCommit.Int16(), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
+		kf.KeepControl()
+		if failed.Load() >= n {
+			kf.DropControl()
+			return nil, nil, false
+		}
+		req := kreq.(*kmsg.OffsetCommitRequest)
+		if req.Group != group {
+			return nil, nil, false
+		}
+		failed.Add(1)
+		res := req.ResponseKind().(*kmsg.OffsetCommitResponse)
+		for _, rt := range req.Topics {
+			st := kmsg.NewOffsetCommitResponseTopic()
+			st.Topic = rt.Topic
+			for _, rp := range rt.Partitions {
+				sp := kmsg.NewOffsetCommitResponseTopicPartition()
+				sp.Partition = rp.Partition
+				sp.ErrorCode = kerr.GroupAuthorizationFailed.Code
+				st.Partitions = append(st.Partitions, sp)
+			}
+			res.Topics = append(res.Topics, st)
+		}
+		return res, nil, true
 	})
 	return &failed
 }
