@@ -17,8 +17,11 @@ import (
 // produces b.N messages of 100 B over 8 partitions with the timer stopped,
 // then times draining them.
 //
-//	go test -run XXX -bench . ./bench
-//	go test -run XXX -bench 'GetMessages/w=8' -cpuprofile cpu.out ./bench
+// Run them from bench/ (a module of its own):
+//
+//	cd bench
+//	go test -run XXX -bench .
+//	go test -run XXX -bench 'GetMessages/w=8' -cpuprofile cpu.out
 
 var (
 	clusterOnce sync.Once

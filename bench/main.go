@@ -8,10 +8,17 @@
 // (kfake) runs in a third process (-serve). With -brokers host:port it uses
 // a running Kafka instead.
 //
-//	go run ./bench                                  # default suites on kfake
-//	go run ./bench -brokers 127.0.0.1:9092          # on a real Kafka
-//	go run ./bench -suites drain -rounds 5 -n 200000 -sizes 100
-//	go run ./bench -suites pitfall,mem,profile
+// bench is a module of its own (bench/go.mod), so run it from bench/:
+//
+//	cd bench
+//	go run .                                  # default suites on kfake
+//	go run . -brokers 127.0.0.1:9092          # on a real Kafka
+//	go run . -suites drain -rounds 5 -n 200000 -sizes 100
+//	go run . -suites pitfall,mem,profile
+//
+// Its default paths (-out, -docs, the Python venv) are the repository's
+// bench/results, docs and bench/python, whether it runs from bench/ or, as
+// a built binary, from the repository root.
 //
 // See docs/BENCHMARKS.md for the results and what they mean.
 package main
@@ -20,6 +27,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -75,8 +83,8 @@ func main() {
 	flag.StringVar(&o.ioHandlers, "io-handlers", "1,64", "handler goroutines of the io suite")
 	flag.DurationVar(&o.ioSleep, "io-sleep", time.Millisecond, "wait per message in the io suite")
 	flag.StringVar(&o.memN, "mem-n", "1000000,10000000", "backlogs of the mem suite (100 B messages)")
-	flag.StringVar(&o.out, "out", "bench/results", "directory for the JSON and Markdown results and profiles")
-	flag.StringVar(&o.docs, "docs", "docs", "directory for the PNG charts")
+	flag.StringVar(&o.out, "out", fromRoot("bench/results"), "directory for the JSON and Markdown results and profiles")
+	flag.StringVar(&o.docs, "docs", fromRoot("docs"), "directory for the PNG charts")
 	flag.StringVar(&o.reportFrom, "report", "", "only write the tables and charts of a results JSON file of an earlier run (give its -suites and -label too)")
 
 	flag.StringVar(&o.contender, "contender", "", "child mode: run this contender and print its result")
@@ -103,4 +111,17 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
+}
+
+// fromRoot turns a path relative to the repository root into one relative to
+// the working directory: unchanged at the root, under ".." in bench/ (where
+// go run . runs), unchanged anywhere else.
+func fromRoot(path string) string {
+	if _, err := os.Stat(filepath.Join("bench", "go.mod")); err == nil {
+		return path
+	}
+	if _, err := os.Stat(filepath.Join("..", "bench", "go.mod")); err == nil {
+		return filepath.Join("..", path)
+	}
+	return path
 }

@@ -408,7 +408,7 @@ func (b *bench) pythonSuite() error {
 		return err
 	}
 	defer b.deleteTopic(topic)
-	cmd := exec.Command("bench/python/.venv/bin/python", "bench/python/mpc.py", b.brokers, topic, strconv.Itoa(b.o.n), strconv.Itoa(b.o.partitions))
+	cmd := exec.Command(fromRoot("bench/python/.venv/bin/python"), fromRoot("bench/python/mpc.py"), b.brokers, topic, strconv.Itoa(b.o.n), strconv.Itoa(b.o.partitions))
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()
 	r := result{Contender: "kafka-python-mpc", Mode: "python", Size: 100, Broker: b.o.label}
