@@ -16,6 +16,7 @@ const (
 	DefaultAutoCommitEveryT = 5 * time.Second
 	DefaultMaxBackoff       = 60 * time.Second
 	DefaultTimeout          = 10 * time.Second // of GetMessages
+	DefaultMetadataMaxAge   = 5 * time.Minute
 )
 
 // Config configures a MultiConsumer. The zero value of each optional field
@@ -64,6 +65,12 @@ type Config struct {
 	// MaxBackoff caps the exponential backoff (1s, 2s, 4s...) with which
 	// a failing worker or auto-commit retries. Default 60s.
 	MaxBackoff time.Duration
+	// MetadataMaxAge is how often the topic's metadata is read again, as
+	// the Java client's metadata.max.age.ms: partitions added to the topic
+	// are then consumed (with Partitions nil), from their first offset.
+	// A fetch error (a leader moved, a partition or the topic is gone)
+	// makes the consumer read it again at once. Default 5 minutes.
+	MetadataMaxAge time.Duration
 	// Dialer sets TLS, SASL, the client id and the dial timeout. Its
 	// Timeout also bounds every request other than fetches. nil means
 	// kafka.DefaultDialer.
@@ -123,6 +130,8 @@ func (c Config) withDefaults() (Config, error) {
 		return bad("QueueSize", c.QueueSize, "must not be negative")
 	case c.MaxBackoff < 0:
 		return bad("MaxBackoff", c.MaxBackoff, "must not be negative")
+	case c.MetadataMaxAge < 0:
+		return bad("MetadataMaxAge", c.MetadataMaxAge, "must not be negative")
 	case c.Dialer != nil && c.Dialer.Timeout < 0:
 		return bad("Dialer.Timeout", c.Dialer.Timeout, "must not be negative")
 	}
@@ -148,6 +157,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.MaxBackoff == 0 {
 		c.MaxBackoff = DefaultMaxBackoff
 	}
+	if c.MetadataMaxAge == 0 {
+		c.MetadataMaxAge = DefaultMetadataMaxAge
+	}
 	if c.Dialer == nil {
 		c.Dialer = kafka.DefaultDialer
 	}
@@ -155,7 +167,9 @@ func (c Config) withDefaults() (Config, error) {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	c.Brokers = append([]string(nil), c.Brokers...)
-	c.Partitions = append([]int(nil), c.Partitions...)
+	if c.Partitions != nil {
+		c.Partitions = append([]int(nil), c.Partitions...)
+	}
 	return c, nil
 }
 

@@ -35,15 +35,21 @@ type MultiConsumer struct {
 	closing *event        // set by Close
 	deliver chan struct{} // a token: who holds it may take from the queue and deliver
 
-	mu         sync.Mutex // guards the fields below
-	book       *book
-	leaders    map[int]int   // partition -> leader broker id
-	closed     bool          // Close has begun
-	closeDone  chan struct{} // closed when Close has returned
-	workers    int
-	stopFetch  context.CancelFunc
-	commitErrs int64
-	interrupt  chan struct{} // closed and replaced by every Seek, and by Close
+	mu           sync.Mutex // guards the fields below
+	book         *book
+	leaders      map[int]int       // partition -> leader broker id, as the transport routes
+	positions    map[int]*fetchPos // fetch positions, lent to the workers between assigns
+	wakers       map[int]*wakeup   // partition -> its worker's wake-up
+	added        []int             // partitions added to the topic while running
+	refreshed    chan struct{}     // closed when the refresh in progress (or the next) ends
+	missingSince time.Time         // the topic was missing from the last refresh
+	fatal        error             // the consumer cannot go on (its topic was deleted)
+	closed       bool              // Close has begun
+	closeDone    chan struct{}     // closed when Close has returned
+	workers      int
+	stopFetch    context.CancelFunc
+	commitErrs   int64
+	interrupt    chan struct{} // closed and replaced by every Seek, and by Close
 
 	// Close cancels life when it begins, which ends the requests of calls
 	// in flight (Seek, Pending), and commitLife when its one timeout is
@@ -59,6 +65,7 @@ type MultiConsumer struct {
 	stopHelp               context.CancelFunc
 	commitMu               sync.Mutex    // serializes commits
 	commitNow              chan struct{} // wakes the committer: the count trigger fired
+	refreshNow             chan struct{} // wakes the refresher: a worker asks for metadata
 }
 
 // New connects to the cluster, reads the topic's partitions and the
@@ -76,18 +83,21 @@ func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
 	}
 	tr := newTransport(cfg.Dialer, cfg.Topic)
 	c := &MultiConsumer{
-		cfg:       cfg,
-		log:       cfg.Logger.With("topic", cfg.Topic, "group", cfg.Group),
-		transport: tr,
-		client:    &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Transport: tr},
-		q:         newQueue(cfg.QueueSize),
-		running:   newEvent(true),
-		closing:   newEvent(false),
-		deliver:   make(chan struct{}, 1),
-		book:      newBook(cfg.AutoCommitEveryN, cfg.AutoCommitEveryT, time.Now()),
-		commitNow: make(chan struct{}, 1),
-		interrupt: make(chan struct{}),
-		closeDone: make(chan struct{}),
+		cfg:        cfg,
+		log:        cfg.Logger.With("topic", cfg.Topic, "group", cfg.Group),
+		transport:  tr,
+		client:     &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Transport: tr},
+		q:          newQueue(cfg.QueueSize),
+		running:    newEvent(true),
+		closing:    newEvent(false),
+		deliver:    make(chan struct{}, 1),
+		book:       newBook(cfg.AutoCommitEveryN, cfg.AutoCommitEveryT, time.Now()),
+		commitNow:  make(chan struct{}, 1),
+		interrupt:  make(chan struct{}),
+		closeDone:  make(chan struct{}),
+		positions:  make(map[int]*fetchPos),
+		refreshed:  make(chan struct{}),
+		refreshNow: make(chan struct{}, 1),
 	}
 	c.life, c.endLife = context.WithCancel(context.Background())
 	c.commitLife, c.endCommitLife = context.WithCancel(context.Background())
@@ -107,6 +117,7 @@ func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
 	if c.autoCommit() {
 		c.helpers.Go(func() { c.runCommitter(helpCtx) })
 	}
+	c.helpers.Go(func() { c.runRefresher(helpCtx) })
 	c.assign(parts)
 	return c, nil
 }
@@ -118,7 +129,7 @@ func (c *MultiConsumer) start(ctx context.Context) ([]int, error) {
 		return nil, err
 	}
 	parts := all
-	if len(c.cfg.Partitions) > 0 {
+	if c.cfg.Partitions != nil {
 		var missing []int
 		for _, p := range c.cfg.Partitions {
 			if _, ok := slices.BinarySearch(all, p); !ok {
@@ -173,18 +184,36 @@ func (c *MultiConsumer) startOffset(p int, committed map[int]int64, b bounds) (i
 func (c *MultiConsumer) autoCommit() bool { return c.cfg.Group != "" && !c.cfg.ManualCommit }
 
 // assign replaces the workers with new ones for parts. It is how the set of
-// partitions changes at run time: work started for one assignment ends
-// before the next begins.
+// partitions changes at run time (partitions added to the topic): work
+// started for one assignment ends before the next begins, and the next
+// workers go on from the fetch positions the last ones left. After Close
+// has begun, or once the consumer has stopped for good, it starts nothing.
 func (c *MultiConsumer) assign(parts []int) {
 	c.stopWorkers()
 	ctx, cancel := context.WithCancel(context.Background())
 	chunked := chunks(parts, c.cfg.numWorkers(len(parts)))
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.fatal != nil {
+		cancel()
+		return
+	}
 	c.stopFetch = cancel
 	c.workers = len(chunked)
-	c.mu.Unlock()
+	c.wakers = make(map[int]*wakeup, len(parts))
 	for i, chunk := range chunked {
-		w := newWorker(c, i, chunk)
+		pos := make(map[int]*fetchPos, len(chunk))
+		wake := newWakeup()
+		for _, p := range chunk {
+			if c.positions[p] == nil {
+				c.positions[p] = &fetchPos{}
+			}
+			pos[p] = c.positions[p]
+			c.wakers[p] = wake
+		}
+		w := newWorker(c, i, chunk, pos, wake)
+		// Started under c.mu: Close, which sets closed under it, then
+		// waits for every worker started before.
 		c.fetchers.Go(func() { w.run(ctx) })
 	}
 }
@@ -235,18 +264,6 @@ func (c *MultiConsumer) syncPositions(parts []int, pos map[int]*fetchPos, now ti
 		idle = time.Hour // no partition at all: the worker waits to be stopped
 	}
 	return out, idle
-}
-
-// refreshLeaders rereads the partition leaders after a failed fetch.
-func (c *MultiConsumer) refreshLeaders(ctx context.Context) {
-	_, leaders, err := c.topicMetadata(ctx)
-	if err != nil {
-		c.log.Warn("metadata refresh failed", "err", err)
-		return
-	}
-	c.mu.Lock()
-	c.leaders = leaders
-	c.mu.Unlock()
 }
 
 func (c *MultiConsumer) setHighWatermark(p int, hwm int64) {
@@ -381,6 +398,9 @@ func (c *MultiConsumer) owned(partitions []int) ([]int, error) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.fatal != nil {
+		return nil, c.fatal
+	}
 	if len(partitions) == 0 {
 		return c.book.partitions(), nil
 	}
@@ -477,6 +497,15 @@ func (c *MultiConsumer) Seek(ctx context.Context, offset int64, whence Whence, p
 		epochs[p], _ = c.book.seek(p, t) // every p was checked above, under the same lock
 	}
 	c.interruptLocked() // an Iter goroutine blocked on a send gives its message back
+	woken := make(map[*wakeup]bool, len(parts))
+	for p := range targets {
+		if wk := c.wakers[p]; wk != nil && !woken[wk] {
+			// Fetch the new position now, not after a backoff or the
+			// long poll in flight.
+			wk.poke()
+			woken[wk] = true
+		}
+	}
 	c.mu.Unlock()
 
 	dropped := c.q.drop(func(b *batch) bool {
@@ -505,6 +534,11 @@ type Stats struct {
 	Paused       bool
 	CommitErrors int64
 	Partitions   map[int]PartitionStats
+	// AddedPartitions are the partitions added to the topic while the
+	// consumer ran, which it consumes too, sorted.
+	AddedPartitions []int
+	// Err is the error that stopped the consumer for good (see Err).
+	Err error
 }
 
 // Stats returns a snapshot of the consumer's state.
@@ -515,7 +549,9 @@ func (c *MultiConsumer) Stats() Stats {
 	s := Stats{
 		Workers: c.workers, QueueLen: queued, QueueSize: c.cfg.QueueSize,
 		Paused: !c.running.IsSet(), CommitErrors: c.commitErrs,
-		Partitions: make(map[int]PartitionStats, len(c.book.parts)),
+		Partitions:      make(map[int]PartitionStats, len(c.book.parts)),
+		AddedPartitions: sortedCopy(c.added),
+		Err:             c.fatal,
 	}
 	for p, po := range c.book.parts {
 		lag := int64(-1)
@@ -583,7 +619,7 @@ func (c *MultiConsumer) Close() error {
 	c.calls.Wait()
 
 	var err error
-	if c.autoCommit() {
+	if c.autoCommit() && c.Err() == nil {
 		err = c.commit(ctx)
 	}
 	c.endCommitLife()

@@ -127,6 +127,12 @@ func (c *MultiConsumer) GetMessages(ctx context.Context, count int, opts ...GetO
 		if queued > 0 {
 			continue
 		}
+		if err := c.Err(); err != nil {
+			if n > 0 {
+				break // deliver what was taken; the next call reports err
+			}
+			return nil, err
+		}
 		var err error
 		select {
 		case <-changed:
@@ -201,7 +207,8 @@ func (c *MultiConsumer) releaseToken() { <-c.deliver }
 const iterBatch = 256
 
 // Iter returns an unbuffered channel of messages, in order within each
-// partition, closed when ctx ends or the consumer closes. It waits for
+// partition, closed when ctx ends, the consumer closes, or it stops for
+// good (Err says why). It waits for
 // messages as long as it takes; there is no idle cut-off. A nil ctx gives a
 // closed channel. Receiving a
 // message counts every message delivered before it as consumed. A message
@@ -233,6 +240,9 @@ func (c *MultiConsumer) iterate(ctx context.Context, ch chan<- kafka.Message) er
 	for {
 		batches, changed := c.q.pending()
 		if batches == 0 {
+			if err := c.Err(); err != nil {
+				return err
+			}
 			select {
 			case <-changed:
 				continue

@@ -51,6 +51,14 @@ func (q *queue) signalLocked() {
 	q.changed = make(chan struct{})
 }
 
+// signal wakes every waiter, for a change outside the queue they should
+// see (the consumer stopped for good).
+func (q *queue) signal() {
+	q.mu.Lock()
+	q.signalLocked()
+	q.mu.Unlock()
+}
+
 // put appends b, waiting while the queue has no room for it or open is
 // cleared (the consumer is paused). len(b.msgs) must not exceed the limit.
 // Because open is checked under q.mu, once Pause has cleared open and passed

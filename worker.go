@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -28,38 +30,55 @@ const (
 // an idle partition costs no round trip of its own. A partition that fails
 // backs off on its own; the others go on.
 type worker struct {
-	c          *MultiConsumer
-	id         int
-	partitions []int
-	pos        map[int]*fetchPos
-	log        *slog.Logger
-	chunk      int    // messages per batch queued
-	arena      []byte // what is left of the block keys and values are copied into
+	c     *MultiConsumer
+	id    int
+	order []int // its partitions, in the order the next fetch lists them
+	pos   map[int]*fetchPos
+	wake  *wakeup
+	log   *slog.Logger
+	chunk int    // messages per batch queued
+	arena []byte // what is left of the block keys and values are copied into
 }
 
 // fetchPos is where a worker fetches a partition from, in which epoch, and
-// when it may fetch it again after a failure.
+// when it may fetch it again after a failure. It outlives the worker: when
+// the partitions are dealt out again (partitions added to the topic), the
+// next worker goes on from where the last one stopped.
 type fetchPos struct {
 	offset  int64
 	epoch   uint64
 	synced  bool
 	retryAt time.Time     // zero: not backing off
 	backoff time.Duration // the last wait after a failure; 0 after a success
+	probe   *probe        // non-nil: finding the end of an empty batch at offset
 }
 
 // failed schedules the partition's next fetch after its backoff, and doubles
-// the backoff up to maxBackoff (1s, 2s, 4s...). It returns the wait.
-func (fp *fetchPos) failed(now time.Time, maxBackoff time.Duration) time.Duration {
-	fp.backoff = nextBackoff(fp.backoff, maxBackoff)
+// the backoff from initial up to maxBackoff. It returns the wait.
+func (fp *fetchPos) failed(now time.Time, initial, maxBackoff time.Duration) time.Duration {
+	if fp.backoff == 0 {
+		fp.backoff = min(initial, maxBackoff)
+	} else {
+		fp.backoff = min(2*fp.backoff, maxBackoff)
+	}
 	fp.retryAt = now.Add(fp.backoff)
 	return fp.backoff
 }
 
-func newWorker(c *MultiConsumer, id int, partitions []int) *worker {
-	w := &worker{c: c, id: id, partitions: partitions, pos: make(map[int]*fetchPos, len(partitions))}
-	for _, p := range partitions {
-		w.pos[p] = &fetchPos{}
+// fetchOffset is the offset to ask for: the position, or the next probe.
+func (fp *fetchPos) fetchOffset() int64 {
+	if fp.probe != nil {
+		return fp.probe.next()
 	}
+	return fp.offset
+}
+
+// leaderBackoff is the first wait of a partition whose leader moved: short,
+// because the worker refreshes the metadata before it fetches again.
+const leaderBackoff = 20 * time.Millisecond
+
+func newWorker(c *MultiConsumer, id int, partitions []int, pos map[int]*fetchPos, wake *wakeup) *worker {
+	w := &worker{c: c, id: id, order: slices.Clone(partitions), pos: pos, wake: wake}
 	w.log = c.log.With("worker", id)
 	// A quarter of the queue: big enough to keep the per-batch costs low,
 	// small enough that a worker finds room before the queue is empty.
@@ -68,56 +87,157 @@ func newWorker(c *MultiConsumer, id int, partitions []int) *worker {
 }
 
 // run fetches until ctx is done. It waits while the consumer is paused, and
-// while every one of its partitions is backing off.
+// while every one of its partitions is backing off (a Seek wakes it).
 func (w *worker) run(ctx context.Context) {
+	idle := time.NewTimer(time.Hour)
+	defer idle.Stop()
 	for {
 		if err := w.c.running.Wait(ctx); err != nil {
 			return
 		}
-		groups, idle := w.c.syncPositions(w.partitions, w.pos, time.Now())
+		w.wake.clear() // the positions read next cover every Seek so far
+		groups, wait := w.c.syncPositions(w.order, w.pos, time.Now())
 		if len(groups) == 0 {
+			idle.Reset(wait)
 			select {
 			case <-ctx.Done():
 				return
-			case <-time.After(idle):
+			case <-idle.C:
+			case <-w.wake.ch:
+				if !idle.Stop() {
+					<-idle.C
+				}
 			}
 			continue
 		}
-		failed := false
+		var served []int
+		refresh := false
 		for _, parts := range groups {
-			if !w.fetchFrom(ctx, parts) {
-				failed = true
-			}
+			r := w.fetchFrom(ctx, parts)
+			served = append(served, r.served...)
+			refresh = refresh || r.refresh
 			if ctx.Err() != nil {
 				return
 			}
 		}
-		if failed {
-			w.c.refreshLeaders(ctx)
+		w.order = rotate(w.order, served)
+		if refresh {
+			// A moved leader, a missing partition: fetch again only
+			// once the metadata has been read again.
+			w.c.awaitRefresh(ctx)
 		}
 	}
 }
 
-// fail counts a fetch error of parts, logs it, and backs them off.
-func (w *worker) fail(parts []int, err error) {
-	w.c.countFetchErrors(parts)
-	now := time.Now()
-	for _, p := range parts {
-		wait := w.pos[p].failed(now, w.c.cfg.MaxBackoff)
-		w.log.Error("fetch failed, retrying", "partition", p, "offset", w.pos[p].offset, "backoff", wait, "err", err)
+// rotate moves the partitions in served (those that got records in the
+// last round) behind the others, keeping the order within each part, so
+// that the next fetch lists first the partitions that waited. Brokers fill
+// a response in the order the request lists partitions: without this, the
+// first partitions of a backlog fill every response and the last starve
+// (as the Java client and franz-go do, too).
+func rotate(order, served []int) []int {
+	if len(served) == 0 || len(served) == len(order) && slices.Equal(order, served) {
+		return order
+	}
+	out := make([]int, 0, len(order))
+	for _, p := range order {
+		if !slices.Contains(served, p) {
+			out = append(out, p)
+		}
+	}
+	for _, p := range order {
+		if slices.Contains(served, p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// wakeup lets Seek interrupt a worker: it cancels the fetch in flight, or
+// ends the wait of a worker whose partitions all back off, so that the new
+// position is fetched at once.
+type wakeup struct {
+	ch chan struct{} // cap 1: a wake-up not seen yet
+
+	mu     sync.Mutex
+	cancel context.CancelCauseFunc // of the fetch in flight; nil between fetches
+}
+
+// errWoken is the cause of a fetch cancelled by a wake-up.
+var errWoken = errors.New("woken")
+
+func newWakeup() *wakeup { return &wakeup{ch: make(chan struct{}, 1)} }
+
+// poke wakes the worker.
+func (wk *wakeup) poke() {
+	wk.mu.Lock()
+	defer wk.mu.Unlock()
+	if wk.cancel != nil {
+		wk.cancel(errWoken)
+	}
+	select {
+	case wk.ch <- struct{}{}:
+	default:
 	}
 }
 
+// clear forgets the wake-ups seen so far.
+func (wk *wakeup) clear() {
+	select {
+	case <-wk.ch:
+	default:
+	}
+}
+
+// arm registers the fetch about to start; it reports false, and the fetch
+// should not start, when a wake-up came since clear.
+func (wk *wakeup) arm(cancel context.CancelCauseFunc) bool {
+	wk.mu.Lock()
+	defer wk.mu.Unlock()
+	select {
+	case <-wk.ch:
+		return false
+	default:
+	}
+	wk.cancel = cancel
+	return true
+}
+
+// disarm unregisters the fetch that ended.
+func (wk *wakeup) disarm() {
+	wk.mu.Lock()
+	wk.cancel = nil
+	wk.mu.Unlock()
+}
+
+// fail counts a fetch error of parts, logs it, and backs them off from
+// initial.
+func (w *worker) fail(parts []int, initial time.Duration, err error) {
+	w.c.countFetchErrors(parts)
+	now := time.Now()
+	for _, p := range parts {
+		wait := w.pos[p].failed(now, initial, w.c.cfg.MaxBackoff)
+		w.log.Warn("fetch failed, retrying", "partition", p, "offset", w.pos[p].offset, "backoff", wait, "err", err)
+	}
+}
+
+// roundResult is what one fetch request did: the partitions that got
+// records, and whether the metadata must be read again before the next.
+type roundResult struct {
+	served  []int
+	refresh bool
+}
+
 // fetchFrom fetches parts, which share a leader, in one request, and queues
-// what comes back. It reports whether every partition succeeded.
-func (w *worker) fetchFrom(ctx context.Context, parts []int) bool {
+// what comes back.
+func (w *worker) fetchFrom(ctx context.Context, parts []int) (r roundResult) {
 	topic := w.c.cfg.Topic
 	reqParts := make([]fetchAPI.RequestPartition, len(parts))
 	for i, p := range parts {
 		reqParts[i] = fetchAPI.RequestPartition{
 			Partition:          int32(p),
 			CurrentLeaderEpoch: -1,
-			FetchOffset:        w.pos[p].offset,
+			FetchOffset:        w.pos[p].fetchOffset(),
 			LogStartOffset:     -1,
 			PartitionMaxBytes:  fetchPartitionMaxBytes,
 		}
@@ -125,7 +245,13 @@ func (w *worker) fetchFrom(ctx context.Context, parts []int) bool {
 	// kafka-go bounds a request's socket reads only by the context's
 	// deadline: without one, a broker that stops answering would hold the
 	// worker (and a kafka-go goroutine) forever.
-	fctx, cancel := context.WithTimeout(ctx, fetchMaxWait+w.c.requestTimeout())
+	wctx, wake := context.WithCancelCause(ctx)
+	defer wake(nil)
+	fctx, cancel := context.WithTimeout(wctx, fetchMaxWait+w.c.requestTimeout())
+	defer cancel()
+	if !w.wake.arm(wake) {
+		return r // a Seek: sync the positions first
+	}
 	m, err := w.c.transport.RoundTrip(fctx, w.c.client.Addr, &fetchAPI.Request{
 		ReplicaID:    -1,
 		MaxWaitTime:  int32(fetchMaxWait / time.Millisecond),
@@ -135,66 +261,106 @@ func (w *worker) fetchFrom(ctx context.Context, parts []int) bool {
 		SessionEpoch: -1,
 		Topics:       []fetchAPI.RequestTopic{{Topic: topic, Partitions: reqParts}},
 	})
-	cancel()
+	w.wake.disarm()
 	if err == nil && m.(*fetchAPI.Response).ErrorCode != 0 {
 		err = kafka.Error(m.(*fetchAPI.Response).ErrorCode)
 	}
 	if err != nil {
-		if ctx.Err() == nil {
-			w.fail(parts, fmt.Errorf("fetch partitions %v: %w", parts, err))
+		switch {
+		case ctx.Err() != nil, errors.Is(context.Cause(wctx), errWoken):
+		case routingError(err):
+			// The transport's metadata lacks the topic, a partition or a
+			// leader, or has them on other brokers than we grouped by.
+			w.fail(parts, leaderBackoff, fmt.Errorf("fetch partitions %v: %w", parts, err))
+			r.refresh = true
+		default:
+			w.fail(parts, initialBackoff, fmt.Errorf("fetch partitions %v: %w", parts, err))
+			w.c.requestRefresh()
 		}
-		return false
+		return r
 	}
-	ok := true
 	for _, rt := range m.(*fetchAPI.Response).Topics {
 		if rt.Topic != topic {
 			continue
 		}
 		for i := range rt.Partitions {
 			p := int(rt.Partitions[i].Partition)
-			if _, mine := w.pos[p]; !mine {
+			pos, mine := w.pos[p]
+			if !mine || !slices.Contains(parts, p) {
 				continue
 			}
-			if err := w.handle(ctx, &rt.Partitions[i]); err != nil {
+			got, err := w.handle(ctx, &rt.Partitions[i])
+			if err != nil {
 				if ctx.Err() != nil {
-					return false
+					return r
 				}
-				w.fail([]int{p}, err)
-				ok = false
-			} else {
-				w.pos[p].backoff, w.pos[p].retryAt = 0, time.Time{}
+				initial := initialBackoff
+				if metadataError(err) {
+					initial, r.refresh = leaderBackoff, true
+				}
+				w.fail([]int{p}, initial, err)
+				continue
+			}
+			pos.backoff, pos.retryAt = 0, time.Time{}
+			if got {
+				r.served = append(r.served, p)
 			}
 		}
 	}
-	return ok
+	return r
 }
 
-// handle queues the records of one partition of a fetch response.
-func (w *worker) handle(ctx context.Context, rp *fetchAPI.ResponsePartition) error {
+// routingError reports whether a fetch failed before it was sent because
+// the transport could not route it: its metadata lacks the topic, a
+// partition or its leader, or puts the partitions on different leaders.
+func routingError(err error) bool {
+	var ferr *fetchAPI.Error
+	return errors.As(err, &ferr)
+}
+
+// metadataError reports whether a partition's fetch error means the
+// metadata is stale: the leader moved, or the partition (or topic) is gone.
+func metadataError(err error) bool {
+	return errors.Is(err, kafka.NotLeaderForPartition) || errors.Is(err, kafka.LeaderNotAvailable) ||
+		errors.Is(err, kafka.FencedLeaderEpoch) || errors.Is(err, kafka.UnknownLeaderEpoch) ||
+		errors.Is(err, kafka.UnknownTopicOrPartition) || errors.Is(err, kafka.UnknownTopicID) ||
+		errors.Is(err, kafka.ReplicaNotAvailable)
+}
+
+// handle queues the records of one partition of a fetch response, and
+// reports whether there were any.
+func (w *worker) handle(ctx context.Context, rp *fetchAPI.ResponsePartition) (bool, error) {
 	p := int(rp.Partition)
 	pos := w.pos[p]
 	if rp.ErrorCode != 0 {
 		err := kafka.Error(rp.ErrorCode)
 		if errors.Is(err, kafka.OffsetOutOfRange) {
-			return w.reset(ctx, p, pos)
+			pos.probe = nil
+			return false, w.reset(ctx, p, pos)
 		}
-		return fmt.Errorf("fetch at offset %d: %w", pos.offset, err)
+		return false, fmt.Errorf("fetch at offset %d: %w", pos.fetchOffset(), err)
 	}
 	w.c.setHighWatermark(p, rp.HighWatermark)
-	if err := w.decode(ctx, p, pos, rp.HighWatermark, rp.RecordSet.Records); err != nil {
-		return fmt.Errorf("decode records at offset %d: %w", pos.offset, err)
+	if pos.probe != nil {
+		return false, w.probed(ctx, p, pos, rp.RecordSet.Records)
 	}
-	return nil
+	got, err := w.decode(ctx, p, pos, rp.HighWatermark, rp.RecordSet.Records)
+	if err != nil {
+		return got, fmt.Errorf("decode records at offset %d: %w", pos.offset, err)
+	}
+	return got, nil
 }
 
 // decode turns the records of a partition at or after pos.offset into
 // messages, leaving out control records (transaction markers), and queues
 // them in runs of w.chunk as it goes, so the caller can take the first
 // messages of a large response while the rest is decoded. pos.offset
-// follows what was queued.
-func (w *worker) decode(ctx context.Context, p int, pos *fetchPos, hwm int64, rr protocol.RecordReader) error {
+// follows what was queued. It reports whether it queued any message.
+func (w *worker) decode(ctx context.Context, p int, pos *fetchPos, hwm int64, rr protocol.RecordReader) (bool, error) {
 	var run []kafka.Message
-	seen := int64(-1) // the last offset read, messages or not
+	got := false
+	seen := int64(-1)      // the last offset passed, messages or not
+	emptyAt := int64(-1)   // base offset of the last batch, when it was empty
 	flush := func() error {
 		if len(run) == 0 {
 			return nil
@@ -204,11 +370,13 @@ func (w *worker) decode(ctx context.Context, p int, pos *fetchPos, hwm int64, rr
 		if err := w.c.q.put(ctx, b, w.c.running); err != nil {
 			return err
 		}
+		got = true
 		pos.offset = b.msgs[len(b.msgs)-1].Offset + 1
 		return nil
 	}
 	var walk func(rr protocol.RecordReader) error
 	walk = func(rr protocol.RecordReader) error {
+		emptyAt = -1
 		switch r := rr.(type) {
 		case nil:
 			return nil
@@ -216,6 +384,7 @@ func (w *worker) decode(ctx context.Context, p int, pos *fetchPos, hwm int64, rr
 			// A transaction marker takes an offset but is no message: read
 			// past it, or a marker at the end of the log would be fetched
 			// again and again.
+			seen = max(seen, r.BaseOffset-1)
 			for {
 				rec, err := r.ReadRecord()
 				if err != nil {
@@ -231,11 +400,16 @@ func (w *worker) decode(ctx context.Context, p int, pos *fetchPos, hwm int64, rr
 				}
 			}
 			return nil
+		case *protocol.RecordBatch:
+			// Offsets before a batch hold nothing: they were compacted
+			// away, with the batches that held them.
+			seen = max(seen, r.BaseOffset-1)
 		}
-		for {
+		n := 0
+		for ; ; n++ {
 			rec, err := rr.ReadRecord()
 			if err == io.EOF {
-				return nil
+				break
 			}
 			if err != nil {
 				return err
@@ -270,19 +444,74 @@ func (w *worker) decode(ctx context.Context, p int, pos *fetchPos, hwm int64, rr
 				}
 			}
 		}
+		if rb, ok := rr.(*protocol.RecordBatch); ok && n == 0 {
+			// Compaction keeps a batch whose records are all gone for
+			// an idempotent producer's sake. kafka-go drops its last
+			// offset; if nothing follows it here, probe for its end.
+			emptyAt = rb.BaseOffset
+		}
+		return nil
 	}
 	if err := walk(rr); err != nil {
-		return errors.Join(err, flush())
+		return got, errors.Join(err, flush())
 	}
 	if err := flush(); err != nil {
-		return err
+		return got, err
 	}
 	if seen+1 > pos.offset {
 		// The response ended with records that are no messages: skip them,
 		// here and in the bookkeeping (Offsets, Pending, Lag).
-		return w.skip(ctx, p, pos, seen+1)
+		if err := w.skip(ctx, p, pos, seen+1); err != nil {
+			return got, err
+		}
 	}
-	return nil
+	if emptyAt >= 0 {
+		pos.probe = newProbe(emptyAt, pos.offset, hwm)
+		w.log.Info("empty record batch at the end of a response, probing for its end", "partition", p, "offset", emptyAt)
+		return got, w.probeDone(ctx, p, pos)
+	}
+	return got, nil
+}
+
+// probed takes the answer to a probe fetch: whether the first batch of the
+// response is still the empty batch. The records of a different batch are
+// not delivered from here: a probe may have jumped past whole batches, which
+// the fetch after the probe, at the empty batch's end, returns.
+func (w *worker) probed(ctx context.Context, p int, pos *fetchPos, rr protocol.RecordReader) error {
+	for {
+		rs, ok := rr.(*protocol.RecordStream)
+		if !ok {
+			break
+		}
+		if len(rs.Records) == 0 {
+			return nil // no batch came back (the response was full): ask again
+		}
+		rr = rs.Records[0]
+	}
+	if rr == nil {
+		return nil
+	}
+	same := false
+	if rb, ok := rr.(*protocol.RecordBatch); ok && rb.BaseOffset == pos.probe.base {
+		rec, err := rb.ReadRecord()
+		if err == nil {
+			closeBytes(rec)
+		}
+		same = err == io.EOF
+	}
+	pos.probe.answer(pos.probe.next(), same)
+	return w.probeDone(ctx, p, pos)
+}
+
+// probeDone moves partition p past its empty batch once the probe has
+// found where it ends.
+func (w *worker) probeDone(ctx context.Context, p int, pos *fetchPos) error {
+	end, ok := pos.probe.end()
+	if !ok {
+		return nil
+	}
+	pos.probe = nil
+	return w.skip(ctx, p, pos, end)
 }
 
 // skip moves partition p to offset to, here and, through a marker queued
