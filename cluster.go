@@ -79,6 +79,8 @@ func connError(err error) bool {
 // permanent marks an error that retry must not retry.
 type permanent struct{ error }
 
+func (p permanent) Unwrap() error { return p.error }
+
 // newTransport returns a kafka-go transport that dials as d does.
 func newTransport(d *kafka.Dialer, topic string) *kafka.Transport {
 	dial := d.DialFunc

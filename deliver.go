@@ -121,6 +121,11 @@ func (c *MultiConsumer) GetMessages(ctx context.Context, count int, opts ...GetO
 				c.q.unshift(taken)
 				return nil, err
 			}
+			if n == 0 {
+				if err := c.Err(); err != nil {
+					return nil, err
+				}
+			}
 			break
 		}
 		queued, changed := c.q.state()

@@ -142,19 +142,19 @@ func (c *MultiConsumer) refresh(ctx context.Context) time.Duration {
 	return c.cfg.MetadataMaxAge
 }
 
-// topicMissing handles a refresh that did not find the topic: the first
-// time it checks again shortly; the second, the topic is deleted for good:
-// the workers stop and deliveries report it.
+// topicMissing handles a refresh that did not find the topic: missing from
+// refreshes for goneConfirmAfter, the topic is deleted for good: the
+// workers stop and deliveries report it. It returns when to refresh next.
 func (c *MultiConsumer) topicMissing(ctx context.Context) time.Duration {
 	c.mu.Lock()
-	first := c.missingSince.IsZero()
-	if first {
+	if c.missingSince.IsZero() {
 		c.missingSince = time.Now()
-	}
-	c.mu.Unlock()
-	if first {
 		c.log.Warn("topic missing from the metadata, checking again", "after", goneConfirmAfter)
-		return goneConfirmAfter
+	}
+	wait := goneConfirmAfter - time.Since(c.missingSince)
+	c.mu.Unlock()
+	if wait > 0 {
+		return wait // a worker's request may come sooner: still not confirmed
 	}
 	err := fmt.Errorf("multiconsumer: topic %q: %w (%w)", c.cfg.Topic, ErrTopicDeleted, kafka.UnknownTopicOrPartition)
 	c.mu.Lock()

@@ -359,8 +359,8 @@ func (w *worker) handle(ctx context.Context, rp *fetchAPI.ResponsePartition) (bo
 func (w *worker) decode(ctx context.Context, p int, pos *fetchPos, hwm int64, rr protocol.RecordReader) (bool, error) {
 	var run []kafka.Message
 	got := false
-	seen := int64(-1)      // the last offset passed, messages or not
-	emptyAt := int64(-1)   // base offset of the last batch, when it was empty
+	seen := int64(-1)    // the last offset passed, messages or not
+	emptyAt := int64(-1) // base offset of the last batch, when it was empty
 	flush := func() error {
 		if len(run) == 0 {
 			return nil

@@ -140,10 +140,11 @@ func UniqueName(prefix string) string {
 }
 
 // CreateTopic creates topic with the given number of partitions (replication
-// factor 1) and waits until every partition has a leader.
-func (c *Cluster) CreateTopic(ctx context.Context, topic string, partitions int) error {
+// factor 1) and topic configs (such as max.message.bytes), and waits until
+// every partition has a leader.
+func (c *Cluster) CreateTopic(ctx context.Context, topic string, partitions int, configs ...kafka.ConfigEntry) error {
 	res, err := c.client.CreateTopics(ctx, &kafka.CreateTopicsRequest{
-		Topics: []kafka.TopicConfig{{Topic: topic, NumPartitions: partitions, ReplicationFactor: 1}},
+		Topics: []kafka.TopicConfig{{Topic: topic, NumPartitions: partitions, ReplicationFactor: 1, ConfigEntries: configs}},
 	})
 	if err != nil {
 		return fmt.Errorf("kafkatest: create topic %q: %w", topic, err)
@@ -151,8 +152,28 @@ func (c *Cluster) CreateTopic(ctx context.Context, topic string, partitions int)
 	if err := res.Errors[topic]; err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
 		return fmt.Errorf("kafkatest: create topic %q: %w", topic, err)
 	}
-	// A real broker answers CreateTopics before every partition has a
-	// leader; wait for metadata to show them all.
+	return c.waitLeaders(ctx, topic, partitions)
+}
+
+// AddPartitions grows topic to total partitions, and waits until every
+// partition has a leader.
+func (c *Cluster) AddPartitions(ctx context.Context, topic string, total int) error {
+	res, err := c.client.CreatePartitions(ctx, &kafka.CreatePartitionsRequest{
+		Topics: []kafka.TopicPartitionsConfig{{Name: topic, Count: int32(total)}},
+	})
+	if err != nil {
+		return fmt.Errorf("kafkatest: add partitions to topic %q: %w", topic, err)
+	}
+	if err := res.Errors[topic]; err != nil {
+		return fmt.Errorf("kafkatest: add partitions to topic %q: %w", topic, err)
+	}
+	return c.waitLeaders(ctx, topic, total)
+}
+
+// waitLeaders waits until topic has partitions partitions, each with a
+// leader that answers: a real broker answers CreateTopics before every
+// partition has a leader.
+func (c *Cluster) waitLeaders(ctx context.Context, topic string, partitions int) error {
 	for {
 		md, err := c.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
 		if err == nil && len(md.Topics) == 1 && md.Topics[0].Error == nil && len(md.Topics[0].Partitions) == partitions {

@@ -1,0 +1,118 @@
+package multiconsumer
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// Partitions added to the topic while the consumer runs are consumed, from
+// their first offset, and listed in Stats.
+func TestPartitionsAddedWhileRunning(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 2, 10)
+	g := group(t)
+	c := open(t, Config{Topic: topic, Group: g, NumWorkers: 2, MetadataMaxAge: 100 * time.Millisecond,
+		StartOffset: kafka.LastOffset /* new partitions start at their first offset all the same */})
+	assert.Empty(t, drainFor(t, c, 200*time.Millisecond), "StartOffset last: nothing of the backlog")
+
+	require.NoError(t, cluster.AddPartitions(testCtx(t), topic, 4))
+	produce(t, topic, 2, 0, 5)
+	produce(t, topic, 3, 0, 5)
+	produce(t, topic, 0, 10, 5)
+	got := drain(t, c, 15, 15)
+	counts := checkOrder(t, got, map[int]int64{0: 10, 2: 0, 3: 0})
+	assert.Equal(t, map[int]int{0: 5, 2: 5, 3: 5}, counts)
+	s := c.Stats()
+	assert.Equal(t, []int{2, 3}, s.AddedPartitions)
+	assert.Len(t, s.Partitions, 4)
+	assert.Equal(t, int64(5), s.Partitions[3].Delivered)
+
+	// Commits cover them too.
+	require.NoError(t, c.Commit(testCtx(t)))
+	assert.Equal(t, map[int]int64{0: 15, 1: 10, 2: 5, 3: 5}, committed(t, topic, g, 4))
+}
+
+// With Partitions listed, the consumer reads those only, added ones or not.
+func TestPartitionsListedIgnoreAdded(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 2, 0)
+	c := open(t, Config{Topic: topic, Partitions: []int{1}, MetadataMaxAge: 50 * time.Millisecond})
+	require.NoError(t, cluster.AddPartitions(testCtx(t), topic, 3))
+	produce(t, topic, 2, 0, 1)
+	produce(t, topic, 1, 0, 1)
+	got := drain(t, c, 1, 1)
+	assert.Equal(t, 1, got[0].Partition)
+	// A refresh after the add: nothing new is consumed.
+	<-c.requestRefresh()
+	<-c.requestRefresh()
+	assert.Empty(t, c.Stats().AddedPartitions)
+	assert.Len(t, c.Stats().Partitions, 1)
+}
+
+// drainFor takes every message that arrives within d.
+func drainFor(t *testing.T, c *MultiConsumer, d time.Duration) []kafka.Message {
+	t.Helper()
+	msgs, err := c.GetMessages(testCtx(t), 1<<20, Timeout(d))
+	require.NoError(t, err)
+	return msgs
+}
+
+// A deleted topic is reported, once confirmed, by the delivery calls with
+// ErrTopicDeleted; Pending and Commit fail at once, and Close is quick.
+func TestTopicDeleted(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 2, 5)
+	g := group(t)
+	c := open(t, Config{Topic: topic, Group: g})
+	drain(t, c, 10, 10)
+	require.NoError(t, cluster.DeleteTopic(testCtx(t), topic))
+
+	start := time.Now()
+	var err error
+	for err == nil {
+		var msgs []kafka.Message
+		msgs, err = c.GetMessages(testCtx(t), 10, Timeout(time.Second))
+		assert.Empty(t, msgs)
+		require.Less(t, time.Since(start), 30*time.Second, "the deletion was never reported")
+	}
+	assert.ErrorIs(t, err, ErrTopicDeleted)
+	assert.ErrorContains(t, err, topic)
+	t.Logf("deletion reported after %v", time.Since(start))
+	assert.ErrorIs(t, c.Err(), ErrTopicDeleted)
+	assert.ErrorIs(t, c.Stats().Err, ErrTopicDeleted)
+	_, ok := <-c.Iter(testCtx(t))
+	assert.False(t, ok, "Iter ends")
+
+	start = time.Now()
+	_, err = c.Pending(testCtx(t))
+	assert.ErrorIs(t, err, ErrTopicDeleted)
+	assert.ErrorIs(t, c.Commit(testCtx(t)), ErrTopicDeleted)
+	assert.NoError(t, c.Close())
+	assert.Less(t, time.Since(start), 2*time.Second)
+}
+
+// Stopping for good stops the workers: no fetch is retried.
+func TestTopicDeletedStopsWorkers(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 1, 0)
+	c := open(t, Config{Topic: topic})
+	require.NoError(t, cluster.DeleteTopic(testCtx(t), topic))
+	require.Eventually(t, func() bool { return c.Err() != nil }, 30*time.Second, 10*time.Millisecond)
+	done := make(chan struct{})
+	go func() {
+		c.fetchers.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("workers still running after the topic was deleted")
+	}
+	_, err := c.GetMessages(context.Background(), 1, Block(false))
+	assert.ErrorIs(t, err, ErrTopicDeleted)
+}
