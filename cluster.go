@@ -47,7 +47,8 @@ func retry(ctx context.Context, f func() error) error {
 // permanent marks an error that retry must not retry.
 type permanent struct{ error }
 
-// newTransport returns a kafka-go transport that dials as d does.
+// newTransport returns a kafka-go transport that dials as d does, with
+// every connection guarded (guard.go).
 func newTransport(d *kafka.Dialer, topic string) *kafka.Transport {
 	dial := d.DialFunc
 	if dial == nil {
@@ -61,10 +62,11 @@ func newTransport(d *kafka.Dialer, topic string) *kafka.Transport {
 		dial = nd.DialContext
 	}
 	return &kafka.Transport{
-		Dial:        dial,
+		// TLS is nil: the guarded Dial does the handshake itself, so that
+		// the guard reads Kafka responses, not TLS records.
+		Dial:        guardedDial(dial, d.TLS),
 		DialTimeout: d.Timeout,
 		ClientID:    d.ClientID,
-		TLS:         d.TLS,
 		SASL:        d.SASLMechanism,
 		// The transport answers Metadata requests from a cache it
 		// refreshes every MetadataTTL (each refresh bounded by it too):
