@@ -48,8 +48,8 @@ func retry(ctx context.Context, f func() error) error {
 type permanent struct{ error }
 
 // newTransport returns a kafka-go transport that dials as d does, with
-// every connection guarded (guard.go).
-func newTransport(d *kafka.Dialer, topic string) *kafka.Transport {
+// every connection guarded (guard.go), and the set of its open connections.
+func newTransport(d *kafka.Dialer, topic string) (*kafka.Transport, *connSet) {
 	dial := d.DialFunc
 	if dial == nil {
 		nd := &net.Dialer{
@@ -61,10 +61,11 @@ func newTransport(d *kafka.Dialer, topic string) *kafka.Transport {
 		}
 		dial = nd.DialContext
 	}
+	conns := &connSet{}
 	return &kafka.Transport{
 		// TLS is nil: the guarded Dial does the handshake itself, so that
 		// the guard reads Kafka responses, not TLS records.
-		Dial:        guardedDial(dial, d.TLS),
+		Dial:        guardedDial(dial, d.TLS, conns),
 		DialTimeout: d.Timeout,
 		ClientID:    d.ClientID,
 		SASL:        d.SASLMechanism,
@@ -74,7 +75,7 @@ func newTransport(d *kafka.Dialer, topic string) *kafka.Transport {
 		// move; fetches of a moved partition fail until the cache catches up.
 		MetadataTopics: []string{topic},
 		MetadataTTL:    5 * time.Second,
-	}
+	}, conns
 }
 
 // requestTimeout bounds every request but fetches.

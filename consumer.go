@@ -63,7 +63,7 @@ func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
 	if err != nil {
 		return nil, err
 	}
-	tr := newTransport(cfg.Dialer, cfg.Topic)
+	tr, conns := newTransport(cfg.Dialer, cfg.Topic)
 	c := &MultiConsumer{
 		cfg:       cfg,
 		log:       cfg.Logger.With("topic", cfg.Topic, "group", cfg.Group),
@@ -80,6 +80,10 @@ func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
 	parts, err := c.start(ctx)
 	if err != nil {
 		tr.CloseIdleConnections()
+		// And the connections in use: one still negotiating (the
+		// transport's reads are bounded only by the dial timeout) would
+		// keep its kafka-go goroutine running after New returned.
+		conns.closeAll()
 		return nil, err
 	}
 

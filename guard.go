@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
+	"sync"
 )
 
 // This file guards the connections the transport dials. kafka-go believes
@@ -95,6 +97,7 @@ type guardConn struct {
 	broker string
 	frames framing
 	err    error // the guard's error, returned by every read after it
+	conns  *connSet
 }
 
 func (c *guardConn) Read(b []byte) (int, error) {
@@ -114,15 +117,65 @@ func (c *guardConn) Read(b []byte) (int, error) {
 	return n, err
 }
 
+func (c *guardConn) Close() error {
+	c.conns.remove(c)
+	return c.Conn.Close()
+}
+
+// connSet holds the open connections of a transport, so that New can close
+// them when it fails: kafka-go bounds a connection's first requests only by
+// the dial timeout, and a connection still negotiating with a broker that
+// does not answer would outlive New by up to that long.
+type connSet struct {
+	mu     sync.Mutex
+	conns  map[*guardConn]struct{}
+	closed bool
+}
+
+var errTransportClosed = errors.New("multiconsumer: transport closed")
+
+// add adds c, or closes it if the set is closed.
+func (s *connSet) add(c *guardConn) (net.Conn, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		_ = c.Conn.Close()
+		return nil, errTransportClosed
+	}
+	if s.conns == nil {
+		s.conns = make(map[*guardConn]struct{})
+	}
+	s.conns[c] = struct{}{}
+	return c, nil
+}
+
+func (s *connSet) remove(c *guardConn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// closeAll closes every connection in the set, and those added later.
+func (s *connSet) closeAll() {
+	s.mu.Lock()
+	conns := s.conns
+	s.conns = nil
+	s.closed = true
+	s.mu.Unlock()
+	for c := range conns {
+		_ = c.Conn.Close()
+	}
+}
+
 // guardedDial returns the Dial of a kafka-go transport: it dials with dial,
 // does the TLS handshake when tlsConfig is not nil, and returns the
-// connection guarded.
+// connection guarded and added to conns.
 //
 // The TLS handshake is done here, not left to the transport (its TLS field
 // stays nil): the transport would wrap in TLS the connection Dial returns,
 // and a guard under TLS would see TLS records, not Kafka responses. SASL
 // stays with the transport: it runs over whatever Dial returns.
-func guardedDial(dial func(ctx context.Context, network, address string) (net.Conn, error), tlsConfig *tls.Config) func(ctx context.Context, network, address string) (net.Conn, error) {
+func guardedDial(dial func(ctx context.Context, network, address string) (net.Conn, error), tlsConfig *tls.Config, conns *connSet) func(ctx context.Context, network, address string) (net.Conn, error) {
 	return func(ctx context.Context, network, address string) (net.Conn, error) {
 		conn, err := dial(ctx, network, address)
 		if err != nil {
@@ -146,6 +199,6 @@ func guardedDial(dial func(ctx context.Context, network, address string) (net.Co
 			}
 			conn = tc
 		}
-		return &guardConn{Conn: conn, broker: address, frames: framing{limit: maxResponseBytes}}, nil
+		return conns.add(&guardConn{Conn: conn, broker: address, frames: framing{limit: maxResponseBytes}, conns: conns})
 	}
 }

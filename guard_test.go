@@ -45,6 +45,15 @@ func TestNewAgainstHTTPServer(t *testing.T) {
 	})
 }
 
+// New pointed at a server that never answers fails when its context ends,
+// and its connection, still waiting for the broker's first answer, does not
+// outlive it (kafka-go would wait out the dial timeout, 10s).
+func TestNewAgainstSilentServer(t *testing.T) {
+	inChild(t, "silent", func(t *testing.T) {
+		newLeavesNothing(t, Config{Brokers: []string{serveSilent(t)}, Topic: "t"}, 500*time.Millisecond, "context deadline exceeded")
+	})
+}
+
 // inChild runs scenario in a child process, running this test alone: there
 // nothing else runs, so every goroutine and every allocation is the
 // scenario's own, and one that allocates gigabytes kills the child, not the
@@ -139,6 +148,32 @@ func serveHTTP400(t *testing.T, tlsConfig *tls.Config) string {
 	t.Cleanup(func() {
 		_ = ln.Close()
 		wg.Wait()
+	})
+	return ln.Addr().String()
+}
+
+// serveSilent starts a TCP server that accepts connections and never
+// answers, and returns its address. It closes them when the test ends.
+func serveSilent(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var conns []net.Conn
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, conn)
+		}
+	})
+	t.Cleanup(func() {
+		_ = ln.Close()
+		wg.Wait()
+		for _, c := range conns {
+			_ = c.Close()
+		}
 	})
 	return ln.Addr().String()
 }
@@ -262,7 +297,9 @@ func TestFraming(t *testing.T) {
 func TestGuardConn(t *testing.T) {
 	client, server := net.Pipe()
 	defer server.Close()
-	gc := &guardConn{Conn: client, broker: "broker:9092", frames: framing{limit: maxResponseBytes}}
+	conns := &connSet{}
+	gc, err := conns.add(&guardConn{Conn: client, broker: "broker:9092", frames: framing{limit: maxResponseBytes}, conns: conns})
+	require.NoError(t, err)
 	go func() {
 		_, _ = server.Write(frames(3))
 		_, _ = server.Write([]byte("HTTP/1.1 400 Bad Request\r\n"))
@@ -275,11 +312,31 @@ func TestGuardConn(t *testing.T) {
 	require.Equal(t, err, again, "the error sticks")
 	_, err = server.Write([]byte("more"))
 	require.ErrorIs(t, err, io.ErrClosedPipe, "the connection is closed")
+	require.Empty(t, conns.conns, "and out of the set")
 
 	neg := &responseSizeError{broker: "b:1", size: -2, raw: [4]byte{0xff, 0xff, 0xff, 0xfe}, limit: maxResponseBytes}
 	require.Equal(t, `multiconsumer: broker b:1 sent a response of -2 bytes (negative; the size reads "\xff\xff\xff\xfe"): not a Kafka broker?`, neg.Error())
 	alert := &responseSizeError{broker: "b:1", size: 0x15030300, raw: [4]byte{0x15, 3, 3, 0}, limit: maxResponseBytes}
 	require.Equal(t, `multiconsumer: broker b:1 sent a response of 352518912 bytes (over 100 MiB; the size reads "\x15\x03\x03\x00"): a broker that expects TLS?`, alert.Error())
+}
+
+// closeAll closes the connections of the set, and those added after.
+func TestConnSetCloseAll(t *testing.T) {
+	conns := &connSet{}
+	client, server := net.Pipe()
+	defer server.Close()
+	_, err := conns.add(&guardConn{Conn: client, conns: conns})
+	require.NoError(t, err)
+	conns.closeAll()
+	_, err = server.Write([]byte("x"))
+	require.ErrorIs(t, err, io.ErrClosedPipe)
+
+	late, server2 := net.Pipe()
+	defer server2.Close()
+	_, err = conns.add(&guardConn{Conn: late, conns: conns})
+	require.ErrorIs(t, err, errTransportClosed)
+	_, err = server2.Write([]byte("x"))
+	require.ErrorIs(t, err, io.ErrClosedPipe)
 }
 
 // selfSigned returns a certificate for 127.0.0.1 and localhost, and a pool
