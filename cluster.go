@@ -81,8 +81,9 @@ type permanent struct{ error }
 
 func (p permanent) Unwrap() error { return p.error }
 
-// newTransport returns a kafka-go transport that dials as d does.
-func newTransport(d *kafka.Dialer, topic string) *kafka.Transport {
+// newTransport returns a kafka-go transport that dials as d does, with
+// every connection guarded (guard.go), and the set of its open connections.
+func newTransport(d *kafka.Dialer, topic string) (*kafka.Transport, *connSet) {
 	dial := d.DialFunc
 	if dial == nil {
 		nd := &net.Dialer{
@@ -94,25 +95,30 @@ func newTransport(d *kafka.Dialer, topic string) *kafka.Transport {
 		}
 		dial = nd.DialContext
 	}
+	conns := &connSet{}
 	return &kafka.Transport{
-		Dial:        dial,
+		// TLS is nil: the guarded Dial does the handshake itself, so that
+		// the guard reads Kafka responses, not TLS records.
+		Dial:        guardedDial(dial, d.TLS, conns),
 		DialTimeout: d.Timeout,
 		ClientID:    d.ClientID,
-		TLS:         d.TLS,
 		SASL:        d.SASLMechanism,
-		// The transport answers Metadata requests from a cache it
-		// refreshes every MetadataTTL (each refresh bounded by it too):
-		// ask only for our topic, not every topic of the cluster. Leaders
-		// move; fetches of a moved partition fail until the cache catches up.
+		// The transport routes fetches by a metadata cache it refreshes
+		// at random within MetadataTTL, each refresh bounded by it too:
+		// the request timeout. Ask only for our topic, not every topic
+		// of the cluster. When a fetch fails, the refresher (metadata.go)
+		// makes it refresh at once.
 		MetadataTopics: []string{topic},
-		MetadataTTL:    5 * time.Second,
-	}
+		MetadataTTL:    requestTimeout(d),
+	}, conns
 }
 
 // requestTimeout bounds every request but fetches.
-func (c *MultiConsumer) requestTimeout() time.Duration {
-	if t := c.cfg.Dialer.Timeout; t > 0 {
-		return t
+func (c *MultiConsumer) requestTimeout() time.Duration { return requestTimeout(c.cfg.Dialer) }
+
+func requestTimeout(d *kafka.Dialer) time.Duration {
+	if d.Timeout > 0 {
+		return d.Timeout
 	}
 	return 10 * time.Second
 }

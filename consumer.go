@@ -28,6 +28,7 @@ type MultiConsumer struct {
 	cfg       Config
 	log       *slog.Logger
 	transport *kafka.Transport
+	conns     *connSet // the transport's connections, closed by Close
 	client    *kafka.Client
 
 	q       *queue
@@ -81,11 +82,12 @@ func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
 	if err != nil {
 		return nil, err
 	}
-	tr := newTransport(cfg.Dialer, cfg.Topic)
+	tr, conns := newTransport(cfg.Dialer, cfg.Topic)
 	c := &MultiConsumer{
 		cfg:        cfg,
 		log:        cfg.Logger.With("topic", cfg.Topic, "group", cfg.Group),
 		transport:  tr,
+		conns:      conns,
 		client:     &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Transport: tr},
 		q:          newQueue(cfg.QueueSize),
 		running:    newEvent(true),
@@ -106,6 +108,10 @@ func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
 		c.endLife()
 		c.endCommitLife()
 		tr.CloseIdleConnections()
+		// And the connections in use: one still negotiating (the
+		// transport's reads are bounded only by the dial timeout) would
+		// keep its kafka-go goroutine running after New returned.
+		conns.closeAll()
 		return nil, err
 	}
 	// From now on a dropped connection is retried: the cluster was there.
@@ -624,6 +630,9 @@ func (c *MultiConsumer) Close() error {
 	}
 	c.endCommitLife()
 	c.transport.CloseIdleConnections()
+	// And those in use: a fetch cancelled by stopWorkers still has its
+	// kafka-go goroutine reading the response.
+	c.conns.closeAll()
 	c.log.Info("closed")
 	return err
 }
