@@ -3,19 +3,25 @@
 # broker+controller) on loopback, without Docker, for tests and CI.
 #
 #   scripts/kafka.sh start          # fetch jars (first time), fresh data, wait until ready
+#   scripts/kafka.sh restart        # stop it and start it again, same ports, data kept
 #   scripts/kafka.sh stop           # stop the broker this script started
 #   scripts/kafka.sh status         # exit 0 if running, 1 if not
 #   scripts/kafka.sh logs [-f] [-n N]
 #   scripts/kafka.sh topics ARGS... # org.apache.kafka.tools.TopicCommand against the broker
 #   scripts/kafka.sh fetch          # only download the jars into the cache
 #
-# `start` prints the bootstrap address (127.0.0.1:PORT) on stdout, everything
-# else goes to stderr, so `KAFKA_BROKERS=$(scripts/kafka.sh start)` works.
+# `start` and `restart` print the bootstrap address (127.0.0.1:PORT) on
+# stdout, everything else goes to stderr, so `KAFKA_BROKERS=$(scripts/kafka.sh
+# start)` works.
 #
 # Jars come from Maven Central through scripts/kafka/pom.xml and are cached in
 # $KAFKA_HOME_DIR/lib (default: <repo>/.kafka, git-ignored); once the stamp file
 # names the wanted version, no network is used. The data dir is wiped on every
-# start, so each start gives an empty cluster.
+# start, so each start gives an empty cluster. `restart` keeps it: it stops
+# the broker in the pid file (if any), and starts it again on the ports of the
+# last start, on the same storage (formatted only if it is not yet), so
+# topics, messages and committed offsets survive; it waits until ready as
+# `start` does.
 #
 # Environment (all optional):
 #   KAFKA_HOME_DIR         cache/state folder (default <repo>/.kafka; relative = to the repo root)
@@ -50,7 +56,7 @@ STOP_TIMEOUT="${KAFKA_STOP_TIMEOUT:-20}"
 HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms256m -Xmx768m}"
 JVM_OPTS="${KAFKA_JVM_OPTS:--XX:+UseSerialGC -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true}"
 LOG_LEVEL="${KAFKA_LOG_LEVEL:-INFO}"
-# Fixed KRaft cluster id (22 chars, base64 UUID); the data dir is fresh every start anyway.
+# Fixed KRaft cluster id (22 chars, base64 UUID): a restart finds the same one in the data dir.
 CLUSTER_ID="bXVsdGljb25zdW1lcnRzdA"
 
 LIB_DIR="$HOME_DIR/lib"
@@ -72,10 +78,10 @@ log() { echo "kafka.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 usage() {
-  sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
 }
 
-# Serialise start/stop across concurrent invocations.
+# Serialise start/restart/stop across concurrent invocations.
 take_lock() {
   mkdir -p "$HOME_DIR"
   exec 9>"$LOCK_FILE"
@@ -215,7 +221,43 @@ cmd_start() {
     return 0
   fi
   rm -f "$PID_FILE"
+  launch fresh
+}
 
+# Stops the broker in the pid file, if any, and starts it again on the ports
+# of the last start (those in $CONF), without wiping the data dir.
+cmd_restart() {
+  take_lock
+  if [[ -f "$CONF" ]]; then
+    local p c
+    p="$(sed -n 's|^advertised.listeners=PLAINTEXT://127.0.0.1:\([0-9][0-9]*\)$|\1|p' "$CONF")"
+    c="$(sed -n 's|^controller.quorum.voters=1@127.0.0.1:\([0-9][0-9]*\)$|\1|p' "$CONF")"
+    [[ -n "$p" && -n "$c" ]] || die "cannot read the ports of the last start from $CONF"
+    if [[ -n "${KAFKA_PORT:-}" && "$KAFKA_PORT" != "$p" ]] \
+        || [[ -n "${KAFKA_CONTROLLER_PORT:-}" && "$KAFKA_CONTROLLER_PORT" != "$c" ]]; then
+      die "the last start used ports $p/$c, not ${KAFKA_PORT:-$p}/${KAFKA_CONTROLLER_PORT:-$c}; restart keeps the ports (use stop and start to change them)"
+    fi
+    PORT="$p" CONTROLLER_PORT="$c"
+  fi
+  local pid
+  if pid="$(running_pid)"; then
+    log "restarting pid $pid on 127.0.0.1:$PORT, keeping $DATA_DIR ..."
+    local t0=$SECONDS
+    stop_pid "$pid"
+    log "stopped pid $pid ($((SECONDS - t0))s)"
+  else
+    log "not running; starting on 127.0.0.1:$PORT, keeping $DATA_DIR"
+  fi
+  rm -f "$PID_FILE"
+  launch keep
+}
+
+# launch fresh|keep: starts the broker (fresh: on an emptied data dir; keep:
+# on the data dir as it is, formatted only if it is not yet), writes the pid
+# file, waits until the broker answers metadata requests, and prints the
+# bootstrap address.
+launch() {
+  local mode=$1 pid
   command -v "$JAVA" >/dev/null || die "java not found (install a JDK 17+ or set JAVA_HOME)"
   local t0=$SECONDS
   fetch_jars
@@ -224,13 +266,22 @@ cmd_start() {
     port_open "$p" && die "127.0.0.1:$p is already in use by another process (set KAFKA_PORT / KAFKA_CONTROLLER_PORT)"
   done
 
-  rm -rf "$DATA_DIR"
+  if [[ "$mode" == fresh ]]; then
+    rm -rf "$DATA_DIR"
+  fi
   mkdir -p "$DATA_DIR"
   write_config
-  if [[ -f "$LOG_FILE" ]]; then mv -f "$LOG_FILE" "$LOG_FILE.prev"; fi
+  if [[ "$mode" == fresh ]]; then
+    if [[ -f "$LOG_FILE" ]]; then mv -f "$LOG_FILE" "$LOG_FILE.prev"; fi
+  else
+    # One log across restarts: what happened before is often the point.
+    echo "[$(date '+%Y-%m-%d %H:%M:%S,%3N')] kafka.sh: restart, data dir kept" >>"$LOG_FILE"
+  fi
 
+  if [[ -f "$DATA_DIR/meta.properties" ]]; then
+    log "storage in $DATA_DIR already formatted, keeping it"
   # Format KRaft storage (static quorum, fixed cluster id). Small, fast-starting JVM.
-  if ! HEAP_OPTS="-Xmx256m" JVM_OPTS="-XX:+UseSerialGC -XX:TieredStopAtLevel=1" \
+  elif ! HEAP_OPTS="-Xmx256m" JVM_OPTS="-XX:+UseSerialGC -XX:TieredStopAtLevel=1" \
       java_cmd kafka.tools.StorageTool format -t "$CLUSTER_ID" -c "$CONF" >>"$LOG_FILE" 2>&1; then
     tail -n 50 "$LOG_FILE" >&2 || true
     die "formatting KRaft storage failed"
@@ -369,6 +420,7 @@ main() {
   (($#)) && shift
   case "$cmd" in
     start) cmd_start ;;
+    restart) cmd_restart ;;
     stop) cmd_stop ;;
     status) cmd_status ;;
     logs) cmd_logs "$@" ;;
