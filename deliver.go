@@ -219,6 +219,10 @@ const iterBatch = 256
 // message counts every message delivered before it as consumed. A message
 // taken for the channel but never received stays queued for the next call.
 //
+// The last message received before the channel closes is not consumed (no
+// receive came after it): when the loop has handled it, Commit (with a live
+// ctx) before Close commits it; Close alone leaves it to be delivered again.
+//
 // The goroutine that feeds the channel records each hand-over right after
 // it: Offsets and Stats may lag a receive by that instant. Ranging over the
 // channel and breaking out of the loop should be followed by cancelling ctx,

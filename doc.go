@@ -8,10 +8,13 @@
 //
 // A message is delivered when GetMessages returns it or the caller receives
 // it from Iter; Offsets moves then. It is consumed once the caller comes back
-// for more: the next GetMessages call, the next receive from Iter, a Commit,
-// or Close. Commits only ever cover consumed messages, so a process that
-// crashes while handling a message finds it again when it restarts: delivery
-// is at least once, never at most once. Within a partition messages arrive in
+// for more: the next GetMessages call (even with a done ctx), the next receive
+// from Iter, or a Commit. Commits only ever cover consumed messages, so a
+// process that crashes, or returns with an error, while handling a message
+// finds it again when it restarts: delivery is at least once, never at most
+// once. Close commits what was consumed, not what the caller still holds; to
+// shut down cleanly, cancel the loop's ctx between batches, so that its last
+// GetMessages call consumes the batch it handled, then Close. Within a partition messages arrive in
 // log order, each once in a run without seeks; across partitions there is no
 // order. "Came back" is one mark for the whole consumer, so let one
 // goroutine take the messages, or commit by hand (see MultiConsumer).
@@ -20,11 +23,20 @@
 // the group after AutoCommitEveryN consumed messages or AutoCommitEveryT,
 // whichever comes first; either resets the other, and so does Commit. A
 // failed auto-commit is logged and retried with backoff; the next commit
-// covers its offsets anyway. Close makes a final commit.
+// covers its offsets anyway. Close makes a final commit. A dropped
+// connection is retried within the request timeout.
 //
 // Commits use the group's offset storage without joining the group (as the
 // seed does): two consumers with the same Group and partitions both read
 // everything, and the last commit wins.
+//
+// # Partitions and metadata
+//
+// With Config.Partitions nil, partitions added to the topic are found
+// within MetadataMaxAge and consumed from their first offset. When a fetch
+// fails (a leader moved, a partition is gone) the consumer reads the
+// metadata again at once. A deleted topic stops the consumer: GetMessages
+// returns ErrTopicDeleted, Iter's channel closes, Err says why.
 //
 // # Memory
 //

@@ -47,7 +47,7 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer c.Close() // commits what was delivered
+	defer c.Close() // commits what the loop came back from: everything here
 
 	for {
 		msgs, err := c.GetMessages(ctx, 2, multiconsumer.Timeout(time.Second))
@@ -91,12 +91,17 @@ func ExampleMultiConsumer_Iter() {
 			cancel() // in a service: on shutdown
 		}
 	}
-	fmt.Println("offsets:", c.Offsets())
+	// The loop handled the last message it received, and no receive came
+	// after it: commit it too (Close alone would not).
+	if err := c.Commit(context.Background()); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("committed:", c.Stats().Partitions[0].Committed)
 	// Output:
 	// 0: a
 	// 1: b
 	// 2: c
-	// offsets: map[0:3]
+	// committed: 3
 }
 
 // Commit by hand, after the work is safely done.

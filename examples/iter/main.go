@@ -86,9 +86,15 @@ func run(duration time.Duration) error {
 		n++
 		fmt.Printf("partition %d offset %d: %s\n", m.Partition, m.Offset, m.Value)
 	}
-	// ctx is done: Close commits everything delivered.
-	if err := c.Close(); err != nil {
+	// ctx is done, and every message received was handled: commit them
+	// all (a receive marks the one before it consumed, but nothing comes
+	// after the last), then Close.
+	if err := c.Commit(context.Background()); err != nil {
+		c.Close()
 		return fmt.Errorf("final commit: %w", err)
+	}
+	if err := c.Close(); err != nil {
+		return err
 	}
 	fmt.Printf("stopped after %d messages; committed offsets %v\n", n, c.Offsets())
 	return nil

@@ -107,7 +107,15 @@ func run(messages, partitions, workers, size int) error {
 	}
 	elapsed := time.Since(start)
 	fmt.Fprintf(os.Stderr, "\r%9d / %d messages\n", total, messages)
-	if err := c.Close(); err != nil { // commits what was delivered
+	// Every message delivered was handled (counted): say so, then Close.
+	// Close alone commits only what the loop came back from, which leaves
+	// out the last batch; with a cancelled ctx, one more GetMessages call
+	// would consume it too.
+	if err := c.Commit(ctx); err != nil {
+		c.Close()
+		return err
+	}
+	if err := c.Close(); err != nil {
 		return err
 	}
 
