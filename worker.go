@@ -30,14 +30,14 @@ const (
 // an idle partition costs no round trip of its own. A partition that fails
 // backs off on its own; the others go on.
 type worker struct {
-	c     *MultiConsumer
-	id    int
-	order []int // its partitions, in the order the next fetch lists them
-	pos   map[int]*fetchPos
-	wake  *wakeup
-	log   *slog.Logger
-	chunk int    // messages per batch queued
-	arena []byte // what is left of the block keys and values are copied into
+	c      *MultiConsumer
+	id     int
+	order  []int // its partitions, in the order the next fetch lists them
+	pos    map[int]*fetchPos
+	wake   *wakeup
+	log    *slog.Logger
+	chunk  int     // messages per batch queued
+	arenas []arena // one per leader fetched from in a round
 }
 
 // fetchPos is where a worker fetches a partition from, in which epoch, and
@@ -110,15 +110,9 @@ func (w *worker) run(ctx context.Context) {
 			}
 			continue
 		}
-		var served []int
-		refresh := false
-		for _, parts := range groups {
-			r := w.fetchFrom(ctx, parts)
-			served = append(served, r.served...)
-			refresh = refresh || r.refresh
-			if ctx.Err() != nil {
-				return
-			}
+		served, refresh := w.round(ctx, groups)
+		if ctx.Err() != nil {
+			return
 		}
 		w.order = rotate(w.order, served)
 		if refresh {
@@ -221,6 +215,23 @@ func (w *worker) fail(parts []int, initial time.Duration, err error) {
 	}
 }
 
+// failStale counts a fetch error of parts that stale metadata explains (a
+// leader moved). The worker reads the metadata again before its next round:
+// that is the first wait, so a partition failing the first time is fetched
+// again right after it; if it fails again, it backs off from leaderBackoff.
+func (w *worker) failStale(parts []int, err error) {
+	first := make([]bool, len(parts))
+	for i, p := range parts {
+		first[i] = w.pos[p].backoff == 0
+	}
+	w.fail(parts, leaderBackoff, err)
+	for i, p := range parts {
+		if first[i] {
+			w.pos[p].retryAt = time.Time{}
+		}
+	}
+}
+
 // roundResult is what one fetch request did: the partitions that got
 // records, and whether the metadata must be read again before the next.
 type roundResult struct {
@@ -228,9 +239,43 @@ type roundResult struct {
 	refresh bool
 }
 
-// fetchFrom fetches parts, which share a leader, in one request, and queues
-// what comes back.
-func (w *worker) fetchFrom(ctx context.Context, parts []int) (r roundResult) {
+// round fetches each group of partitions from its leader, at the same time:
+// one after the other, an idle leader's long poll would hold back the data
+// of the next. A Seek cancels the round's fetches. It returns the
+// partitions that got records, and whether the metadata must be read again.
+func (w *worker) round(ctx context.Context, groups [][]int) (served []int, refresh bool) {
+	rctx, wake := context.WithCancelCause(ctx)
+	defer wake(nil)
+	if !w.wake.arm(wake) {
+		return nil, false // a Seek: sync the positions first
+	}
+	defer w.wake.disarm()
+	for len(w.arenas) < len(groups) {
+		w.arenas = append(w.arenas, arena{})
+	}
+	results := make([]roundResult, len(groups))
+	if len(groups) == 1 {
+		results[0] = w.fetchFrom(ctx, rctx, groups[0], &w.arenas[0])
+	} else {
+		// The fetches touch disjoint partitions (positions), arenas and
+		// results; the worker waits for them before its next round.
+		var wg sync.WaitGroup
+		for i, parts := range groups {
+			wg.Go(func() { results[i] = w.fetchFrom(ctx, rctx, parts, &w.arenas[i]) })
+		}
+		wg.Wait()
+	}
+	for _, r := range results {
+		served = append(served, r.served...)
+		refresh = refresh || r.refresh
+	}
+	return served, refresh
+}
+
+// fetchFrom fetches parts, which share a leader, in one request bounded by
+// rctx, and queues what comes back (a wait for room in the queue is bounded
+// by ctx), copying keys and values into a.
+func (w *worker) fetchFrom(ctx, rctx context.Context, parts []int, a *arena) (r roundResult) {
 	topic := w.c.cfg.Topic
 	reqParts := make([]fetchAPI.RequestPartition, len(parts))
 	for i, p := range parts {
@@ -245,13 +290,8 @@ func (w *worker) fetchFrom(ctx context.Context, parts []int) (r roundResult) {
 	// kafka-go bounds a request's socket reads only by the context's
 	// deadline: without one, a broker that stops answering would hold the
 	// worker (and a kafka-go goroutine) forever.
-	wctx, wake := context.WithCancelCause(ctx)
-	defer wake(nil)
-	fctx, cancel := context.WithTimeout(wctx, fetchMaxWait+w.c.requestTimeout())
+	fctx, cancel := context.WithTimeout(rctx, fetchMaxWait+w.c.requestTimeout())
 	defer cancel()
-	if !w.wake.arm(wake) {
-		return r // a Seek: sync the positions first
-	}
 	m, err := w.c.transport.RoundTrip(fctx, w.c.client.Addr, &fetchAPI.Request{
 		ReplicaID:    -1,
 		MaxWaitTime:  int32(fetchMaxWait / time.Millisecond),
@@ -261,17 +301,16 @@ func (w *worker) fetchFrom(ctx context.Context, parts []int) (r roundResult) {
 		SessionEpoch: -1,
 		Topics:       []fetchAPI.RequestTopic{{Topic: topic, Partitions: reqParts}},
 	})
-	w.wake.disarm()
 	if err == nil && m.(*fetchAPI.Response).ErrorCode != 0 {
 		err = kafka.Error(m.(*fetchAPI.Response).ErrorCode)
 	}
 	if err != nil {
 		switch {
-		case ctx.Err() != nil, errors.Is(context.Cause(wctx), errWoken):
+		case ctx.Err() != nil, errors.Is(context.Cause(rctx), errWoken):
 		case routingError(err):
 			// The transport's metadata lacks the topic, a partition or a
 			// leader, or has them on other brokers than we grouped by.
-			w.fail(parts, leaderBackoff, fmt.Errorf("fetch partitions %v: %w", parts, err))
+			w.failStale(parts, fmt.Errorf("fetch partitions %v: %w", parts, err))
 			r.refresh = true
 		default:
 			w.fail(parts, initialBackoff, fmt.Errorf("fetch partitions %v: %w", parts, err))
@@ -289,16 +328,17 @@ func (w *worker) fetchFrom(ctx context.Context, parts []int) (r roundResult) {
 			if !mine || !slices.Contains(parts, p) {
 				continue
 			}
-			got, err := w.handle(ctx, &rt.Partitions[i])
+			got, err := w.handle(ctx, &rt.Partitions[i], a)
 			if err != nil {
 				if ctx.Err() != nil {
 					return r
 				}
-				initial := initialBackoff
 				if metadataError(err) {
-					initial, r.refresh = leaderBackoff, true
+					w.failStale([]int{p}, err)
+					r.refresh = true
+				} else {
+					w.fail([]int{p}, initialBackoff, err)
 				}
-				w.fail([]int{p}, initial, err)
 				continue
 			}
 			pos.backoff, pos.retryAt = 0, time.Time{}
@@ -329,7 +369,7 @@ func metadataError(err error) bool {
 
 // handle queues the records of one partition of a fetch response, and
 // reports whether there were any.
-func (w *worker) handle(ctx context.Context, rp *fetchAPI.ResponsePartition) (bool, error) {
+func (w *worker) handle(ctx context.Context, rp *fetchAPI.ResponsePartition, a *arena) (bool, error) {
 	p := int(rp.Partition)
 	pos := w.pos[p]
 	if rp.ErrorCode != 0 {
@@ -344,7 +384,7 @@ func (w *worker) handle(ctx context.Context, rp *fetchAPI.ResponsePartition) (bo
 	if pos.probe != nil {
 		return false, w.probed(ctx, p, pos, rp.RecordSet.Records)
 	}
-	got, err := w.decode(ctx, p, pos, rp.HighWatermark, rp.RecordSet.Records)
+	got, err := w.decode(ctx, p, pos, rp.HighWatermark, rp.RecordSet.Records, a)
 	if err != nil {
 		return got, fmt.Errorf("decode records at offset %d: %w", pos.offset, err)
 	}
@@ -356,7 +396,7 @@ func (w *worker) handle(ctx context.Context, rp *fetchAPI.ResponsePartition) (bo
 // them in runs of w.chunk as it goes, so the caller can take the first
 // messages of a large response while the rest is decoded. pos.offset
 // follows what was queued. It reports whether it queued any message.
-func (w *worker) decode(ctx context.Context, p int, pos *fetchPos, hwm int64, rr protocol.RecordReader) (bool, error) {
+func (w *worker) decode(ctx context.Context, p int, pos *fetchPos, hwm int64, rr protocol.RecordReader, a *arena) (bool, error) {
 	var run []kafka.Message
 	got := false
 	seen := int64(-1)    // the last offset passed, messages or not
@@ -431,8 +471,8 @@ func (w *worker) decode(ctx context.Context, p int, pos *fetchPos, hwm int64, rr
 				Time:          rec.Time,
 				Headers:       rec.Headers, // decoded into fresh memory per record
 			}
-			if m.Key, err = w.read(rec.Key); err == nil {
-				m.Value, err = w.read(rec.Value)
+			if m.Key, err = a.read(rec.Key); err == nil {
+				m.Value, err = a.read(rec.Value)
 			}
 			closeBytes(rec)
 			if err != nil {
@@ -533,8 +573,11 @@ const arenaSize = 32 << 10
 // append never writes into it.
 var empty = []byte{}
 
-// read copies b into the worker's arena (nil stays nil, empty stays empty).
-func (w *worker) read(b protocol.Bytes) ([]byte, error) {
+// arena is what is left of the block keys and values are copied into.
+type arena []byte
+
+// read copies b into the arena (nil stays nil, empty stays empty).
+func (a *arena) read(b protocol.Bytes) ([]byte, error) {
 	if b == nil {
 		return nil, nil
 	}
@@ -542,14 +585,14 @@ func (w *worker) read(b protocol.Bytes) ([]byte, error) {
 	if n == 0 {
 		return empty, nil
 	}
-	if n > len(w.arena) {
+	if n > len(*a) {
 		if n > arenaSize/4 {
 			return protocol.ReadAll(b) // large values get their own
 		}
-		w.arena = make([]byte, arenaSize)
+		*a = make([]byte, arenaSize)
 	}
-	out := w.arena[:n:n]
-	w.arena = w.arena[n:]
+	out := (*a)[:n:n]
+	*a = (*a)[n:]
 	_, err := io.ReadFull(b, out)
 	return out, err
 }
