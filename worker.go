@@ -461,7 +461,11 @@ func (w *worker) decode(ctx context.Context, p int, pos *fetchPos, hwm int64, rr
 				continue
 			}
 			if run == nil {
-				run = make([]kafka.Message, 0, w.chunk)
+				// No more than the log holds past the position: at a
+				// trickle a response has a message or two, and a run
+				// sized for a backlog (w.chunk, ~150 B a message) would
+				// be most of what the consumer allocates.
+				run = make([]kafka.Message, 0, min(int64(w.chunk), max(1, hwm-rec.Offset)))
 			}
 			m := kafka.Message{
 				Topic:         w.c.cfg.Topic,
