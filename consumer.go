@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -237,12 +236,13 @@ func (c *MultiConsumer) stopWorkers() {
 }
 
 // syncPositions brings a worker's fetch positions up to date with seeks and
-// returns its partitions that may be fetched at now, grouped by leader. When
-// every one is backing off, it returns how long until the first may retry.
-func (c *MultiConsumer) syncPositions(parts []int, pos map[int]*fetchPos, now time.Time) ([][]int, time.Duration) {
+// puts its partitions that may be fetched at now in pl, grouped by leader,
+// in the order of parts. When every one is backing off, it returns how long
+// until the first may retry.
+func (c *MultiConsumer) syncPositions(parts []int, pos map[int]*fetchPos, now time.Time, pl *plan) time.Duration {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	byLeader := make(map[int][]int, 1)
+	pl.reset()
 	idle := time.Duration(-1)
 	for _, p := range parts {
 		po, ok := c.book.parts[p]
@@ -260,16 +260,12 @@ func (c *MultiConsumer) syncPositions(parts []int, pos map[int]*fetchPos, now ti
 			}
 			continue
 		}
-		byLeader[c.leaders[p]] = append(byLeader[c.leaders[p]], p)
-	}
-	out := make([][]int, 0, len(byLeader))
-	for _, l := range slices.Sorted(maps.Keys(byLeader)) {
-		out = append(out, byLeader[l])
+		pl.add(c.leaders[p], p)
 	}
 	if idle < 0 {
 		idle = time.Hour // no partition at all: the worker waits to be stopped
 	}
-	return out, idle
+	return idle
 }
 
 func (c *MultiConsumer) setHighWatermark(p int, hwm int64) {

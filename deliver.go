@@ -3,6 +3,7 @@ package multiconsumer
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -35,6 +36,14 @@ func BlockFor(n int) GetOption {
 func Timeout(d time.Duration) GetOption {
 	return func(o *getOptions) { o.timeout = d }
 }
+
+// timers are the stopped timers of GetMessages timeouts, reused: at a
+// trickle every call waits, and what it allocates the collector chases.
+var timers = sync.Pool{New: func() any {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return t
+}}
 
 // GetMessages returns up to count messages, in order within each partition.
 // Calling it counts every message delivered before as consumed (the caller
@@ -85,8 +94,12 @@ func (c *MultiConsumer) GetMessages(ctx context.Context, count int, opts ...GetO
 	}
 	var expired <-chan time.Time
 	if need > 0 && o.timeout > 0 {
-		t := time.NewTimer(o.timeout)
-		defer t.Stop()
+		t := timers.Get().(*time.Timer)
+		t.Reset(o.timeout)
+		defer func() {
+			t.Stop() // since Go 1.23 no stale tick is left to receive
+			timers.Put(t)
+		}()
 		expired = t.C
 	}
 	// The timeout covers the wait for another delivery in progress too;

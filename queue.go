@@ -30,25 +30,36 @@ type batch struct {
 // its limit plus what one call asked for, and a call waiting for more
 // messages than the limit never starves the workers that would bring them.
 //
-// Waiters watch changed, a channel closed and replaced on every change they
-// wait for, so they can also select on a context.
+// Waiters watch changed, a channel closed on every change they wait for, so
+// they can also select on a context. It is made when a waiter asks for it
+// and dropped when closed: a put that nobody waits for allocates nothing.
 type queue struct {
 	mu      sync.Mutex
 	batches []batch // FIFO
 	queued  int     // messages in batches
 	limit   int
-	putters int // puts waiting for room: take wakes waiters only then
-	changed chan struct{}
+	putters int           // puts waiting for room: take wakes waiters only then
+	changed chan struct{} // nil: nobody waits
 }
 
 func newQueue(limit int) *queue {
-	return &queue{limit: limit, changed: make(chan struct{})}
+	return &queue{limit: limit}
 }
 
 // signalLocked wakes every waiter; q.mu is held.
 func (q *queue) signalLocked() {
-	close(q.changed)
-	q.changed = make(chan struct{})
+	if q.changed != nil {
+		close(q.changed)
+		q.changed = nil
+	}
+}
+
+// changedLocked returns the channel closed at the next change; q.mu is held.
+func (q *queue) changedLocked() <-chan struct{} {
+	if q.changed == nil {
+		q.changed = make(chan struct{})
+	}
+	return q.changed
 }
 
 // signal wakes every waiter, for a change outside the queue they should
@@ -75,7 +86,7 @@ func (q *queue) put(ctx context.Context, b batch, open *event) error {
 			q.mu.Unlock()
 			return nil
 		}
-		changed := q.changed
+		changed := q.changedLocked()
 		q.putters++
 		q.mu.Unlock()
 
@@ -186,7 +197,7 @@ func (q *queue) drop(stale func(b *batch) bool) int {
 func (q *queue) state() (queued int, changed <-chan struct{}) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.queued, q.changed
+	return q.queued, q.changedLocked()
 }
 
 // pending returns the number of queued batches, markers included, and a
@@ -194,7 +205,7 @@ func (q *queue) state() (queued int, changed <-chan struct{}) {
 func (q *queue) pending() (batches int, changed <-chan struct{}) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return len(q.batches), q.changed
+	return len(q.batches), q.changedLocked()
 }
 
 // len returns the number of queued messages.

@@ -38,6 +38,42 @@ type worker struct {
 	log    *slog.Logger
 	chunk  int     // messages per batch queued
 	arenas []arena // one per leader fetched from in a round
+
+	// Reused round to round: at a trickle a round fetches a message or
+	// two, and what it allocates is what the collector has to chase.
+	plan    plan
+	results []roundResult
+	rotated []int
+}
+
+// plan is a round's partitions grouped by leader, in the order the worker
+// lists them.
+type plan struct {
+	leaders []int
+	groups  [][]int
+}
+
+func (pl *plan) reset() {
+	pl.leaders = pl.leaders[:0]
+	for i := range pl.groups {
+		pl.groups[i] = pl.groups[i][:0]
+	}
+	pl.groups = pl.groups[:0]
+}
+
+// add adds partition p, led by leader.
+func (pl *plan) add(leader, p int) {
+	i := slices.Index(pl.leaders, leader)
+	if i < 0 {
+		i = len(pl.leaders)
+		pl.leaders = append(pl.leaders, leader)
+		if len(pl.groups) < cap(pl.groups) {
+			pl.groups = pl.groups[:i+1] // and its group's array, emptied by reset
+		} else {
+			pl.groups = append(pl.groups, nil)
+		}
+	}
+	pl.groups[i] = append(pl.groups[i], p)
 }
 
 // fetchPos is where a worker fetches a partition from, in which epoch, and
@@ -96,7 +132,8 @@ func (w *worker) run(ctx context.Context) {
 			return
 		}
 		w.wake.clear() // the positions read next cover every Seek so far
-		groups, wait := w.c.syncPositions(w.order, w.pos, time.Now())
+		wait := w.c.syncPositions(w.order, w.pos, time.Now(), &w.plan)
+		groups := w.plan.groups
 		if len(groups) == 0 {
 			idle.Reset(wait)
 			select {
@@ -110,11 +147,11 @@ func (w *worker) run(ctx context.Context) {
 			}
 			continue
 		}
-		served, refresh := w.round(ctx, groups)
+		refresh := w.round(ctx, groups)
 		if ctx.Err() != nil {
 			return
 		}
-		w.order = rotate(w.order, served)
+		w.rotate()
 		if refresh {
 			// A moved leader, a missing partition: fetch again only
 			// once the metadata has been read again.
@@ -123,42 +160,48 @@ func (w *worker) run(ctx context.Context) {
 	}
 }
 
-// rotate moves the partitions in served (those that got records in the
-// last round) behind the others, keeping the order within each part, so
-// that the next fetch lists first the partitions that waited. Brokers fill
-// a response in the order the request lists partitions: without this, the
-// first partitions of a backlog fill every response and the last starve
-// (as the Java client and franz-go do, too).
-func rotate(order, served []int) []int {
-	if len(served) == 0 || len(served) == len(order) && slices.Equal(order, served) {
-		return order
+// rotate moves the partitions that got records in the last round behind
+// the others, keeping the order within each part, so that the next fetch
+// lists first the partitions that waited. Brokers fill a response in the
+// order the request lists partitions: without this, the first partitions of
+// a backlog fill every response and the last starve (the Java client and
+// franz-go rotate too).
+func (w *worker) rotate() {
+	served := func(p int) bool {
+		for _, r := range w.results {
+			if slices.Contains(r.served, p) {
+				return true
+			}
+		}
+		return false
 	}
-	out := make([]int, 0, len(order))
-	for _, p := range order {
-		if !slices.Contains(served, p) {
-			out = append(out, p)
+	w.rotated = w.rotated[:0]
+	for _, p := range w.order {
+		if !served(p) {
+			w.rotated = append(w.rotated, p)
 		}
 	}
-	for _, p := range order {
-		if slices.Contains(served, p) {
-			out = append(out, p)
+	if len(w.rotated) == 0 || len(w.rotated) == len(w.order) {
+		return // all served, or none: the order stays
+	}
+	for _, p := range w.order {
+		if served(p) {
+			w.rotated = append(w.rotated, p)
 		}
 	}
-	return out
+	w.order, w.rotated = w.rotated, w.order
 }
 
-// wakeup lets Seek interrupt a worker: it cancels the fetch in flight, or
+// wakeup lets Seek interrupt a worker: it cancels the fetches in flight, or
 // ends the wait of a worker whose partitions all back off, so that the new
 // position is fetched at once.
 type wakeup struct {
 	ch chan struct{} // cap 1: a wake-up not seen yet
 
 	mu     sync.Mutex
-	cancel context.CancelCauseFunc // of the fetch in flight; nil between fetches
+	cancel context.CancelFunc // of the round in flight; nil between rounds
+	fired  bool               // cancel was called by poke
 }
-
-// errWoken is the cause of a fetch cancelled by a wake-up.
-var errWoken = errors.New("woken")
 
 func newWakeup() *wakeup { return &wakeup{ch: make(chan struct{}, 1)} }
 
@@ -167,7 +210,8 @@ func (wk *wakeup) poke() {
 	wk.mu.Lock()
 	defer wk.mu.Unlock()
 	if wk.cancel != nil {
-		wk.cancel(errWoken)
+		wk.cancel()
+		wk.fired = true
 	}
 	select {
 	case wk.ch <- struct{}{}:
@@ -183,9 +227,9 @@ func (wk *wakeup) clear() {
 	}
 }
 
-// arm registers the fetch about to start; it reports false, and the fetch
+// arm registers the round about to start; it reports false, and the round
 // should not start, when a wake-up came since clear.
-func (wk *wakeup) arm(cancel context.CancelCauseFunc) bool {
+func (wk *wakeup) arm(cancel context.CancelFunc) bool {
 	wk.mu.Lock()
 	defer wk.mu.Unlock()
 	select {
@@ -197,10 +241,17 @@ func (wk *wakeup) arm(cancel context.CancelCauseFunc) bool {
 	return true
 }
 
-// disarm unregisters the fetch that ended.
+// woken reports whether a wake-up cancelled the round in flight.
+func (wk *wakeup) woken() bool {
+	wk.mu.Lock()
+	defer wk.mu.Unlock()
+	return wk.fired
+}
+
+// disarm unregisters the round that ended.
 func (wk *wakeup) disarm() {
 	wk.mu.Lock()
-	wk.cancel = nil
+	wk.cancel, wk.fired = nil, false
 	wk.mu.Unlock()
 }
 
@@ -241,41 +292,50 @@ type roundResult struct {
 
 // round fetches each group of partitions from its leader, at the same time:
 // one after the other, an idle leader's long poll would hold back the data
-// of the next. A Seek cancels the round's fetches. It returns the
-// partitions that got records, and whether the metadata must be read again.
-func (w *worker) round(ctx context.Context, groups [][]int) (served []int, refresh bool) {
-	rctx, wake := context.WithCancelCause(ctx)
-	defer wake(nil)
-	if !w.wake.arm(wake) {
-		return nil, false // a Seek: sync the positions first
-	}
-	defer w.wake.disarm()
+// of the next. A Seek cancels the round's fetches. It leaves in w.results
+// the partitions that got records, and reports whether the metadata must
+// be read again.
+func (w *worker) round(ctx context.Context, groups [][]int) (refresh bool) {
 	for len(w.arenas) < len(groups) {
 		w.arenas = append(w.arenas, arena{})
 	}
-	results := make([]roundResult, len(groups))
+	for len(w.results) < len(groups) {
+		w.results = append(w.results, roundResult{})
+	}
+	w.results = w.results[:len(groups)]
+	for i := range w.results {
+		w.results[i] = roundResult{served: w.results[i].served[:0]}
+	}
+	// kafka-go bounds a request's socket reads only by the context's
+	// deadline: without one, a broker that stops answering would hold the
+	// worker (and a kafka-go goroutine) forever.
+	rctx, cancel := context.WithTimeout(ctx, fetchMaxWait+w.c.requestTimeout())
+	defer cancel()
+	if !w.wake.arm(cancel) {
+		return false // a Seek: sync the positions first
+	}
 	if len(groups) == 1 {
-		results[0] = w.fetchFrom(ctx, rctx, groups[0], &w.arenas[0])
+		w.fetchFrom(ctx, rctx, groups[0], &w.arenas[0], &w.results[0])
 	} else {
 		// The fetches touch disjoint partitions (positions), arenas and
 		// results; the worker waits for them before its next round.
 		var wg sync.WaitGroup
 		for i, parts := range groups {
-			wg.Go(func() { results[i] = w.fetchFrom(ctx, rctx, parts, &w.arenas[i]) })
+			wg.Go(func() { w.fetchFrom(ctx, rctx, parts, &w.arenas[i], &w.results[i]) })
 		}
 		wg.Wait()
 	}
-	for _, r := range results {
-		served = append(served, r.served...)
+	w.wake.disarm()
+	for _, r := range w.results {
 		refresh = refresh || r.refresh
 	}
-	return served, refresh
+	return refresh
 }
 
 // fetchFrom fetches parts, which share a leader, in one request bounded by
 // rctx, and queues what comes back (a wait for room in the queue is bounded
-// by ctx), copying keys and values into a.
-func (w *worker) fetchFrom(ctx, rctx context.Context, parts []int, a *arena) (r roundResult) {
+// by ctx), copying keys and values into a. It records in r what it did.
+func (w *worker) fetchFrom(ctx, rctx context.Context, parts []int, a *arena, r *roundResult) {
 	topic := w.c.cfg.Topic
 	reqParts := make([]fetchAPI.RequestPartition, len(parts))
 	for i, p := range parts {
@@ -287,12 +347,7 @@ func (w *worker) fetchFrom(ctx, rctx context.Context, parts []int, a *arena) (r 
 			PartitionMaxBytes:  fetchPartitionMaxBytes,
 		}
 	}
-	// kafka-go bounds a request's socket reads only by the context's
-	// deadline: without one, a broker that stops answering would hold the
-	// worker (and a kafka-go goroutine) forever.
-	fctx, cancel := context.WithTimeout(rctx, fetchMaxWait+w.c.requestTimeout())
-	defer cancel()
-	m, err := w.c.transport.RoundTrip(fctx, w.c.client.Addr, &fetchAPI.Request{
+	m, err := w.c.transport.RoundTrip(rctx, w.c.client.Addr, &fetchAPI.Request{
 		ReplicaID:    -1,
 		MaxWaitTime:  int32(fetchMaxWait / time.Millisecond),
 		MinBytes:     1,
@@ -306,7 +361,7 @@ func (w *worker) fetchFrom(ctx, rctx context.Context, parts []int, a *arena) (r 
 	}
 	if err != nil {
 		switch {
-		case ctx.Err() != nil, errors.Is(context.Cause(rctx), errWoken):
+		case ctx.Err() != nil, rctx.Err() != nil && w.wake.woken():
 		case routingError(err):
 			// The transport's metadata lacks the topic, a partition or a
 			// leader, or has them on other brokers than we grouped by.
@@ -316,7 +371,7 @@ func (w *worker) fetchFrom(ctx, rctx context.Context, parts []int, a *arena) (r 
 			w.fail(parts, initialBackoff, fmt.Errorf("fetch partitions %v: %w", parts, err))
 			w.c.requestRefresh()
 		}
-		return r
+		return
 	}
 	for _, rt := range m.(*fetchAPI.Response).Topics {
 		if rt.Topic != topic {
@@ -331,7 +386,7 @@ func (w *worker) fetchFrom(ctx, rctx context.Context, parts []int, a *arena) (r 
 			got, err := w.handle(ctx, &rt.Partitions[i], a)
 			if err != nil {
 				if ctx.Err() != nil {
-					return r
+					return
 				}
 				if metadataError(err) {
 					w.failStale([]int{p}, err)
@@ -347,7 +402,6 @@ func (w *worker) fetchFrom(ctx, rctx context.Context, parts []int, a *arena) (r 
 			}
 		}
 	}
-	return r
 }
 
 // routingError reports whether a fetch failed before it was sent because
