@@ -45,6 +45,7 @@ type result struct {
 	P99       float64 `json:"p99_ms,omitempty"`
 	Max       float64 `json:"max_ms,omitempty"`
 	Handlers  int     `json:"handlers,omitempty"`
+	Rate      int     `json:"rate,omitempty"` // latency: produce rate, msg/s
 	Round     int     `json:"round"`
 	Broker    string  `json:"broker"`
 	Err       string  `json:"err,omitempty"`
@@ -362,7 +363,10 @@ func child(o options) error {
 	case "io":
 		snk, runErr = drain(ctx, run, brokers, o.topic, int64(o.n), o.handlers, o.ioSleep)
 	case "latency":
-		snk, runErr = latency(ctx, run, brokers, o.topic, o.latRate, o.latDur)
+		if len(o.latRates) != 1 {
+			return fmt.Errorf("latency mode takes one -rate, not %q", o.rates)
+		}
+		snk, runErr = latency(ctx, run, brokers, o.topic, o.latRates[0], o.latDur)
 	default:
 		return fmt.Errorf("unknown mode %q", o.mode)
 	}
@@ -384,6 +388,9 @@ func child(o options) error {
 		Contender: o.contender, Mode: o.mode, Handlers: o.handlers,
 		N: min(snk.n.Load(), snk.target), Bytes: snk.bytes.Load(),
 		PeakRSS: vmHWM(), PeakHeap: max(peakHeap.Load(), ms.HeapAlloc), HeapSys: ms.HeapSys,
+	}
+	if o.mode == "latency" {
+		r.Rate = o.latRates[0]
 	}
 	if errors.Is(runErr, errPartial) {
 		r.Partial = true

@@ -57,7 +57,11 @@ func (b *bench) failures(suite string) []string {
 	var out []string
 	for _, r := range b.results {
 		if r.Mode == suite && r.Err != "" {
-			out = append(out, fmt.Sprintf("- `%s` (size %d, round %d): %s", r.Contender, r.Size, r.Round, r.Err))
+			at := fmt.Sprintf("size %d", r.Size)
+			if r.Rate > 0 {
+				at = fmt.Sprintf("%d msg/s", r.Rate)
+			}
+			out = append(out, fmt.Sprintf("- `%s` (%s, round %d): %s", r.Contender, at, r.Round, r.Err))
 		}
 	}
 	return out
@@ -126,19 +130,21 @@ func (b *bench) report() error {
 		}
 	}
 	if b.has("latency") {
-		w("### latency: %d msg/s for %s, 100 B, %d partitions\n\n", b.o.latRate, b.o.latDur, b.o.partitions)
-		w("| contender | p50 ms | p99 ms | max ms | received |\n|---|---:|---:|---:|---:|\n")
-		for _, c := range b.contendersOf("latency") {
-			for _, r := range b.pick("latency", 100, c, 0) {
-				w("| `%s` | %.2f | %.2f | %.2f | %d |\n", c, r.P50, r.P99, r.Max, r.N)
+		for i, rate := range b.ratesOf() {
+			w("### latency: %d msg/s for %s, 100 B, %d partitions\n\n", rate, b.o.latDur, b.o.partitions)
+			w("| contender | round | p50 ms | p99 ms | max ms | received |\n|---|---:|---:|---:|---:|---:|\n")
+			for _, c := range b.contendersOf("latency") {
+				for _, r := range b.pickLatency(rate, c) {
+					w("| `%s` | %d | %.2f | %.2f | %.2f | %d |\n", c, r.Round, r.P50, r.P99, r.Max, r.N)
+				}
+			}
+			w("\n")
+			if err := b.latencyChart(tag, rate, i == 0); err != nil {
+				return err
 			}
 		}
-		w("\n")
 		if f := b.failures("latency"); len(f) > 0 {
 			w("Failures (latency):\n\n%s\n\n", strings.Join(f, "\n"))
-		}
-		if err := b.latencyChart(tag); err != nil {
-			return err
 		}
 	}
 	if b.has("io") {
@@ -165,6 +171,23 @@ func (b *bench) report() error {
 	fmt.Print(md.String())
 	logf("wrote %s", path)
 	return nil
+}
+
+// pickLatency returns the latency results of contender at rate, without
+// the failed ones.
+func (b *bench) pickLatency(rate int, contender string) []result {
+	var out []result
+	for _, r := range b.pick("latency", 100, contender, 0) {
+		if r.Rate == rate {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// ratesOf returns the produce rates of the latency results, in order.
+func (b *bench) ratesOf() []int {
+	return distinct(b.results, "latency", func(r result) int { return r.Rate })
 }
 
 func (b *bench) pickAny(suite string, size int) []result {
@@ -347,23 +370,31 @@ func (b *bench) workersChart(tag string) error {
 	return save(p, 7*vg.Inch, 4.5*vg.Inch, filepath.Join(b.o.docs, fmt.Sprintf("bench-%s-workers.png", tag)))
 }
 
-func (b *bench) latencyChart(tag string) error {
+// latencyChart charts the median p50 and p99 of each contender at rate, in
+// bench-TAG-latency.png for the first rate (the name the docs link to) and
+// bench-TAG-latency-RATE.png for the others.
+func (b *bench) latencyChart(tag string, rate int, first bool) error {
 	var p50, p99 plotter.Values
 	var names []string
 	for _, c := range b.contendersOf("latency") {
-		rs := b.pick("latency", 100, c, 0)
-		if len(rs) == 0 || rs[0].P99 > 100 {
+		rs := b.pickLatency(rate, c)
+		if len(rs) == 0 {
+			continue
+		}
+		s50 := field(rs, func(r result) float64 { return r.P50 })
+		s99 := field(rs, func(r result) float64 { return r.P99 })
+		if s99.med > 100 {
 			continue // GetMessages with Block(true) waits for 1000 messages: off the scale
 		}
-		p50 = append(p50, rs[0].P50)
-		p99 = append(p99, rs[0].P99)
+		p50 = append(p50, s50.med)
+		p99 = append(p99, s99.med)
 		names = append(names, shortName(c))
 	}
 	if len(names) == 0 {
 		return nil
 	}
 	p := plot.New()
-	p.Title.Text = fmt.Sprintf("End-to-end latency at %d msg/s, 100 B (%s)", b.o.latRate, b.o.label)
+	p.Title.Text = fmt.Sprintf("End-to-end latency at %d msg/s, 100 B (%s), median of %d round(s)", rate, b.o.label, b.roundsOf("latency"))
 	p.Y.Label.Text = "ms"
 	w := vg.Points(14)
 	for i, v := range []plotter.Values{p50, p99} {
@@ -382,7 +413,11 @@ func (b *bench) latencyChart(tag string) error {
 	p.X.Tick.Label.XAlign = -1
 	p.X.Tick.Label.YAlign = -0.5
 	p.Add(plotter.NewGrid())
-	return save(p, 8*vg.Inch, 4.5*vg.Inch, filepath.Join(b.o.docs, fmt.Sprintf("bench-%s-latency.png", tag)))
+	name := fmt.Sprintf("bench-%s-latency.png", tag)
+	if !first {
+		name = fmt.Sprintf("bench-%s-latency-%d.png", tag, rate)
+	}
+	return save(p, 8*vg.Inch, 4.5*vg.Inch, filepath.Join(b.o.docs, name))
 }
 
 func (b *bench) ioChart(tag string) error {
