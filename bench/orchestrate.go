@@ -238,8 +238,9 @@ func (b *bench) runChild(suite, contender, mode, topic string, n, size, rate, ro
 	msg := fmt.Sprintf("%-8s r%d %-75s size %5d: %9.0f msg/s %7.1f MB/s total %6.2fs startup %5.2fs RSS %5.0f MiB heap %5.0f MiB",
 		suite, round, contender, size, r.MsgsPerS, r.MBPerS, r.Total, r.Startup, float64(r.PeakRSS)/(1<<20), float64(r.PeakHeap)/(1<<20))
 	if mode == "latency" {
-		msg = fmt.Sprintf("%-8s r%d %-50s %6d msg/s: p50 %7.2fms p99 %7.2fms max %7.2fms (n=%d)",
-			suite, round, contender, rate, r.P50, r.P99, r.Max, r.N)
+		ab, an := r.allocPerMsg()
+		msg = fmt.Sprintf("%-8s r%d %-50s %6d msg/s: p50 %7.2fms p99 %7.2fms max %7.2fms (n=%d) alloc %6.0f B/msg %5.1f allocs/msg %3d GCs",
+			suite, round, contender, rate, r.P50, r.P99, r.Max, r.N, ab, an, r.NumGC)
 	}
 	if r.Err != "" {
 		msg += " ERROR: " + r.Err
