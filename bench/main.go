@@ -1,12 +1,19 @@
 // Command bench compares MultiConsumer with kafka-go's Reader (group mode
 // and one Reader per partition) and franz-go's group consumer: time to drain
-// a backlog, peak memory, end-to-end latency at a fixed produce rate, and
-// throughput with an I/O-bound handler.
+// a backlog, peak memory, end-to-end latency and allocation per message at
+// fixed produce rates, and throughput with an I/O-bound handler.
 //
 // Every contender runs in a child process (the program re-executes itself
 // with -contender) so that its peak RSS is its own; the embedded broker
 // (kfake) runs in a third process (-serve). With -brokers host:port it uses
 // a running Kafka instead.
+//
+// The latency suite runs each contender -latency-rounds times at each -rate
+// (a fresh topic each run, the order of the contenders reversed every other
+// round) and reports medians [min-max] over the rounds, p99 against the
+// Reader per partition's, and the child's allocation per message while it
+// measures. The producer runs in the child too, so that allocation includes
+// the producer's, alike for every contender.
 //
 // bench is a module of its own (bench/go.mod), so run it from bench/:
 //

@@ -131,18 +131,16 @@ func (b *bench) report() error {
 	}
 	if b.has("latency") {
 		for i, rate := range b.ratesOf() {
-			w("### latency: %d msg/s for %s, 100 B, %d partitions\n\n", rate, b.o.latDur, b.o.partitions)
-			w("| contender | round | p50 ms | p99 ms | max ms | received |\n|---|---:|---:|---:|---:|---:|\n")
-			for _, c := range b.contendersOf("latency") {
-				for _, r := range b.pickLatency(rate, c) {
-					w("| `%s` | %d | %.2f | %.2f | %.2f | %d |\n", c, r.Round, r.P50, r.P99, r.Max, r.N)
-				}
-			}
-			w("\n")
+			b.latencyTable(&md, rate)
 			if err := b.latencyChart(tag, rate, i == 0); err != nil {
 				return err
 			}
 		}
+		w("Latency tables: alloc B/msg, allocs/msg and GCs (medians) are of the whole child process from the first " +
+			"measured produce to the last receive, divided by the messages received. The franz-go producer that " +
+			"writes the messages runs in the same process, so its share is in every row alike: the differences " +
+			"between rows are the consumers', the absolute figures are not any consumer's alone. There is no " +
+			"consume-nothing baseline to subtract (the latency protocol needs a receiver).\n\n")
 		if f := b.failures("latency"); len(f) > 0 {
 			w("Failures (latency):\n\n%s\n\n", strings.Join(f, "\n"))
 		}
@@ -171,6 +169,52 @@ func (b *bench) report() error {
 	fmt.Print(md.String())
 	logf("wrote %s", path)
 	return nil
+}
+
+// latencyRef is the contender the latency tables compare p99 with.
+const latencyRef = "kafkago-partition"
+
+// latencyTable writes the latency table of rate: medians [min-max] over
+// rounds, the ratio of median p99s to latencyRef's, and allocation per
+// message.
+func (b *bench) latencyTable(md *strings.Builder, rate int) {
+	w := func(format string, args ...any) { fmt.Fprintf(md, format, args...) }
+	p99 := func(r result) float64 { return r.P99 }
+	ref := field(b.pickLatency(rate, latencyRef), p99).med
+	d := b.o.latDur // of this run; of the results (rate x duration messages) if they say
+	for _, r := range b.results {
+		if r.Mode == "latency" && r.Rate == rate && r.Err == "" && !r.Partial && r.N > 0 {
+			d = time.Duration(float64(r.N) / float64(rate) * float64(time.Second)).Round(time.Millisecond)
+			break
+		}
+	}
+	w("### latency: %d msg/s for %s, 100 B, %d partitions, median [min-max] of %d round(s)\n\n", rate, d, b.o.partitions, b.roundsOf("latency"))
+	w("| contender | p50 ms | p99 ms | max ms | p99 / `%s` | alloc B/msg | allocs/msg | GCs | received |\n", latencyRef)
+	w("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, c := range b.contendersOf("latency") {
+		rs := b.pickLatency(rate, c)
+		if len(rs) == 0 {
+			continue
+		}
+		ms := func(f func(result) float64) string {
+			s := field(rs, f)
+			if len(rs) == 1 {
+				return fmt.Sprintf("%.2f", s.med)
+			}
+			return fmt.Sprintf("%.2f [%.2f-%.2f]", s.med, s.lo, s.hi)
+		}
+		ratio := "-"
+		if ref > 0 {
+			ratio = fmt.Sprintf("%.2f", field(rs, p99).med/ref)
+		}
+		w("| `%s` | %s | %s | %s | %s | %.0f | %.2f | %.0f | %.0f |\n", c,
+			ms(func(r result) float64 { return r.P50 }), ms(p99), ms(func(r result) float64 { return r.Max }), ratio,
+			field(rs, func(r result) float64 { b, _ := r.allocPerMsg(); return b }).med,
+			field(rs, func(r result) float64 { _, n := r.allocPerMsg(); return n }).med,
+			field(rs, func(r result) float64 { return float64(r.NumGC) }).med,
+			field(rs, func(r result) float64 { return float64(r.N) }).med)
+	}
+	w("\n")
 }
 
 // pickLatency returns the latency results of contender at rate, without
