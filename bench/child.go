@@ -45,10 +45,26 @@ type result struct {
 	P99       float64 `json:"p99_ms,omitempty"`
 	Max       float64 `json:"max_ms,omitempty"`
 	Handlers  int     `json:"handlers,omitempty"`
+	Rate      int     `json:"rate,omitempty"` // latency: produce rate, msg/s
 	Round     int     `json:"round"`
 	Broker    string  `json:"broker"`
 	Err       string  `json:"err,omitempty"`
 	Partial   bool    `json:"partial,omitempty"` // timed out: rates are of what arrived
+
+	// Latency: what the whole child process allocated from the first
+	// measured produce to the last receive (the producer included).
+	AllocBytes uint64 `json:"alloc_bytes,omitempty"` // TotalAlloc delta
+	Allocs     uint64 `json:"allocs,omitempty"`      // Mallocs delta
+	NumGC      uint32 `json:"num_gc,omitempty"`      // NumGC delta
+}
+
+// allocPerMsg returns the latency mode's bytes and allocations per message
+// received.
+func (r result) allocPerMsg() (bytes, allocs float64) {
+	if r.N == 0 {
+		return 0, 0
+	}
+	return float64(r.AllocBytes) / float64(r.N), float64(r.Allocs) / float64(r.N)
 }
 
 // sink counts what a contender receives and knows when it is done. add is
@@ -66,10 +82,20 @@ type sink struct {
 
 	mu   sync.Mutex
 	lats []time.Duration
+
+	// The latency mode reads memStart before the first measured produce
+	// and add reads memEnd on the last message, before done closes.
+	memStart, memEnd runtime.MemStats
 }
 
 func newSink(target int64, latency bool) *sink {
-	return &sink{target: target, latency: latency, done: make(chan struct{}), start: time.Now()}
+	s := &sink{target: target, latency: latency, done: make(chan struct{}), start: time.Now()}
+	if latency {
+		// Allocated up front, so that recording latencies allocates nothing
+		// during the measured phase.
+		s.lats = make([]time.Duration, 0, target)
+	}
+	return s
 }
 
 func (s *sink) add(key, value []byte) {
@@ -92,6 +118,9 @@ func (s *sink) add(key, value []byte) {
 	}
 	s.bytes.Add(int64(len(key) + len(value)))
 	if s.n.Add(1) == s.target {
+		if s.latency {
+			runtime.ReadMemStats(&s.memEnd)
+		}
 		s.last.Store(now.UnixNano())
 		s.once.Do(func() { close(s.done) })
 	}
@@ -362,7 +391,10 @@ func child(o options) error {
 	case "io":
 		snk, runErr = drain(ctx, run, brokers, o.topic, int64(o.n), o.handlers, o.ioSleep)
 	case "latency":
-		snk, runErr = latency(ctx, run, brokers, o.topic, o.latRate, o.latDur)
+		if len(o.latRates) != 1 {
+			return fmt.Errorf("latency mode takes one -rate, not %q", o.rates)
+		}
+		snk, runErr = latency(ctx, run, brokers, o.topic, o.latRates[0], o.latDur)
 	default:
 		return fmt.Errorf("unknown mode %q", o.mode)
 	}
@@ -384,6 +416,14 @@ func child(o options) error {
 		Contender: o.contender, Mode: o.mode, Handlers: o.handlers,
 		N: min(snk.n.Load(), snk.target), Bytes: snk.bytes.Load(),
 		PeakRSS: vmHWM(), PeakHeap: max(peakHeap.Load(), ms.HeapAlloc), HeapSys: ms.HeapSys,
+	}
+	if o.mode == "latency" {
+		r.Rate = o.latRates[0]
+		if snk.isDone() { // memEnd was read
+			r.AllocBytes = snk.memEnd.TotalAlloc - snk.memStart.TotalAlloc
+			r.Allocs = snk.memEnd.Mallocs - snk.memStart.Mallocs
+			r.NumGC = snk.memEnd.NumGC - snk.memStart.NumGC
+		}
 	}
 	if errors.Is(runErr, errPartial) {
 		r.Partial = true
@@ -471,7 +511,9 @@ func drain(ctx context.Context, run runner, brokers []string, topic string, targ
 // latency starts the contender on an empty topic, produces a warm-up message
 // every 10ms until the contender receives one, then produces rate messages/s
 // for d, round-robin over the partitions, each carrying its produce time,
-// and measures how long each takes to arrive.
+// and measures how long each takes to arrive. It also reads the process's
+// allocation statistics at the first measured produce (add reads them again
+// at the last receive): they cover the producer as well as the contender.
 func latency(ctx context.Context, run runner, brokers []string, topic string, rate int, d time.Duration) (*sink, error) {
 	target := int64(float64(rate) * d.Seconds())
 	snk := newSink(target, true)
@@ -513,6 +555,7 @@ warm:
 			return snk, ctx.Err()
 		}
 	}
+	runtime.ReadMemStats(&snk.memStart)
 	start := time.Now()
 	for i := range target {
 		if wait := time.Until(start.Add(time.Duration(float64(i) / float64(rate) * 1e9))); wait > 0 {

@@ -1,12 +1,19 @@
 // Command bench compares MultiConsumer with kafka-go's Reader (group mode
 // and one Reader per partition) and franz-go's group consumer: time to drain
-// a backlog, peak memory, end-to-end latency at a fixed produce rate, and
-// throughput with an I/O-bound handler.
+// a backlog, peak memory, end-to-end latency and allocation per message at
+// fixed produce rates, and throughput with an I/O-bound handler.
 //
 // Every contender runs in a child process (the program re-executes itself
 // with -contender) so that its peak RSS is its own; the embedded broker
 // (kfake) runs in a third process (-serve). With -brokers host:port it uses
 // a running Kafka instead.
+//
+// The latency suite runs each contender -latency-rounds times at each -rate
+// (a fresh topic each run, the order of the contenders reversed every other
+// round) and reports medians [min-max] over the rounds, p99 against the
+// Reader per partition's, and the child's allocation per message while it
+// measures. The producer runs in the child too, so that allocation includes
+// the producer's, alike for every contender.
 //
 // bench is a module of its own (bench/go.mod), so run it from bench/:
 //
@@ -14,6 +21,7 @@
 //	go run .                                  # default suites on kfake
 //	go run . -brokers 127.0.0.1:9092          # on a real Kafka
 //	go run . -suites drain -rounds 5 -n 200000 -sizes 100
+//	go run . -suites latency -rate 2000,20000 -latency-rounds 3
 //	go run . -suites pitfall,mem,profile
 //
 // Its default paths (-out, -docs, the Python venv) are the repository's
@@ -28,6 +36,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -43,7 +52,9 @@ type options struct {
 	rounds     int
 	contenders string
 	latency    string
-	latRate    int
+	rates      string // -rate as given
+	latRates   []int  // -rate parsed; a child gets exactly one
+	latRounds  int
 	latDur     time.Duration
 	ioWorkers  string
 	ioHandlers string
@@ -77,7 +88,8 @@ func main() {
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds of the drain suite; contenders alternate within each round")
 	flag.StringVar(&o.contenders, "contenders", strings.Join(defaultDrain, " "), "contenders of the drain suite, space-separated")
 	flag.StringVar(&o.latency, "latency-contenders", strings.Join(defaultLatency, " "), "contenders of the latency suite, space-separated")
-	flag.IntVar(&o.latRate, "rate", 2000, "produce rate of the latency suite, messages/s")
+	flag.StringVar(&o.rates, "rate", "2000,20000", "produce rates of the latency suite, messages/s, comma-separated; the suite runs each")
+	flag.IntVar(&o.latRounds, "latency-rounds", 3, "rounds of the latency suite at each rate; contenders alternate within each round")
 	flag.DurationVar(&o.latDur, "duration", 10*time.Second, "measured produce time of the latency suite")
 	flag.StringVar(&o.ioWorkers, "io-workers", "1,2,4,8", "MultiConsumer workers of the io suite")
 	flag.StringVar(&o.ioHandlers, "io-handlers", "1,64", "handler goroutines of the io suite")
@@ -85,7 +97,7 @@ func main() {
 	flag.StringVar(&o.memN, "mem-n", "1000000,10000000", "backlogs of the mem suite (100 B messages)")
 	flag.StringVar(&o.out, "out", fromRoot("bench/results"), "directory for the JSON and Markdown results and profiles")
 	flag.StringVar(&o.docs, "docs", fromRoot("docs"), "directory for the PNG charts")
-	flag.StringVar(&o.reportFrom, "report", "", "only write the tables and charts of a results JSON file of an earlier run (give its -suites and -label too)")
+	flag.StringVar(&o.reportFrom, "report", "", "only write the tables and charts of a results JSON file of an earlier run (give its -suites and -label too, and its -rate if it predates per-result rates)")
 
 	flag.StringVar(&o.contender, "contender", "", "child mode: run this contender and print its result")
 	flag.StringVar(&o.mode, "mode", "drain", "child mode: drain, latency or io")
@@ -99,6 +111,10 @@ func main() {
 	flag.Parse()
 
 	var err error
+	if o.latRates, err = parseRates(o.rates); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
 	switch {
 	case o.serve:
 		err = serve()
@@ -111,6 +127,19 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
+}
+
+// parseRates parses -rate: positive messages/s, comma-separated.
+func parseRates(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("-rate %q: %q is not a positive number of messages/s", s, f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
 
 // fromRoot turns a path relative to the repository root into one relative to

@@ -86,6 +86,12 @@ func orchestrate(o options) error {
 		if err := json.Unmarshal(data, &b.results); err != nil {
 			return err
 		}
+		for i, r := range b.results {
+			if r.Mode == "latency" && r.Rate == 0 {
+				// Written before -rate took a list: one rate, give it as -rate.
+				b.results[i].Rate = o.latRates[0]
+			}
+		}
 		b.brokers = o.brokers
 		return b.report()
 	}
@@ -199,11 +205,14 @@ func (b *bench) backlog(n, size int) (string, error) {
 }
 
 // runChild runs one contender in a child process and records its result.
-func (b *bench) runChild(suite, contender, mode, topic string, n, size, round int, extra ...string) result {
+// rate is the produce rate of the latency mode, 0 for the other modes.
+func (b *bench) runChild(suite, contender, mode, topic string, n, size, rate, round int, extra ...string) result {
 	args := []string{
 		"-contender", contender, "-mode", mode, "-brokers", b.brokers, "-topic", topic,
-		"-n", strconv.Itoa(n), "-rate", strconv.Itoa(b.o.latRate), "-duration", b.o.latDur.String(),
-		"-io-sleep", b.o.ioSleep.String(),
+		"-n", strconv.Itoa(n), "-duration", b.o.latDur.String(), "-io-sleep", b.o.ioSleep.String(),
+	}
+	if rate > 0 {
+		args = append(args, "-rate", strconv.Itoa(rate))
 	}
 	args = append(args, extra...)
 	cmd := exec.Command(b.exe, args...)
@@ -221,7 +230,7 @@ func (b *bench) runChild(suite, contender, mode, topic string, n, size, round in
 	if !found {
 		r.Err = fmt.Sprintf("child failed: %v: %s", err, lastLines(stderr.String(), 5))
 	}
-	r.Size, r.Round, r.Broker = size, round, b.o.label
+	r.Size, r.Rate, r.Round, r.Broker = size, rate, round, b.o.label
 	r.Mode = suite
 	b.mu.Lock()
 	b.results = append(b.results, r)
@@ -229,7 +238,9 @@ func (b *bench) runChild(suite, contender, mode, topic string, n, size, round in
 	msg := fmt.Sprintf("%-8s r%d %-75s size %5d: %9.0f msg/s %7.1f MB/s total %6.2fs startup %5.2fs RSS %5.0f MiB heap %5.0f MiB",
 		suite, round, contender, size, r.MsgsPerS, r.MBPerS, r.Total, r.Startup, float64(r.PeakRSS)/(1<<20), float64(r.PeakHeap)/(1<<20))
 	if mode == "latency" {
-		msg = fmt.Sprintf("%-8s %-75s p50 %7.2fms p99 %7.2fms max %7.2fms (n=%d)", suite, contender, r.P50, r.P99, r.Max, r.N)
+		ab, an := r.allocPerMsg()
+		msg = fmt.Sprintf("%-8s r%d %-50s %6d msg/s: p50 %7.2fms p99 %7.2fms max %7.2fms (n=%d) alloc %6.0f B/msg %5.1f allocs/msg %3d GCs",
+			suite, round, contender, rate, r.P50, r.P99, r.Max, r.N, ab, an, r.NumGC)
 	}
 	if r.Err != "" {
 		msg += " ERROR: " + r.Err
@@ -269,11 +280,11 @@ func (b *bench) drainSuite() error {
 					// Slow: run once, for at most a minute; its rate is of
 					// what arrived by then.
 					if round == 0 {
-						b.runChild("drain", c, "drain", topic, b.o.n, size, round, "-timeout", "1m")
+						b.runChild("drain", c, "drain", topic, b.o.n, size, 0, round, "-timeout", "1m")
 					}
 					continue
 				}
-				b.runChild("drain", c, "drain", topic, b.o.n, size, round)
+				b.runChild("drain", c, "drain", topic, b.o.n, size, 0, round)
 			}
 		}
 		b.deleteTopic(topic)
@@ -297,14 +308,26 @@ func (b *bench) deleteTopic(topic string) {
 	}
 }
 
+// latencySuite runs each contender -latency-rounds times at each -rate, on
+// a fresh topic each time, alternating the order of the contenders between
+// rounds as the drain suite does.
 func (b *bench) latencySuite() error {
-	for _, c := range strings.Fields(b.o.latency) {
-		topic := kafkatest.UniqueName("bench-latency")
-		if err := b.cluster.CreateTopic(context.Background(), topic, b.o.partitions); err != nil {
-			return err
+	contenders := strings.Fields(b.o.latency)
+	for _, rate := range b.o.latRates {
+		for round := range b.o.latRounds {
+			order := contenders
+			if round%2 == 1 {
+				order = reversed(contenders)
+			}
+			for _, c := range order {
+				topic := kafkatest.UniqueName("bench-latency")
+				if err := b.cluster.CreateTopic(context.Background(), topic, b.o.partitions); err != nil {
+					return err
+				}
+				b.runChild("latency", c, "latency", topic, 0, 100, rate, round)
+				b.deleteTopic(topic)
+			}
 		}
-		b.runChild("latency", c, "latency", topic, 0, 100, 0)
-		b.deleteTopic(topic)
 	}
 	return nil
 }
@@ -327,9 +350,9 @@ func (b *bench) ioSuite() error {
 			arg = 0 // the caller itself
 		}
 		for _, w := range ints(b.o.ioWorkers) {
-			b.runChild("io", fmt.Sprintf("mc-get?w=%d", w), "io", topic, n(h), size, 0, "-handlers", strconv.Itoa(arg))
+			b.runChild("io", fmt.Sprintf("mc-get?w=%d", w), "io", topic, n(h), size, 0, 0, "-handlers", strconv.Itoa(arg))
 		}
-		b.runChild("io", "kafkago-partition", "io", topic, n(h), size, 0, "-handlers", strconv.Itoa(arg))
+		b.runChild("io", "kafkago-partition", "io", topic, n(h), size, 0, 0, "-handlers", strconv.Itoa(arg))
 	}
 	b.deleteTopic(topic)
 	return nil
@@ -350,7 +373,7 @@ func (b *bench) pitfallSuite() error {
 	}
 	for round := range b.o.rounds {
 		for _, c := range pitfallVariants {
-			b.runChild("pitfall", c, "drain", topic, b.o.n, 100, round, "-timeout", "1m")
+			b.runChild("pitfall", c, "drain", topic, b.o.n, 100, 0, round, "-timeout", "1m")
 		}
 	}
 	b.deleteTopic(topic)
@@ -372,7 +395,7 @@ func (b *bench) memSuite() error {
 			if !strings.Contains(c, "?") {
 				sep = "?"
 			}
-			b.runChild("mem", fmt.Sprintf("%s%sbacklog=%d", c, sep, n), "drain", topic, n, 100, 0, "-timeout", "10m")
+			b.runChild("mem", fmt.Sprintf("%s%sbacklog=%d", c, sep, n), "drain", topic, n, 100, 0, 0, "-timeout", "10m")
 		}
 		b.deleteTopic(topic)
 	}
@@ -392,7 +415,7 @@ func (b *bench) profileSuite() error {
 	}
 	for _, c := range []string{"mc-get?w=1", "mc-get?w=8", "mc-iter?w=8"} {
 		name := strings.NewReplacer("?", "-", "=", "", "&", "-").Replace(c)
-		b.runChild("profile", c, "drain", topic, b.o.n, 100, 0,
+		b.runChild("profile", c, "drain", topic, b.o.n, 100, 0, 0,
 			"-cpuprofile", filepath.Join(dir, name+".cpu.pprof"),
 			"-memprofile", filepath.Join(dir, name+".alloc.pprof"))
 	}

@@ -57,7 +57,11 @@ func (b *bench) failures(suite string) []string {
 	var out []string
 	for _, r := range b.results {
 		if r.Mode == suite && r.Err != "" {
-			out = append(out, fmt.Sprintf("- `%s` (size %d, round %d): %s", r.Contender, r.Size, r.Round, r.Err))
+			at := fmt.Sprintf("size %d", r.Size)
+			if r.Rate > 0 {
+				at = fmt.Sprintf("%d msg/s", r.Rate)
+			}
+			out = append(out, fmt.Sprintf("- `%s` (%s, round %d): %s", r.Contender, at, r.Round, r.Err))
 		}
 	}
 	return out
@@ -126,19 +130,19 @@ func (b *bench) report() error {
 		}
 	}
 	if b.has("latency") {
-		w("### latency: %d msg/s for %s, 100 B, %d partitions\n\n", b.o.latRate, b.o.latDur, b.o.partitions)
-		w("| contender | p50 ms | p99 ms | max ms | received |\n|---|---:|---:|---:|---:|\n")
-		for _, c := range b.contendersOf("latency") {
-			for _, r := range b.pick("latency", 100, c, 0) {
-				w("| `%s` | %.2f | %.2f | %.2f | %d |\n", c, r.P50, r.P99, r.Max, r.N)
+		for i, rate := range b.ratesOf() {
+			b.latencyTable(&md, rate)
+			if err := b.latencyChart(tag, rate, i == 0); err != nil {
+				return err
 			}
 		}
-		w("\n")
+		w("Latency tables: alloc B/msg, allocs/msg and GCs (medians) are of the whole child process from the first " +
+			"measured produce to the last receive, divided by the messages received. The franz-go producer that " +
+			"writes the messages runs in the same process, so its share is in every row alike: the differences " +
+			"between rows are the consumers', the absolute figures are not any consumer's alone. There is no " +
+			"consume-nothing baseline to subtract (the latency protocol needs a receiver).\n\n")
 		if f := b.failures("latency"); len(f) > 0 {
 			w("Failures (latency):\n\n%s\n\n", strings.Join(f, "\n"))
-		}
-		if err := b.latencyChart(tag); err != nil {
-			return err
 		}
 	}
 	if b.has("io") {
@@ -165,6 +169,69 @@ func (b *bench) report() error {
 	fmt.Print(md.String())
 	logf("wrote %s", path)
 	return nil
+}
+
+// latencyRef is the contender the latency tables compare p99 with.
+const latencyRef = "kafkago-partition"
+
+// latencyTable writes the latency table of rate: medians [min-max] over
+// rounds, the ratio of median p99s to latencyRef's, and allocation per
+// message.
+func (b *bench) latencyTable(md *strings.Builder, rate int) {
+	w := func(format string, args ...any) { fmt.Fprintf(md, format, args...) }
+	p99 := func(r result) float64 { return r.P99 }
+	ref := field(b.pickLatency(rate, latencyRef), p99).med
+	d := b.o.latDur // of this run; of the results (rate x duration messages) if they say
+	for _, r := range b.results {
+		if r.Mode == "latency" && r.Rate == rate && r.Err == "" && !r.Partial && r.N > 0 {
+			d = time.Duration(float64(r.N) / float64(rate) * float64(time.Second)).Round(time.Millisecond)
+			break
+		}
+	}
+	w("### latency: %d msg/s for %s, 100 B, %d partitions, median [min-max] of %d round(s)\n\n", rate, d, b.o.partitions, b.roundsOf("latency"))
+	w("| contender | p50 ms | p99 ms | max ms | p99 / `%s` | alloc B/msg | allocs/msg | GCs | received |\n", latencyRef)
+	w("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, c := range b.contendersOf("latency") {
+		rs := b.pickLatency(rate, c)
+		if len(rs) == 0 {
+			continue
+		}
+		ms := func(f func(result) float64) string {
+			s := field(rs, f)
+			if len(rs) == 1 {
+				return fmt.Sprintf("%.2f", s.med)
+			}
+			return fmt.Sprintf("%.2f [%.2f-%.2f]", s.med, s.lo, s.hi)
+		}
+		ratio := "-"
+		if ref > 0 {
+			ratio = fmt.Sprintf("%.2f", field(rs, p99).med/ref)
+		}
+		w("| `%s` | %s | %s | %s | %s | %.0f | %.2f | %.0f | %.0f |\n", c,
+			ms(func(r result) float64 { return r.P50 }), ms(p99), ms(func(r result) float64 { return r.Max }), ratio,
+			field(rs, func(r result) float64 { b, _ := r.allocPerMsg(); return b }).med,
+			field(rs, func(r result) float64 { _, n := r.allocPerMsg(); return n }).med,
+			field(rs, func(r result) float64 { return float64(r.NumGC) }).med,
+			field(rs, func(r result) float64 { return float64(r.N) }).med)
+	}
+	w("\n")
+}
+
+// pickLatency returns the latency results of contender at rate, without
+// the failed ones.
+func (b *bench) pickLatency(rate int, contender string) []result {
+	var out []result
+	for _, r := range b.pick("latency", 100, contender, 0) {
+		if r.Rate == rate {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// ratesOf returns the produce rates of the latency results, in order.
+func (b *bench) ratesOf() []int {
+	return distinct(b.results, "latency", func(r result) int { return r.Rate })
 }
 
 func (b *bench) pickAny(suite string, size int) []result {
@@ -347,23 +414,31 @@ func (b *bench) workersChart(tag string) error {
 	return save(p, 7*vg.Inch, 4.5*vg.Inch, filepath.Join(b.o.docs, fmt.Sprintf("bench-%s-workers.png", tag)))
 }
 
-func (b *bench) latencyChart(tag string) error {
+// latencyChart charts the median p50 and p99 of each contender at rate, in
+// bench-TAG-latency.png for the first rate (the name the docs link to) and
+// bench-TAG-latency-RATE.png for the others.
+func (b *bench) latencyChart(tag string, rate int, first bool) error {
 	var p50, p99 plotter.Values
 	var names []string
 	for _, c := range b.contendersOf("latency") {
-		rs := b.pick("latency", 100, c, 0)
-		if len(rs) == 0 || rs[0].P99 > 100 {
+		rs := b.pickLatency(rate, c)
+		if len(rs) == 0 {
+			continue
+		}
+		s50 := field(rs, func(r result) float64 { return r.P50 })
+		s99 := field(rs, func(r result) float64 { return r.P99 })
+		if s99.med > 100 {
 			continue // GetMessages with Block(true) waits for 1000 messages: off the scale
 		}
-		p50 = append(p50, rs[0].P50)
-		p99 = append(p99, rs[0].P99)
+		p50 = append(p50, s50.med)
+		p99 = append(p99, s99.med)
 		names = append(names, shortName(c))
 	}
 	if len(names) == 0 {
 		return nil
 	}
 	p := plot.New()
-	p.Title.Text = fmt.Sprintf("End-to-end latency at %d msg/s, 100 B (%s)", b.o.latRate, b.o.label)
+	p.Title.Text = fmt.Sprintf("End-to-end latency at %d msg/s, 100 B (%s), median of %d round(s)", rate, b.o.label, b.roundsOf("latency"))
 	p.Y.Label.Text = "ms"
 	w := vg.Points(14)
 	for i, v := range []plotter.Values{p50, p99} {
@@ -382,7 +457,11 @@ func (b *bench) latencyChart(tag string) error {
 	p.X.Tick.Label.XAlign = -1
 	p.X.Tick.Label.YAlign = -0.5
 	p.Add(plotter.NewGrid())
-	return save(p, 8*vg.Inch, 4.5*vg.Inch, filepath.Join(b.o.docs, fmt.Sprintf("bench-%s-latency.png", tag)))
+	name := fmt.Sprintf("bench-%s-latency.png", tag)
+	if !first {
+		name = fmt.Sprintf("bench-%s-latency-%d.png", tag, rate)
+	}
+	return save(p, 8*vg.Inch, 4.5*vg.Inch, filepath.Join(b.o.docs, name))
 }
 
 func (b *bench) ioChart(tag string) error {
