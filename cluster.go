@@ -104,14 +104,18 @@ func newTransport(d *kafka.Dialer, topic string) (*kafka.Transport, *connSet) {
 		ClientID:    d.ClientID,
 		SASL:        d.SASLMechanism,
 		// The transport routes fetches by a metadata cache it refreshes
-		// at random within MetadataTTL, each refresh bounded by it too:
-		// the request timeout. Ask only for our topic, not every topic
-		// of the cluster. When a fetch fails, the refresher (metadata.go)
-		// makes it refresh at once.
+		// at random within MetadataTTL, each refresh bounded by it too.
+		// Ask only for our topic, not every topic of the cluster. When a
+		// fetch fails, the refresher (metadata.go) makes it refresh at
+		// once.
 		MetadataTopics: []string{topic},
-		MetadataTTL:    requestTimeout(d),
+		MetadataTTL:    max(requestTimeout(d), minMetadataTTL),
 	}, conns
 }
+
+// minMetadataTTL keeps the transport's own metadata refreshes (at random
+// within its TTL) rare even with a short request timeout.
+const minMetadataTTL = 5 * time.Second
 
 // requestTimeout bounds every request but fetches.
 func (c *MultiConsumer) requestTimeout() time.Duration { return requestTimeout(c.cfg.Dialer) }
@@ -165,10 +169,19 @@ func (c *MultiConsumer) topicMetadataOnce(ctx context.Context) ([]int, map[int]i
 	for _, p := range t.Partitions {
 		parts = append(parts, p.ID)
 		leaders[p.ID] = p.Leader.ID
+		if p.Leader.Host == "" {
+			// No leader (offline, or being elected): kafka-go gives it
+			// broker 0's id, which would put it in broker 0's fetches
+			// and fail them all.
+			leaders[p.ID] = noLeader
+		}
 	}
 	slices.Sort(parts)
 	return parts, leaders, nil
 }
+
+// noLeader is the leader of a partition that has none.
+const noLeader = -1
 
 // bounds are the first offset of a partition's log and the offset the next
 // produced message will get (the high watermark).

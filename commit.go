@@ -10,8 +10,9 @@ import (
 // partition when none is given) in the group, synchronously. It resets both
 // auto-commit triggers. It returns ErrNoGroup when Config.Group is "", and
 // works with ManualCommit too. A dropped connection or a temporary Kafka
-// error is retried within the request timeout. A Commit that overlaps
-// Close returns ErrClosed; Close commits what it had counted consumed.
+// error is retried within the request timeout. A Commit in flight when
+// Close begins finishes within Close's timeout, or returns ErrClosed; one
+// called after returns ErrClosed.
 func (c *MultiConsumer) Commit(ctx context.Context, partitions ...int) error {
 	if ctx == nil {
 		return errNilContext

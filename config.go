@@ -43,8 +43,8 @@ type Config struct {
 	PartitionsPerWorker int
 	// QueueSize bounds the messages fetched and queued for delivery.
 	// Default 1024. Besides the queue, each worker holds at most one fetch
-	// response, and a GetMessages call what it has taken so far (up to its
-	// count).
+	// response per leader broker of its partitions, and a GetMessages call
+	// what it has taken so far (up to its count).
 	QueueSize int
 
 	// ManualCommit turns auto-commit off (the seed's auto_commit=False):
@@ -67,7 +67,8 @@ type Config struct {
 	MaxBackoff time.Duration
 	// MetadataMaxAge is how often the topic's metadata is read again, as
 	// the Java client's metadata.max.age.ms: partitions added to the topic
-	// are then consumed (with Partitions nil), from their first offset.
+	// are then consumed (with Partitions nil), from their first offset (or
+	// the group's committed offset, when it has one). At least 10ms.
 	// A fetch error (a leader moved, a partition or the topic is gone)
 	// makes the consumer read it again at once. Default 5 minutes.
 	MetadataMaxAge time.Duration
@@ -132,6 +133,8 @@ func (c Config) withDefaults() (Config, error) {
 		return bad("MaxBackoff", c.MaxBackoff, "must not be negative")
 	case c.MetadataMaxAge < 0:
 		return bad("MetadataMaxAge", c.MetadataMaxAge, "must not be negative")
+	case c.MetadataMaxAge > 0 && c.MetadataMaxAge < 10*time.Millisecond:
+		return bad("MetadataMaxAge", c.MetadataMaxAge, "must be at least 10ms (each refresh is a round trip)")
 	case c.Dialer != nil && c.Dialer.Timeout < 0:
 		return bad("Dialer.Timeout", c.Dialer.Timeout, "must not be negative")
 	}

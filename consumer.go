@@ -122,8 +122,9 @@ func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
 	if c.autoCommit() {
 		c.helpers.Go(func() { c.runCommitter(helpCtx) })
 	}
-	c.helpers.Go(func() { c.runRefresher(helpCtx) })
 	c.assign(parts)
+	// After the first assign: the refresher may assign too.
+	c.helpers.Go(func() { c.runRefresher(helpCtx) })
 	return c, nil
 }
 
@@ -238,12 +239,13 @@ func (c *MultiConsumer) stopWorkers() {
 // syncPositions brings a worker's fetch positions up to date with seeks and
 // puts its partitions that may be fetched at now in pl, grouped by leader,
 // in the order of parts. When every one is backing off, it returns how long
-// until the first may retry.
-func (c *MultiConsumer) syncPositions(parts []int, pos map[int]*fetchPos, now time.Time, pl *plan) time.Duration {
+// until the first may retry. Partitions without a leader are left out, and
+// reported: the metadata should be read again.
+func (c *MultiConsumer) syncPositions(parts []int, pos map[int]*fetchPos, now time.Time, pl *plan) (idle time.Duration, leaderless bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	pl.reset()
-	idle := time.Duration(-1)
+	idle = -1
 	for _, p := range parts {
 		po, ok := c.book.parts[p]
 		if !ok {
@@ -260,12 +262,17 @@ func (c *MultiConsumer) syncPositions(parts []int, pos map[int]*fetchPos, now ti
 			}
 			continue
 		}
-		pl.add(c.leaders[p], p)
+		l, ok := c.leaders[p]
+		if !ok || l == noLeader {
+			leaderless = true
+			continue
+		}
+		pl.add(l, p)
 	}
 	if idle < 0 {
 		idle = time.Hour // no partition at all: the worker waits to be stopped
 	}
-	return idle
+	return idle, leaderless
 }
 
 func (c *MultiConsumer) setHighWatermark(p int, hwm int64) {
@@ -579,7 +586,8 @@ func (c *MultiConsumer) String() string {
 // Close stops the consumer, as http.Server.Shutdown does a server: it stops
 // the workers and cancels their fetches, ends every Iter channel, makes
 // pending GetMessages calls return ErrClosed (what they had taken is not
-// delivered) and calls in flight (Seek, Pending, Commit) return ErrClosed,
+// delivered) and Seek and Pending calls in flight return ErrClosed (a Commit
+// in flight finishes within Close's timeout, or returns ErrClosed),
 // then, unless ManualCommit or Group is "", commits what the caller came
 // back from (consumed, see the package doc): a batch the caller still holds
 // is not committed, and will be delivered again. To commit everything
@@ -621,7 +629,9 @@ func (c *MultiConsumer) Close() error {
 	c.calls.Wait()
 
 	var err error
-	if c.autoCommit() && c.Err() == nil {
+	if c.autoCommit() {
+		// Even when the topic is gone: a commit that fails costs a
+		// round trip; one skipped by mistake redelivers what was done.
 		err = c.commit(ctx)
 	}
 	c.endCommitLife()

@@ -97,7 +97,14 @@ func (c *MultiConsumer) GetMessages(ctx context.Context, count int, opts ...GetO
 		t := timers.Get().(*time.Timer)
 		t.Reset(o.timeout)
 		defer func() {
-			t.Stop() // since Go 1.23 no stale tick is left to receive
+			if !t.Stop() {
+				// Only with GODEBUG=asynctimerchan=1 (before Go 1.23's
+				// timers) can a tick be left in the channel.
+				select {
+				case <-t.C:
+				default:
+				}
+			}
 			timers.Put(t)
 		}()
 		expired = t.C

@@ -33,7 +33,8 @@
 // # Partitions and metadata
 //
 // With Config.Partitions nil, partitions added to the topic are found
-// within MetadataMaxAge and consumed from their first offset. When a fetch
+// within MetadataMaxAge and consumed from their first offset (or the group's
+// committed offset, when it has one). When a fetch
 // fails (a leader moved, a partition is gone) the consumer reads the
 // metadata again at once. A deleted topic stops the consumer: GetMessages
 // returns ErrTopicDeleted, Iter's channel closes, Err says why.
@@ -41,8 +42,8 @@
 // # Memory
 //
 // The queue holds at most Config.QueueSize messages. Besides it, each worker
-// holds one fetch response (at most 16 MiB) and a GetMessages call what it
-// has taken so far. Keys and values of small messages are copied into shared
+// holds one fetch response (at most 16 MiB) per leader broker of its
+// partitions, and a GetMessages call what it has taken so far. Keys and values of small messages are copied into shared
 // 32 KiB blocks: a message kept for long keeps its block alive, so copy the
 // bytes of the few messages you keep.
 //

@@ -3,6 +3,7 @@ package multiconsumer
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"slices"
@@ -297,4 +298,38 @@ func TestLeaderMove(t *testing.T) {
 	for _, g := range gaps {
 		assert.Less(t, g, fetchMaxWait, "the moved partition waited out a long poll, or more")
 	}
+}
+
+// Fetching resumes within a second of a broker coming back, however long
+// it was away: a fetch whose connection failed backs off at most a second.
+func TestFetchResumesSoonAfterOutage(t *testing.T) {
+	t.Parallel()
+	kf := cluster.Kfake()
+	if kf == nil {
+		t.Skip("needs the embedded broker to inject faults")
+	}
+	topic := backlog(t, 1, 0)
+	c := open(t, Config{Topic: topic})
+	var down atomic.Bool
+	down.Store(true)
+	t.Cleanup(func() { down.Store(false) })
+	kf.ControlKey(kmsg.Fetch.Int16(), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
+		if !down.Load() {
+			kf.DropControl()
+			return nil, nil, false
+		}
+		kf.KeepControl()
+		if !fetchesTopic(kreq.(*kmsg.FetchRequest), topic) {
+			return nil, nil, false
+		}
+		return nil, errors.New("broker away"), true // the connection closes
+	})
+	// Away long enough for backoffs of 1, 2 and 4 s.
+	require.Eventually(t, func() bool { return c.Stats().Partitions[0].FetchErrors >= 4 }, 20*time.Second, 10*time.Millisecond)
+	down.Store(false)
+	produce(t, topic, 0, 0, 1)
+	start := time.Now()
+	drain(t, c, 1, 1)
+	t.Logf("first message %v after the broker was back", time.Since(start))
+	assert.Less(t, time.Since(start), 1500*time.Millisecond)
 }

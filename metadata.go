@@ -27,11 +27,12 @@ import (
 // workers stop.
 var ErrTopicDeleted = errors.New("topic deleted")
 
-// goneConfirmAfter is how long after a refresh that finds the topic missing
-// a second refresh confirms it, before the consumer reports it deleted: a
-// broker that has just restarted can answer from metadata it has not
-// caught up on yet.
-const goneConfirmAfter = time.Second
+// goneConfirmAfter is how long the topic must be missing from every refresh
+// (one a second), before the consumer reports it deleted: a broker that has
+// just restarted can answer from metadata it has not caught up on yet, for
+// a moment. Kafka calls UNKNOWN_TOPIC_OR_PARTITION retriable for that
+// reason; a deleted topic stays missing.
+const goneConfirmAfter = 5 * time.Second
 
 // refreshTopic is a topic name that Kafka can never create (' ' and ':' are
 // not legal in topic names). kafka-go v0.4 has no call that refreshes its
@@ -111,7 +112,7 @@ func (c *MultiConsumer) refresh(ctx context.Context) time.Duration {
 		if ctx.Err() == nil {
 			c.log.Warn("metadata refresh failed", "err", err)
 		}
-		return c.cfg.MetadataMaxAge
+		return min(initialBackoff, c.cfg.MetadataMaxAge)
 	}
 	all, leaders, err := c.topicMetadataOnce(rctx)
 	if errors.Is(err, kafka.UnknownTopicOrPartition) {
@@ -119,7 +120,7 @@ func (c *MultiConsumer) refresh(ctx context.Context) time.Duration {
 	}
 	if err != nil {
 		c.log.Warn("metadata refresh failed", "err", err)
-		return c.cfg.MetadataMaxAge
+		return min(initialBackoff, c.cfg.MetadataMaxAge)
 	}
 	c.mu.Lock()
 	c.leaders = leaders
@@ -149,12 +150,12 @@ func (c *MultiConsumer) topicMissing(ctx context.Context) time.Duration {
 	c.mu.Lock()
 	if c.missingSince.IsZero() {
 		c.missingSince = time.Now()
-		c.log.Warn("topic missing from the metadata, checking again", "after", goneConfirmAfter)
+		c.log.Warn("topic missing from the metadata, checking again", "for", goneConfirmAfter)
 	}
 	wait := goneConfirmAfter - time.Since(c.missingSince)
 	c.mu.Unlock()
 	if wait > 0 {
-		return wait // a worker's request may come sooner: still not confirmed
+		return min(wait, initialBackoff) // missing from every refresh until then
 	}
 	err := fmt.Errorf("multiconsumer: topic %q: %w (%w)", c.cfg.Topic, ErrTopicDeleted, kafka.UnknownTopicOrPartition)
 	c.mu.Lock()

@@ -2,12 +2,19 @@ package multiconsumer
 
 import (
 	"context"
+	"net"
+	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/multiconsumer/multiconsumer/kafkatest"
 	"github.com/segmentio/kafka-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 // Partitions added to the topic while the consumer runs are consumed, from
@@ -92,7 +99,10 @@ func TestTopicDeleted(t *testing.T) {
 	_, err = c.Pending(testCtx(t))
 	assert.ErrorIs(t, err, ErrTopicDeleted)
 	assert.ErrorIs(t, c.Commit(testCtx(t)), ErrTopicDeleted)
-	assert.NoError(t, c.Close())
+	// Close still tries its final commit (the broker may refuse it).
+	if err := c.Close(); err != nil {
+		assert.ErrorIs(t, err, kafka.UnknownTopicOrPartition)
+	}
 	assert.Less(t, time.Since(start), 2*time.Second)
 }
 
@@ -115,4 +125,90 @@ func TestTopicDeletedStopsWorkers(t *testing.T) {
 	}
 	_, err := c.GetMessages(context.Background(), 1, Block(false))
 	assert.ErrorIs(t, err, ErrTopicDeleted)
+}
+
+// A broker that answers UNKNOWN_TOPIC_OR_PARTITION for a moment (one that
+// has just restarted, before it caught up on metadata) does not stop the
+// consumer: only a topic missing for goneConfirmAfter is deleted.
+func TestTopicMissingForAMomentIsNotDeleted(t *testing.T) {
+	t.Parallel()
+	kf := cluster.Kfake()
+	if kf == nil {
+		t.Skip("needs the embedded broker to inject faults")
+	}
+	topic := backlog(t, 1, 0)
+	c := open(t, Config{Topic: topic})
+	h := kf.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Metadata}, Topic: topic, Err: kerr.UnknownTopicOrPartition, Count: -1})
+	start := time.Now()
+	for time.Since(start) < 1500*time.Millisecond {
+		<-c.requestRefresh() // missing from every refresh for 1.5 s
+	}
+	h.Remove()
+	<-c.requestRefresh()
+	// A producer whose metadata cache the fault did not fill.
+	tc, err := kafkatest.Connect(cluster.Brokers()...)
+	require.NoError(t, err)
+	defer tc.Close()
+	require.NoError(t, tc.Produce(testCtx(t), topic, 0, kafka.Message{Value: []byte("0-0")}))
+	msgs, err := c.GetMessages(testCtx(t), 1, Timeout(10*time.Second))
+	require.NoError(t, err, "the topic was never deleted")
+	assert.Len(t, msgs, 1)
+	assert.NoError(t, c.Err())
+}
+
+// A partition without a leader (offline) does not hold back the partitions
+// fetched with it: kafka-go reads its leader -1 as broker 0, whose fetches
+// it would fail altogether.
+func TestLeaderlessPartitionDoesNotStallOthers(t *testing.T) {
+	t.Parallel()
+	if !cluster.Embedded() {
+		t.Skip("needs the embedded broker to answer metadata")
+	}
+	kf, err := kfake.NewCluster(kfake.NumBrokers(1))
+	require.NoError(t, err)
+	defer kf.Close()
+	tc, err := kafkatest.Connect(kf.ListenAddrs()...)
+	require.NoError(t, err)
+	defer tc.Close()
+	topic := kafkatest.UniqueName("offline")
+	require.NoError(t, tc.CreateTopic(testCtx(t), topic, 2))
+	require.Equal(t, int32(0), kf.LeaderFor(topic, 0))
+	host, port, err := net.SplitHostPort(kf.ListenAddrs()[0])
+	require.NoError(t, err)
+	portN, err := strconv.Atoi(port)
+	require.NoError(t, err)
+
+	var offline atomic.Bool
+	kf.ControlKey(kmsg.Metadata.Int16(), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
+		kf.KeepControl()
+		req := kreq.(*kmsg.MetadataRequest)
+		if !offline.Load() || len(req.Topics) != 1 || req.Topics[0].Topic == nil || *req.Topics[0].Topic != topic {
+			return nil, nil, false
+		}
+		res := req.ResponseKind().(*kmsg.MetadataResponse)
+		b := kmsg.NewMetadataResponseBroker()
+		b.NodeID, b.Host, b.Port = 0, host, int32(portN)
+		res.Brokers = append(res.Brokers, b)
+		rt := kmsg.NewMetadataResponseTopic()
+		rt.Topic = kmsg.StringPtr(topic)
+		p0 := kmsg.NewMetadataResponseTopicPartition()
+		p0.Partition, p0.Leader, p0.Replicas, p0.ISR = 0, 0, []int32{0}, []int32{0}
+		p1 := kmsg.NewMetadataResponseTopicPartition()
+		p1.Partition, p1.Leader, p1.ErrorCode, p1.Replicas = 1, -1, kerr.LeaderNotAvailable.Code, []int32{0}
+		rt.Partitions = append(rt.Partitions, p0, p1)
+		res.Topics = append(res.Topics, rt)
+		return res, nil, true
+	})
+
+	c, err := New(testCtx(t), Config{Brokers: kf.ListenAddrs(), Topic: topic})
+	require.NoError(t, err)
+	defer c.Close()
+	offline.Store(true)
+	<-c.requestRefresh()
+	<-c.requestRefresh()
+	require.NoError(t, tc.Produce(testCtx(t), topic, 0, kafka.Message{Value: []byte("healthy")}))
+	msgs, err := c.GetMessages(testCtx(t), 1, Timeout(10*time.Second))
+	require.NoError(t, err)
+	assert.Len(t, msgs, 1, "partition 0 is healthy")
+	assert.Zero(t, c.Stats().Partitions[0].FetchErrors)
 }

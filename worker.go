@@ -101,6 +101,14 @@ func (fp *fetchPos) failed(now time.Time, initial, maxBackoff time.Duration) tim
 	return fp.backoff
 }
 
+// capBackoff caps the partition's current backoff at most.
+func (fp *fetchPos) capBackoff(now time.Time, most time.Duration) {
+	if fp.backoff > most {
+		fp.backoff = most
+		fp.retryAt = now.Add(most)
+	}
+}
+
 // fetchOffset is the offset to ask for: the position, or the next probe.
 func (fp *fetchPos) fetchOffset() int64 {
 	if fp.probe != nil {
@@ -132,7 +140,13 @@ func (w *worker) run(ctx context.Context) {
 			return
 		}
 		w.wake.clear() // the positions read next cover every Seek so far
-		wait := w.c.syncPositions(w.order, w.pos, time.Now(), &w.plan)
+		wait, leaderless := w.c.syncPositions(w.order, w.pos, time.Now(), &w.plan)
+		if leaderless {
+			// Look again for a leader every second at most; the
+			// other partitions go on meanwhile.
+			w.c.requestRefresh()
+			wait = min(wait, initialBackoff)
+		}
 		groups := w.plan.groups
 		if len(groups) == 0 {
 			idle.Reset(wait)
@@ -370,6 +384,15 @@ func (w *worker) fetchFrom(ctx, rctx context.Context, parts []int, a *arena, r *
 		default:
 			w.fail(parts, initialBackoff, fmt.Errorf("fetch partitions %v: %w", parts, err))
 			w.c.requestRefresh()
+		}
+		if connError(err) {
+			// A broker away (restarting, a dropped connection): try
+			// again every second at most, like the Java client's
+			// reconnect.backoff.max.ms, so that fetching resumes soon
+			// after it is back, whatever MaxBackoff says.
+			for _, p := range parts {
+				w.pos[p].capBackoff(time.Now(), initialBackoff)
+			}
 		}
 		return
 	}
