@@ -51,9 +51,17 @@ func retry(ctx context.Context, conns bool, f func() error) error {
 	}
 }
 
+// stale reports whether a commit was refused because the committer is not
+// (or no longer) the owner the group knows: retrying cannot mend it, and a
+// late member must not commit over the new owner.
+func stale(err error) bool {
+	return errors.Is(err, kafka.IllegalGeneration) || errors.Is(err, kafka.UnknownMemberId) ||
+		errors.Is(err, kafka.FencedInstanceID) || errors.Is(err, kafka.RebalanceInProgress)
+}
+
 // retriable reports whether err is worth another try (see retry).
 func retriable(err error, conns bool) bool {
-	if errors.Is(err, kafka.UnknownTopicOrPartition) {
+	if errors.Is(err, kafka.UnknownTopicOrPartition) || stale(err) {
 		return false
 	}
 	var kerr kafka.Error
@@ -280,10 +288,12 @@ func (c *MultiConsumer) committedOffsetsOnce(ctx context.Context, partitions []i
 	return out, nil
 }
 
-// offsetCommit stores offsets in the group's offset storage without being a
-// member of the group (generation -1, no member id), as the seed does. On a
-// partial failure the error lists the partitions that failed, and ok holds
-// the ones that were stored.
+// offsetCommit stores offsets in the group's offset storage. In group mode
+// the commit carries the member's generation and id, so that the
+// coordinator refuses it from a member that is no longer the partitions'
+// owner; otherwise it is made from outside the group (generation -1, no
+// member id), as the seed does. On a partial failure the error lists the
+// partitions that failed, and ok holds the ones that were stored.
 func (c *MultiConsumer) offsetCommit(ctx context.Context, offsets map[int]int64) (ok map[int]int64, err error) {
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
@@ -292,11 +302,17 @@ func (c *MultiConsumer) offsetCommit(ctx context.Context, offsets map[int]int64)
 		commits = append(commits, kafka.OffsetCommit{Partition: p, Offset: off})
 	}
 	slices.SortFunc(commits, func(a, b kafka.OffsetCommit) int { return cmp.Compare(a.Partition, b.Partition) })
-	res, err := c.client.OffsetCommit(ctx, &kafka.OffsetCommitRequest{
+	req := &kafka.OffsetCommitRequest{
 		GroupID:      c.cfg.Group,
 		GenerationID: -1,
 		Topics:       map[string][]kafka.OffsetCommit{c.cfg.Topic: commits},
-	})
+	}
+	if c.cfg.JoinGroup {
+		c.mu.Lock()
+		req.GenerationID, req.MemberID, req.InstanceID = int(c.grp.generation), c.grp.memberID, c.cfg.InstanceID
+		c.mu.Unlock()
+	}
+	res, err := c.client.OffsetCommit(ctx, req)
 	if err != nil {
 		return nil, fmt.Errorf("multiconsumer: commit offsets of group %q: %w", c.cfg.Group, err)
 	}
@@ -304,7 +320,12 @@ func (c *MultiConsumer) offsetCommit(ctx context.Context, offsets map[int]int64)
 	var errs []error
 	for _, p := range res.Topics[c.cfg.Topic] {
 		if p.Error != nil {
-			errs = append(errs, &PartitionError{Topic: c.cfg.Topic, Partition: p.Partition, Err: fmt.Errorf("commit offset %d: %w", offsets[p.Partition], p.Error)})
+			err := fmt.Errorf("commit offset %d: %w", offsets[p.Partition], p.Error)
+			if !c.cfg.JoinGroup && stale(p.Error) {
+				err = fmt.Errorf("commit offset %d: group %q has members, which own its partitions; a consumer outside the group cannot commit (see Config.JoinGroup): %w",
+					offsets[p.Partition], c.cfg.Group, p.Error)
+			}
+			errs = append(errs, &PartitionError{Topic: c.cfg.Topic, Partition: p.Partition, Err: err})
 			continue
 		}
 		if off, asked := offsets[p.Partition]; asked {

@@ -2,7 +2,10 @@ package multiconsumer
 
 import (
 	"context"
+	"errors"
 	"time"
+
+	"github.com/segmentio/kafka-go"
 )
 
 // Commit counts everything delivered so far as consumed (the caller says it
@@ -36,11 +39,33 @@ func (c *MultiConsumer) Commit(ctx context.Context, partitions ...int) error {
 	return closedErr(ctx, c.commit(ctx, parts...))
 }
 
+// finalCommit is Close's commit. In group mode, a commit refused because
+// the group is rebalancing is made again once the member has joined the
+// new generation (for the partitions it still owns), within ctx.
+func (c *MultiConsumer) finalCommit(ctx context.Context) error {
+	for {
+		changed := c.generations.wait()
+		err := c.commit(ctx)
+		if err == nil || !c.cfg.JoinGroup || !(errors.Is(err, kafka.RebalanceInProgress) || errors.Is(err, kafka.IllegalGeneration)) {
+			return err
+		}
+		c.log.Info("group: final commit waits for the rebalance under way", "err", err)
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return err
+		}
+	}
+}
+
 // consume records that the caller came back for more, and wakes the
 // committer when the count trigger fires.
 func (c *MultiConsumer) consume() {
 	c.mu.Lock()
 	due := c.book.consume(time.Now())
+	if c.awaiting > 0 {
+		c.consumed.notify() // a revoke waits for the caller
+	}
 	c.mu.Unlock()
 	if due {
 		c.wakeCommitter()

@@ -1,8 +1,11 @@
 package multiconsumer
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -17,7 +20,16 @@ const (
 	DefaultMaxBackoff       = 60 * time.Second
 	DefaultTimeout          = 10 * time.Second // of GetMessages
 	DefaultMetadataMaxAge   = 5 * time.Minute
+
+	// Group mode (Config.JoinGroup), as the Java client's defaults.
+	DefaultSessionTimeout    = 45 * time.Second
+	DefaultRebalanceTimeout  = 60 * time.Second
+	DefaultHeartbeatInterval = 3 * time.Second
 )
+
+// DefaultAssignors are the assignment strategies a group member offers by
+// default (see Config.Assignors).
+var DefaultAssignors = []string{"cooperative-sticky"}
 
 // Config configures a MultiConsumer. The zero value of each optional field
 // means its documented default. New validates every field and returns a
@@ -32,8 +44,44 @@ type Config struct {
 	// the group. "" means no offset storage and no commits.
 	Group string
 	// Partitions are the partitions to consume; nil means every partition
-	// of Topic.
+	// of Topic. Must be nil with JoinGroup.
 	Partitions []int
+
+	// JoinGroup makes the consumer a member of Group, through Kafka's
+	// group protocol: the partitions are spread over the members, and move
+	// when members join, leave or die. Group is required. False: the
+	// consumer reads Partitions and only stores offsets in Group.
+	JoinGroup bool
+	// InstanceID makes the member static (KIP-345): one that restarts
+	// within SessionTimeout gets its partitions back without a
+	// rebalance, and Close does not leave the group. Unique per member.
+	InstanceID string
+	// SessionTimeout is how long the coordinator waits for a heartbeat
+	// before it drops the member. Default 45s.
+	SessionTimeout time.Duration
+	// RebalanceTimeout is how long a rebalance waits for members to
+	// rejoin, and how long a member waits for its caller to come back for
+	// the messages of partitions it gives up. Default 60s.
+	RebalanceTimeout time.Duration
+	// HeartbeatInterval is how often a member heartbeats; it must be
+	// below SessionTimeout (a third of it or less is usual). Default 3s.
+	HeartbeatInterval time.Duration
+	// Assignors are the assignment strategies the member offers, preferred
+	// first: "cooperative-sticky" (the default: only the partitions that
+	// move pause), "range", "roundrobin" (eager: every member gives up
+	// every partition at each rebalance, as kafka-go's group Reader does).
+	// The group uses one that every member offers.
+	Assignors []string
+	// OnAssigned is called, in group mode, with the partitions the member
+	// gets, before their first message is delivered; only those that
+	// change. ctx ends when the consumer closes.
+	OnAssigned func(ctx context.Context, partitions []int)
+	// OnRevoked is called, in group mode, with the partitions the member
+	// gives up, after what the caller consumed of them was committed (or,
+	// when they were lost, the session having expired, without a commit:
+	// Stats().Lost counts those). After it returns, no message of them is
+	// delivered.
+	OnRevoked func(ctx context.Context, partitions []int)
 
 	// NumWorkers is the number of worker goroutines, each fetching its own
 	// chunk of the partitions. Default 1; never more than the partitions.
@@ -133,6 +181,18 @@ func (c Config) withDefaults() (Config, error) {
 		return bad("MaxBackoff", c.MaxBackoff, "must not be negative")
 	case c.MetadataMaxAge < 0:
 		return bad("MetadataMaxAge", c.MetadataMaxAge, "must not be negative")
+	case c.JoinGroup && c.Group == "":
+		return bad("Group", c.Group, "required with JoinGroup")
+	case c.JoinGroup && c.Partitions != nil:
+		return bad("Partitions", c.Partitions, "must be nil with JoinGroup: the group assigns partitions")
+	case !c.JoinGroup && c.InstanceID != "":
+		return bad("InstanceID", c.InstanceID, "only with JoinGroup")
+	case c.SessionTimeout < 0:
+		return bad("SessionTimeout", c.SessionTimeout, "must not be negative")
+	case c.RebalanceTimeout < 0:
+		return bad("RebalanceTimeout", c.RebalanceTimeout, "must not be negative")
+	case c.HeartbeatInterval < 0:
+		return bad("HeartbeatInterval", c.HeartbeatInterval, "must not be negative")
 	case c.MetadataMaxAge > 0 && c.MetadataMaxAge < 10*time.Millisecond:
 		return bad("MetadataMaxAge", c.MetadataMaxAge, "must be at least 10ms (each refresh is a round trip)")
 	case c.Dialer != nil && c.Dialer.Timeout < 0:
@@ -163,6 +223,27 @@ func (c Config) withDefaults() (Config, error) {
 	if c.MetadataMaxAge == 0 {
 		c.MetadataMaxAge = DefaultMetadataMaxAge
 	}
+	if c.SessionTimeout == 0 {
+		c.SessionTimeout = DefaultSessionTimeout
+	}
+	if c.RebalanceTimeout == 0 {
+		c.RebalanceTimeout = DefaultRebalanceTimeout
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = min(DefaultHeartbeatInterval, c.SessionTimeout/3)
+	}
+	if c.HeartbeatInterval >= c.SessionTimeout {
+		return bad("HeartbeatInterval", c.HeartbeatInterval, fmt.Sprintf("must be below SessionTimeout (%v)", c.SessionTimeout))
+	}
+	if len(c.Assignors) == 0 {
+		c.Assignors = DefaultAssignors
+	}
+	for _, name := range c.Assignors {
+		if _, ok := assignorFor(name); !ok {
+			return bad("Assignors", c.Assignors, fmt.Sprintf("unknown assignor %q (known: %s)", name, strings.Join(assignorNames(), ", ")))
+		}
+	}
+	c.Assignors = slices.Clone(c.Assignors)
 	if c.Dialer == nil {
 		c.Dialer = kafka.DefaultDialer
 	}

@@ -35,21 +35,24 @@ type MultiConsumer struct {
 	closing *event        // set by Close
 	deliver chan struct{} // a token: who holds it may take from the queue and deliver
 
-	mu           sync.Mutex // guards the fields below
-	book         *book
-	leaders      map[int]int       // partition -> leader broker id, as the transport routes
-	positions    map[int]*fetchPos // fetch positions, lent to the workers between assigns
-	wakers       map[int]*wakeup   // partition -> its worker's wake-up
-	added        []int             // partitions added to the topic while running
-	refreshed    chan struct{}     // closed when the refresh in progress (or the next) ends
-	missingSince time.Time         // the topic was missing from the last refresh
-	fatal        error             // the consumer cannot go on (its topic was deleted)
-	closed       bool              // Close has begun
-	closeDone    chan struct{}     // closed when Close has returned
-	workers      int
-	stopFetch    context.CancelFunc
-	commitErrs   int64
-	interrupt    chan struct{} // closed and replaced by every Seek, and by Close
+	mu             sync.Mutex // guards the fields below
+	book           *book
+	leaders        map[int]int       // partition -> leader broker id, as the transport routes
+	positions      map[int]*fetchPos // fetch positions, lent to the workers between assigns
+	wakers         map[int]*wakeup   // partition -> its worker's wake-up
+	added          []int             // partitions added to the topic while running
+	refreshed      chan struct{}     // closed when the refresh in progress (or the next) ends
+	missingSince   time.Time         // the topic was missing from the last refresh
+	fatal          error             // the consumer cannot go on (its topic was deleted)
+	partitionCount int               // the topic's, at the last metadata read
+	grp            groupState        // group mode: the member's place in the group
+	awaiting       int               // revokes waiting for the caller: consume notifies consumed
+	closed         bool              // Close has begun
+	closeDone      chan struct{}     // closed when Close has returned
+	workers        int
+	stopFetch      context.CancelFunc
+	commitErrs     int64
+	interrupt      chan struct{} // closed and replaced by every Seek, and by Close
 
 	// Close cancels life when it begins, which ends the requests of calls
 	// in flight (Seek, Pending), and commitLife when its one timeout is
@@ -66,6 +69,10 @@ type MultiConsumer struct {
 	commitMu               sync.Mutex    // serializes commits
 	commitNow              chan struct{} // wakes the committer: the count trigger fired
 	refreshNow             chan struct{} // wakes the refresher: a worker asks for metadata
+	rejoin                 chan struct{} // group mode: the topic grew, rebalance
+	consumed               broadcast     // the caller came back, while a revoke waits for it
+	generations            broadcast     // group mode: an assignment was applied
+	sending                sync.RWMutex  // held (read) by an Iter send; a revoke waits for it
 }
 
 // New connects to the cluster, reads the topic's partitions and the
@@ -99,7 +106,9 @@ func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
 		positions:  make(map[int]*fetchPos),
 		refreshed:  make(chan struct{}),
 		refreshNow: make(chan struct{}, 1),
+		rejoin:     make(chan struct{}, 1),
 	}
+	c.grp.generation = -1
 	c.life, c.endLife = context.WithCancel(context.Background())
 	c.commitLife, c.endCommitLife = context.WithCancel(context.Background())
 	parts, err := c.start(ctx)
@@ -125,6 +134,9 @@ func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
 	c.assign(parts)
 	// After the first assign: the refresher may assign too.
 	c.helpers.Go(func() { c.runRefresher(helpCtx) })
+	if c.cfg.JoinGroup {
+		c.helpers.Go(func() { c.runGroup(helpCtx) })
+	}
 	return c, nil
 }
 
@@ -135,6 +147,12 @@ func (c *MultiConsumer) start(ctx context.Context) ([]int, error) {
 		return nil, err
 	}
 	parts := all
+	if c.cfg.JoinGroup {
+		c.mu.Lock()
+		c.leaders, c.partitionCount = leaders, len(all)
+		c.mu.Unlock()
+		return nil, nil // the group assigns them
+	}
 	if c.cfg.Partitions != nil {
 		var missing []int
 		for _, p := range c.cfg.Partitions {
@@ -159,6 +177,7 @@ func (c *MultiConsumer) start(ctx context.Context) ([]int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.leaders = leaders
+	c.partitionCount = len(all)
 	for _, p := range parts {
 		start, from := c.startOffset(p, committed, bounds[p])
 		cm, ok := committed[p]
@@ -546,6 +565,14 @@ type Stats struct {
 	// AddedPartitions are the partitions added to the topic while the
 	// consumer ran, which it consumes too, sorted.
 	AddedPartitions []int
+	// Group mode: the member id and generation of the last join, the
+	// rebalances this member went through and the time they took (join
+	// to assignment applied), and the partitions lost without a commit.
+	MemberID       string
+	Generation     int32
+	Rebalances     int64
+	RebalanceTime  time.Duration
+	LostPartitions int64
 	// Err is the error that stopped the consumer for good (see Err).
 	Err error
 }
@@ -561,6 +588,8 @@ func (c *MultiConsumer) Stats() Stats {
 		Partitions:      make(map[int]PartitionStats, len(c.book.parts)),
 		AddedPartitions: sortedCopy(c.added),
 		Err:             c.fatal,
+		MemberID:        c.grp.memberID, Generation: c.grp.generation,
+		Rebalances: c.grp.rebalances, RebalanceTime: c.grp.rebalancing, LostPartitions: c.grp.lost,
 	}
 	for p, po := range c.book.parts {
 		lag := int64(-1)
@@ -624,15 +653,22 @@ func (c *MultiConsumer) Close() error {
 	c.q.barrier()
 	c.stopWorkers()
 	c.deliver <- struct{}{} // wait for any delivery in progress to give up
-	c.stopHelp()
-	c.helpers.Wait() // the committer finishes a commit in flight, within ctx
 	c.calls.Wait()
 
 	var err error
 	if c.autoCommit() {
 		// Even when the topic is gone: a commit that fails costs a
 		// round trip; one skipped by mistake redelivers what was done.
-		err = c.commit(ctx)
+		// In group mode the member still runs: a rebalance under way
+		// completes, and the commit goes in the new generation.
+		err = c.finalCommit(ctx)
+	}
+	c.stopHelp()
+	c.helpers.Wait() // the committer finishes a commit in flight, within ctx
+	if c.cfg.JoinGroup {
+		// After the commit: a dynamic member leaves, so that the others
+		// take its partitions at once.
+		err = errors.Join(err, c.leaveGroup(ctx))
 	}
 	c.endCommitLife()
 	c.transport.CloseIdleConnections()

@@ -309,13 +309,18 @@ func (c *MultiConsumer) send(ctx context.Context, ch chan<- kafka.Message, taken
 			if !current {
 				break // Seek moved the partition: the rest is dropped
 			}
+			// A revoke waits for this send: once it goes on, m has
+			// reached the caller or was given back.
+			c.sending.RLock()
 			// Prefer stopping, or rechecking after a Seek, to a receiver
 			// that is also ready (a select picks at random).
 			select {
 			case <-done:
+				c.sending.RUnlock()
 				c.requeue(b, i, taken[bi+1:])
 				return ctx.Err()
 			case <-interrupt:
+				c.sending.RUnlock()
 				c.requeue(b, i, taken[bi+1:])
 				return nil
 			default:
@@ -323,12 +328,14 @@ func (c *MultiConsumer) send(ctx context.Context, ch chan<- kafka.Message, taken
 			select {
 			case ch <- m:
 			case <-interrupt:
-				// A Seek (m may be of a partition it moved) or Close: give
-				// m back; the caller takes again (stale messages are
-				// dropped) or sees the consumer closed.
+				// A Seek or a revoke (m may be of a partition it moved)
+				// or Close: give m back; the caller takes again (stale
+				// messages are dropped) or sees the consumer closed.
+				c.sending.RUnlock()
 				c.requeue(b, i, taken[bi+1:])
 				return nil
 			case <-done:
+				c.sending.RUnlock()
 				c.requeue(b, i, taken[bi+1:])
 				return ctx.Err()
 			}
@@ -342,7 +349,11 @@ func (c *MultiConsumer) send(ctx context.Context, ch chan<- kafka.Message, taken
 				c.book.deliver(b.partition, m.Offset)
 			}
 			interrupt = c.interrupt
+			if c.awaiting > 0 {
+				c.consumed.notify()
+			}
 			c.mu.Unlock()
+			c.sending.RUnlock()
 			if due {
 				c.wakeCommitter()
 			}

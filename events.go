@@ -68,6 +68,33 @@ func (e *event) Done() <-chan struct{} {
 	return e.chanLocked()
 }
 
+// broadcast wakes every goroutine waiting for a change, once per change.
+// The channel is made only when someone waits. The zero value is ready.
+type broadcast struct {
+	mu sync.Mutex
+	ch chan struct{} // nil: nobody waits
+}
+
+// wait returns a channel closed at the next notify.
+func (b *broadcast) wait() <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.ch == nil {
+		b.ch = make(chan struct{})
+	}
+	return b.ch
+}
+
+// notify wakes the goroutines waiting.
+func (b *broadcast) notify() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.ch != nil {
+		close(b.ch)
+		b.ch = nil
+	}
+}
+
 // Wait blocks until the event is set or ctx is done, and returns ctx's error
 // in the second case.
 func (e *event) Wait(ctx context.Context) error {

@@ -123,8 +123,23 @@ func (c *MultiConsumer) refresh(ctx context.Context) time.Duration {
 		return min(initialBackoff, c.cfg.MetadataMaxAge)
 	}
 	c.mu.Lock()
+	grew := len(all) > c.partitionCount
+	c.partitionCount = len(all)
 	c.leaders = leaders
 	c.missingSince = time.Time{}
+	c.mu.Unlock()
+	if c.cfg.JoinGroup {
+		if grew {
+			// The group assigns partitions: make it rebalance, so that
+			// its leader sees the new ones.
+			select {
+			case c.rejoin <- struct{}{}:
+			default:
+			}
+		}
+		return c.cfg.MetadataMaxAge
+	}
+	c.mu.Lock()
 	var added []int
 	if c.cfg.Partitions == nil {
 		for _, p := range all {

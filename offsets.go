@@ -39,6 +39,7 @@ type book struct {
 	everyN int           // commit after this many consumed messages; <= 0: never
 	everyT time.Duration // commit this long after the last commit; <= 0: never
 
+	epochs      uint64    // the last epoch handed out
 	unconsumed  int       // messages delivered and not consumed yet
 	touched     []int     // partitions delivered since the last consume
 	sinceCommit int       // messages consumed since the last commit
@@ -53,14 +54,36 @@ func newBook(everyN int, everyT time.Duration, now time.Time) *book {
 // offset the group has stored (noOffset for none). Adding a partition that is
 // already there restarts it in a new epoch.
 func (b *book) add(p int, start, committed int64) {
-	var epoch uint64
-	if old, ok := b.parts[p]; ok {
-		epoch = old.epoch + 1
-	}
 	b.parts[p] = &partOffsets{
 		delivered: start, consumed: start, committed: committed,
-		highWatermark: noOffset, epoch: epoch,
+		highWatermark: noOffset, epoch: b.newEpoch(),
 	}
+}
+
+// newEpoch returns an epoch no partition had before: one that leaves and
+// comes back (group mode) cannot take a stale batch for a current one.
+func (b *book) newEpoch() uint64 {
+	b.epochs++
+	return b.epochs
+}
+
+// retire makes every message of partition p fetched so far stale (it is
+// being given up), keeping its offsets for the last commit.
+func (b *book) retire(p int) {
+	if po, ok := b.parts[p]; ok {
+		po.epoch = b.newEpoch()
+	}
+}
+
+// held reports whether the caller holds messages of partitions: delivered
+// and not consumed yet.
+func (b *book) held(partitions []int) bool {
+	for _, p := range partitions {
+		if po, ok := b.parts[p]; ok && po.delivered != po.consumed {
+			return true
+		}
+	}
+	return false
 }
 
 // remove ends bookkeeping for partition p (the partition was taken away).
@@ -141,7 +164,7 @@ func (b *book) seek(p int, offset int64) (uint64, bool) {
 	if !ok {
 		return 0, false
 	}
-	po.epoch++
+	po.epoch = b.newEpoch()
 	po.delivered, po.consumed = offset, offset
 	b.sinceCommit++
 	return po.epoch, true

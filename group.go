@@ -1,0 +1,396 @@
+package multiconsumer
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	heartbeatAPI "github.com/segmentio/kafka-go/protocol/heartbeat"
+)
+
+// This file is group mode (Config.JoinGroup): the consumer is a member of
+// its group through Kafka's classic group protocol, built on kafka-go's
+// protocol-level requests (JoinGroup, SyncGroup, Heartbeat, LeaveGroup),
+// because kafka-go's ConsumerGroup rebalances eagerly only and has no
+// static membership. One goroutine, the member, runs the protocol; it hands
+// partitions to the controller (grant) and takes them back (revoke).
+
+// consumerProtocol is the protocol type of consumer groups.
+const consumerProtocol = "consumer"
+
+// groupState is the member's place in the group, as commits and Stats see
+// it. Guarded by c.mu.
+type groupState struct {
+	memberID    string
+	generation  int32 // -1 between generations
+	assignment  []int // owned partitions, sorted
+	rebalances  int64
+	rebalancing time.Duration
+	lost        int64 // partitions lost without a commit
+}
+
+// member runs the group protocol for one consumer.
+type member struct {
+	c          *MultiConsumer
+	cfg        *Config
+	instanceID string
+	memberID   string
+	generation int32
+	owned      []int // sorted
+	assignor   assignor
+	coord      net.Addr // the group coordinator, for heartbeats
+}
+
+// errLost marks a heartbeat that found the member out of the group.
+var errLost = errors.New("member lost its partitions")
+
+// runGroup is the member goroutine: it joins, syncs, applies assignments
+// and heartbeats until ctx ends. Close then commits and leaves.
+func (c *MultiConsumer) runGroup(ctx context.Context) {
+	m := &member{c: c, cfg: &c.cfg, instanceID: c.cfg.InstanceID, generation: -1}
+	backoff := time.Duration(0)
+	for ctx.Err() == nil {
+		if backoff > 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+		}
+		start := time.Now()
+		if m.assignor != nil && !m.assignor.cooperative() && len(m.owned) > 0 {
+			// Eager: give everything up before joining again.
+			c.revoke(ctx, m.owned, false)
+			m.owned = nil
+			c.setAssignment(nil)
+		}
+		assigned, err := m.joinAndSync(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			backoff = nextBackoff(backoff, min(c.cfg.MaxBackoff, 5*time.Second))
+			c.log.Warn("group: join failed, retrying", "backoff", backoff, "err", err)
+			if errors.Is(err, kafka.FencedInstanceID) {
+				c.stopForGood(fmt.Errorf("multiconsumer: group %q: instance %q: %w", c.cfg.Group, m.instanceID, err))
+				return
+			}
+			continue
+		}
+		backoff = 0
+
+		// The heartbeats run while the assignment is applied: giving
+		// partitions up waits for the caller, up to RebalanceTimeout.
+		hbCtx, stopHB := context.WithCancel(ctx)
+		events := make(chan error, 1)
+		var hb sync.WaitGroup
+		hb.Go(func() { events <- m.heartbeat(hbCtx) })
+
+		revoked := without(m.owned, assigned)
+		added := without(assigned, m.owned)
+		if len(revoked) > 0 {
+			c.revoke(ctx, revoked, false)
+		}
+		m.owned = assigned
+		c.setAssignment(assigned)
+		if len(added) > 0 {
+			c.grant(ctx, added)
+		}
+		c.rebalanced(time.Since(start))
+		c.log.Info("group: assigned", "generation", m.generation, "member", m.memberID,
+			"partitions", assigned, "added", added, "revoked", revoked, "protocol", m.assignor.protocol())
+
+		var ev error
+		if len(revoked) > 0 && m.assignor.cooperative() {
+			// Rejoin at once, so that what this member gave up goes to
+			// its new owner in the next generation.
+			ev = kafka.RebalanceInProgress
+		} else {
+			select {
+			case ev = <-events:
+			case <-c.rejoin:
+				ev = kafka.RebalanceInProgress
+			case <-ctx.Done():
+			}
+		}
+		stopHB()
+		hb.Wait()
+		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(ev, errLost) {
+			c.log.Warn("group: partitions lost", "partitions", m.owned, "err", ev)
+			c.revoke(ctx, m.owned, true)
+			m.owned = nil
+			c.setAssignment(nil)
+			m.generation = -1
+			if errors.Is(ev, kafka.UnknownMemberId) {
+				m.memberID = ""
+			}
+			if errors.Is(ev, kafka.FencedInstanceID) {
+				c.stopForGood(fmt.Errorf("multiconsumer: group %q: instance %q: %w", c.cfg.Group, m.instanceID, ev))
+				return
+			}
+		}
+	}
+}
+
+// joinAndSync joins the group (as leader, it computes the assignment) and
+// returns this member's partitions in the new generation.
+func (m *member) joinAndSync(ctx context.Context) ([]int, error) {
+	c := m.c
+	protocols := make([]kafka.GroupProtocol, 0, len(m.cfg.Assignors))
+	for _, name := range m.cfg.Assignors {
+		var userData []byte
+		if name == "cooperative-sticky" {
+			// The generation in which the owned partitions were owned,
+			// where the Java client's CooperativeStickyAssignor looks
+			// for it in subscriptions of version 1.
+			userData = binary.BigEndian.AppendUint32(nil, uint32(m.generation))
+		}
+		protocols = append(protocols, kafka.GroupProtocol{Name: name, Metadata: kafka.GroupProtocolSubscription{
+			Topics:          []string{c.cfg.Topic},
+			UserData:        userData,
+			OwnedPartitions: map[string][]int{c.cfg.Topic: m.owned},
+		}})
+	}
+	var join *kafka.JoinGroupResponse
+	for {
+		// The coordinator answers a JoinGroup when every member has
+		// joined, up to RebalanceTimeout.
+		jctx, cancel := context.WithTimeout(ctx, m.cfg.RebalanceTimeout+c.requestTimeout())
+		res, err := c.client.JoinGroup(jctx, &kafka.JoinGroupRequest{
+			GroupID:          c.cfg.Group,
+			SessionTimeout:   m.cfg.SessionTimeout,
+			RebalanceTimeout: m.cfg.RebalanceTimeout,
+			MemberID:         m.memberID,
+			GroupInstanceID:  m.instanceID,
+			ProtocolType:     consumerProtocol,
+			Protocols:        protocols,
+		})
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("join group %q: %w", c.cfg.Group, err)
+		}
+		switch {
+		case errors.Is(res.Error, kafka.MemberIDRequired):
+			m.memberID = res.MemberID // KIP-394: join again with it
+			continue
+		case errors.Is(res.Error, kafka.UnknownMemberId):
+			m.memberID = ""
+			return nil, fmt.Errorf("join group %q: %w", c.cfg.Group, res.Error)
+		case res.Error != nil:
+			return nil, fmt.Errorf("join group %q: %w", c.cfg.Group, res.Error)
+		}
+		join = res
+		break
+	}
+	m.memberID, m.generation = join.MemberID, int32(join.GenerationID)
+	a, ok := assignorFor(join.ProtocolName)
+	if !ok {
+		return nil, fmt.Errorf("join group %q: the group chose protocol %q, which this member did not offer", c.cfg.Group, join.ProtocolName)
+	}
+	m.assignor = a
+	c.setMember(m.memberID, m.generation)
+
+	var assignments []kafka.SyncGroupRequestAssignment
+	if join.LeaderID == join.MemberID {
+		var err error
+		if assignments, err = m.lead(ctx, join); err != nil {
+			return nil, err
+		}
+	}
+	sctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	res, err := c.client.SyncGroup(sctx, &kafka.SyncGroupRequest{
+		GroupID:         c.cfg.Group,
+		GenerationID:    join.GenerationID,
+		MemberID:        m.memberID,
+		GroupInstanceID: m.instanceID,
+		ProtocolType:    consumerProtocol,
+		ProtocolName:    join.ProtocolName,
+		Assignments:     assignments,
+	})
+	if err == nil {
+		err = res.Error
+	}
+	if err != nil {
+		if errors.Is(err, kafka.UnknownMemberId) {
+			m.memberID = ""
+		}
+		return nil, fmt.Errorf("sync group %q: %w", c.cfg.Group, err)
+	}
+	assigned := slices.Sorted(slices.Values(res.Assignment.AssignedPartitions[c.cfg.Topic]))
+	return slices.Compact(assigned), nil
+}
+
+// lead computes the group's assignment: this member is the leader.
+func (m *member) lead(ctx context.Context, join *kafka.JoinGroupResponse) ([]kafka.SyncGroupRequestAssignment, error) {
+	c := m.c
+	// The partitions as the cluster has them now, not as cached: the
+	// rebalance may be for partitions added to the topic.
+	rctx, cancel := c.withTimeout(ctx)
+	_ = c.refreshTransport(rctx)
+	cancel()
+	all, _, err := c.topicMetadata(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("lead group %q: %w", c.cfg.Group, err)
+	}
+	members := make([]groupMember, 0, len(join.Members))
+	var others []string // members not subscribed to our topic: they get none of it
+	for _, jm := range join.Members {
+		if !slices.Contains(jm.Metadata.Topics, c.cfg.Topic) {
+			others = append(others, jm.ID)
+			continue
+		}
+		gen := int32(-1)
+		if len(jm.Metadata.UserData) == 4 {
+			gen = int32(binary.BigEndian.Uint32(jm.Metadata.UserData))
+		}
+		members = append(members, groupMember{
+			ID: jm.ID, InstanceID: jm.GroupInstanceID, Generation: gen,
+			Owned: slices.Sorted(slices.Values(jm.Metadata.OwnedPartitions[c.cfg.Topic])),
+		})
+	}
+	plan := m.assignor.assign(all, members)
+	out := make([]kafka.SyncGroupRequestAssignment, 0, len(members)+len(others))
+	for _, gm := range members {
+		out = append(out, kafka.SyncGroupRequestAssignment{
+			MemberID:   gm.ID,
+			Assignment: kafka.GroupProtocolAssignment{AssignedPartitions: map[string][]int{c.cfg.Topic: plan[gm.ID]}},
+		})
+	}
+	for _, id := range others {
+		out = append(out, kafka.SyncGroupRequestAssignment{MemberID: id, Assignment: kafka.GroupProtocolAssignment{AssignedPartitions: map[string][]int{}}})
+	}
+	c.log.Info("group: leading", "generation", join.GenerationID, "members", len(members), "plan", plan)
+	return out, nil
+}
+
+// heartbeat sends heartbeats until ctx ends or the coordinator says the
+// group rebalances (kafka.RebalanceInProgress) or the member is out of it
+// (errLost, wrapping the reason). The session expires when no heartbeat got
+// through for SessionTimeout: that is errLost too.
+func (m *member) heartbeat(ctx context.Context) error {
+	c := m.c
+	last := time.Now()
+	t := time.NewTicker(m.cfg.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		err := m.heartbeatOnce(ctx)
+		switch {
+		case err == nil:
+			last = time.Now()
+		case ctx.Err() != nil:
+			return nil
+		case errors.Is(err, kafka.RebalanceInProgress):
+			return err
+		case errors.Is(err, kafka.IllegalGeneration), errors.Is(err, kafka.UnknownMemberId), errors.Is(err, kafka.FencedInstanceID):
+			return fmt.Errorf("%w: %w", errLost, err)
+		default:
+			m.coord = nil // find the coordinator again
+			if time.Since(last) > m.cfg.SessionTimeout {
+				return fmt.Errorf("%w: no heartbeat for %v: %w", errLost, time.Since(last).Round(time.Millisecond), err)
+			}
+			c.log.Warn("group: heartbeat failed", "err", err)
+		}
+	}
+}
+
+// heartbeatOnce sends one heartbeat to the group coordinator. kafka-go
+// routes JoinGroup, SyncGroup and commits to the coordinator, but not
+// Heartbeat requests: they are sent to the coordinator's address here.
+func (m *member) heartbeatOnce(ctx context.Context) error {
+	c := m.c
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	if m.coord == nil {
+		res, err := c.client.FindCoordinator(ctx, &kafka.FindCoordinatorRequest{Key: c.cfg.Group, KeyType: kafka.CoordinatorKeyTypeConsumer})
+		if err == nil {
+			err = res.Error
+		}
+		if err != nil {
+			return fmt.Errorf("find coordinator of group %q: %w", c.cfg.Group, err)
+		}
+		m.coord = kafka.TCP(net.JoinHostPort(res.Coordinator.Host, strconv.Itoa(res.Coordinator.Port)))
+	}
+	res, err := c.transport.RoundTrip(ctx, m.coord, &heartbeatAPI.Request{
+		GroupID: c.cfg.Group, GenerationID: m.generation, MemberID: m.memberID, GroupInstanceID: m.instanceID,
+	})
+	if err != nil {
+		return err
+	}
+	if code := heartbeatError(res.(*heartbeatAPI.Response)); code != 0 {
+		if errors.Is(kafka.Error(code), kafka.NotCoordinatorForGroup) {
+			m.coord = nil
+		}
+		return kafka.Error(code)
+	}
+	return nil
+}
+
+// heartbeatError returns the error code of a heartbeat response. kafka-go
+// v0.4.51 declares the fields of HeartbeatResponse v1+ in the wrong order
+// (the error code before the throttle time, where Kafka sends the throttle
+// time first), so it reads the error code into the low 16 bits of
+// ThrottleTimeMs and the throttle time's high 16 bits (zero for a throttle
+// under a minute) as the error code. TestGroupMembersShareThePartitions
+// fails if this ever stops being true.
+func heartbeatError(r *heartbeatAPI.Response) int16 {
+	if r.ErrorCode != 0 {
+		return r.ErrorCode // v0, or a throttle of a minute or more
+	}
+	return int16(uint32(r.ThrottleTimeMs) & 0xffff)
+}
+
+// leaveGroup makes a dynamic member leave its group, so that the others
+// take its partitions at once rather than after the session timeout. A
+// static member stays: restarted within the session timeout, it gets its
+// partitions back without a rebalance.
+func (c *MultiConsumer) leaveGroup(ctx context.Context) error {
+	c.mu.Lock()
+	id := c.grp.memberID
+	c.mu.Unlock()
+	if id == "" || c.cfg.InstanceID != "" {
+		return nil
+	}
+	res, err := c.client.LeaveGroup(ctx, &kafka.LeaveGroupRequest{
+		GroupID: c.cfg.Group,
+		Members: []kafka.LeaveGroupRequestMember{{ID: id}},
+	})
+	if err == nil {
+		err = res.Error
+	}
+	if err == nil {
+		for _, lm := range res.Members {
+			err = errors.Join(err, lm.Error)
+		}
+	}
+	if err != nil && !errors.Is(err, kafka.UnknownMemberId) {
+		return fmt.Errorf("multiconsumer: leave group %q: %w", c.cfg.Group, err)
+	}
+	return nil
+}
+
+// without returns the partitions of a that are not in b (both sorted).
+func without(a, b []int) []int {
+	var out []int
+	for _, p := range a {
+		if _, ok := slices.BinarySearch(b, p); !ok {
+			out = append(out, p)
+		}
+	}
+	return out
+}

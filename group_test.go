@@ -1,0 +1,294 @@
+package multiconsumer
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// groupCfg is a group member's config with timeouts short enough for tests
+// (Kafka's group.min.session.timeout.ms is 6s).
+func groupCfg(topic, group string) Config {
+	return Config{
+		Topic: topic, Group: group, JoinGroup: true,
+		SessionTimeout: 6 * time.Second, RebalanceTimeout: 5 * time.Second, HeartbeatInterval: 100 * time.Millisecond,
+	}
+}
+
+// assignedTo waits until the members' assignments are disjoint, cover the
+// partitions 0..n-1, and are balanced, and returns them.
+func assignedTo(t *testing.T, n int, members ...*MultiConsumer) [][]int {
+	t.Helper()
+	var got [][]int
+	require.Eventually(t, func() bool {
+		got = got[:0]
+		var all []int
+		for _, m := range members {
+			a := m.Assignment()
+			got = append(got, a)
+			all = append(all, a...)
+		}
+		slices.Sort(all)
+		if len(all) != n || len(slices.Compact(slices.Clone(all))) != n {
+			return false
+		}
+		for _, a := range got {
+			if len(a) < n/len(members) || len(a) > (n+len(members)-1)/len(members) {
+				return false
+			}
+		}
+		return true
+	}, 30*time.Second, 20*time.Millisecond, "assignments %v", func() [][]int { return got })
+	return got
+}
+
+func TestGroupConfigErrors(t *testing.T) {
+	t.Parallel()
+	base := Config{Brokers: []string{"127.0.0.1:1"}, Topic: "t"}
+	for _, tc := range []struct {
+		field string
+		cfg   func(c *Config)
+	}{
+		{"Group", func(c *Config) { c.JoinGroup = true }},
+		{"Partitions", func(c *Config) { c.JoinGroup, c.Group, c.Partitions = true, "g", []int{0} }},
+		{"InstanceID", func(c *Config) { c.Group, c.InstanceID = "g", "i" }},
+		{"HeartbeatInterval", func(c *Config) {
+			c.JoinGroup, c.Group, c.SessionTimeout, c.HeartbeatInterval = true, "g", time.Second, time.Second
+		}},
+		{"SessionTimeout", func(c *Config) { c.JoinGroup, c.Group, c.SessionTimeout = true, "g", -1 }},
+		{"Assignors", func(c *Config) { c.JoinGroup, c.Group, c.Assignors = true, "g", []string{"sticky"} }},
+	} {
+		cfg := base
+		tc.cfg(&cfg)
+		_, err := New(testCtx(t), cfg)
+		var cerr *ConfigError
+		require.ErrorAs(t, err, &cerr, tc.field)
+		assert.Equal(t, tc.field, cerr.Field)
+	}
+}
+
+// Members of a group share the partitions: disjoint and complete after
+// every join and leave, and only what moves is revoked (cooperative).
+func TestGroupMembersShareThePartitions(t *testing.T) {
+	t.Parallel()
+	const n = 6
+	topic := backlog(t, n, 0)
+	g := group(t)
+	var mu sync.Mutex
+	revoked := map[string][]int{}
+	cfgFor := func(name string) Config {
+		cfg := groupCfg(topic, g)
+		cfg.OnRevoked = func(ctx context.Context, parts []int) {
+			mu.Lock()
+			revoked[name] = append(revoked[name], parts...)
+			mu.Unlock()
+		}
+		return cfg
+	}
+	a := open(t, cfgFor("a"))
+	assignedTo(t, n, a)
+
+	b := open(t, cfgFor("b"))
+	got := assignedTo(t, n, a, b)
+	mu.Lock()
+	assert.ElementsMatch(t, got[1], revoked["a"], "a gives up exactly what b gets")
+	mu.Unlock()
+	kept := got[0]
+
+	c := open(t, cfgFor("c"))
+	got = assignedTo(t, n, a, b, c)
+	for _, p := range got[0] {
+		assert.Contains(t, kept, p, "cooperative-sticky: a keeps from what it had")
+	}
+	s := a.Stats()
+	assert.NotEmpty(t, s.MemberID)
+	assert.Positive(t, s.Generation)
+	assert.GreaterOrEqual(t, s.Rebalances, int64(3))
+
+	require.NoError(t, b.Close()) // leaves the group: the others take over at once
+	assignedTo(t, n, a, c)
+}
+
+// Every message is delivered while members join and leave during a
+// backlog; the committed offsets never go backwards, and after the last
+// clean Close everything is committed.
+func TestGroupChurnDeliversEverything(t *testing.T) {
+	t.Parallel()
+	const n, per = 4, 2000
+	topic := backlog(t, n, per)
+	g := group(t)
+
+	// Sample the committed offsets: they never go backwards.
+	sampling := make(chan struct{})
+	var sampler sync.WaitGroup
+	sampler.Go(func() {
+		last := map[int]int64{}
+		for {
+			select {
+			case <-sampling:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			for p, off := range committed(t, topic, g, n) {
+				assert.GreaterOrEqual(t, off, last[p], "partition %d's committed offset went back", p)
+				last[p] = max(last[p], off)
+			}
+		}
+	})
+
+	var mu sync.Mutex
+	seen := map[int]map[int64]int{}
+	consume := func(c *MultiConsumer, stop <-chan struct{}) error {
+		for {
+			select {
+			case <-stop:
+				done, cancel := context.WithCancel(context.Background())
+				cancel()
+				_, _ = c.GetMessages(done, 1) // the clean end: consumes the last batch
+				return nil
+			default:
+			}
+			msgs, err := c.GetMessages(testCtx(t), 20, BlockFor(1), Timeout(100*time.Millisecond))
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			for _, m := range msgs {
+				if seen[m.Partition] == nil {
+					seen[m.Partition] = map[int64]int{}
+				}
+				seen[m.Partition][m.Offset]++
+			}
+			mu.Unlock()
+			time.Sleep(2 * time.Millisecond) // a handler
+		}
+	}
+	total := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		k := 0
+		for _, offs := range seen {
+			k += len(offs)
+		}
+		return k
+	}
+	// stop ends a member's loop with its clean end, and closes it.
+	start := func(cfg Config) (stop func()) {
+		c := open(t, cfg)
+		quit := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Go(func() { assert.NoError(t, consume(c, quit)) })
+		return func() {
+			close(quit)
+			wg.Wait()
+			require.NoError(t, c.Close())
+		}
+	}
+	cfg := groupCfg(topic, g)
+	cfg.AutoCommitEveryN = 20
+	stopA := start(cfg)
+	require.Eventually(t, func() bool { return total() > 1000 }, 30*time.Second, 10*time.Millisecond)
+	stopB := start(cfg)
+	require.Eventually(t, func() bool { return total() > 2500 }, 30*time.Second, 10*time.Millisecond)
+	stopC := start(cfg)
+	require.Eventually(t, func() bool { return total() > 4000 }, 30*time.Second, 10*time.Millisecond)
+	stopA() // leaves: b and c take its partitions
+	require.Eventually(t, func() bool { return total() == n*per }, 60*time.Second, 10*time.Millisecond,
+		"every message delivered")
+	stopB()
+	stopC()
+	close(sampling)
+	sampler.Wait()
+
+	want := map[int]int64{}
+	for p := range n {
+		want[p] = per
+	}
+	assert.Equal(t, want, committed(t, topic, g, n), "everything committed after the last clean Close")
+	dups := 0
+	for _, offs := range seen {
+		for _, k := range offs {
+			dups += k - 1
+		}
+	}
+	t.Logf("%d duplicates of %d messages", dups, n*per)
+}
+
+// A static member (InstanceID) that restarts within the session timeout
+// gets its partitions back, and the other member keeps its own.
+func TestGroupStaticMemberRestart(t *testing.T) {
+	t.Parallel()
+	const n = 4
+	topic := backlog(t, n, 0)
+	g := group(t)
+	cfgA, cfgB := groupCfg(topic, g), groupCfg(topic, g)
+	cfgA.InstanceID, cfgB.InstanceID = "a-"+g, "b-"+g
+	cfgA.Brokers, cfgB.Brokers = cluster.Brokers(), cluster.Brokers()
+	a, err := New(testCtx(t), cfgA)
+	require.NoError(t, err)
+	b := open(t, cfgB)
+	got := assignedTo(t, n, a, b)
+	require.NoError(t, a.Close()) // static: does not leave
+	a2 := open(t, cfgA)
+	got2 := assignedTo(t, n, a2, b)
+	assert.Equal(t, got, got2, "same partitions back")
+}
+
+// A consumer outside the group (JoinGroup false) cannot commit while the
+// group has members: a clear error, at once, not a retry loop.
+func TestStaticCommitRejectedByLiveGroup(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 1, 5)
+	g := group(t)
+	m := open(t, groupCfg(topic, g))
+	assignedTo(t, 1, m)
+	c := open(t, Config{Topic: topic, Group: g, ManualCommit: true})
+	drain(t, c, 5, 5)
+	start := time.Now()
+	err := c.Commit(testCtx(t))
+	require.Error(t, err)
+	assert.ErrorContains(t, err, "has members")
+	assert.Less(t, time.Since(start), 5*time.Second)
+	assert.Positive(t, c.Stats().CommitErrors)
+}
+
+// A late member: its caller holds a batch of a partition that moves past
+// the rebalance timeout, while the new owner consumes and commits further.
+// When the caller comes back, the late member neither commits that
+// partition nor delivers its messages.
+func TestGroupLateMember(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 2, 20)
+	g := group(t)
+	cfg := groupCfg(topic, g)
+	cfg.RebalanceTimeout = 2 * time.Second
+	cfg.AutoCommitEveryN, cfg.AutoCommitEveryT = 1, -1
+	a := open(t, cfg)
+	assignedTo(t, 2, a)
+	held := drain(t, a, 40, 40) // both partitions, held: a does not come back yet
+	require.Len(t, held, 40)
+
+	b := open(t, cfg)
+	got := assignedTo(t, 2, a, b)
+	moved := got[1][0]
+	msgs := drain(t, b, 20, 20)
+	for _, m := range msgs {
+		assert.Equal(t, moved, m.Partition)
+	}
+	require.NoError(t, b.Commit(testCtx(t)))
+
+	// a comes back: it consumed its batch; only its own partition commits.
+	more, err := a.GetMessages(testCtx(t), 10, Block(false))
+	require.NoError(t, err)
+	for _, m := range more {
+		assert.NotEqual(t, moved, m.Partition, "a message of a partition a no longer owns")
+	}
+	require.NoError(t, a.Commit(testCtx(t)))
+	assert.Equal(t, map[int]int64{0: 20, 1: 20}, committed(t, topic, g, 2))
+	assert.Equal(t, int64(20), b.Stats().Partitions[moved].Committed)
+}
