@@ -26,9 +26,20 @@
 // covers its offsets anyway. Close makes a final commit. A dropped
 // connection is retried within the request timeout.
 //
-// Commits use the group's offset storage without joining the group (as the
-// seed does): two consumers with the same Group and partitions both read
-// everything, and the last commit wins.
+// Without Config.JoinGroup, commits use the group's offset storage without
+// joining the group (as the seed does): two consumers with the same Group
+// and partitions both read everything, and the last commit wins.
+//
+// # Group mode
+//
+// With Config.JoinGroup the consumer is a member of its group, through
+// Kafka's group protocol: the partitions are spread over the members and
+// move when members join, leave or die. With the default cooperative-sticky
+// assignor only the partitions that move pause. A member giving a
+// partition up waits (up to RebalanceTimeout) for the caller to come back
+// for what it holds of it, commits what was consumed, calls OnRevoked, and
+// delivers nothing of it after that. Commits carry the member's generation:
+// a member that lost its partitions cannot commit over their new owner.
 //
 // # Partitions and metadata
 //
