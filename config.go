@@ -77,10 +77,12 @@ type Config struct {
 	// change. ctx ends when the consumer closes.
 	OnAssigned func(ctx context.Context, partitions []int)
 	// OnRevoked is called, in group mode, with the partitions the member
-	// gives up, after what the caller consumed of them was committed (or,
-	// when they were lost, the session having expired, without a commit:
-	// Stats().Lost counts those). After it returns, no message of them is
-	// delivered.
+	// gives up (in a rebalance, or at Close), after what the caller
+	// consumed of them was committed; or, when they were lost (the session
+	// expired, the member was fenced), without a commit: Lost(ctx) reports
+	// which. After it returns, no message of them is delivered. With
+	// ManualCommit, in a rebalance, it may call Commit for them (at Close,
+	// Commit returns ErrClosed: commit before Close).
 	OnRevoked func(ctx context.Context, partitions []int)
 
 	// NumWorkers is the number of worker goroutines, each fetching its own

@@ -665,6 +665,9 @@ func (c *MultiConsumer) Close() error {
 	}
 	c.stopHelp()
 	c.helpers.Wait() // the committer finishes a commit in flight, within ctx
+	if owned := c.Assignment(); c.cfg.JoinGroup && len(owned) > 0 && c.cfg.OnRevoked != nil {
+		c.cfg.OnRevoked(context.WithValue(ctx, lostKey{}, false), owned)
+	}
 	if c.cfg.JoinGroup {
 		// After the commit: a dynamic member leaves, so that the others
 		// take its partitions at once.

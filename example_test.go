@@ -157,3 +157,35 @@ func ExampleMultiConsumer_Seek() {
 	// 2: c
 	// 3: d
 }
+
+// Join the group: the group's coordinator assigns the partitions; a second
+// member would get some of them, and OnRevoked would name those.
+func ExampleConfig_joinGroup() {
+	cluster, topic := exampleTopic("a", "b", "c")
+	defer cluster.Close()
+	ctx := context.Background()
+
+	assigned := make(chan []int, 1)
+	c, err := multiconsumer.New(ctx, multiconsumer.Config{
+		Brokers: cluster.Brokers(), Topic: topic, Group: "payments", JoinGroup: true,
+		OnAssigned: func(_ context.Context, partitions []int) { assigned <- partitions },
+		OnRevoked: func(ctx context.Context, partitions []int) {
+			fmt.Println("revoked", partitions, "lost:", multiconsumer.Lost(ctx))
+		},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close() // commits what was consumed, then leaves the group
+
+	fmt.Println("assigned", <-assigned)
+	msgs, err := c.GetMessages(ctx, 3)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(len(msgs), "messages; owning", c.Assignment())
+	// Output:
+	// assigned [0]
+	// 3 messages; owning [0]
+	// revoked [0] lost: false
+}
