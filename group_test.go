@@ -1,8 +1,13 @@
 package multiconsumer
 
 import (
+	"bufio"
 	"context"
+	"fmt"
+	"os"
+	"os/exec"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -327,4 +332,124 @@ func TestGroupPicksUpAddedPartitions(t *testing.T) {
 		}
 		return got[2] && got[3]
 	}, 30*time.Second, 20*time.Millisecond)
+}
+
+// envGroupChild runs TestGroupChildMember as a group member in a child
+// process: "topic,group,broker,...".
+const envGroupChild = "MULTICONSUMER_GROUP_CHILD"
+
+// TestGroupChildMember is the child process of TestGroupKilledMember: a
+// member that prints what it delivered ("partition offset" per message)
+// until it is killed.
+func TestGroupChildMember(t *testing.T) {
+	spec := os.Getenv(envGroupChild)
+	if spec == "" {
+		t.Skip("runs as the child of TestGroupKilledMember")
+	}
+	parts := strings.Split(spec, ",")
+	cfg := groupCfg(parts[0], parts[1])
+	cfg.Brokers = parts[2:]
+	cfg.AutoCommitEveryN = 10
+	c, err := New(context.Background(), cfg)
+	require.NoError(t, err)
+	for {
+		msgs, err := c.GetMessages(context.Background(), 10, BlockFor(1), Timeout(time.Second))
+		require.NoError(t, err)
+		for _, m := range msgs {
+			fmt.Printf("%d %d\n", m.Partition, m.Offset)
+		}
+		time.Sleep(5 * time.Millisecond) // a handler
+	}
+}
+
+// A member killed with SIGKILL while a backlog drains: its partitions go to
+// the other member after the session timeout; every message is delivered
+// by one or the other, the committed offsets never go backwards, and the
+// messages delivered twice are at most what the killed member delivered
+// since its last commit (about AutoCommitEveryN, plus the batch it held).
+func TestGroupKilledMember(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out a session timeout")
+	}
+	t.Parallel()
+	const n, per = 4, 300
+	topic := backlog(t, n, per)
+	g := group(t)
+
+	cmd := exec.Command(os.Args[0], "-test.run=^TestGroupChildMember$", "-test.count=1")
+	cmd.Env = append(os.Environ(), envGroupChild+"="+strings.Join(append([]string{topic, g}, cluster.Brokers()...), ","))
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	var mu sync.Mutex
+	seen := map[[2]int64]int{}
+	childSeen := 0
+	var reader sync.WaitGroup
+	reader.Go(func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			var p, o int64
+			if _, err := fmt.Sscanf(sc.Text(), "%d %d", &p, &o); err == nil {
+				mu.Lock()
+				seen[[2]int64{p, o}]++
+				childSeen++
+				mu.Unlock()
+			}
+		}
+	})
+	count := func() (int, int) {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(seen), childSeen
+	}
+	require.Eventually(t, func() bool { _, k := count(); return k >= 100 }, 30*time.Second, 10*time.Millisecond)
+
+	// The parent joins: the child gives it half the partitions.
+	c := open(t, groupCfg(topic, g))
+	for {
+		msgs, err := c.GetMessages(testCtx(t), 10, BlockFor(1), Timeout(100*time.Millisecond))
+		require.NoError(t, err)
+		mu.Lock()
+		for _, m := range msgs {
+			seen[[2]int64{int64(m.Partition), m.Offset}]++
+		}
+		mu.Unlock()
+		if len(c.Assignment()) > 0 && len(c.Assignment()) < n {
+			break
+		}
+	}
+	require.NoError(t, cmd.Process.Kill()) // SIGKILL: no commit, no leave
+	_ = cmd.Wait()
+	reader.Wait()
+	killedAt := time.Now()
+	for {
+		total, _ := count()
+		if total == n*per {
+			break
+		}
+		require.Less(t, time.Since(killedAt), 45*time.Second, "not everything delivered: %d of %d", total, n*per)
+		msgs, err := c.GetMessages(testCtx(t), 50, BlockFor(1), Timeout(100*time.Millisecond))
+		require.NoError(t, err)
+		mu.Lock()
+		for _, m := range msgs {
+			seen[[2]int64{int64(m.Partition), m.Offset}]++
+		}
+		mu.Unlock()
+	}
+	t.Logf("the killed member's partitions were taken over %v after the kill", time.Since(killedAt).Round(time.Millisecond))
+	done, cancel := context.WithCancel(testCtx(t))
+	cancel()
+	_, _ = c.GetMessages(done, 1) // the clean end
+	require.NoError(t, c.Close())
+	want := map[int]int64{}
+	for p := range n {
+		want[p] = per
+	}
+	assert.Equal(t, want, committed(t, topic, g, n))
+	dups := 0
+	for _, k := range seen {
+		dups += k - 1
+	}
+	t.Logf("%d messages delivered twice of %d", dups, n*per)
+	assert.LessOrEqual(t, dups, n*(10+10), "duplicates: at most AutoCommitEveryN and a batch per partition")
 }
