@@ -129,8 +129,9 @@ func (c *MultiConsumer) commit(ctx context.Context, partitions ...int) error {
 func (c *MultiConsumer) runCommitter(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
-	var backoff time.Duration // > 0: the last commit failed
-	var retryAt time.Time     // and is retried then, not before
+	var backoff time.Duration  // > 0: the last commit failed
+	var retryAt time.Time      // and is retried then, not before
+	var newGen <-chan struct{} // group mode: a refused commit is retried in the next generation
 	for {
 		now := time.Now()
 		c.mu.Lock()
@@ -144,14 +145,17 @@ func (c *MultiConsumer) runCommitter(ctx context.Context) {
 			timer.Reset(wait)
 			fire = timer.C
 		}
+		gen := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-c.commitNow:
 		case <-fire:
+		case <-newGen:
+			gen, newGen = true, nil
 		}
 		now = time.Now()
-		if backoff > 0 && now.Before(retryAt) {
+		if backoff > 0 && now.Before(retryAt) && !gen {
 			continue // a trigger during the backoff: the retry will cover it
 		}
 		c.mu.Lock()
@@ -160,11 +164,19 @@ func (c *MultiConsumer) runCommitter(ctx context.Context) {
 		if !due && backoff == 0 {
 			continue
 		}
+		changed := c.generations.wait()
 		if err := c.commit(c.commitLife); err != nil {
 			backoff = nextBackoff(backoff, c.cfg.MaxBackoff)
 			retryAt = time.Now().Add(backoff)
+			if c.cfg.JoinGroup && stale(err) {
+				// Refused during a rebalance: what the member still owns
+				// is committed as soon as it is in the new generation,
+				// not a backoff later (what it delivers meanwhile would
+				// be delivered again if it died).
+				newGen = changed
+			}
 		} else {
-			backoff = 0
+			backoff, newGen = 0, nil
 		}
 	}
 }

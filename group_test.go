@@ -418,6 +418,8 @@ func TestGroupKilledMember(t *testing.T) {
 			break
 		}
 	}
+	parentOwned := c.Assignment()
+	atKill := committed(t, topic, g, n)
 	require.NoError(t, cmd.Process.Kill()) // SIGKILL: no commit, no leave
 	_ = cmd.Wait()
 	reader.Wait()
@@ -446,10 +448,11 @@ func TestGroupKilledMember(t *testing.T) {
 		want[p] = per
 	}
 	assert.Equal(t, want, committed(t, topic, g, n))
-	dups := 0
-	for _, k := range seen {
+	dups, perPart := 0, map[int64]int{}
+	for po, k := range seen {
 		dups += k - 1
+		perPart[po[0]] += k - 1
 	}
-	t.Logf("%d messages delivered twice of %d", dups, n*per)
+	t.Logf("%d messages delivered twice of %d (per partition %v; committed at the kill %v; the parent owned %v)", dups, n*per, perPart, atKill, parentOwned)
 	assert.LessOrEqual(t, dups, n*(10+10), "duplicates: at most AutoCommitEveryN and a batch per partition")
 }
