@@ -56,6 +56,7 @@ var errLost = errors.New("member lost its partitions")
 func (c *MultiConsumer) runGroup(ctx context.Context) {
 	m := &member{c: c, cfg: &c.cfg, instanceID: c.cfg.InstanceID, generation: -1}
 	backoff := time.Duration(0)
+	failures := 0
 	for ctx.Err() == nil {
 		if backoff > 0 {
 			select {
@@ -76,7 +77,14 @@ func (c *MultiConsumer) runGroup(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			backoff = nextBackoff(backoff, min(c.cfg.MaxBackoff, 5*time.Second))
+			// A rebalance that began between JoinGroup and SyncGroup
+			// fails the sync (kafka-go v0.4.51 reports SyncGroup's
+			// REBALANCE_IN_PROGRESS as "unexpected EOF": it decodes the
+			// empty assignment of an error response): join again at
+			// once, twice, before backing off.
+			if failures++; failures > 2 {
+				backoff = nextBackoff(backoff, min(c.cfg.MaxBackoff, 5*time.Second))
+			}
 			c.log.Warn("group: join failed, retrying", "backoff", backoff, "err", err)
 			if errors.Is(err, kafka.FencedInstanceID) {
 				c.stopForGood(fmt.Errorf("multiconsumer: group %q: instance %q: %w", c.cfg.Group, m.instanceID, err))
@@ -84,7 +92,7 @@ func (c *MultiConsumer) runGroup(ctx context.Context) {
 			}
 			continue
 		}
-		backoff = 0
+		backoff, failures = 0, 0
 
 		// The heartbeats run while the assignment is applied: giving
 		// partitions up waits for the caller, up to RebalanceTimeout.
@@ -281,7 +289,15 @@ func (m *member) lead(ctx context.Context, join *kafka.JoinGroupResponse) ([]kaf
 func (m *member) heartbeat(ctx context.Context) error {
 	c := m.c
 	last := time.Now()
-	t := time.NewTicker(m.cfg.HeartbeatInterval)
+	// Cooperative: right after an assignment another member may be giving
+	// up partitions for this one, and rejoin; the follow-up rebalance is
+	// learnt from a heartbeat. Heartbeat soon, then less often, up to
+	// HeartbeatInterval (franz-go sends one early heartbeat too).
+	every := m.cfg.HeartbeatInterval
+	if m.assignor.cooperative() {
+		every = min(every, 50*time.Millisecond)
+	}
+	t := time.NewTimer(every)
 	defer t.Stop()
 	for {
 		select {
@@ -289,6 +305,8 @@ func (m *member) heartbeat(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		}
+		every = min(2*every, m.cfg.HeartbeatInterval)
+		t.Reset(every)
 		err := m.heartbeatOnce(ctx)
 		switch {
 		case err == nil:
