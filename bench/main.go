@@ -1,7 +1,11 @@
 // Command bench compares MultiConsumer with kafka-go's Reader (group mode
 // and one Reader per partition) and franz-go's group consumer: time to drain
 // a backlog, peak memory, end-to-end latency and allocation per message at
-// fixed produce rates, and throughput with an I/O-bound handler.
+// fixed produce rates and throughput with an I/O-bound handler.
+//
+// Group mode: the drain suite's mc-group?members=N runs N MultiConsumers
+// with JoinGroup in one group (franz?members=N: N franz-go group
+// consumers).
 //
 // Every contender runs in a child process (the program re-executes itself
 // with -contender) so that its peak RSS is its own; the embedded broker
