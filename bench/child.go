@@ -60,6 +60,8 @@ type result struct {
 	// Group contenders with members=N: messages received a second time
 	// (after a rebalance), which the sink does not count.
 	Duplicates int64 `json:"duplicates,omitempty"`
+	// The rebalance suite's measurements.
+	Rebalance *rebalanceStats `json:"rebalance,omitempty"`
 }
 
 // allocPerMsg returns the latency mode's bytes and allocations per message

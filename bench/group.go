@@ -15,9 +15,9 @@ import (
 )
 
 // This file is the group members of the drain suite's mc-group, franz
-// ?members=N and kafkago-group ?members=N contenders: each member is a
-// consumer of its own, in a goroutine of its own, in one consumer group
-// shared by the members of one child process.
+// ?members=N and kafkago-group ?members=N contenders and of the rebalance
+// suite: each member is a consumer of its own, in a goroutine of its own, in
+// one consumer group shared by the members of one child process.
 
 // recvFunc is what a member calls for each message it receives: member is
 // its index (0 for the first), partition and offset say which message.
@@ -58,6 +58,19 @@ func memberFor(s spec) (startMember, bool) {
 		return startKafkaGoMember(s), true
 	}
 	return nil, false
+}
+
+// protocolOf names the assignment protocol contender s uses in a group.
+func protocolOf(s spec) string {
+	switch s.name {
+	case "mc-group":
+		return s.str("assignor", multiconsumer.DefaultAssignors[0])
+	case "franz":
+		return s.str("balancer", "cooperative-sticky")
+	case "kafkago-group":
+		return "range (eager)"
+	}
+	return "?"
 }
 
 // startMCMember: MultiConsumer with JoinGroup, GetMessages(count) with

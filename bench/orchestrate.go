@@ -129,6 +129,8 @@ func orchestrate(o options) error {
 			err = b.latencySuite()
 		case "io":
 			err = b.ioSuite()
+		case "rebalance":
+			err = b.rebalanceSuite()
 		case "pitfall":
 			err = b.pitfallSuite()
 		case "mem":
@@ -248,6 +250,9 @@ func (b *bench) runChild(suite, contender, mode, topic string, n, size, rate, ro
 		ab, an := r.allocPerMsg()
 		msg = fmt.Sprintf("%-8s r%d %-50s %6d msg/s: p50 %7.2fms p99 %7.2fms max %7.2fms (n=%d) alloc %6.0f B/msg %5.1f allocs/msg %3d GCs",
 			suite, round, contender, rate, r.P50, r.P99, r.Max, r.N, ab, an, r.NumGC)
+	}
+	if mode == "rebalance" {
+		msg = rebalanceLine(r)
 	}
 	if r.Duplicates > 0 {
 		msg += fmt.Sprintf(" (%d redelivered, not counted)", r.Duplicates)

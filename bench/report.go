@@ -148,6 +148,9 @@ func (b *bench) report() error {
 			w("Failures (latency):\n\n%s\n\n", strings.Join(f, "\n"))
 		}
 	}
+	if b.has("rebalance") {
+		b.rebalanceTable(&md)
+	}
 	if b.has("io") {
 		w("### io: each message waits %s; handlers = goroutines doing the wait (1 = the caller itself)\n\n", b.o.ioSleep)
 		w("| contender | handlers | messages | msg/s |\n|---|---:|---:|---:|\n")
