@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -34,8 +35,9 @@ type memberStop func() error
 type startMember func(ctx context.Context, brokers []string, topic, group string, member int, recv recvFunc, hooks hookFunc) (memberStop, error)
 
 // hookFunc is told the partitions a member got or gave up, when the client
-// has hooks for that (MultiConsumer and franz-go; kafka-go's Reader has
-// none).
+// has hooks for that: MultiConsumer both, franz-go the assigned ones (see
+// startFranzMember), kafka-go's Reader none. Only logged: the measurements
+// do not use them.
 type hookFunc func(member int, event string, partitions []int)
 
 // groupTimings are the group settings of the members started by
@@ -86,6 +88,10 @@ func startMCMember(s spec) startMember {
 		}
 		if a := s.str("assignor", ""); a != "" {
 			cfg.Assignors = []string{a}
+		}
+		if os.Getenv("BENCH_GROUP_LOG") == "lib" {
+			// The library's own log, on stderr: its group events.
+			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil)).With("member", member)
 		}
 		if hooks != nil {
 			cfg.OnAssigned = func(_ context.Context, p []int) { hooks(member, "assigned", p) }
@@ -148,17 +154,16 @@ func startFranzMember(s spec) startMember {
 			kgo.HeartbeatInterval(hb), kgo.SessionTimeout(session), kgo.RebalanceTimeout(rebalance),
 		}
 		if hooks != nil {
-			hook := func(ev string) func(context.Context, *kgo.Client, map[string][]int32) {
-				return func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
-					var p []int
-					for _, v := range m[topic] {
-						p = append(p, int(v))
-					}
-					hooks(member, ev, p)
+			// OnPartitionsAssigned only: setting OnPartitionsRevoked (or
+			// OnPartitionsLost) would replace franz-go's default revoke,
+			// which commits what was polled before the last poll.
+			opts = append(opts, kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+				var p []int
+				for _, v := range m[topic] {
+					p = append(p, int(v))
 				}
-			}
-			opts = append(opts, kgo.OnPartitionsAssigned(hook("assigned")),
-				kgo.OnPartitionsRevoked(hook("revoked")), kgo.OnPartitionsLost(hook("lost")))
+				hooks(member, "assigned", p)
+			}))
 		}
 		cl, err := kgo.NewClient(opts...)
 		if err != nil {

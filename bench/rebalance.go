@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"slices"
 	"strings"
@@ -25,6 +26,10 @@ import (
 // stops (its consumer is closed: it commits and leaves the group); once A
 // is stable alone, the run ends. Every delivery is recorded: time of
 // receipt, member, partition, offset.
+//
+// B starts, and stops, -settle plus a random fraction of the heartbeat
+// interval after stability was observed, so that where the transition falls
+// between the members' heartbeats varies from round to round.
 //
 // Stable: every partition delivered a message in the last 500ms, the last
 // deliverer of each partition (its owner, as observed) has not changed for
@@ -55,7 +60,8 @@ const rebalanceNote = "Rebalance table: per round, in one child process, member 
 	"steady gap). *moved stall*: for a moved partition, its last delivery by the old owner to its first by the new " +
 	"one, the longest over the moved partitions. *moved first after B start/stop*: from the call that starts B (that " +
 	"closes B) to the first delivery of a moved partition by its new owner, the longest over the moved partitions; it " +
-	"includes B's connecting and joining, and the old owner noticing the rebalance at a heartbeat. *redelivered*: " +
+	"includes B's connecting and joining, and the old owner noticing the rebalance at its next heartbeat (B starts " +
+	"and stops -settle plus a random 0-1 heartbeat interval after stability, so that this wait varies between rounds). *redelivered*: " +
 	"messages of the whole run delivered a second time (offset not above one delivered before in its partition). " +
 	"Group timings alike for every client: heartbeat 1s, session timeout 10s, rebalance timeout 10s. Each figure " +
 	"is the median [min-max] over the rounds of the per-round value; \"-\" when no partition was in that class.\n\n"
@@ -161,6 +167,7 @@ type rebalanceStats struct {
 	ClosedS   float64     `json:"b_closed_s"`
 	LeftS     float64     `json:"left_s"`
 	Delivered int         `json:"delivered"`
+	JitterMs  [2]float64  `json:"jitter_ms"` // added to -settle before B's start, before B's stop
 	Hooks     []hookEvent `json:"hooks,omitempty"`
 }
 
@@ -172,6 +179,7 @@ type phase struct {
 	MovedStallMs float64    `json:"moved_max_stall_ms"`
 	MovedFirstMs float64    `json:"moved_max_first_ms"` // from the transition's start
 	StableMs     float64    `json:"stable_ms"`          // from the start to stable observed
+	Redelivered  int64      `json:"redelivered"`        // from the start to the next transition's (the end)
 	Partitions   []partMove `json:"partitions"`
 }
 
@@ -356,7 +364,14 @@ func rebalanceRun(ctx context.Context, s spec, start startMember, brokers []stri
 		return finish(err)
 	}
 	st.AStableS = since(tA)
-	time.Sleep(settle)
+	// Plus a random part of a heartbeat interval: how soon A notices a
+	// rebalance depends on where B's start falls between its heartbeats;
+	// after a whole number of seconds it would fall at the same place in
+	// every run.
+	hb, _, _ := groupTimings(s)
+	jitter := rand.N(hb)
+	st.JitterMs[0] = ms(int64(jitter))
+	time.Sleep(settle + jitter)
 
 	tJoin := time.Now()
 	st.JoinS = since(tJoin)
@@ -369,7 +384,9 @@ func rebalanceRun(ctx context.Context, s spec, start startMember, brokers []stri
 		return finish(err)
 	}
 	st.JoinedS = since(tJoined)
-	time.Sleep(settle)
+	jitter = rand.N(hb)
+	st.JitterMs[1] = ms(int64(jitter))
+	time.Sleep(settle + jitter)
 
 	tLeave := time.Now()
 	st.LeaveS = since(tLeave)
@@ -394,6 +411,15 @@ func rebalanceRun(ctx context.Context, s spec, start startMember, brokers []stri
 	st.SteadyGapMs = steadyGap(ds, np, tJoin.Add(-settle).UnixNano(), tJoin.UnixNano())
 	st.Join = analyze(ds, np, tJoin.UnixNano(), tJoined.UnixNano())
 	st.Leave = analyze(ds, np, tLeave.UnixNano(), tLeft.UnixNano())
+	for _, d := range ds {
+		switch {
+		case !d.dup:
+		case d.t >= tLeave.UnixNano():
+			st.Leave.Redelivered++
+		case d.t >= tJoin.UnixNano():
+			st.Join.Redelivered++
+		}
+	}
 	if len(st.Join.Moved) == 0 {
 		err = errors.New("no partition moved at the join")
 	}
@@ -455,10 +481,10 @@ func rebalanceLine(r result) string {
 	if st == nil {
 		return fmt.Sprintf("rebalance r%d %-50s", r.Round, r.Contender)
 	}
-	return fmt.Sprintf("rebalance r%d %-50s %-18s steady gap %5.0fms | join: moved %v unmoved gap %5.0fms moved stall %5.0fms first %5.0fms | leave: moved %v unmoved gap %5.0fms moved stall %5.0fms first %5.0fms | redelivered %d",
+	return fmt.Sprintf("rebalance r%d %-50s %-18s steady gap %5.0fms | join: moved %v unmoved gap %5.0fms moved stall %5.0fms first %5.0fms | leave: moved %v unmoved gap %5.0fms moved stall %5.0fms first %5.0fms | redelivered %d / %d",
 		r.Round, r.Contender, st.Protocol, st.SteadyGapMs,
 		st.Join.Moved, st.Join.UnmovedGapMs, st.Join.MovedStallMs, st.Join.MovedFirstMs,
-		st.Leave.Moved, st.Leave.UnmovedGapMs, st.Leave.MovedStallMs, st.Leave.MovedFirstMs, st.Redelivered)
+		st.Leave.Moved, st.Leave.UnmovedGapMs, st.Leave.MovedStallMs, st.Leave.MovedFirstMs, st.Join.Redelivered, st.Leave.Redelivered)
 }
 
 // rebalanceTable writes the rebalance table: medians [min-max] over the
@@ -474,7 +500,7 @@ func (b *bench) rebalanceTable(md *strings.Builder) {
 	}
 	w("### rebalance: member B joins, then leaves, member A's group; %d msg/s, 100 B, %d partitions, median [min-max] of %d round(s)\n\n",
 		rate, b.o.partitions, b.roundsOf("rebalance"))
-	w("| contender | protocol | moved join / leave | steady max gap ms | join: unmoved max gap ms | join: moved stall ms | join: moved first after B start ms | leave: unmoved max gap ms | leave: moved stall ms | leave: moved first after B stop ms | redelivered |\n")
+	w("| contender | protocol | moved join / leave | steady max gap ms | join: unmoved max gap ms | join: moved stall ms | join: moved first after B start ms | leave: unmoved max gap ms | leave: moved stall ms | leave: moved first after B stop ms | redelivered join / leave |\n")
 	w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, c := range b.contendersOf("rebalance") {
 		var rs []result
@@ -509,7 +535,7 @@ func (b *bench) rebalanceTable(md *strings.Builder) {
 			}
 			return fmt.Sprintf("%.0f", statOf(v).med)
 		}
-		w("| `%s` | %s | %s / %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", c, rs[0].Rebalance.Protocol,
+		w("| `%s` | %s | %s / %s | %s | %s | %s | %s | %s | %s | %s | %s / %s |\n", c, rs[0].Rebalance.Protocol,
 			moved(func(s *rebalanceStats) int { return len(s.Join.Moved) }),
 			moved(func(s *rebalanceStats) int { return len(s.Leave.Moved) }),
 			cell(func(s *rebalanceStats) float64 { return s.SteadyGapMs }),
@@ -519,7 +545,8 @@ func (b *bench) rebalanceTable(md *strings.Builder) {
 			cell(func(s *rebalanceStats) float64 { return s.Leave.UnmovedGapMs }),
 			cell(func(s *rebalanceStats) float64 { return s.Leave.MovedStallMs }),
 			cell(func(s *rebalanceStats) float64 { return s.Leave.MovedFirstMs }),
-			cell(func(s *rebalanceStats) float64 { return float64(s.Redelivered) }))
+			cell(func(s *rebalanceStats) float64 { return float64(s.Join.Redelivered) }),
+			cell(func(s *rebalanceStats) float64 { return float64(s.Leave.Redelivered) }))
 	}
 	w("\n")
 	md.WriteString(rebalanceNote)
