@@ -49,22 +49,25 @@ var defaultRebalance = []string{
 }
 
 // rebalanceNote is the caption of the rebalance table.
-const rebalanceNote = "Rebalance table: per round, in one child process, member A consumes alone; member B joins the group " +
-	"(\"join\"), then B stops, its consumer closed so that it commits and leaves (\"leave\"), under a steady produce " +
-	"round-robin over the partitions. A partition's owner is the member that delivered it last: \"moved\" partitions " +
-	"changed owner between the start of the transition (B's start; B's stop) and the moment both members (A alone, " +
-	"after the leave) were observed stable; \"unmoved\" kept theirs. *steady max gap*: the longest time between two " +
-	"consecutive deliveries of any partition in the -settle window before B starts (the normal batching gap). " +
-	"*unmoved max gap*: the longest time between consecutive deliveries of an unmoved partition that overlaps the " +
-	"transition window, over the unmoved partitions (no gap with cooperative rebalancing means this is close to the " +
-	"steady gap). *moved stall*: for a moved partition, its last delivery by the old owner to its first by the new " +
-	"one, the longest over the moved partitions. *moved first after B start/stop*: from the call that starts B (that " +
-	"closes B) to the first delivery of a moved partition by its new owner, the longest over the moved partitions; it " +
-	"includes B's connecting and joining, and the old owner noticing the rebalance at its next heartbeat (B starts " +
-	"and stops -settle plus a random 0-1 heartbeat interval after stability, so that this wait varies between rounds). *redelivered*: " +
-	"messages of the whole run delivered a second time (offset not above one delivered before in its partition). " +
-	"Group timings alike for every client: heartbeat 1s, session timeout 10s, rebalance timeout 10s. Each figure " +
-	"is the median [min-max] over the rounds of the per-round value; \"-\" when no partition was in that class.\n\n"
+const rebalanceNote = "Rebalance table: per round, in one child process, on a fresh topic with a steady produce " +
+	"round-robin over its partitions, member A of a fresh group consumes alone; member B joins (\"join\"); then B " +
+	"stops, its consumer closed so that it commits and leaves (\"leave\"). Each transition starts at the call that " +
+	"starts B (that stops B), -settle plus a random 0-1 heartbeat interval after the previous state was observed " +
+	"stable, and its window ends when the new state is observed stable: every partition delivered in the last 500ms, " +
+	"owners unchanged for 2s (1s after the leave), both members owning partitions (A all, after the leave). A " +
+	"partition's owner is the member that delivered it last; \"moved\" partitions changed owner across the window, " +
+	"\"unmoved\" did not. *steady max gap*: the longest time between two consecutive deliveries of any partition " +
+	"in the -settle window before B starts (the normal gap between batches). *unmoved max gap*: the longest time " +
+	"between two consecutive deliveries of an unmoved partition that overlaps the window, the longest over the " +
+	"unmoved partitions (with no pause, it stays near the steady gap). *moved stall*: from a moved partition's last " +
+	"delivery by its old owner to its first by the new one, the longest over the moved partitions. *moved first " +
+	"after B start/stop*: from the transition's start to the first delivery of a moved partition by its new owner, " +
+	"the longest over the moved partitions; it includes B's connecting and joining, the old owner noticing the " +
+	"rebalance at a heartbeat and, with cooperative assignors, the second rebalance that hands the revoked " +
+	"partitions over (noticed at a heartbeat too). *redelivered*: messages delivered a second time (offset not above " +
+	"one delivered before in its partition), from B's start to B's stop (join) and from B's stop to the end (leave). " +
+	"Group timings alike for every client: heartbeat 1s, session timeout 10s, rebalance timeout 10s. Each figure is " +
+	"the median [min-max] over the rounds of the per-round value; \"-\" when no partition was in that class.\n\n"
 
 // delivery is one message received in the rebalance mode.
 type delivery struct {
@@ -523,7 +526,7 @@ func (b *bench) rebalanceTable(md *strings.Builder) {
 				return "-"
 			}
 			s := statOf(v)
-			if len(v) == 1 {
+			if s.lo == s.hi {
 				return fmt.Sprintf("%.0f", s.med)
 			}
 			return fmt.Sprintf("%.0f [%.0f-%.0f]", s.med, s.lo, s.hi)
