@@ -8,7 +8,10 @@
 // with JoinGroup in one group (franz?members=N: N franz-go group
 // consumers); the rebalance suite (rebalance.go) starts member A, adds
 // member B, then stops B, under a steady produce, and measures how long the
-// partitions that keep their owner and those that move stop flowing.
+// partitions that keep their owner and those that move stop flowing. A
+// child run by hand with BENCH_GROUP_LOG=1 prints what each member was
+// assigned and gave up; with BENCH_GROUP_LOG=lib, MultiConsumer's own log
+// too.
 //
 // Every contender runs in a child process (the program re-executes itself
 // with -contender) so that its peak RSS is its own; the embedded broker
