@@ -56,6 +56,12 @@ type result struct {
 	AllocBytes uint64 `json:"alloc_bytes,omitempty"` // TotalAlloc delta
 	Allocs     uint64 `json:"allocs,omitempty"`      // Mallocs delta
 	NumGC      uint32 `json:"num_gc,omitempty"`      // NumGC delta
+
+	// Group contenders with members=N: messages received a second time
+	// (after a rebalance), which the sink does not count.
+	Duplicates int64 `json:"duplicates,omitempty"`
+	// The rebalance suite's measurements.
+	Rebalance *rebalanceStats `json:"rebalance,omitempty"`
 }
 
 // allocPerMsg returns the latency mode's bytes and allocations per message
@@ -181,6 +187,14 @@ func (s spec) str(k, def string) string {
 type runner func(ctx context.Context, brokers []string, topic string, h handler) error
 
 func runnerFor(s spec) (runner, error) {
+	if s.name == "mc-group" || s.p.Has("members") {
+		// Group members in goroutines of their own (group.go).
+		start, ok := memberFor(s)
+		if !ok {
+			return nil, fmt.Errorf("contender %q cannot run as group members", s.name)
+		}
+		return runGroupMembers(s, start), nil
+	}
 	switch s.name {
 	case "mc-get":
 		return runMCGet(s), nil
@@ -416,6 +430,7 @@ func child(o options) error {
 		Contender: o.contender, Mode: o.mode, Handlers: o.handlers,
 		N: min(snk.n.Load(), snk.target), Bytes: snk.bytes.Load(),
 		PeakRSS: vmHWM(), PeakHeap: max(peakHeap.Load(), ms.HeapAlloc), HeapSys: ms.HeapSys,
+		Duplicates: duplicates.Load(),
 	}
 	if o.mode == "latency" {
 		r.Rate = o.latRates[0]

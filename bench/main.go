@@ -1,7 +1,17 @@
 // Command bench compares MultiConsumer with kafka-go's Reader (group mode
 // and one Reader per partition) and franz-go's group consumer: time to drain
 // a backlog, peak memory, end-to-end latency and allocation per message at
-// fixed produce rates, and throughput with an I/O-bound handler.
+// fixed produce rates, throughput with an I/O-bound handler, and how a
+// group rebalance interrupts the flow.
+//
+// Group mode: the drain suite's mc-group?members=N runs N MultiConsumers
+// with JoinGroup in one group (franz?members=N: N franz-go group
+// consumers); the rebalance suite (rebalance.go) starts member A, adds
+// member B, then stops B, under a steady produce, and measures how long the
+// partitions that keep their owner and those that move stop flowing. A
+// child run by hand with BENCH_GROUP_LOG=1 prints what each member was
+// assigned and gave up; with BENCH_GROUP_LOG=lib, MultiConsumer's own log
+// too.
 //
 // Every contender runs in a child process (the program re-executes itself
 // with -contender) so that its peak RSS is its own; the embedded broker
@@ -23,6 +33,7 @@
 //	go run . -suites drain -rounds 5 -n 200000 -sizes 100
 //	go run . -suites latency -rate 2000,20000 -latency-rounds 3
 //	go run . -suites pitfall,mem,profile
+//	go run . -suites rebalance -rounds 3 -out /tmp/r -docs /tmp/r
 //
 // Its default paths (-out, -docs, the Python venv) are the repository's
 // bench/results, docs and bench/python, whether it runs from bench/ or, as
@@ -56,6 +67,9 @@ type options struct {
 	latRates   []int  // -rate parsed; a child gets exactly one
 	latRounds  int
 	latDur     time.Duration
+	rebalance  string
+	rebalRate  int
+	settle     time.Duration
 	ioWorkers  string
 	ioHandlers string
 	ioSleep    time.Duration
@@ -81,7 +95,7 @@ func main() {
 	var o options
 	flag.StringVar(&o.brokers, "brokers", "", "host:port of a running Kafka; empty: start an embedded kfake broker in a child process")
 	flag.StringVar(&o.label, "label", "", "name of this run in file names (default kfake or kafka)")
-	flag.StringVar(&o.suites, "suites", "drain,latency,io", "suites to run: drain, latency, io, pitfall, mem, profile")
+	flag.StringVar(&o.suites, "suites", "drain,latency,io", "suites to run: drain, latency, io, rebalance, pitfall, mem, profile")
 	flag.IntVar(&o.partitions, "partitions", 8, "partitions of each topic")
 	flag.IntVar(&o.n, "n", 1_000_000, "messages in the backlog to drain")
 	flag.StringVar(&o.sizes, "sizes", "100,1024", "message value sizes in bytes, comma-separated")
@@ -91,6 +105,9 @@ func main() {
 	flag.StringVar(&o.rates, "rate", "2000,20000", "produce rates of the latency suite, messages/s, comma-separated; the suite runs each")
 	flag.IntVar(&o.latRounds, "latency-rounds", 3, "rounds of the latency suite at each rate; contenders alternate within each round")
 	flag.DurationVar(&o.latDur, "duration", 10*time.Second, "measured produce time of the latency suite")
+	flag.StringVar(&o.rebalance, "rebalance-contenders", strings.Join(defaultRebalance, " "), "contenders of the rebalance suite, space-separated")
+	flag.IntVar(&o.rebalRate, "rebalance-rate", 2000, "produce rate of the rebalance suite, messages/s")
+	flag.DurationVar(&o.settle, "settle", 3*time.Second, "rebalance suite: steady time after each member change is observed stable, before the next")
 	flag.StringVar(&o.ioWorkers, "io-workers", "1,2,4,8", "MultiConsumer workers of the io suite")
 	flag.StringVar(&o.ioHandlers, "io-handlers", "1,64", "handler goroutines of the io suite")
 	flag.DurationVar(&o.ioSleep, "io-sleep", time.Millisecond, "wait per message in the io suite")
@@ -100,7 +117,7 @@ func main() {
 	flag.StringVar(&o.reportFrom, "report", "", "only write the tables and charts of a results JSON file of an earlier run (give its -suites and -label too, and its -rate if it predates per-result rates)")
 
 	flag.StringVar(&o.contender, "contender", "", "child mode: run this contender and print its result")
-	flag.StringVar(&o.mode, "mode", "drain", "child mode: drain, latency or io")
+	flag.StringVar(&o.mode, "mode", "drain", "child mode: drain, latency, io or rebalance")
 	flag.StringVar(&o.topic, "topic", "", "child mode: topic")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "child mode: write a CPU profile")
 	flag.StringVar(&o.memprofile, "memprofile", "", "child mode: write an allocation profile")
@@ -118,6 +135,8 @@ func main() {
 	switch {
 	case o.serve:
 		err = serve()
+	case o.contender != "" && o.mode == "rebalance":
+		err = rebalanceChild(o)
 	case o.contender != "":
 		err = child(o)
 	default:

@@ -18,17 +18,24 @@ import (
 	"github.com/segmentio/kafka-go"
 )
 
-// The drain suite's contenders. mc-* run with a group (auto-commit at its
-// defaults) and QueueSize 4096; kafkago-group is tuned (MaxWait 250ms,
-// QueueCapacity 1000, CommitInterval 1s); kafkago-group-defaults is a Reader
-// with nothing set but Brokers, GroupID and Topic.
+// The drain suite's contenders. mc-get and mc-iter run with a group for
+// offset storage (auto-commit at its defaults), not as members of it, and
+// QueueSize 4096; kafkago-group is tuned (MaxWait 250ms, QueueCapacity 1000,
+// CommitInterval 1s); kafkago-group?once=1 is a Reader with nothing set but
+// Brokers, GroupID and Topic. mc-group?members=N is N MultiConsumers with
+// JoinGroup (cooperative-sticky, one worker each) in one group, each
+// calling GetMessages(1000) in a goroutine of its own; franz?members=N is N
+// franz-go group consumers alike; both with heartbeat 1s, session timeout
+// 10s, rebalance timeout 10s (franz alone keeps franz-go's defaults: 3s,
+// 45s, 60s).
 var defaultDrain = []string{
 	"mc-get?w=1", "mc-get?w=2", "mc-get?w=4", "mc-get?w=8",
 	"mc-iter?w=1", "mc-iter?w=2", "mc-iter?w=4", "mc-iter?w=8",
+	"mc-group?members=1", "mc-group?members=3",
 	"kafkago-group?maxwait=250ms&queue=1000&commit=1s",
 	"kafkago-group?once=1",
 	"kafkago-partition",
-	"franz",
+	"franz", "franz?members=3",
 }
 
 var defaultLatency = []string{
@@ -122,6 +129,8 @@ func orchestrate(o options) error {
 			err = b.latencySuite()
 		case "io":
 			err = b.ioSuite()
+		case "rebalance":
+			err = b.rebalanceSuite()
 		case "pitfall":
 			err = b.pitfallSuite()
 		case "mem":
@@ -241,6 +250,12 @@ func (b *bench) runChild(suite, contender, mode, topic string, n, size, rate, ro
 		ab, an := r.allocPerMsg()
 		msg = fmt.Sprintf("%-8s r%d %-50s %6d msg/s: p50 %7.2fms p99 %7.2fms max %7.2fms (n=%d) alloc %6.0f B/msg %5.1f allocs/msg %3d GCs",
 			suite, round, contender, rate, r.P50, r.P99, r.Max, r.N, ab, an, r.NumGC)
+	}
+	if mode == "rebalance" {
+		msg = rebalanceLine(r)
+	}
+	if r.Duplicates > 0 {
+		msg += fmt.Sprintf(" (%d redelivered, not counted)", r.Duplicates)
 	}
 	if r.Err != "" {
 		msg += " ERROR: " + r.Err

@@ -112,6 +112,9 @@ func (b *bench) report() error {
 						field(rs, func(r result) float64 { return mib(int64(r.PeakHeap)) }).med)
 				}
 				w("\n")
+				if dups := b.duplicatesOf(suite, size); dups != "" {
+					w("Redelivered after a rebalance (median over rounds; not counted in the messages): %s\n\n", dups)
+				}
 				if suite == "drain" {
 					b.ratios(&md, size)
 					if err := b.drainChart(size, tag); err != nil {
@@ -144,6 +147,9 @@ func (b *bench) report() error {
 		if f := b.failures("latency"); len(f) > 0 {
 			w("Failures (latency):\n\n%s\n\n", strings.Join(f, "\n"))
 		}
+	}
+	if b.has("rebalance") {
+		b.rebalanceTable(&md)
 	}
 	if b.has("io") {
 		w("### io: each message waits %s; handlers = goroutines doing the wait (1 = the caller itself)\n\n", b.o.ioSleep)
@@ -278,10 +284,10 @@ func (b *bench) ratios(md *strings.Builder, size int) {
 	med := func(c string) float64 {
 		return field(b.pick("drain", size, c, 0), func(r result) float64 { return r.MsgsPerS }).med
 	}
-	theirs := []string{"kafkago-group?maxwait=250ms&queue=1000&commit=1s", "kafkago-group?once=1", "kafkago-partition", "franz"}
+	theirs := []string{"kafkago-group?maxwait=250ms&queue=1000&commit=1s", "kafkago-group?once=1", "kafkago-partition", "franz", "franz?members=3"}
 	fmt.Fprintf(md, "Ratios of medians (msg/s), ours / theirs, %d B:\n\n| ours | %s |\n|---|%s\n", size,
 		strings.Join(mapStr(theirs, func(s string) string { return "`" + s + "`" }), " | "), strings.Repeat("---:|", len(theirs)))
-	for _, ours := range []string{"mc-get?w=1", "mc-get?w=8", "mc-iter?w=1", "mc-iter?w=8"} {
+	for _, ours := range []string{"mc-get?w=1", "mc-get?w=8", "mc-iter?w=1", "mc-iter?w=8", "mc-group?members=1", "mc-group?members=3"} {
 		o := med(ours)
 		if o == 0 {
 			continue
@@ -299,6 +305,19 @@ func (b *bench) ratios(md *strings.Builder, size int) {
 	fmt.Fprintln(md)
 }
 
+// duplicatesOf lists the contenders of suite at size that received
+// messages twice, with the median count over rounds.
+func (b *bench) duplicatesOf(suite string, size int) string {
+	var out []string
+	for _, c := range b.contendersOf(suite) {
+		rs := b.pick(suite, size, c, 0)
+		if d := field(rs, func(r result) float64 { return float64(r.Duplicates) }); d.hi > 0 {
+			out = append(out, fmt.Sprintf("`%s` %.0f [%.0f-%.0f]", c, d.med, d.lo, d.hi))
+		}
+	}
+	return strings.Join(out, ", ")
+}
+
 func mapStr(s []string, f func(string) string) []string {
 	out := make([]string, len(s))
 	for i, v := range s {
@@ -311,6 +330,7 @@ func mapStr(s []string, f func(string) string) []string {
 func shortName(c string) string {
 	r := strings.NewReplacer("kafkago-group?maxwait=250ms&queue=1000&commit=1s", "kgo-grp tuned",
 		"kafkago-group?once=1", "kgo-grp default", "kafkago-group", "kgo-grp default", "kafkago-partition", "kgo-per-part", "&block=full", " full",
+		"mc-group?members=", "group m", "franz?members=", "franz m",
 		"mc-get?w=", "get w", "mc-iter?w=", "iter w")
 	return r.Replace(c)
 }
