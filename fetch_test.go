@@ -16,7 +16,6 @@ import (
 	"github.com/segmentio/kafka-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
@@ -255,14 +254,7 @@ func TestLeaderMove(t *testing.T) {
 	if !cluster.Embedded() {
 		t.Skip("moves a leader of the embedded broker (a single real broker has no other)")
 	}
-	kf, err := kfake.NewCluster(kfake.NumBrokers(2))
-	require.NoError(t, err)
-	defer kf.Close()
-	tc, err := kafkatest.Connect(kf.ListenAddrs()...)
-	require.NoError(t, err)
-	defer tc.Close()
-	topic := kafkatest.UniqueName("move")
-	require.NoError(t, tc.CreateTopic(testCtx(t), topic, 2))
+	kf, tc, topic := ownCluster(t, 2, 2)
 	prod := func(p int, v string) {
 		require.NoError(t, tc.Produce(testCtx(t), topic, p, kafka.Message{Value: []byte(v)}))
 	}

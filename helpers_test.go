@@ -11,6 +11,7 @@ import (
 	"github.com/multiconsumer/multiconsumer/kafkatest"
 	"github.com/segmentio/kafka-go"
 	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kfake"
 	"go.uber.org/goleak"
 )
 
@@ -74,6 +75,22 @@ func open(t *testing.T, cfg Config) *MultiConsumer {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = c.Close() })
 	return c
+}
+
+// ownCluster starts an embedded cluster of its own for t, with brokers
+// brokers (to move leaders, or answer requests in ways the shared one must
+// not), and a topic of partitions partitions on it.
+func ownCluster(t *testing.T, brokers, partitions int) (*kfake.Cluster, *kafkatest.Cluster, string) {
+	t.Helper()
+	kf, err := kfake.NewCluster(kfake.NumBrokers(brokers))
+	require.NoError(t, err)
+	t.Cleanup(kf.Close)
+	tc, err := kafkatest.Connect(kf.ListenAddrs()...)
+	require.NoError(t, err)
+	t.Cleanup(tc.Close)
+	topic := kafkatest.UniqueName("own")
+	require.NoError(t, tc.CreateTopic(testCtx(t), topic, partitions))
+	return kf, tc, topic
 }
 
 func group(t *testing.T) string { return kafkatest.UniqueName("g") }

@@ -164,14 +164,7 @@ func TestLeaderlessPartitionDoesNotStallOthers(t *testing.T) {
 	if !cluster.Embedded() {
 		t.Skip("needs the embedded broker to answer metadata")
 	}
-	kf, err := kfake.NewCluster(kfake.NumBrokers(1))
-	require.NoError(t, err)
-	defer kf.Close()
-	tc, err := kafkatest.Connect(kf.ListenAddrs()...)
-	require.NoError(t, err)
-	defer tc.Close()
-	topic := kafkatest.UniqueName("offline")
-	require.NoError(t, tc.CreateTopic(testCtx(t), topic, 2))
+	kf, tc, topic := ownCluster(t, 1, 2)
 	require.Equal(t, int32(0), kf.LeaderFor(topic, 0))
 	host, port, err := net.SplitHostPort(kf.ListenAddrs()[0])
 	require.NoError(t, err)
