@@ -406,17 +406,17 @@ func TestGroupKilledMember(t *testing.T) {
 
 	// The parent joins: the child gives it half the partitions.
 	c := open(t, groupCfg(topic, g))
-	for {
-		msgs, err := c.GetMessages(testCtx(t), 10, BlockFor(1), Timeout(100*time.Millisecond))
+	take := func(count int) {
+		msgs, err := c.GetMessages(testCtx(t), count, BlockFor(1), Timeout(100*time.Millisecond))
 		require.NoError(t, err)
 		mu.Lock()
 		for _, m := range msgs {
 			seen[[2]int64{int64(m.Partition), m.Offset}]++
 		}
 		mu.Unlock()
-		if len(c.Assignment()) > 0 && len(c.Assignment()) < n {
-			break
-		}
+	}
+	for len(c.Assignment()) == 0 || len(c.Assignment()) == n {
+		take(10)
 	}
 	parentOwned := c.Assignment()
 	atKill := committed(t, topic, g, n)
@@ -430,13 +430,7 @@ func TestGroupKilledMember(t *testing.T) {
 			break
 		}
 		require.Less(t, time.Since(killedAt), 45*time.Second, "not everything delivered: %d of %d", total, n*per)
-		msgs, err := c.GetMessages(testCtx(t), 50, BlockFor(1), Timeout(100*time.Millisecond))
-		require.NoError(t, err)
-		mu.Lock()
-		for _, m := range msgs {
-			seen[[2]int64{int64(m.Partition), m.Offset}]++
-		}
-		mu.Unlock()
+		take(50)
 	}
 	t.Logf("the killed member's partitions were taken over %v after the kill", time.Since(killedAt).Round(time.Millisecond))
 	done, cancel := context.WithCancel(testCtx(t))
