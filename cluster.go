@@ -249,21 +249,24 @@ func (c *MultiConsumer) listOffsetsOnce(ctx context.Context, partitions []int, f
 // nothing committed: brokers differ in which of the two they answer (kfake
 // leaves out partitions without a commit, and answers GROUP_ID_NOT_FOUND for
 // a group that never committed; Apache Kafka lists them with -1).
-func (c *MultiConsumer) committedOffsets(ctx context.Context, partitions []int) (out map[int]int64, err error) {
+//
+// meta holds the metadata committed with each offset, where there is some.
+func (c *MultiConsumer) committedOffsets(ctx context.Context, partitions []int) (out map[int]int64, meta map[int]string, err error) {
 	if c.cfg.Group == "" {
-		return map[int]int64{}, nil
+		return map[int]int64{}, nil, nil
 	}
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
 	err = retry(ctx, c.retryConnErrs, func() error {
-		out, err = c.committedOffsetsOnce(ctx, partitions)
+		out, meta, err = c.committedOffsetsOnce(ctx, partitions)
 		return err
 	})
-	return out, err
+	return out, meta, err
 }
 
-func (c *MultiConsumer) committedOffsetsOnce(ctx context.Context, partitions []int) (map[int]int64, error) {
+func (c *MultiConsumer) committedOffsetsOnce(ctx context.Context, partitions []int) (map[int]int64, map[int]string, error) {
 	out := make(map[int]int64, len(partitions))
+	meta := make(map[int]string)
 	res, err := c.client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{
 		GroupID: c.cfg.Group,
 		Topics:  map[string][]int{c.cfg.Topic: partitions},
@@ -272,20 +275,23 @@ func (c *MultiConsumer) committedOffsetsOnce(ctx context.Context, partitions []i
 		err = res.Error
 	}
 	if errors.Is(err, kafka.GroupIdNotFound) {
-		return out, nil // kfake: a group that never committed does not exist
+		return out, meta, nil // kfake: a group that never committed does not exist
 	}
 	if err != nil {
-		return nil, fmt.Errorf("multiconsumer: committed offsets of group %q: %w", c.cfg.Group, err)
+		return nil, nil, fmt.Errorf("multiconsumer: committed offsets of group %q: %w", c.cfg.Group, err)
 	}
 	for _, p := range res.Topics[c.cfg.Topic] {
 		if p.Error != nil {
-			return nil, &PartitionError{Topic: c.cfg.Topic, Partition: p.Partition, Err: fmt.Errorf("committed offset of group %q: %w", c.cfg.Group, p.Error)}
+			return nil, nil, &PartitionError{Topic: c.cfg.Topic, Partition: p.Partition, Err: fmt.Errorf("committed offset of group %q: %w", c.cfg.Group, p.Error)}
 		}
 		if p.CommittedOffset >= 0 {
 			out[p.Partition] = p.CommittedOffset
+			if p.Metadata != "" {
+				meta[p.Partition] = p.Metadata
+			}
 		}
 	}
-	return out, nil
+	return out, meta, nil
 }
 
 // offsetCommit stores offsets in the group's offset storage. In group mode
@@ -294,12 +300,14 @@ func (c *MultiConsumer) committedOffsetsOnce(ctx context.Context, partitions []i
 // owner; otherwise it is made from outside the group (generation -1, no
 // member id), as the seed does. On a partial failure the error lists the
 // partitions that failed, and ok holds the ones that were stored.
-func (c *MultiConsumer) offsetCommit(ctx context.Context, offsets map[int]int64) (ok map[int]int64, err error) {
+//
+// meta is the metadata to store with each offset (none where it has none).
+func (c *MultiConsumer) offsetCommit(ctx context.Context, offsets map[int]int64, meta map[int]string) (ok map[int]int64, err error) {
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
 	commits := make([]kafka.OffsetCommit, 0, len(offsets))
 	for p, off := range offsets {
-		commits = append(commits, kafka.OffsetCommit{Partition: p, Offset: off})
+		commits = append(commits, kafka.OffsetCommit{Partition: p, Offset: off, Metadata: meta[p]})
 	}
 	slices.SortFunc(commits, func(a, b kafka.OffsetCommit) int { return cmp.Compare(a.Partition, b.Partition) })
 	req := &kafka.OffsetCommitRequest{

@@ -86,7 +86,7 @@ func (c *MultiConsumer) commit(ctx context.Context, partitions ...int) error {
 	c.commitMu.Lock()
 	defer c.commitMu.Unlock()
 	c.mu.Lock()
-	offsets := c.book.uncommitted(partitions...)
+	offsets, meta := c.book.uncommittedMeta(partitions...)
 	if len(offsets) == 0 {
 		c.book.committed(nil, time.Now())
 		c.mu.Unlock()
@@ -97,13 +97,13 @@ func (c *MultiConsumer) commit(ctx context.Context, partitions ...int) error {
 	var ok map[int]int64
 	rctx, cancel := c.withTimeout(ctx)
 	err := retry(rctx, c.retryConnErrs, func() (err error) {
-		ok, err = c.offsetCommit(rctx, offsets)
+		ok, err = c.offsetCommit(rctx, offsets, meta)
 		return err
 	})
 	cancel()
 	c.mu.Lock()
 	if len(ok) > 0 {
-		c.book.committed(ok, time.Now())
+		c.book.committedMeta(ok, meta, time.Now())
 	}
 	if err != nil {
 		c.commitErrs++

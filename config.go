@@ -133,6 +133,7 @@ type Config struct {
 
 // ConfigError reports an invalid Config field.
 type ConfigError struct {
+	Struct string // "" for Config; "ProcessConfig" for Process's
 	Field  string // name of the Config field
 	Value  any    // its value
 	Reason string
@@ -140,7 +141,11 @@ type ConfigError struct {
 
 // Error names the field, its value and what is wrong with it.
 func (e *ConfigError) Error() string {
-	return fmt.Sprintf("multiconsumer: invalid Config.%s (%v): %s", e.Field, e.Value, e.Reason)
+	st := e.Struct
+	if st == "" {
+		st = "Config"
+	}
+	return fmt.Sprintf("multiconsumer: invalid %s.%s (%v): %s", st, e.Field, e.Value, e.Reason)
 }
 
 // withDefaults validates c and returns it with every default filled in.

@@ -53,6 +53,9 @@ type MultiConsumer struct {
 	stopFetch      context.CancelFunc
 	commitErrs     int64
 	interrupt      chan struct{} // closed and replaced by every Seek, and by Close
+	proc           *processor    // the running Process, if any
+	iters          int           // Iter goroutines running
+	pstats         ProcessStats  // Process's counters
 
 	// Close cancels life when it begins, which ends the requests of calls
 	// in flight (Seek, Pending), and commitLife when its one timeout is
@@ -166,7 +169,7 @@ func (c *MultiConsumer) start(ctx context.Context) ([]int, error) {
 		}
 		parts = slices.Sorted(slices.Values(c.cfg.Partitions))
 	}
-	committed, err := c.committedOffsets(ctx, parts)
+	committed, meta, err := c.committedOffsets(ctx, parts)
 	if err != nil {
 		return nil, err
 	}
@@ -185,6 +188,7 @@ func (c *MultiConsumer) start(ctx context.Context) ([]int, error) {
 			cm = noOffset
 		}
 		c.book.add(p, start, cm)
+		c.book.restore(p, meta[p])
 		c.log.Info("partition start", "partition", p, "offset", start, "from", from)
 	}
 	return parts, nil
@@ -520,20 +524,10 @@ func (c *MultiConsumer) Seek(ctx context.Context, offset int64, whence Whence, p
 		}
 		targets[p] = t
 	}
-	epochs := make(map[int]uint64, len(parts))
-	for p, t := range targets {
-		epochs[p], _ = c.book.seek(p, t) // every p was checked above, under the same lock
-	}
-	c.interruptLocked() // an Iter goroutine blocked on a send gives its message back
-	woken := make(map[*wakeup]bool, len(parts))
 	for p := range targets {
-		if wk := c.wakers[p]; wk != nil && !woken[wk] {
-			// Fetch the new position now, not after a backoff or the
-			// long poll in flight.
-			wk.poke()
-			woken[wk] = true
-		}
+		c.book.parts[p].win = nil // Process starts afresh there
 	}
+	epochs := c.repositionLocked(targets)
 	c.mu.Unlock()
 
 	dropped := c.q.drop(func(b *batch) bool {
@@ -542,6 +536,30 @@ func (c *MultiConsumer) Seek(ctx context.Context, offset int64, whence Whence, p
 	})
 	c.log.Info("seek", "offset", offset, "whence", whence, "targets", targets, "dropped", dropped)
 	return nil
+}
+
+// repositionLocked moves partitions to targets (every one in the book):
+// new epochs, fetched from there at once. It returns the new epochs, so
+// that the caller drops what was queued before. c.mu is held.
+func (c *MultiConsumer) repositionLocked(targets map[int]int64) map[int]uint64 {
+	epochs := make(map[int]uint64, len(targets))
+	for p, t := range targets {
+		epochs[p], _ = c.book.seek(p, t)
+		if c.proc != nil {
+			c.proc.unblock(p) // its waiting messages are dropped when they come up
+		}
+	}
+	c.interruptLocked() // an Iter goroutine blocked on a send gives its message back
+	woken := make(map[*wakeup]bool, len(targets))
+	for p := range targets {
+		if wk := c.wakers[p]; wk != nil && !woken[wk] {
+			// Fetch the new position now, not after a backoff or the
+			// long poll in flight.
+			wk.poke()
+			woken[wk] = true
+		}
+	}
+	return epochs
 }
 
 // PartitionStats is the state of one partition.
@@ -573,6 +591,8 @@ type Stats struct {
 	Rebalances     int64
 	RebalanceTime  time.Duration
 	LostPartitions int64
+	// Process is what Process did (totals since New) and is doing.
+	Process ProcessStats
 	// Err is the error that stopped the consumer for good (see Err).
 	Err error
 }
@@ -590,6 +610,10 @@ func (c *MultiConsumer) Stats() Stats {
 		Err:             c.fatal,
 		MemberID:        c.grp.memberID, Generation: c.grp.generation,
 		Rebalances: c.grp.rebalances, RebalanceTime: c.grp.rebalancing, LostPartitions: c.grp.lost,
+		Process: c.pstats,
+	}
+	if p := c.proc; p != nil {
+		s.Process.Running, s.Process.InFlight, s.Process.Waiting = true, p.running, p.waiting
 	}
 	for p, po := range c.book.parts {
 		lag := int64(-1)
@@ -653,6 +677,18 @@ func (c *MultiConsumer) Close() error {
 	c.q.barrier()
 	c.stopWorkers()
 	c.deliver <- struct{}{} // wait for any delivery in progress to give up
+	c.mu.Lock()
+	proc := c.proc
+	c.mu.Unlock()
+	if proc != nil {
+		// Process has stopped taking messages and cancelled its
+		// handlers: what they complete within the timeout is committed.
+		select {
+		case <-proc.idle:
+		case <-ctx.Done():
+			c.log.Warn("close: Process handlers still running at the timeout; what they complete now is not committed")
+		}
+	}
 	c.calls.Wait()
 
 	var err error

@@ -56,8 +56,8 @@ var timers = sync.Pool{New: func() any {
 // delivers nothing: the messages it had taken stay queued, in order, for the
 // next call. A call with a done ctx still counts what was delivered before
 // as consumed: that is how a loop ends cleanly (see Close). After Close it
-// returns ErrClosed. A negative count is an error; 0 returns
-// nothing.
+// returns ErrClosed, and while Process runs, ErrBusy. A negative count is
+// an error; 0 returns nothing.
 func (c *MultiConsumer) GetMessages(ctx context.Context, count int, opts ...GetOption) ([]kafka.Message, error) {
 	if c.isClosed() {
 		return nil, ErrClosed
@@ -85,6 +85,9 @@ func (c *MultiConsumer) GetMessages(ctx context.Context, count int, opts ...GetO
 		}
 	}
 
+	if c.processing() {
+		return nil, ErrBusy
+	}
 	c.consume() // the caller came back for more, even with a done ctx
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -233,7 +236,7 @@ const iterBatch = 256
 
 // Iter returns an unbuffered channel of messages, in order within each
 // partition, closed when ctx ends, the consumer closes, or it stops for
-// good (Err says why). It waits for
+// good (Err says why). While Process runs, the channel is closed at once. It waits for
 // messages as long as it takes; there is no idle cut-off. A nil ctx gives a
 // closed channel. Receiving a
 // message counts every message delivered before it as consumed. A message
@@ -251,16 +254,29 @@ func (c *MultiConsumer) Iter(ctx context.Context) <-chan kafka.Message {
 	ch := make(chan kafka.Message)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed || ctx == nil {
+	if c.closed || ctx == nil || c.proc != nil {
 		close(ch)
 		return ch
 	}
+	c.iters++
 	c.helpers.Go(func() {
-		defer close(ch)
+		defer func() {
+			c.mu.Lock()
+			c.iters--
+			c.mu.Unlock()
+			close(ch)
+		}()
 		for c.iterate(ctx, ch) == nil {
 		}
 	})
 	return ch
+}
+
+// processing reports whether Process runs.
+func (c *MultiConsumer) processing() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.proc != nil
 }
 
 // iterate waits for messages and hands them to ch one by one. It returns an

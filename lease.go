@@ -31,11 +31,12 @@ func (c *MultiConsumer) grant(ctx context.Context, parts []int) {
 		return // the member leaves: the others will take them
 	}
 	var committed map[int]int64
+	var meta map[int]string
 	var b map[int]bounds
 	backoff := time.Duration(0)
 	for {
 		var err error
-		committed, err = c.committedOffsets(ctx, parts)
+		committed, meta, err = c.committedOffsets(ctx, parts)
 		if err == nil {
 			b, err = c.logBounds(ctx, parts)
 		}
@@ -61,6 +62,7 @@ func (c *MultiConsumer) grant(ctx context.Context, parts []int) {
 			cm = noOffset
 		}
 		c.book.add(p, start, cm)
+		c.book.restore(p, meta[p]) // Process skips what the last owner completed
 		delete(c.positions, p) // fetched afresh from start
 		c.log.Info("partition assigned", "partition", p, "offset", start, "from", from)
 	}
@@ -80,6 +82,9 @@ func (c *MultiConsumer) revoke(ctx context.Context, parts []int, lost bool) {
 	c.mu.Lock()
 	for _, p := range parts {
 		c.book.retire(p) // nothing fetched so far is delivered from now on
+		if c.proc != nil {
+			c.proc.unblock(p) // its waiting messages are dropped when they come up
+		}
 	}
 	c.interruptLocked() // an Iter send in flight gives its message back, or hands it over
 	var keep []int

@@ -189,7 +189,7 @@ func (c *MultiConsumer) topicMissing(ctx context.Context) time.Duration {
 // the partition's first offset, whatever StartOffset says, so that nothing
 // produced to them since they appeared is missed.
 func (c *MultiConsumer) addPartitions(ctx context.Context, added []int) error {
-	committed, err := c.committedOffsets(ctx, added)
+	committed, meta, err := c.committedOffsets(ctx, added)
 	if err != nil {
 		return err
 	}
@@ -211,6 +211,7 @@ func (c *MultiConsumer) addPartitions(ctx context.Context, added []int) error {
 			}
 		}
 		c.book.add(p, start, cm)
+		c.book.restore(p, meta[p])
 		c.added = append(c.added, p)
 		c.log.Info("partition added to the topic, consuming it", "partition", p, "offset", start)
 	}

@@ -26,6 +26,12 @@ type partOffsets struct {
 	fetchErrors   int64
 	touched       bool // delivered since the last consume: in book.touched
 
+	// Process (window.go): win is the partition's offset window, and
+	// committedMeta the metadata stored with committed. win is kept
+	// between Process calls, and restored from the commit metadata.
+	win           *window
+	committedMeta string
+
 	// epoch counts seeks and reassignments. Workers tag what they fetch
 	// with the epoch they fetched it in; messages of an older epoch are
 	// dropped instead of delivered.
@@ -44,6 +50,7 @@ type book struct {
 	touched     []int     // partitions delivered since the last consume
 	sinceCommit int       // messages consumed since the last commit
 	lastCommit  time.Time // last commit, or creation
+	processing  bool      // Process runs: windows say what is consumed
 }
 
 func newBook(everyN int, everyT time.Duration, now time.Time) *book {
@@ -58,6 +65,38 @@ func (b *book) add(p int, start, committed int64) {
 		delivered: start, consumed: start, committed: committed,
 		highWatermark: noOffset, epoch: b.newEpoch(),
 	}
+}
+
+// restore makes the window of partition p from the metadata committed
+// with its offset, if the partition starts there.
+func (b *book) restore(p int, metadata string) {
+	po, ok := b.parts[p]
+	if !ok || po.committed == noOffset || po.delivered != po.committed {
+		return
+	}
+	po.committedMeta = metadata
+	if w, err := restoreWindow(po.committed, metadata); err == nil && len(w.done) > 0 {
+		po.win = w
+	}
+}
+
+// window returns the offset window of partition p for Process, made anew
+// if the one it had no longer starts where the partition is.
+func (po *partOffsets) window() *window {
+	if po.win == nil || po.win.next != po.delivered || po.win.commit != po.consumed {
+		po.win = newWindow(po.delivered)
+	}
+	return po.win
+}
+
+// metadata returns the commit metadata of partition p at its consumed
+// offset: the window's completed offsets above it, if it has a window
+// there.
+func (po *partOffsets) metadata() string {
+	if po.win != nil && po.win.commit == po.consumed {
+		return po.win.metadata()
+	}
+	return ""
 }
 
 // newEpoch returns an epoch no partition had before: one that leaves and
@@ -76,10 +115,18 @@ func (b *book) retire(p int) {
 }
 
 // held reports whether the caller holds messages of partitions: delivered
-// and not consumed yet.
+// and not consumed yet, or, under Process, being handled.
 func (b *book) held(partitions []int) bool {
 	for _, p := range partitions {
-		if po, ok := b.parts[p]; ok && po.delivered != po.consumed {
+		po, ok := b.parts[p]
+		if !ok {
+			continue
+		}
+		if b.processing {
+			if po.win != nil && po.win.inflight > 0 {
+				return true
+			}
+		} else if po.delivered != po.consumed {
 			return true
 		}
 	}
@@ -173,16 +220,36 @@ func (b *book) seek(p int, offset int64) (uint64, bool) {
 // uncommitted returns the consumed offset of each of partitions (every
 // partition when none is given) that differs from what the group stores.
 func (b *book) uncommitted(partitions ...int) map[int]int64 {
+	out, _ := b.uncommittedMeta(partitions...)
+	return out
+}
+
+// uncommittedMeta is uncommitted, with the metadata of each offset
+// (Process's completed offsets above it), which counts as a difference
+// too.
+func (b *book) uncommittedMeta(partitions ...int) (map[int]int64, map[int]string) {
 	if len(partitions) == 0 {
 		partitions = b.partitions()
 	}
 	out := make(map[int]int64)
+	var meta map[int]string
 	for _, p := range partitions {
-		if po, ok := b.parts[p]; ok && po.consumed != po.committed {
+		po, ok := b.parts[p]
+		if !ok {
+			continue
+		}
+		md := po.metadata()
+		if po.consumed != po.committed || md != po.committedMeta {
 			out[p] = po.consumed
+			if md != "" {
+				if meta == nil {
+					meta = make(map[int]string)
+				}
+				meta[p] = md
+			}
 		}
 	}
-	return out
+	return out, meta
 }
 
 // due reports whether an auto-commit is due at now: something consumed is
@@ -207,16 +274,22 @@ func (b *book) nextDue(now time.Time) time.Duration {
 // committed records that offsets were stored in the group at now. Any commit,
 // automatic or explicit, resets both triggers.
 func (b *book) committed(offsets map[int]int64, now time.Time) {
+	b.committedMeta(offsets, nil, now)
+}
+
+// committedMeta is committed, with the metadata stored beside each offset.
+func (b *book) committedMeta(offsets map[int]int64, meta map[int]string, now time.Time) {
 	for p, off := range offsets {
 		if po, ok := b.parts[p]; ok {
 			po.committed = off
+			po.committedMeta = meta[p]
 		}
 	}
 	// A partition left out (an explicit Commit of some partitions, or a
 	// partial failure) keeps the book due for the next trigger.
 	b.sinceCommit = 0
 	for _, po := range b.parts {
-		if po.consumed != po.committed {
+		if po.consumed != po.committed || po.metadata() != po.committedMeta {
 			b.sinceCommit = 1
 			break
 		}

@@ -37,6 +37,7 @@ type queue struct {
 	mu      sync.Mutex
 	batches []batch // FIFO
 	queued  int     // messages in batches
+	held    int     // messages taken by Process and not handed to a handler yet: in the bound
 	limit   int
 	putters int           // puts waiting for room: take wakes waiters only then
 	changed chan struct{} // nil: nobody waits
@@ -79,7 +80,7 @@ func (q *queue) put(ctx context.Context, b batch, open *event) error {
 	for {
 		q.mu.Lock()
 		isOpen := open.IsSet()
-		if isOpen && q.queued+n <= q.limit {
+		if isOpen && q.queued+q.held+n <= q.limit {
 			q.batches = append(q.batches, b)
 			q.queued += n
 			q.signalLocked()
@@ -122,6 +123,35 @@ func (q *queue) barrier() {
 func (q *queue) take(max int) []batch {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	return q.takeLocked(max)
+}
+
+// hold takes every queued message, as take does, but they stay in the
+// bound until release: Process keeps them waiting for their turn.
+func (q *queue) hold() []batch {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	out := q.batches
+	q.batches = nil
+	q.held += q.queued
+	q.queued = 0
+	return out
+}
+
+// release takes n held messages out of the bound.
+func (q *queue) release(n int) {
+	if n == 0 {
+		return
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.held -= n
+	if q.putters > 0 {
+		q.signalLocked()
+	}
+}
+
+func (q *queue) takeLocked(max int) []batch {
 	var out []batch
 	before := q.queued
 	for max > 0 && len(q.batches) > 0 {

@@ -1,0 +1,730 @@
+package multiconsumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// Handler handles one message for Process. It returns nil when it is done
+// with the message; an error makes the attempt fail (see
+// ProcessConfig.MaxAttempts). ctx ends when Process stops: a handler should
+// give up then.
+type Handler func(ctx context.Context, m kafka.Message) error
+
+// Ordering says which messages Process may handle at the same time.
+type Ordering int
+
+// Orderings.
+const (
+	// ByKey handles messages with the same key in a partition one at a
+	// time, in offset order, and different keys in parallel. Messages
+	// with a nil key are ordered by partition (among themselves).
+	ByKey Ordering = iota
+	// ByPartition handles the messages of a partition one at a time, in
+	// offset order; partitions in parallel.
+	ByPartition
+	// Unordered handles any message at any time.
+	Unordered
+)
+
+// String returns the constant's name.
+func (o Ordering) String() string {
+	switch o {
+	case ByKey:
+		return "ByKey"
+	case ByPartition:
+		return "ByPartition"
+	case Unordered:
+		return "Unordered"
+	}
+	return fmt.Sprintf("Ordering(%d)", int(o))
+}
+
+// Defaults of the optional ProcessConfig fields.
+const (
+	DefaultConcurrency  = 16
+	DefaultRetryBackoff = 100 * time.Millisecond
+)
+
+// ProcessConfig configures Process. The zero value is ByKey, 16 handlers at
+// once, retries until success.
+type ProcessConfig struct {
+	// Ordering of the handlers. Default ByKey.
+	Ordering Ordering
+	// Concurrency is how many handlers run at once. Default 16; it may be
+	// far above the number of partitions.
+	Concurrency int
+	// MaxAttempts bounds the attempts at a message: 0 retries until it
+	// succeeds or ctx ends; n gives up after n failed attempts (see
+	// OnGiveUp).
+	MaxAttempts int
+	// RetryBackoff is the wait before the first retry, doubling at each
+	// retry, capped by Config.MaxBackoff. Default 100ms. Under ByKey and
+	// ByPartition the message's key (partition) waits with it: order is
+	// kept.
+	RetryBackoff time.Duration
+	// OnGiveUp is called (the dead-letter hook) with a message that failed
+	// MaxAttempts times and a *GiveUpError wrapping the last error. If it
+	// returns nil, the message counts as complete. If it is nil or returns
+	// an error, Process stops and returns a *GiveUpError, and nothing at
+	// or past the message is committed for its partition.
+	OnGiveUp func(ctx context.Context, m kafka.Message, err error) error
+}
+
+func (pc ProcessConfig) withDefaults() (ProcessConfig, error) {
+	bad := func(field string, value any, reason string) (ProcessConfig, error) {
+		return ProcessConfig{}, &ConfigError{Struct: "ProcessConfig", Field: field, Value: value, Reason: reason}
+	}
+	switch {
+	case pc.Ordering < ByKey || pc.Ordering > Unordered:
+		return bad("Ordering", pc.Ordering, "must be ByKey, ByPartition or Unordered")
+	case pc.Concurrency < 0:
+		return bad("Concurrency", pc.Concurrency, "must not be negative")
+	case pc.MaxAttempts < 0:
+		return bad("MaxAttempts", pc.MaxAttempts, "must not be negative (0: retry until success)")
+	case pc.RetryBackoff < 0:
+		return bad("RetryBackoff", pc.RetryBackoff, "must not be negative")
+	}
+	if pc.Concurrency == 0 {
+		pc.Concurrency = DefaultConcurrency
+	}
+	if pc.RetryBackoff == 0 {
+		pc.RetryBackoff = DefaultRetryBackoff
+	}
+	return pc, nil
+}
+
+// ErrBusy is returned by GetMessages, and by Process, while Process runs,
+// and by Process while an Iter channel is open: one way of taking messages
+// at a time.
+var ErrBusy = errors.New("multiconsumer: Process is running (or an Iter channel is open): messages are taken one way at a time")
+
+// GiveUpError reports a message Process gave up on: the handler failed
+// MaxAttempts times. errors.Is and errors.As find the handler's last
+// error, and OnGiveUp's.
+type GiveUpError struct {
+	Topic     string
+	Partition int
+	Offset    int64
+	Attempts  int
+	Err       error // the handler's last error
+	HookErr   error // OnGiveUp's error; nil if OnGiveUp is nil or was not called yet
+}
+
+// Error names the message, then the errors.
+func (e *GiveUpError) Error() string {
+	s := fmt.Sprintf("multiconsumer: topic %q partition %d offset %d: gave up after %d attempts: %v",
+		e.Topic, e.Partition, e.Offset, e.Attempts, e.Err)
+	if e.HookErr != nil {
+		s += fmt.Sprintf("; OnGiveUp failed: %v", e.HookErr)
+	} else {
+		s += " (no OnGiveUp)"
+	}
+	return s
+}
+
+// Unwrap returns the handler's error and OnGiveUp's.
+func (e *GiveUpError) Unwrap() []error {
+	if e.HookErr != nil {
+		return []error{e.Err, e.HookErr}
+	}
+	return []error{e.Err}
+}
+
+// PanicError is the error of a handler attempt that panicked.
+type PanicError struct {
+	Value any    // what the handler panicked with
+	Stack []byte // the handler's stack when it panicked
+}
+
+// Error gives the panic value and the stack.
+func (e *PanicError) Error() string {
+	return fmt.Sprintf("multiconsumer: handler panicked: %v\n%s", e.Value, e.Stack)
+}
+
+// Unwrap returns the panic value if it is an error.
+func (e *PanicError) Unwrap() error {
+	err, _ := e.Value.(error)
+	return err
+}
+
+// ProcessStats counts what Process did; its fields are totals since New.
+type ProcessStats struct {
+	Running  bool  // Process is running
+	InFlight int   // handlers running (a message being retried included)
+	Waiting  int   // messages taken from the queue, waiting for their turn
+	Handled  int64 // messages completed by a handler
+	Retries  int64 // failed attempts followed by another
+	GivenUp  int64 // messages OnGiveUp took
+	Panics   int64 // attempts that panicked
+	Skipped  int64 // messages completed before (commit metadata), not handled again
+	// HandlerTime is the time spent in handler attempts, and Attempts
+	// their number: their ratio is the mean duration of an attempt.
+	HandlerTime time.Duration
+	Attempts    int64
+}
+
+// Process takes messages from the consumer and runs h on each, up to
+// pc.Concurrency at once, in the order pc.Ordering asks for. A message is
+// consumed when its handler completes (returns nil), not when it is taken:
+// the committed offset of a partition is its lowest incomplete offset, and
+// the offsets completed above it are stored in the commit's metadata, so
+// that a restart (or the partition's next owner) does not handle them
+// again. Auto-commit counts completed messages. Committing is as
+// GetMessages's otherwise (Commit, ManualCommit, Close).
+//
+// A failed attempt is retried after a backoff (see ProcessConfig); a
+// handler that panics fails its attempt with a *PanicError. An attempt that
+// fails because ctx ended is not retried, nor given up: the message stays
+// incomplete.
+//
+// Process runs until ctx ends (it returns ctx.Err()), Close (ErrClosed),
+// the consumer stops for good (its error), or it gives up on a message (a
+// *GiveUpError). Then it stops taking messages, cancels the handlers' ctx,
+// waits for them, and commits what completed (unless ManualCommit, or
+// Close, which commits). Messages it took and did not complete are
+// fetched again, for the next call.
+//
+// While it runs, GetMessages and a second Process return ErrBusy, and Iter
+// returns a closed channel. At most Config.QueueSize messages wait beside
+// the handlers running: a key whose message is retried holds back its own
+// messages only, until they fill that bound. A partition whose completed
+// offsets would no longer fit in the commit metadata (4096 bytes) starts
+// no more handlers until its lowest incomplete message completes.
+//
+// In group mode, a partition revoked while Process runs starts no more
+// handlers; those running finish (up to RebalanceTimeout), what completed
+// is committed, then the partition goes.
+func (c *MultiConsumer) Process(ctx context.Context, pc ProcessConfig, h Handler) error {
+	if ctx == nil {
+		return errNilContext
+	}
+	if h == nil {
+		return errors.New("multiconsumer: Process: nil Handler")
+	}
+	pc, err := pc.withDefaults()
+	if err != nil {
+		return err
+	}
+	p := &processor{
+		c: c, pc: pc, h: h,
+		tasks:   make(chan task, pc.Concurrency),
+		lanes:   make(map[laneKey]*lane),
+		blocked: make(map[int][]*lane),
+		stop:    make(chan struct{}, 1),
+		idle:    make(chan struct{}),
+	}
+	c.mu.Lock()
+	switch {
+	case c.closed:
+		c.mu.Unlock()
+		return ErrClosed
+	case c.proc != nil || c.iters > 0:
+		c.mu.Unlock()
+		return ErrBusy
+	}
+	c.proc = p
+	c.book.processing = true
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.proc = nil
+		c.book.processing = false
+		c.mu.Unlock()
+	}()
+	if _, err := c.acquire(ctx, nil); err != nil { // a GetMessages call in flight ends first
+		close(p.idle)
+		return err
+	}
+	c.consume() // what GetMessages delivered before: the caller came back
+	return p.run(ctx)
+}
+
+// processor is a running Process. Its fields other than c, pc, h and the
+// channels are guarded by c.mu.
+type processor struct {
+	c     *MultiConsumer
+	pc    ProcessConfig
+	h     Handler
+	tasks chan task // to the handler goroutines; never more than Concurrency in it
+	stop  chan struct{}
+	idle  chan struct{} // closed when every handler has returned
+
+	stopped atomic.Bool
+	err     error // why Process stops: a message given up on
+	lanes   map[laneKey]*lane
+	ready   ring[*lane]    // lanes with a message that may start now
+	blocked map[int][]*lane // lanes waiting for room in their partition's metadata
+	waiting int             // messages in lanes
+	running int             // handlers started and not finished
+}
+
+// laneKey names a lane: the messages that are handled one at a time.
+type laneKey struct {
+	partition int
+	nilKey    bool
+	key       string
+}
+
+// lane is a FIFO of messages taken and waiting to start. An exclusive lane
+// (a key, or a partition) runs one at a time; under Unordered a partition's
+// lane starts its messages as fast as there is room.
+type lane struct {
+	key       laneKey
+	exclusive bool
+	msgs      ring[task]
+	busy      bool // exclusive: one of its messages is being handled
+	inReady   bool
+	blocked   bool
+}
+
+// task is a message to handle, with what tells whether it is still ours:
+// the partition's epoch and window when it was taken.
+type task struct {
+	m     kafka.Message
+	epoch uint64
+	win   *window
+	lane  *lane
+}
+
+func (p *processor) run(ctx context.Context) error {
+	c := p.c
+	hctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var handlers sync.WaitGroup
+	for range p.pc.Concurrency {
+		handlers.Go(func() {
+			for t := range p.tasks {
+				p.handle(hctx, t)
+			}
+		})
+	}
+	err := p.feed(ctx)
+
+	// Stop: start nothing more, let go of the waiting messages, cancel
+	// the handlers and wait for them. The delivery token goes first:
+	// Close waits for it, then for the handlers, within its timeout.
+	c.mu.Lock()
+	p.stopped.Store(true)
+	close(p.tasks)
+	dropped := p.waiting
+	p.waiting = 0
+	p.lanes, p.ready, p.blocked = nil, ring[*lane]{}, nil
+	c.mu.Unlock()
+	c.q.release(dropped)
+	cancel()
+	c.releaseToken()
+	handlers.Wait()
+	close(p.idle)
+
+	if !c.isClosed() { // else Close commits
+		c.rewind()
+		if c.autoCommit() {
+			cctx, cancel := c.withTimeout(c.commitLife)
+			if cerr := c.commit(cctx); cerr != nil {
+				err = errors.Join(err, cerr)
+			}
+			cancel()
+		}
+	}
+	return err
+}
+
+// feed takes what the workers queue and hands it to the lanes, until
+// Process must stop.
+func (p *processor) feed(ctx context.Context) error {
+	c := p.c
+	for {
+		c.mu.Lock()
+		err := p.err
+		if err == nil {
+			err = c.fatal
+		}
+		c.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		if n, changed := c.q.pending(); n == 0 {
+			select {
+			case <-changed:
+			case <-p.stop:
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-c.closing.Done():
+				return ErrClosed
+			}
+			continue
+		}
+		taken := c.q.hold()
+		c.mu.Lock()
+		released := 0
+		for _, b := range taken {
+			released += p.add(b)
+		}
+		released += p.pump()
+		c.mu.Unlock()
+		c.q.release(released)
+	}
+}
+
+// add puts the messages of b in their lanes and returns how many it let go
+// (stale, or complete already). c.mu is held.
+func (p *processor) add(b batch) int {
+	c := p.c
+	po, ok := c.book.parts[b.partition]
+	if !ok || po.epoch != b.epoch {
+		return len(b.msgs) // a Seek or a revoke since it was fetched
+	}
+	w := po.window()
+	if len(b.msgs) == 0 {
+		w.advance(b.advance)
+		p.moved(po, w)
+		return 0
+	}
+	released := 0
+	for _, m := range b.msgs {
+		if !w.take(m.Offset) {
+			c.pstats.Skipped++
+			released++
+			continue
+		}
+		l := p.lane(b.partition, m.Key)
+		l.msgs.push(task{m: m, epoch: b.epoch, win: w, lane: l})
+		p.waiting++
+		if !l.busy && !l.inReady && !l.blocked {
+			l.inReady = true
+			p.ready.push(l)
+		}
+	}
+	p.moved(po, w)
+	return released
+}
+
+// moved brings the book's offsets of a partition up to its window:
+// delivered is what was taken, consumed the lowest incomplete offset. It
+// reports whether consumed moved, which counts for the count trigger.
+func (p *processor) moved(po *partOffsets, w *window) bool {
+	po.delivered = w.next
+	if w.commit == po.consumed {
+		return false
+	}
+	po.consumed = w.commit
+	p.c.book.sinceCommit++
+	return true
+}
+
+// lane returns the lane of a message of partition with key, made if need
+// be. c.mu is held.
+func (p *processor) lane(partition int, key []byte) *lane {
+	k := laneKey{partition: partition}
+	if p.pc.Ordering == ByKey {
+		if key == nil {
+			k.nilKey = true
+		} else if l, ok := p.lanes[laneKey{partition: partition, key: string(key)}]; ok {
+			return l // no string made for a key that has a lane
+		} else {
+			k.key = string(key)
+		}
+	}
+	l, ok := p.lanes[k]
+	if !ok {
+		l = &lane{key: k, exclusive: p.pc.Ordering != Unordered}
+		p.lanes[k] = l
+	}
+	return l
+}
+
+// pump starts handlers for ready lanes while there is room, and returns
+// how many messages left the lanes. c.mu is held.
+func (p *processor) pump() int {
+	released := 0
+	for p.running < p.pc.Concurrency && p.ready.len() > 0 && !p.stopped.Load() {
+		l := p.ready.pop()
+		l.inReady = false
+		released += p.start(l)
+	}
+	return released
+}
+
+// start starts a handler for the first message of l that is still ours,
+// and returns how many messages left l. c.mu is held.
+func (p *processor) start(l *lane) int {
+	released := 0
+	for l.msgs.len() > 0 {
+		t := l.msgs.peek()
+		po, ok := p.c.book.parts[t.m.Partition]
+		if !ok || po.epoch != t.epoch || po.win != t.win {
+			l.msgs.pop() // a Seek or a revoke since it was taken
+			p.waiting--
+			released++
+			continue
+		}
+		// The lowest incomplete message always starts: its completion
+		// moves the commit, and frees room.
+		if t.m.Offset != t.win.commit && !t.win.room() {
+			l.blocked = true
+			p.blocked[t.m.Partition] = append(p.blocked[t.m.Partition], l)
+			return released
+		}
+		l.msgs.pop()
+		p.waiting--
+		released++
+		t.win.inflight++
+		p.running++
+		if l.exclusive {
+			l.busy = true
+		} else if l.msgs.len() > 0 {
+			l.inReady = true
+			p.ready.push(l)
+		}
+		p.tasks <- t // never blocks: at most Concurrency are in it
+		return released
+	}
+	if !l.busy {
+		p.dropLane(l)
+	}
+	return released
+}
+
+// dropLane forgets l, which is empty and idle. c.mu is held.
+func (p *processor) dropLane(l *lane) {
+	if p.lanes[l.key] == l { // else it was dropped, and the key has a new lane
+		delete(p.lanes, l.key)
+	}
+}
+
+// handle runs the handler on t until it succeeds, is given up on, or ctx
+// ends.
+func (p *processor) handle(ctx context.Context, t task) {
+	if p.stopped.Load() {
+		p.finish(t, false)
+		return
+	}
+	backoff := p.pc.RetryBackoff
+	for attempt := 1; ; attempt++ {
+		err := p.attempt(ctx, t.m)
+		if err == nil {
+			p.finish(t, true)
+			return
+		}
+		if ctx.Err() != nil {
+			p.finish(t, false) // incomplete: handled again later
+			return
+		}
+		if p.pc.MaxAttempts > 0 && attempt >= p.pc.MaxAttempts {
+			p.giveUp(ctx, t, attempt, err)
+			return
+		}
+		p.c.log.Warn("process: handler failed, retrying", "partition", t.m.Partition, "offset", t.m.Offset,
+			"attempt", attempt, "backoff", backoff, "err", err)
+		p.c.mu.Lock()
+		p.c.pstats.Retries++
+		current := p.current(t)
+		p.c.mu.Unlock()
+		if !current {
+			p.finish(t, false) // revoked, or moved by Seek: not ours to retry
+			return
+		}
+		timer := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			p.finish(t, false)
+			return
+		case <-timer.C:
+		}
+		backoff = min(2*backoff, p.c.cfg.MaxBackoff)
+	}
+}
+
+// current reports whether t's partition is still where t was taken. c.mu
+// is held.
+func (p *processor) current(t task) bool {
+	po, ok := p.c.book.parts[t.m.Partition]
+	return ok && po.epoch == t.epoch && po.win == t.win
+}
+
+// attempt runs the handler once, turning a panic into a *PanicError.
+func (p *processor) attempt(ctx context.Context, m kafka.Message) (err error) {
+	start := time.Now()
+	defer func() {
+		if v := recover(); v != nil {
+			err = &PanicError{Value: v, Stack: debug.Stack()}
+		}
+		d := time.Since(start)
+		p.c.mu.Lock()
+		p.c.pstats.Attempts++
+		p.c.pstats.HandlerTime += d
+		if _, ok := err.(*PanicError); ok {
+			p.c.pstats.Panics++
+		}
+		p.c.mu.Unlock()
+	}()
+	return p.h(ctx, m)
+}
+
+// giveUp hands t to OnGiveUp, or stops Process.
+func (p *processor) giveUp(ctx context.Context, t task, attempts int, err error) {
+	gerr := &GiveUpError{Topic: t.m.Topic, Partition: t.m.Partition, Offset: t.m.Offset, Attempts: attempts, Err: err}
+	if p.pc.OnGiveUp != nil {
+		herr := p.callOnGiveUp(ctx, t.m, gerr)
+		if herr == nil {
+			p.c.mu.Lock()
+			p.c.pstats.GivenUp++
+			p.c.mu.Unlock()
+			p.finish(t, true)
+			return
+		}
+		if ctx.Err() != nil {
+			p.finish(t, false) // stopped meanwhile: incomplete, not a failure
+			return
+		}
+		gerr = &GiveUpError{Topic: gerr.Topic, Partition: gerr.Partition, Offset: gerr.Offset, Attempts: attempts, Err: err, HookErr: herr}
+	}
+	p.c.log.Error("process: giving up", "partition", t.m.Partition, "offset", t.m.Offset, "err", gerr)
+	p.c.mu.Lock()
+	if p.err == nil {
+		p.err = gerr
+	}
+	p.c.mu.Unlock()
+	select {
+	case p.stop <- struct{}{}:
+	default:
+	}
+	p.finish(t, false)
+}
+
+func (p *processor) callOnGiveUp(ctx context.Context, m kafka.Message, err error) (herr error) {
+	defer func() {
+		if v := recover(); v != nil {
+			herr = &PanicError{Value: v, Stack: debug.Stack()}
+		}
+	}()
+	return p.pc.OnGiveUp(ctx, m, err)
+}
+
+// finish records the end of t's handling (complete, or left incomplete),
+// and starts what may start now.
+func (p *processor) finish(t task, complete bool) {
+	c := p.c
+	c.mu.Lock()
+	p.running--
+	w := t.win
+	w.inflight--
+	due := false
+	if complete {
+		w.complete(t.m.Offset)
+		c.pstats.Handled++
+		if po, ok := c.book.parts[t.m.Partition]; ok && po.win == w {
+			if !p.moved(po, w) {
+				c.book.sinceCommit++ // completions count for the count trigger
+			}
+			due = c.book.due(time.Time{})
+		}
+	}
+	released := 0
+	if !p.stopped.Load() {
+		l := t.lane
+		if l.exclusive {
+			l.busy = false
+		}
+		if l.msgs.len() > 0 {
+			if !l.inReady && !l.blocked {
+				l.inReady = true
+				p.ready.push(l)
+			}
+		} else if !l.busy && !l.inReady {
+			p.dropLane(l)
+		}
+		p.unblock(t.m.Partition)
+		released = p.pump()
+	}
+	if c.awaiting > 0 {
+		c.consumed.notify() // a revoke waits for the handlers
+	}
+	c.mu.Unlock()
+	c.q.release(released)
+	if due {
+		c.wakeCommitter()
+	}
+}
+
+// unblock makes the lanes of partition waiting for room ready again: they
+// check it when they start. c.mu is held.
+func (p *processor) unblock(partition int) {
+	bl := p.blocked[partition]
+	if len(bl) == 0 {
+		return
+	}
+	delete(p.blocked, partition)
+	for _, l := range bl {
+		l.blocked = false
+		if l.msgs.len() > 0 && !l.inReady && !l.busy {
+			l.inReady = true
+			p.ready.push(l)
+		}
+	}
+}
+
+// rewind moves each partition whose window has messages taken and not
+// complete back to its lowest incomplete offset, after Process stopped:
+// they are fetched again. What completed above stays known.
+func (c *MultiConsumer) rewind() {
+	c.mu.Lock()
+	targets := make(map[int]int64)
+	for p, po := range c.book.parts {
+		if w := po.win; w != nil && w.next != w.commit {
+			w.next, w.pending, w.inflight = w.commit, 0, 0
+			targets[p] = w.commit
+		}
+	}
+	if len(targets) == 0 {
+		c.mu.Unlock()
+		return
+	}
+	epochs := c.repositionLocked(targets)
+	c.mu.Unlock()
+	c.q.drop(func(b *batch) bool {
+		e, moved := epochs[b.partition]
+		return moved && b.epoch < e
+	})
+}
+
+// ring is a FIFO.
+type ring[T any] struct {
+	buf  []T
+	head int
+	n    int
+}
+
+func (r *ring[T]) len() int { return r.n }
+
+func (r *ring[T]) push(v T) {
+	if r.n == len(r.buf) {
+		buf := make([]T, max(8, 2*len(r.buf)))
+		for i := range r.n {
+			buf[i] = r.buf[(r.head+i)%len(r.buf)]
+		}
+		r.buf, r.head = buf, 0
+	}
+	r.buf[(r.head+r.n)%len(r.buf)] = v
+	r.n++
+}
+
+func (r *ring[T]) peek() T { return r.buf[r.head] }
+
+func (r *ring[T]) pop() T {
+	var zero T
+	v := r.buf[r.head]
+	r.buf[r.head] = zero
+	r.head = (r.head + 1) % len(r.buf)
+	r.n--
+	return v
+}

@@ -1,0 +1,461 @@
+package multiconsumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// keyed produces n messages to partition p of topic, keyed round-robin
+// over keys distinct keys ("k0", "k1", ...), valued "p-offset" for a log
+// that ends at from.
+func keyed(t *testing.T, topic string, p, from, n, keys int) {
+	t.Helper()
+	msgs := make([]kafka.Message, n)
+	for i := range msgs {
+		msgs[i] = kafka.Message{Key: fmt.Appendf(nil, "k%d", i%keys), Value: fmt.Appendf(nil, "%d-%d", p, from+i)}
+	}
+	require.NoError(t, cluster.Produce(testCtx(t), topic, p, msgs...))
+}
+
+// handled records what a handler saw, and stops Process when it has seen
+// every one of want messages.
+type handled struct {
+	mu     sync.Mutex
+	seen   map[[2]int64]int // (partition, offset) -> times handled
+	order  map[string][]int64 // "partition/key" -> offsets in the order handled
+	byPart map[int][]int64
+	want   int
+	done   chan struct{}
+	closed bool
+}
+
+func newHandled(want int) *handled {
+	return &handled{seen: map[[2]int64]int{}, order: map[string][]int64{}, byPart: map[int][]int64{}, want: want, done: make(chan struct{})}
+}
+
+// add records m and reports how many distinct messages were handled.
+func (h *handled) add(m kafka.Message) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.seen[[2]int64{int64(m.Partition), m.Offset}]++
+	k := fmt.Sprintf("%d/%s", m.Partition, m.Key)
+	h.order[k] = append(h.order[k], m.Offset)
+	h.byPart[m.Partition] = append(h.byPart[m.Partition], m.Offset)
+	if len(h.seen) >= h.want && !h.closed {
+		h.closed = true
+		close(h.done)
+	}
+	return len(h.seen)
+}
+
+// runProcess runs Process in a goroutine until ctx is cancelled by stop,
+// and returns what Process returned.
+func runProcess(t *testing.T, c *MultiConsumer, pc ProcessConfig, h Handler) (stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(testCtx(t))
+	res := make(chan error, 1)
+	go func() { res <- c.Process(ctx, pc, h) }()
+	return func() error {
+		cancel()
+		select {
+		case err := <-res:
+			return err
+		case <-time.After(30 * time.Second):
+			t.Fatal("Process did not return within 30s of its ctx ending")
+			return nil
+		}
+	}
+}
+
+func waitDone(t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+	}
+}
+
+func TestProcessHandlesEveryMessageAndCommits(t *testing.T) {
+	topic := backlog(t, 3, 200)
+	g := group(t)
+	c := open(t, Config{Topic: topic, Group: g, NumWorkers: 2})
+	h := newHandled(600)
+	stop := runProcess(t, c, ProcessConfig{}, func(ctx context.Context, m kafka.Message) error {
+		h.add(m)
+		return nil
+	})
+	waitDone(t, h.done, "600 messages handled")
+	require.ErrorIs(t, stop(), context.Canceled)
+	for k, n := range h.seen {
+		require.Equal(t, 1, n, "message %v handled %d times", k, n)
+	}
+	assert.Equal(t, map[int]int64{0: 200, 1: 200, 2: 200}, committed(t, topic, g, 3), "Process commits what completed when it returns")
+	s := c.Stats()
+	assert.EqualValues(t, 600, s.Process.Handled)
+	assert.False(t, s.Process.Running)
+}
+
+func TestProcessKeyOrderAndConcurrencyBeyondPartitions(t *testing.T) {
+	const n, keys = 2000, 50
+	topic := cluster.Topic(t, 2)
+	keyed(t, topic, 0, 0, n/2, keys)
+	keyed(t, topic, 1, 0, n/2, keys)
+	c := open(t, Config{Topic: topic, Group: group(t)})
+	h := newHandled(n)
+	var running, peak atomic.Int64
+	var perKey sync.Map // key -> *atomic.Int32: handlers of that key running
+	var overlap atomic.Int64
+	stop := runProcess(t, c, ProcessConfig{Concurrency: 32}, func(ctx context.Context, m kafka.Message) error {
+		k := fmt.Sprintf("%d/%s", m.Partition, m.Key)
+		v, _ := perKey.LoadOrStore(k, new(atomic.Int32))
+		if v.(*atomic.Int32).Add(1) > 1 {
+			overlap.Add(1)
+		}
+		r := running.Add(1)
+		for {
+			p := peak.Load()
+			if r <= p || peak.CompareAndSwap(p, r) {
+				break
+			}
+		}
+		time.Sleep(time.Duration(rand.IntN(1000)) * time.Microsecond)
+		running.Add(-1)
+		v.(*atomic.Int32).Add(-1)
+		h.add(m)
+		return nil
+	})
+	waitDone(t, h.done, "every message handled")
+	require.ErrorIs(t, stop(), context.Canceled)
+	assert.Zero(t, overlap.Load(), "two handlers of one key at once")
+	assert.Greater(t, peak.Load(), int64(8), "concurrency far beyond the 2 partitions")
+	assert.LessOrEqual(t, peak.Load(), int64(32))
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	require.Len(t, h.order, 2*keys)
+	for k, offs := range h.order {
+		for i := 1; i < len(offs); i++ {
+			require.Less(t, offs[i-1], offs[i], "key %s handled out of offset order: %v", k, offs)
+		}
+	}
+}
+
+func TestProcessOrderings(t *testing.T) {
+	for _, tt := range []struct {
+		ordering Ordering
+		maxPer   func(m kafka.Message) string // what may not overlap
+	}{
+		{ByPartition, func(m kafka.Message) string { return fmt.Sprint(m.Partition) }},
+		{Unordered, nil},
+	} {
+		t.Run(tt.ordering.String(), func(t *testing.T) {
+			topic := cluster.Topic(t, 2)
+			keyed(t, topic, 0, 0, 300, 10)
+			keyed(t, topic, 1, 0, 300, 10)
+			c := open(t, Config{Topic: topic, Group: group(t)})
+			h := newHandled(600)
+			var running, peak atomic.Int64
+			var mu sync.Mutex
+			busy := map[string]bool{}
+			var overlap atomic.Int64
+			stop := runProcess(t, c, ProcessConfig{Ordering: tt.ordering, Concurrency: 8}, func(ctx context.Context, m kafka.Message) error {
+				var k string
+				if tt.maxPer != nil {
+					k = tt.maxPer(m)
+					mu.Lock()
+					if busy[k] {
+						overlap.Add(1)
+					}
+					busy[k] = true
+					mu.Unlock()
+				}
+				r := running.Add(1)
+				for p := peak.Load(); r > p && !peak.CompareAndSwap(p, r); p = peak.Load() {
+				}
+				time.Sleep(200 * time.Microsecond)
+				running.Add(-1)
+				if tt.maxPer != nil {
+					mu.Lock()
+					busy[k] = false
+					mu.Unlock()
+				}
+				h.add(m)
+				return nil
+			})
+			waitDone(t, h.done, "every message handled")
+			require.ErrorIs(t, stop(), context.Canceled)
+			assert.Zero(t, overlap.Load())
+			if tt.ordering == Unordered {
+				assert.Greater(t, peak.Load(), int64(2), "unordered runs beyond one per partition")
+			} else {
+				assert.LessOrEqual(t, peak.Load(), int64(2))
+				for _, offs := range h.byPart {
+					for i := 1; i < len(offs); i++ {
+						require.Less(t, offs[i-1], offs[i], "partition handled out of order")
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestProcessBadArguments(t *testing.T) {
+	topic := backlog(t, 1, 0)
+	c := open(t, Config{Topic: topic})
+	ok := func(context.Context, kafka.Message) error { return nil }
+	for _, tt := range []struct {
+		pc   ProcessConfig
+		want string
+	}{
+		{ProcessConfig{Concurrency: -1}, "ProcessConfig.Concurrency"},
+		{ProcessConfig{MaxAttempts: -2}, "ProcessConfig.MaxAttempts"},
+		{ProcessConfig{RetryBackoff: -time.Second}, "ProcessConfig.RetryBackoff"},
+		{ProcessConfig{Ordering: 7}, "ProcessConfig.Ordering"},
+	} {
+		err := c.Process(testCtx(t), tt.pc, ok)
+		var ce *ConfigError
+		require.ErrorAs(t, err, &ce)
+		assert.Contains(t, err.Error(), tt.want)
+	}
+	assert.ErrorContains(t, c.Process(testCtx(t), ProcessConfig{}, nil), "nil Handler")
+	assert.ErrorIs(t, c.Process(nil, ProcessConfig{}, ok), errNilContext) //nolint:staticcheck // a nil ctx is the point
+	require.NoError(t, c.Close())
+	assert.ErrorIs(t, c.Process(testCtx(t), ProcessConfig{}, ok), ErrClosed)
+}
+
+func TestProcessExcludesOtherWays(t *testing.T) {
+	topic := backlog(t, 1, 10)
+	c := open(t, Config{Topic: topic})
+	started := make(chan struct{})
+	var once sync.Once
+	stop := runProcess(t, c, ProcessConfig{}, func(ctx context.Context, m kafka.Message) error {
+		once.Do(func() { close(started) })
+		return nil
+	})
+	waitDone(t, started, "Process to start")
+	_, err := c.GetMessages(testCtx(t), 1)
+	assert.ErrorIs(t, err, ErrBusy)
+	assert.ErrorIs(t, c.Process(testCtx(t), ProcessConfig{}, func(context.Context, kafka.Message) error { return nil }), ErrBusy)
+	_, open := <-c.Iter(testCtx(t))
+	assert.False(t, open, "Iter's channel is closed while Process runs")
+	require.ErrorIs(t, stop(), context.Canceled)
+	_, err = c.GetMessages(testCtx(t), 1, Block(false))
+	assert.NoError(t, err, "GetMessages works again once Process returned")
+
+	// And an open Iter channel keeps Process out.
+	ictx, cancel := context.WithCancel(testCtx(t))
+	_ = c.Iter(ictx)
+	assert.ErrorIs(t, c.Process(testCtx(t), ProcessConfig{}, func(context.Context, kafka.Message) error { return nil }), ErrBusy)
+	cancel()
+}
+
+var errBoom = errors.New("boom")
+
+func TestProcessRetriesKeepKeyOrder(t *testing.T) {
+	topic := cluster.Topic(t, 1)
+	keyed(t, topic, 0, 0, 40, 2) // k0 at even offsets, k1 at odd
+	c := open(t, Config{Topic: topic, Group: group(t)})
+	h := newHandled(40)
+	var fails atomic.Int32
+	stop := runProcess(t, c, ProcessConfig{RetryBackoff: time.Millisecond}, func(ctx context.Context, m kafka.Message) error {
+		if m.Offset == 4 && fails.Add(1) <= 3 {
+			return errBoom // k0's third message fails three times
+		}
+		h.add(m)
+		return nil
+	})
+	waitDone(t, h.done, "every message handled")
+	require.ErrorIs(t, stop(), context.Canceled)
+	assert.EqualValues(t, 4, fails.Load())
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	k0 := h.order["0/k0"]
+	require.Len(t, k0, 20)
+	for i, o := range k0 {
+		assert.EqualValues(t, 2*i, o, "k0 waits for its retried message")
+	}
+	assert.EqualValues(t, 3, c.Stats().Process.Retries)
+}
+
+func TestProcessGiveUp(t *testing.T) {
+	t.Run("no OnGiveUp stops Process", func(t *testing.T) {
+		topic := cluster.Topic(t, 1)
+		keyed(t, topic, 0, 0, 20, 20)
+		g := group(t)
+		c := open(t, Config{Topic: topic, Group: g})
+		var attempts atomic.Int32
+		err := c.Process(testCtx(t), ProcessConfig{MaxAttempts: 3, RetryBackoff: time.Millisecond}, func(ctx context.Context, m kafka.Message) error {
+			if m.Offset == 7 {
+				attempts.Add(1)
+				return errBoom
+			}
+			return nil
+		})
+		var ge *GiveUpError
+		require.ErrorAs(t, err, &ge)
+		assert.ErrorIs(t, err, errBoom)
+		assert.Equal(t, topic, ge.Topic)
+		assert.EqualValues(t, 7, ge.Offset)
+		assert.Equal(t, 3, ge.Attempts)
+		assert.EqualValues(t, 3, attempts.Load())
+		assert.Contains(t, err.Error(), "offset 7")
+		cm := committed(t, topic, g, 1)
+		assert.LessOrEqual(t, cm[0], int64(7), "nothing at or past the message given up is committed")
+	})
+	t.Run("OnGiveUp takes it", func(t *testing.T) {
+		topic := cluster.Topic(t, 1)
+		keyed(t, topic, 0, 0, 20, 3)
+		g := group(t)
+		c := open(t, Config{Topic: topic, Group: g})
+		h := newHandled(19)
+		var dead []int64
+		var mu sync.Mutex
+		stop := runProcess(t, c, ProcessConfig{MaxAttempts: 2, RetryBackoff: time.Millisecond,
+			OnGiveUp: func(ctx context.Context, m kafka.Message, err error) error {
+				if !errors.Is(err, errBoom) {
+					return fmt.Errorf("OnGiveUp got %v", err)
+				}
+				mu.Lock()
+				dead = append(dead, m.Offset)
+				mu.Unlock()
+				return nil
+			}}, func(ctx context.Context, m kafka.Message) error {
+			if m.Offset == 5 {
+				return errBoom
+			}
+			h.add(m)
+			return nil
+		})
+		waitDone(t, h.done, "the others handled")
+		require.Eventually(t, func() bool { return c.Stats().Process.GivenUp == 1 }, 10*time.Second, time.Millisecond)
+		require.ErrorIs(t, stop(), context.Canceled)
+		assert.Equal(t, []int64{5}, dead)
+		assert.Equal(t, map[int]int64{0: 20}, committed(t, topic, g, 1), "a message OnGiveUp took counts as complete")
+	})
+	t.Run("OnGiveUp fails", func(t *testing.T) {
+		topic := cluster.Topic(t, 1)
+		keyed(t, topic, 0, 0, 5, 5)
+		c := open(t, Config{Topic: topic, Group: group(t)})
+		dlq := errors.New("dead letter topic unreachable")
+		err := c.Process(testCtx(t), ProcessConfig{MaxAttempts: 1,
+			OnGiveUp: func(context.Context, kafka.Message, error) error { return dlq },
+		}, func(ctx context.Context, m kafka.Message) error {
+			if m.Offset == 2 {
+				return errBoom
+			}
+			return nil
+		})
+		assert.ErrorIs(t, err, dlq)
+		assert.ErrorIs(t, err, errBoom)
+		assert.Contains(t, err.Error(), "offset 2")
+	})
+}
+
+func TestProcessPanicIsAFailedAttempt(t *testing.T) {
+	topic := cluster.Topic(t, 1)
+	keyed(t, topic, 0, 0, 3, 3)
+	c := open(t, Config{Topic: topic})
+	err := c.Process(testCtx(t), ProcessConfig{MaxAttempts: 2, RetryBackoff: time.Millisecond}, func(ctx context.Context, m kafka.Message) error {
+		if m.Offset == 1 {
+			panic("handler bug")
+		}
+		return nil
+	})
+	var pe *PanicError
+	require.ErrorAs(t, err, &pe)
+	assert.Equal(t, "handler bug", pe.Value)
+	assert.Contains(t, string(pe.Stack), "process_test.go", "the stack shows where it panicked")
+	assert.EqualValues(t, 2, c.Stats().Process.Panics)
+}
+
+// TestProcessRestartHandlesOnlyTheStuckMessage stops Process while one
+// message is stuck and the rest completed: a new consumer handles that
+// message only, thanks to the commit metadata.
+func TestProcessRestartHandlesOnlyTheStuckMessage(t *testing.T) {
+	const n = 300
+	topic := cluster.Topic(t, 1)
+	keyed(t, topic, 0, 0, n, n) // every key distinct: nothing waits for the stuck one
+	g := group(t)
+	c := open(t, Config{Topic: topic, Group: g})
+	h := newHandled(n - 1)
+	stuck := make(chan struct{})
+	stop := runProcess(t, c, ProcessConfig{Concurrency: 8}, func(ctx context.Context, m kafka.Message) error {
+		if m.Offset == 10 {
+			close(stuck)
+			<-ctx.Done() // stuck until Process stops
+			return ctx.Err()
+		}
+		h.add(m)
+		return nil
+	})
+	waitDone(t, stuck, "the stuck message")
+	waitDone(t, h.done, "the others handled")
+	require.ErrorIs(t, stop(), context.Canceled)
+	require.NoError(t, c.Close())
+	assert.Equal(t, map[int]int64{0: 10}, committed(t, topic, g, 1), "the commit stays at the stuck message")
+
+	c2 := open(t, Config{Topic: topic, Group: g})
+	var again []int64
+	var mu sync.Mutex
+	got := make(chan struct{}, 1)
+	stop2 := runProcess(t, c2, ProcessConfig{}, func(ctx context.Context, m kafka.Message) error {
+		mu.Lock()
+		again = append(again, m.Offset)
+		mu.Unlock()
+		select {
+		case got <- struct{}{}:
+		default:
+		}
+		return nil
+	})
+	waitDone(t, got, "the stuck message handled again")
+	require.Eventually(t, func() bool { return c2.Stats().Partitions[0].Consumed == n }, 10*time.Second, time.Millisecond)
+	require.ErrorIs(t, stop2(), context.Canceled)
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Equal(t, []int64{10}, again, "only the message that was not complete")
+	assert.EqualValues(t, n-11, c2.Stats().Process.Skipped)
+	assert.Equal(t, map[int]int64{0: n}, committed(t, topic, g, 1))
+}
+
+func TestProcessCloseWhileRunning(t *testing.T) {
+	topic := backlog(t, 2, 100)
+	g := group(t)
+	c := open(t, Config{Topic: topic, Group: g})
+	var handledN atomic.Int64
+	inHandler := make(chan struct{})
+	var once sync.Once
+	res := make(chan error, 1)
+	go func() {
+		res <- c.Process(context.Background(), ProcessConfig{Concurrency: 4}, func(ctx context.Context, m kafka.Message) error {
+			if m.Offset == 50 && m.Partition == 0 {
+				once.Do(func() { close(inHandler) })
+				<-ctx.Done() // Close cancels it
+				return ctx.Err()
+			}
+			handledN.Add(1)
+			return nil
+		})
+	}()
+	waitDone(t, inHandler, "the blocking handler")
+	require.NoError(t, c.Close())
+	select {
+	case err := <-res:
+		assert.ErrorIs(t, err, ErrClosed)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Process did not return after Close")
+	}
+	cm := committed(t, topic, g, 2)
+	assert.EqualValues(t, 50, cm[0], "partition 0 is committed up to the message cancelled")
+	assert.LessOrEqual(t, cm[1], int64(100))
+}
