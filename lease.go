@@ -63,7 +63,7 @@ func (c *MultiConsumer) grant(ctx context.Context, parts []int) {
 		}
 		c.book.add(p, start, cm)
 		c.book.restore(p, meta[p]) // Process skips what the last owner completed
-		delete(c.positions, p) // fetched afresh from start
+		delete(c.positions, p)     // fetched afresh from start
 		c.log.Info("partition assigned", "partition", p, "offset", start, "from", from)
 	}
 	owned := c.book.partitions()

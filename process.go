@@ -260,7 +260,7 @@ type processor struct {
 	stopped atomic.Bool
 	err     error // why Process stops: a message given up on
 	lanes   map[laneKey]*lane
-	ready   ring[*lane]    // lanes with a message that may start now
+	ready   ring[*lane]     // lanes with a message that may start now
 	blocked map[int][]*lane // lanes waiting for room in their partition's metadata
 	waiting int             // messages in lanes
 	running int             // handlers started and not finished

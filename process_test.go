@@ -31,7 +31,7 @@ func keyed(t *testing.T, topic string, p, from, n, keys int) {
 // every one of want messages.
 type handled struct {
 	mu     sync.Mutex
-	seen   map[[2]int64]int // (partition, offset) -> times handled
+	seen   map[[2]int64]int   // (partition, offset) -> times handled
 	order  map[string][]int64 // "partition/key" -> offsets in the order handled
 	byPart map[int][]int64
 	want   int
