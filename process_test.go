@@ -1,10 +1,15 @@
 package multiconsumer
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -419,12 +424,14 @@ func TestProcessRestartHandlesOnlyTheStuckMessage(t *testing.T) {
 		return nil
 	})
 	waitDone(t, got, "the stuck message handled again")
-	require.Eventually(t, func() bool { return c2.Stats().Partitions[0].Consumed == n }, 10*time.Second, time.Millisecond)
+	// The rest are skipped as they arrive (the commit may jump to n
+	// before: it knows they are complete).
+	require.Eventually(t, func() bool { return c2.Stats().Process.Skipped == n-11 }, 10*time.Second, time.Millisecond)
+	assert.EqualValues(t, n, c2.Stats().Partitions[0].Consumed)
 	require.ErrorIs(t, stop2(), context.Canceled)
 	mu.Lock()
 	defer mu.Unlock()
 	assert.Equal(t, []int64{10}, again, "only the message that was not complete")
-	assert.EqualValues(t, n-11, c2.Stats().Process.Skipped)
 	assert.Equal(t, map[int]int64{0: n}, committed(t, topic, g, 1))
 }
 
@@ -458,4 +465,167 @@ func TestProcessCloseWhileRunning(t *testing.T) {
 	cm := committed(t, topic, g, 2)
 	assert.EqualValues(t, 50, cm[0], "partition 0 is committed up to the message cancelled")
 	assert.LessOrEqual(t, cm[1], int64(100))
+}
+
+// TestProcessGroupHandOver runs Process on a member while a second one
+// joins and takes half the partitions: the first finishes the handlers of
+// the moving partitions and commits, with the completed offsets in the
+// metadata, so the second handles nothing twice.
+func TestProcessGroupHandOver(t *testing.T) {
+	t.Parallel()
+	const n, per = 4, 150
+	topic := cluster.Topic(t, n)
+	for p := range n {
+		keyed(t, topic, p, 0, per, 7)
+	}
+	g := group(t)
+	h := newHandled(n * per)
+	var mu sync.Mutex
+	by := map[[2]int64]string{}
+	handler := func(name string) Handler {
+		return func(ctx context.Context, m kafka.Message) error {
+			time.Sleep(time.Duration(rand.IntN(3000)) * time.Microsecond)
+			mu.Lock()
+			if prev, ok := by[[2]int64{int64(m.Partition), m.Offset}]; ok {
+				t.Errorf("partition %d offset %d handled by %s, then by %s", m.Partition, m.Offset, prev, name)
+			}
+			by[[2]int64{int64(m.Partition), m.Offset}] = name
+			mu.Unlock()
+			h.add(m)
+			return nil
+		}
+	}
+	a := open(t, groupCfg(topic, g))
+	stopA := runProcess(t, a, ProcessConfig{Concurrency: 8}, handler("a"))
+	require.Eventually(t, func() bool { return a.Stats().Process.Handled >= 100 }, 30*time.Second, time.Millisecond)
+	b := open(t, groupCfg(topic, g))
+	stopB := runProcess(t, b, ProcessConfig{Concurrency: 8}, handler("b"))
+	assigned := assignedTo(t, n, a, b)
+	waitDone(t, h.done, "every message handled")
+	require.ErrorIs(t, stopA(), context.Canceled)
+	require.ErrorIs(t, stopB(), context.Canceled)
+	t.Logf("assignments %v; b skipped %d completed by a", assigned, b.Stats().Process.Skipped)
+	mu.Lock()
+	defer mu.Unlock()
+	moved := 0
+	for po, name := range by {
+		if name == "b" && slices.Contains(assigned[1], int(po[0])) {
+			moved++
+		}
+	}
+	assert.Positive(t, moved, "b handled messages of the partitions it took over")
+}
+
+// envProcessChild makes the test binary run TestProcessChild: a consumer
+// running Process that prints "partition offset" for every message it
+// completes, before the handler returns, until it is killed.
+const envProcessChild = "MULTICONSUMER_PROCESS_CHILD"
+
+func TestProcessChild(t *testing.T) {
+	spec := os.Getenv(envProcessChild)
+	if spec == "" {
+		t.Skip("runs as the child of TestProcessKilledLoop")
+	}
+	parts := strings.Split(spec, ",")
+	c, err := New(context.Background(), Config{Topic: parts[0], Group: parts[1], Brokers: parts[2:], AutoCommitEveryN: 10, AutoCommitEveryT: 50 * time.Millisecond})
+	require.NoError(t, err)
+	var out sync.Mutex
+	err = c.Process(context.Background(), ProcessConfig{Concurrency: 16}, func(ctx context.Context, m kafka.Message) error {
+		time.Sleep(time.Duration(rand.IntN(4000)) * time.Microsecond)
+		out.Lock()
+		fmt.Printf("%d %d\n", m.Partition, m.Offset)
+		out.Unlock()
+		return nil
+	})
+	require.NoError(t, err)
+}
+
+// TestProcessKilledLoop kills a child running Process with SIGKILL, again
+// and again, then lets one finish: nothing is lost, and every offset the
+// group has committed (below the committed offset, or completed in its
+// metadata) was handled before.
+func TestProcessKilledLoop(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts child processes")
+	}
+	t.Parallel()
+	const n, per = 3, 2000
+	topic := cluster.Topic(t, n)
+	for p := range n {
+		keyed(t, topic, p, 0, per, 5)
+	}
+	g := group(t)
+	seen := map[[2]int64]int{}
+	run := func(kill time.Duration) {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestProcessChild$", "-test.count=1")
+		cmd.Env = append(os.Environ(), envProcessChild+"="+strings.Join(append([]string{topic, g}, cluster.Brokers()...), ","))
+		out, err := cmd.StdoutPipe()
+		require.NoError(t, err)
+		require.NoError(t, cmd.Start())
+		lines := make(chan [2]int64)
+		go func() {
+			defer close(lines)
+			sc := bufio.NewScanner(out)
+			for sc.Scan() {
+				var p, o int64
+				if _, err := fmt.Sscanf(sc.Text(), "%d %d", &p, &o); err == nil {
+					lines <- [2]int64{p, o}
+				}
+			}
+		}()
+		var killAt <-chan time.Time
+		if kill > 0 {
+			timer := time.NewTimer(kill)
+			defer timer.Stop()
+			killAt = timer.C
+		}
+		for {
+			select {
+			case po, ok := <-lines:
+				if !ok {
+					_ = cmd.Wait()
+					return
+				}
+				seen[po]++
+				if len(seen) == n*per && kill == 0 {
+					require.NoError(t, cmd.Process.Kill())
+				}
+			case <-killAt:
+				require.NoError(t, cmd.Process.Kill()) // SIGKILL: no final commit
+			}
+		}
+	}
+	for i := range 6 {
+		run(time.Duration(100+rand.IntN(150)) * time.Millisecond)
+		// Everything the group has committed was handled.
+		res, err := cluster.Client().OffsetFetch(testCtx(t), &kafka.OffsetFetchRequest{
+			GroupID: g, Topics: map[string][]int{topic: {0, 1, 2}},
+		})
+		require.NoError(t, err)
+		holes := 0
+		for _, pr := range res.Topics[topic] {
+			if pr.CommittedOffset < 0 {
+				continue
+			}
+			for o := int64(0); o < pr.CommittedOffset; o++ {
+				require.Positive(t, seen[[2]int64{int64(pr.Partition), o}], "round %d: partition %d offset %d committed, never handled", i, pr.Partition, o)
+			}
+			w, err := restoreWindow(pr.CommittedOffset, pr.Metadata)
+			require.NoError(t, err)
+			for _, s := range w.done {
+				for o := s.start; o < s.end; o++ {
+					require.Positive(t, seen[[2]int64{int64(pr.Partition), o}], "round %d: partition %d offset %d in the metadata, never handled", i, pr.Partition, o)
+				}
+				holes++
+			}
+		}
+		t.Logf("round %d: %d of %d handled; committed %v spans in metadata", i, len(seen), n*per, holes)
+	}
+	run(0) // until every message is handled
+	require.Equal(t, n*per, len(seen), "every message handled")
+	dups := 0
+	for _, k := range seen {
+		dups += k - 1
+	}
+	t.Logf("%d handled twice of %d, over 6 kills", dups, n*per)
 }
