@@ -8,10 +8,16 @@
 //
 //	go run ./examples/group
 //
-// To see members on several machines (or terminals), point them at one
-// cluster, topic and group, one member each:
+// On a Kafka cluster (-brokers, or KAFKA_BROKERS when set) without -topic,
+// it does the same on a topic of its own, which it deletes at the end. To
+// see members on several machines (or terminals), point them at one
+// cluster, topic and group, one member each, and stop them with Ctrl-C:
 //
 //	go run ./examples/group -brokers 127.0.0.1:9092 -topic events -group billing -members 1
+//
+// The first creates the topic if it does not exist, and then produces the
+// backlog to it; it produces to a topic that exists only with -produce, and
+// never deletes it. TLS and SASL: -tls, -tls-ca, -sasl... (-h).
 package main
 
 import (
@@ -21,59 +27,50 @@ import (
 	"log"
 	"os"
 	"os/signal"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/multiconsumer/multiconsumer"
-	"github.com/multiconsumer/multiconsumer/kafkatest"
+	"github.com/multiconsumer/multiconsumer/internal/exampleflags"
 	"github.com/segmentio/kafka-go"
 )
 
 func main() {
-	brokers := flag.String("brokers", "", "bootstrap brokers, host:port,...; empty: an embedded broker with a backlog")
-	topic := flag.String("topic", "", "topic (with -brokers)")
-	group := flag.String("group", "example-group", "consumer group")
+	kf := exampleflags.Register("group", "example-group")
 	members := flag.Int("members", 3, "members to run in this process")
-	partitions := flag.Int("partitions", 6, "partitions of the embedded broker's topic")
-	messages := flag.Int("messages", 30_000, "backlog on the embedded broker")
-	flag.Parse()
-	if err := run(*brokers, *topic, *group, *members, *partitions, *messages); err != nil {
+	partitions := flag.Int("partitions", 6, "partitions of the topic, when it is created")
+	messages := flag.Int("messages", 30_000, "messages in the backlog")
+	kf.Parse()
+	kf.AtLeast(1, "members", *members)
+	kf.AtLeast(1, "partitions", *partitions)
+	kf.AtLeast(0, "messages", *messages)
+	if err := run(kf, *members, *partitions, *messages); err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run(brokers, topic, group string, members, partitions, messages int) error {
+func run(kf *exampleflags.Flags, members, partitions, messages int) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	var addrs []string
-	if brokers == "" {
-		cluster, err := kafkatest.Start()
-		if err != nil {
-			return err
-		}
-		defer cluster.Close()
-		addrs, topic = cluster.Brokers(), "events"
-		if err := cluster.CreateTopic(ctx, topic, partitions); err != nil {
-			return err
-		}
-		per := messages / partitions
+	cluster, err := kf.Setup(ctx, partitions)
+	if err != nil {
+		return err
+	}
+	defer cluster.Close()
+	partitions = cluster.Partitions
+	per := messages / partitions
+	if cluster.ProduceDemo {
 		for p := range partitions {
 			msgs := make([]kafka.Message, per)
 			for i := range msgs {
 				msgs[i] = kafka.Message{Value: []byte(fmt.Sprintf("%d-%d", p, i))}
 			}
-			if err := cluster.Produce(ctx, topic, p, msgs...); err != nil {
+			if err := cluster.Produce(ctx, p, msgs...); err != nil {
 				return err
 			}
 		}
-		fmt.Printf("embedded broker: %d messages on %d partitions of %q\n", per*partitions, partitions, topic)
-	} else {
-		if topic == "" {
-			return fmt.Errorf("-topic is required with -brokers")
-		}
-		addrs = strings.Split(brokers, ",")
+		fmt.Printf("%s: %d messages on %d partitions of %q\n", cluster, per*partitions, partitions, cluster.Topic)
 	}
 
 	var total atomic.Int64
@@ -86,18 +83,18 @@ func run(brokers, topic, group string, members, partitions, messages int) error 
 		name := fmt.Sprintf("member-%d", i+1)
 		mctx, cancel := context.WithCancel(ctx)
 		cancels[i] = cancel
-		c, err := multiconsumer.New(ctx, multiconsumer.Config{
-			Brokers: addrs, Topic: topic, Group: group, JoinGroup: true,
-			HeartbeatInterval: time.Second, SessionTimeout: 10 * time.Second,
-			OnAssigned: func(_ context.Context, p []int) { fmt.Printf("%s: assigned %v\n", name, p) },
-			OnRevoked: func(ctx context.Context, p []int) {
-				how := "revoked (consumed offsets committed)"
-				if multiconsumer.Lost(ctx) {
-					how = "lost"
-				}
-				fmt.Printf("%s: %s %v\n", name, how, p)
-			},
-		})
+		cfg := cluster.Config()
+		cfg.JoinGroup = true
+		cfg.HeartbeatInterval, cfg.SessionTimeout = time.Second, 10*time.Second
+		cfg.OnAssigned = func(_ context.Context, p []int) { fmt.Printf("%s: assigned %v\n", name, p) }
+		cfg.OnRevoked = func(ctx context.Context, p []int) {
+			how := "revoked (consumed offsets committed)"
+			if multiconsumer.Lost(ctx) {
+				how = "lost"
+			}
+			fmt.Printf("%s: %s %v\n", name, how, p)
+		}
+		c, err := multiconsumer.New(ctx, cfg)
 		if err != nil {
 			return err
 		}
@@ -122,8 +119,9 @@ func run(brokers, topic, group string, members, partitions, messages int) error 
 		time.Sleep(2 * time.Second)
 		cancels[0]() // the first member leaves; the others take its partitions
 	}
-	if brokers == "" {
-		for total.Load() < int64(messages/partitions*partitions) && ctx.Err() == nil {
+	if cluster.Private {
+		// No one else consumes the topic: stop when the backlog is drained.
+		for total.Load() < int64(per*partitions) && ctx.Err() == nil {
 			time.Sleep(100 * time.Millisecond)
 		}
 		fmt.Printf("all %d messages consumed\n", total.Load())
