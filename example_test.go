@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/multiconsumer/multiconsumer"
@@ -188,4 +190,44 @@ func ExampleConfig_joinGroup() {
 	// assigned [0]
 	// 3 messages; owning [0]
 	// revoked [0] lost: false
+}
+
+// Handle messages in parallel with Process: here a slow call per message,
+// up to 8 at once. These messages have no key, so the default ByKey would
+// take them one at a time (in partition order); Unordered takes any. Each
+// message counts as consumed when its handler returns nil; the committed
+// offset is the lowest one not complete yet.
+func ExampleMultiConsumer_Process() {
+	cluster, topic := exampleTopic("a", "b", "c", "d", "e", "f")
+	defer cluster.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	c, err := multiconsumer.New(ctx, multiconsumer.Config{Brokers: cluster.Brokers(), Topic: topic, Group: "shipping"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	var mu sync.Mutex
+	var done []string
+	err = c.Process(ctx, multiconsumer.ProcessConfig{Ordering: multiconsumer.Unordered, Concurrency: 8, MaxAttempts: 3},
+		func(ctx context.Context, m kafka.Message) error {
+			time.Sleep(10 * time.Millisecond) // a call to another service
+			mu.Lock()
+			defer mu.Unlock()
+			if done = append(done, string(m.Value)); len(done) == 6 {
+				cancel() // a demo: stop when everything is handled
+			}
+			return nil
+		})
+	fmt.Println("Process:", err)
+	if err := c.Close(); err != nil {
+		log.Fatal(err)
+	}
+	slices.Sort(done)
+	fmt.Println("handled", done)
+	fmt.Println("committed", c.Stats().Partitions[0].Committed)
+	// Output:
+	// Process: context canceled
+	// handled [a b c d e f]
+	// committed 6
 }
