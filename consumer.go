@@ -570,6 +570,13 @@ type PartitionStats struct {
 	HighWatermark int64 // from the last fetch; -1 before the first
 	Lag           int64 // HighWatermark - Delivered; -1 if unknown
 	FetchErrors   int64
+	Messages      int64 // messages delivered (or taken by Process), in all
+	Bytes         int64 // the size of their keys and values
+	// Process: the messages taken and not complete (waiting or being
+	// handled), and how long ago the oldest of them was taken: a key
+	// stuck on a message holds the partition's commit back that long.
+	Incomplete       int
+	OldestIncomplete time.Duration
 }
 
 // Stats is a snapshot of the consumer's state.
@@ -612,18 +619,24 @@ func (c *MultiConsumer) Stats() Stats {
 		Rebalances: c.grp.rebalances, RebalanceTime: c.grp.rebalancing, LostPartitions: c.grp.lost,
 		Process: c.pstats,
 	}
-	if p := c.proc; p != nil {
-		s.Process.Running, s.Process.InFlight, s.Process.Waiting = true, p.running, p.waiting
-	}
+	s.Process.HandlerDurations = c.pstats.HandlerDurations.clone()
 	for p, po := range c.book.parts {
 		lag := int64(-1)
 		if po.highWatermark >= 0 {
 			lag = max(0, po.highWatermark-po.delivered)
 		}
-		s.Partitions[p] = PartitionStats{
+		ps := PartitionStats{
 			Delivered: po.delivered, Consumed: po.consumed, Committed: po.committed,
 			HighWatermark: po.highWatermark, Lag: lag, FetchErrors: po.fetchErrors,
+			Messages: po.messages, Bytes: po.bytes,
 		}
+		if c.proc != nil && po.win != nil {
+			ps.Incomplete = po.win.pending
+		}
+		s.Partitions[p] = ps
+	}
+	if c.proc != nil {
+		c.proc.stats(&s, time.Now())
 	}
 	return s
 }

@@ -194,6 +194,7 @@ func (c *MultiConsumer) deliverBatches(taken []batch, n int) []kafka.Message {
 			continue
 		}
 		c.book.deliverRun(b.partition, b.msgs[len(b.msgs)-1].Offset, len(b.msgs))
+		c.book.count(b.partition, len(b.msgs), msgBytes(b.msgs))
 		if len(b.msgs) == n {
 			// One batch: hand it over as it is, no copy. Nothing else
 			// uses its array past its end (a split in queue.take clips
@@ -363,6 +364,7 @@ func (c *MultiConsumer) send(ctx context.Context, ch chan<- kafka.Message, taken
 			current = c.book.current(b.partition, b.epoch)
 			if current {
 				c.book.deliver(b.partition, m.Offset)
+				c.book.count(b.partition, 1, int64(len(m.Key)+len(m.Value)))
 			}
 			interrupt = c.interrupt
 			if c.awaiting > 0 {

@@ -4,6 +4,8 @@ import (
 	"maps"
 	"slices"
 	"time"
+
+	"github.com/segmentio/kafka-go"
 )
 
 // This file is the offset bookkeeping: what was delivered to the caller, what
@@ -24,7 +26,9 @@ type partOffsets struct {
 	committed     int64 // stored in the group; noOffset if none is known
 	highWatermark int64 // from the last fetch; noOffset before the first
 	fetchErrors   int64
-	touched       bool // delivered since the last consume: in book.touched
+	messages      int64 // delivered (or taken by Process), in all
+	bytes         int64 // their keys and values
+	touched       bool  // delivered since the last consume: in book.touched
 
 	// Process (window.go): win is the partition's offset window, and
 	// committedMeta the metadata stored with committed. win is kept
@@ -163,6 +167,24 @@ func (b *book) touch(p int, po *partOffsets) {
 		po.touched = true
 		b.touched = append(b.touched, p)
 	}
+}
+
+// count adds n messages of partition p, of bytes bytes (keys and values),
+// to what was delivered in all.
+func (b *book) count(p int, n int, bytes int64) {
+	if po, ok := b.parts[p]; ok {
+		po.messages += int64(n)
+		po.bytes += bytes
+	}
+}
+
+// msgBytes returns the size of the keys and values of msgs.
+func msgBytes(msgs []kafka.Message) int64 {
+	n := 0
+	for i := range msgs {
+		n += len(msgs[i].Key) + len(msgs[i].Value)
+	}
+	return int64(n)
 }
 
 // deliverRun records that n consecutive messages of partition p, the last

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -155,7 +156,7 @@ func (e *PanicError) Unwrap() error {
 	return err
 }
 
-// ProcessStats counts what Process did; its fields are totals since New.
+// ProcessStats counts what Process did; its counters are totals since New.
 type ProcessStats struct {
 	Running  bool  // Process is running
 	InFlight int   // handlers running (a message being retried included)
@@ -165,10 +166,62 @@ type ProcessStats struct {
 	GivenUp  int64 // messages OnGiveUp took
 	Panics   int64 // attempts that panicked
 	Skipped  int64 // messages completed before (commit metadata), not handled again
-	// HandlerTime is the time spent in handler attempts, and Attempts
-	// their number: their ratio is the mean duration of an attempt.
-	HandlerTime time.Duration
-	Attempts    int64
+	// HandlerDurations are the durations of the handler attempts.
+	HandlerDurations Histogram
+	// Handling lists the messages whose handlers run now, oldest first:
+	// a key stuck on one shows here, with its attempts.
+	Handling []Handling
+}
+
+// Handling is a message whose handler runs.
+type Handling struct {
+	Partition int
+	Offset    int64
+	Key       []byte
+	Taken     time.Time // when Process took it from the queue
+	Started   time.Time // when its first attempt started
+	Attempts  int       // attempts that ended (failed) so far
+}
+
+// Histogram counts durations in buckets.
+type Histogram struct {
+	// Bounds are the buckets' upper bounds, ascending. Counts[i] counts
+	// the durations d with Bounds[i-1] < d <= Bounds[i]; the last count,
+	// Counts[len(Bounds)], those above every bound.
+	Bounds []time.Duration
+	Counts []int64
+	Count  int64         // durations counted
+	Sum    time.Duration // their sum
+}
+
+// handlerBounds are the bounds of ProcessStats.HandlerDurations: from 100µs
+// to 30s, about 2.5x apart.
+var handlerBounds = []time.Duration{
+	100 * time.Microsecond, 250 * time.Microsecond, 500 * time.Microsecond,
+	time.Millisecond, 2500 * time.Microsecond, 5 * time.Millisecond,
+	10 * time.Millisecond, 25 * time.Millisecond, 50 * time.Millisecond,
+	100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond,
+	time.Second, 2500 * time.Millisecond, 5 * time.Second, 10 * time.Second, 30 * time.Second,
+}
+
+// observe counts d.
+func (h *Histogram) observe(d time.Duration) {
+	if h.Counts == nil {
+		h.Bounds, h.Counts = handlerBounds, make([]int64, len(handlerBounds)+1)
+	}
+	i, _ := slices.BinarySearch(h.Bounds, d)
+	h.Counts[i]++
+	h.Count++
+	h.Sum += d
+}
+
+// clone returns a copy that shares nothing with h.
+func (h Histogram) clone() Histogram {
+	if h.Counts == nil {
+		h.Bounds, h.Counts = handlerBounds, make([]int64, len(handlerBounds)+1)
+	}
+	h.Bounds, h.Counts = slices.Clone(h.Bounds), slices.Clone(h.Counts)
+	return h
 }
 
 // Process takes messages from the consumer and runs h on each, up to
@@ -220,6 +273,11 @@ func (c *MultiConsumer) Process(ctx context.Context, pc ProcessConfig, h Handler
 		blocked: make(map[int][]*lane),
 		stop:    make(chan struct{}, 1),
 		idle:    make(chan struct{}),
+		slots:   make([]Handling, pc.Concurrency),
+		free:    make([]int, pc.Concurrency),
+	}
+	for i := range p.free {
+		p.free[i] = pc.Concurrency - 1 - i
 	}
 	c.mu.Lock()
 	switch {
@@ -264,6 +322,8 @@ type processor struct {
 	blocked map[int][]*lane // lanes waiting for room in their partition's metadata
 	waiting int             // messages in lanes
 	running int             // handlers started and not finished
+	slots   []Handling      // what runs: Concurrency slots
+	free    []int           // the slots free
 }
 
 // laneKey names a lane: the messages that are handled one at a time.
@@ -292,6 +352,8 @@ type task struct {
 	epoch uint64
 	win   *window
 	lane  *lane
+	taken time.Time
+	slot  int // in processor.slots, while it runs
 }
 
 func (p *processor) run(ctx context.Context) error {
@@ -389,6 +451,8 @@ func (p *processor) add(b batch) int {
 		return 0
 	}
 	released := 0
+	c.book.count(b.partition, len(b.msgs), msgBytes(b.msgs))
+	now := time.Now()
 	for _, m := range b.msgs {
 		if !w.take(m.Offset) {
 			c.pstats.Skipped++
@@ -396,7 +460,7 @@ func (p *processor) add(b batch) int {
 			continue
 		}
 		l := p.lane(b.partition, m.Key)
-		l.msgs.push(task{m: m, epoch: b.epoch, win: w, lane: l})
+		l.msgs.push(task{m: m, epoch: b.epoch, win: w, lane: l, taken: now})
 		p.waiting++
 		if !l.busy && !l.inReady && !l.blocked {
 			l.inReady = true
@@ -478,6 +542,9 @@ func (p *processor) start(l *lane) int {
 		released++
 		t.win.inflight++
 		p.running++
+		t.slot = p.free[len(p.free)-1]
+		p.free = p.free[:len(p.free)-1]
+		p.slots[t.slot] = Handling{Partition: t.m.Partition, Offset: t.m.Offset, Key: t.m.Key, Taken: t.taken}
 		if l.exclusive {
 			l.busy = true
 		} else if l.msgs.len() > 0 {
@@ -509,7 +576,7 @@ func (p *processor) handle(ctx context.Context, t task) {
 	}
 	backoff := p.pc.RetryBackoff
 	for attempt := 1; ; attempt++ {
-		err := p.attempt(ctx, t.m)
+		err := p.attempt(ctx, t)
 		if err == nil {
 			p.finish(t, true)
 			return
@@ -552,7 +619,7 @@ func (p *processor) current(t task) bool {
 }
 
 // attempt runs the handler once, turning a panic into a *PanicError.
-func (p *processor) attempt(ctx context.Context, m kafka.Message) (err error) {
+func (p *processor) attempt(ctx context.Context, t task) (err error) {
 	start := time.Now()
 	defer func() {
 		if v := recover(); v != nil {
@@ -560,14 +627,20 @@ func (p *processor) attempt(ctx context.Context, m kafka.Message) (err error) {
 		}
 		d := time.Since(start)
 		p.c.mu.Lock()
-		p.c.pstats.Attempts++
-		p.c.pstats.HandlerTime += d
+		p.c.pstats.HandlerDurations.observe(d)
+		s := &p.slots[t.slot]
+		if s.Started.IsZero() {
+			s.Started = start
+		}
+		if err != nil {
+			s.Attempts++
+		}
 		if _, ok := err.(*PanicError); ok {
 			p.c.pstats.Panics++
 		}
 		p.c.mu.Unlock()
 	}()
-	return p.h(ctx, m)
+	return p.h(ctx, t.m)
 }
 
 // giveUp hands t to OnGiveUp, or stops Process.
@@ -616,6 +689,8 @@ func (p *processor) finish(t task, complete bool) {
 	c := p.c
 	c.mu.Lock()
 	p.running--
+	p.slots[t.slot] = Handling{}
+	p.free = append(p.free, t.slot)
 	w := t.win
 	w.inflight--
 	due := false
@@ -669,6 +744,39 @@ func (p *processor) unblock(partition int) {
 		if l.msgs.len() > 0 && !l.inReady && !l.busy {
 			l.inReady = true
 			p.ready.push(l)
+		}
+	}
+}
+
+// stats fills in what runs now, and the age of each partition's oldest
+// incomplete message. c.mu is held.
+func (p *processor) stats(s *Stats, now time.Time) {
+	s.Process.Running, s.Process.InFlight, s.Process.Waiting = true, p.running, p.waiting
+	oldest := make(map[int]time.Time)
+	older := func(part int, t time.Time) {
+		if o, ok := oldest[part]; !ok || t.Before(o) {
+			oldest[part] = t
+		}
+	}
+	for _, h := range p.slots {
+		if !h.Taken.IsZero() {
+			h.Key = slices.Clone(h.Key)
+			s.Process.Handling = append(s.Process.Handling, h)
+			older(h.Partition, h.Taken)
+		}
+	}
+	slices.SortFunc(s.Process.Handling, func(a, b Handling) int { return a.Taken.Compare(b.Taken) })
+	for _, l := range p.lanes {
+		if l.msgs.len() > 0 {
+			if t := l.msgs.peek(); p.current(t) {
+				older(t.m.Partition, t.taken)
+			}
+		}
+	}
+	for part, t := range oldest {
+		if ps, ok := s.Partitions[part]; ok {
+			ps.OldestIncomplete = now.Sub(t)
+			s.Partitions[part] = ps
 		}
 	}
 }

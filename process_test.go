@@ -629,3 +629,53 @@ func TestProcessKilledLoop(t *testing.T) {
 	}
 	t.Logf("%d handled twice of %d, over 6 kills", dups, n*per)
 }
+
+// TestProcessStats reads what a stuck key looks like in Stats: its message
+// in Handling with its failed attempts, the partition's incomplete
+// messages and their age, and the handler durations.
+func TestProcessStats(t *testing.T) {
+	topic := cluster.Topic(t, 1)
+	keyed(t, topic, 0, 0, 10, 2) // k0 at even offsets, k1 at odd
+	c := open(t, Config{Topic: topic})
+	h := newHandled(5)
+	stop := runProcess(t, c, ProcessConfig{RetryBackoff: time.Millisecond}, func(ctx context.Context, m kafka.Message) error {
+		if string(m.Key) == "k0" && m.Offset == 2 {
+			return errBoom // k0 is stuck at offset 2
+		}
+		if string(m.Key) == "k1" {
+			h.add(m)
+		}
+		return nil
+	})
+	waitDone(t, h.done, "k1 handled")
+	var s Stats
+	require.Eventually(t, func() bool {
+		s = c.Stats()
+		return len(s.Process.Handling) == 1 && s.Process.Handling[0].Attempts >= 3
+	}, 10*time.Second, time.Millisecond)
+	hd := s.Process.Handling[0]
+	assert.Equal(t, "k0", string(hd.Key))
+	assert.EqualValues(t, 2, hd.Offset)
+	assert.False(t, hd.Started.Before(hd.Taken))
+	ps := s.Partitions[0]
+	assert.Equal(t, 4, ps.Incomplete, "offset 2 and k0's three after it")
+	assert.Positive(t, ps.OldestIncomplete)
+	assert.EqualValues(t, 2, ps.Consumed, "the commit waits at the stuck message")
+	assert.EqualValues(t, 10, ps.Messages)
+	assert.EqualValues(t, 10*(2+3), ps.Bytes, "keys k0/k1 and values 0-N")
+	assert.True(t, s.Process.Running)
+	assert.Equal(t, 1, s.Process.InFlight)
+	assert.Equal(t, 3, s.Process.Waiting)
+	assert.GreaterOrEqual(t, s.Process.Retries, int64(2))
+	hist := s.Process.HandlerDurations
+	assert.Len(t, hist.Counts, len(hist.Bounds)+1)
+	var sum int64
+	for _, n := range hist.Counts {
+		sum += n
+	}
+	assert.Equal(t, hist.Count, sum)
+	assert.GreaterOrEqual(t, hist.Count, int64(6+2))
+	require.ErrorIs(t, stop(), context.Canceled)
+	assert.False(t, c.Stats().Process.Running)
+	assert.Empty(t, c.Stats().Process.Handling)
+}
