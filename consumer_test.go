@@ -667,8 +667,8 @@ func TestStats(t *testing.T) {
 	assert.Equal(t, 1, s.Workers)
 	assert.Equal(t, 64, s.QueueSize)
 	assert.Equal(t, 0, s.QueueLen)
-	assert.Equal(t, PartitionStats{Delivered: 10, Consumed: 10, Committed: 10, HighWatermark: 10, Lag: 0}, s.Partitions[0])
-	assert.Equal(t, PartitionStats{Delivered: 10, Consumed: 10, Committed: -1, HighWatermark: 10, Lag: 0}, s.Partitions[1])
+	assert.Equal(t, PartitionStats{Delivered: 10, Consumed: 10, Committed: 10, HighWatermark: 10, Lag: 0, Messages: 10, Bytes: 60}, s.Partitions[0])
+	assert.Equal(t, PartitionStats{Delivered: 10, Consumed: 10, Committed: -1, HighWatermark: 10, Lag: 0, Messages: 10, Bytes: 60}, s.Partitions[1])
 }
 
 func TestBadConfig(t *testing.T) {
