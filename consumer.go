@@ -54,7 +54,8 @@ type MultiConsumer struct {
 	commitErrs     int64
 	interrupt      chan struct{} // closed and replaced by every Seek, and by Close
 	proc           *processor    // the running Process, if any
-	iters          int           // Iter goroutines running
+	iters          int           // Iter goroutines and Messages loops running: Process waits
+	holder         *holding      // the Messages loop holding messages it took, if any
 	pstats         ProcessStats  // Process's counters
 
 	// Close cancels life when it begins, which ends the requests of calls

@@ -132,6 +132,7 @@ func (c *MultiConsumer) GetMessages(ctx context.Context, count int, opts ...GetO
 	n := 0
 	for {
 		c.mu.Lock()
+		c.reclaimLocked() // a Messages loop's messages come first
 		for _, b := range c.q.take(count - n) {
 			if c.book.current(b.partition, b.epoch) { // else moved by Seek since it was fetched
 				taken = append(taken, b)
@@ -283,7 +284,7 @@ func (c *MultiConsumer) processing() bool {
 // error when ctx ends or the consumer closes.
 func (c *MultiConsumer) iterate(ctx context.Context, ch chan<- kafka.Message) error {
 	for {
-		batches, changed := c.q.pending()
+		batches, changed := c.pending()
 		if batches == 0 {
 			if err := c.Err(); err != nil {
 				return err
@@ -300,6 +301,9 @@ func (c *MultiConsumer) iterate(ctx context.Context, ch chan<- kafka.Message) er
 		if _, err := c.acquire(ctx, nil); err != nil {
 			return err
 		}
+		c.mu.Lock()
+		c.reclaimLocked() // a Messages loop's messages come first
+		c.mu.Unlock()
 		taken := c.q.take(iterBatch)
 		err := c.send(ctx, ch, taken)
 		c.releaseToken()
