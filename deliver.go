@@ -251,6 +251,12 @@ const iterBatch = 256
 // it: Offsets and Stats may lag a receive by that instant. Ranging over the
 // channel and breaking out of the loop should be followed by cancelling ctx,
 // which ends the goroutine.
+//
+// Prefer Messages for a loop over the messages: it runs in the loop's
+// goroutine, without a channel hand-over per message (it is faster), a
+// break leaves nothing running, and it yields the error that ended it. Iter
+// is for a receiver that needs a channel: a select over it and other
+// channels, or a receive in another goroutine than the one that asked.
 func (c *MultiConsumer) Iter(ctx context.Context) <-chan kafka.Message {
 	ch := make(chan kafka.Message)
 	c.mu.Lock()
