@@ -405,3 +405,62 @@ func TestMessagesRevoke(t *testing.T) {
 	assert.Empty(t, late, "messages of a revoked partition yielded after OnRevoked")
 	assert.Contains(t, revokedAt, moved)
 }
+
+// Loops in several goroutines, and GetMessages beside them, share the
+// messages: each once, and each caller sees a partition's messages in
+// order. (Mostly for the race detector: a take reclaims what another loop
+// holds.)
+func TestMessagesConcurrentLoops(t *testing.T) {
+	t.Parallel()
+	const partitions, per = 4, 500
+	topic := backlog(t, partitions, per)
+	c := open(t, Config{Topic: topic, NumWorkers: 2, QueueSize: 64})
+	ctx, cancel := context.WithCancel(testCtx(t))
+	defer cancel()
+
+	var mu sync.Mutex
+	seen := map[[2]int64]int{}
+	record := func(last map[int]int64, m kafka.Message) {
+		if prev, ok := last[m.Partition]; ok {
+			assert.Greater(t, m.Offset, prev, "partition %d out of order for one caller", m.Partition)
+		}
+		last[m.Partition] = m.Offset
+		mu.Lock()
+		defer mu.Unlock()
+		seen[[2]int64{int64(m.Partition), m.Offset}]++
+		if len(seen) == partitions*per {
+			cancel()
+		}
+	}
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			last := map[int]int64{}
+			for m, err := range c.Messages(ctx) {
+				if err != nil {
+					assert.ErrorIs(t, err, context.Canceled)
+					return
+				}
+				record(last, m)
+			}
+		})
+	}
+	wg.Go(func() {
+		last := map[int]int64{}
+		for {
+			msgs, err := c.GetMessages(ctx, 7, BlockFor(1), Timeout(100*time.Millisecond))
+			if err != nil {
+				assert.ErrorIs(t, err, context.Canceled)
+				return
+			}
+			for _, m := range msgs {
+				record(last, m)
+			}
+		}
+	})
+	wg.Wait()
+	assert.Len(t, seen, partitions*per)
+	for k, n := range seen {
+		assert.Equal(t, 1, n, "message %v delivered %d times", k, n)
+	}
+}

@@ -220,12 +220,13 @@ func (c *MultiConsumer) take(ctx context.Context, h *holding) error {
 		c.mu.Lock()
 		c.reclaimLocked()
 		h.rest = c.q.take(messagesBatch)
-		if len(h.rest) > 0 {
+		took := len(h.rest) > 0 // read under c.mu: a delivery may reclaim h at once
+		if took {
 			c.holder = h
 		}
 		c.mu.Unlock()
 		c.releaseToken()
-		if len(h.rest) > 0 {
+		if took {
 			return nil
 		}
 	}
