@@ -13,7 +13,7 @@ import (
 
 // rangeAll ranges over c.Messages(ctx) until it yields an error, and
 // returns the messages and every error yielded.
-func rangeAll(c *MultiConsumer, ctx context.Context, body func(m kafka.Message)) ([]kafka.Message, []error) {
+func rangeAll(ctx context.Context, c *MultiConsumer, body func(m kafka.Message)) ([]kafka.Message, []error) {
 	var msgs []kafka.Message
 	var errs []error
 	for m, err := range c.Messages(ctx) {
@@ -42,7 +42,7 @@ func TestMessages(t *testing.T) {
 	ctx, cancel := context.WithCancel(testCtx(t))
 	defer cancel()
 	n := 0
-	got, errs := rangeAll(c, ctx, func(m kafka.Message) {
+	got, errs := rangeAll(ctx, c, func(m kafka.Message) {
 		// Exact at every yield: what the loop took and has yet to yield
 		// is not delivered (a revoke does not wait for it).
 		require.Equal(t, m.Offset+1, c.Offsets()[m.Partition])
@@ -145,26 +145,26 @@ func TestMessagesErrorOnce(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(testCtx(t))
 	time.AfterFunc(50*time.Millisecond, cancel)
-	got, errs := rangeAll(c, ctx, nil)
+	got, errs := rangeAll(ctx, c, nil)
 	assert.Empty(t, got)
 	assert.Equal(t, []error{context.Canceled}, errs)
 
 	// A done ctx: the error at once.
-	got, errs = rangeAll(c, ctx, nil)
+	got, errs = rangeAll(ctx, c, nil)
 	assert.Empty(t, got)
 	assert.Equal(t, []error{context.Canceled}, errs)
 
-	got, errs = rangeAll(c, nil, nil) //nolint:staticcheck // a nil ctx is the point
+	got, errs = rangeAll(nil, c, nil) //nolint:staticcheck // a nil ctx is the point
 	assert.Empty(t, got)
 	assert.Equal(t, []error{errNilContext}, errs)
 
 	// Close from another goroutine while the loop waits.
 	time.AfterFunc(50*time.Millisecond, func() { _ = c.Close() })
-	got, errs = rangeAll(c, testCtx(t), nil)
+	got, errs = rangeAll(testCtx(t), c, nil)
 	assert.Empty(t, got)
 	assert.Equal(t, []error{ErrClosed}, errs)
 
-	got, errs = rangeAll(c, testCtx(t), nil)
+	got, errs = rangeAll(testCtx(t), c, nil)
 	assert.Empty(t, got)
 	assert.Equal(t, []error{ErrClosed}, errs)
 }
@@ -176,7 +176,7 @@ func TestMessagesCloseFromBody(t *testing.T) {
 	topic := backlog(t, 1, 10)
 	g := group(t)
 	c := open(t, Config{Topic: topic, Group: g})
-	got, errs := rangeAll(c, testCtx(t), func(m kafka.Message) {
+	got, errs := rangeAll(testCtx(t), c, func(m kafka.Message) {
 		if m.Offset == 2 {
 			assert.NoError(t, c.Close())
 		}
@@ -199,7 +199,7 @@ func TestMessagesBusyWithProcess(t *testing.T) {
 		return nil
 	})
 	waitDone(t, started, "Process to start")
-	got, errs := rangeAll(c, testCtx(t), nil)
+	got, errs := rangeAll(testCtx(t), c, nil)
 	assert.Empty(t, got)
 	assert.Equal(t, []error{ErrBusy}, errs)
 	require.ErrorIs(t, stop(), context.Canceled)
