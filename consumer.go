@@ -14,15 +14,17 @@ import (
 
 // MultiConsumer consumes one topic with several worker goroutines, each
 // fetching its own chunk of the partitions into one bounded queue, from which
-// the caller takes messages with GetMessages or Iter.
+// the caller takes messages with GetMessages, Messages or Iter (or hands
+// them to Process).
 //
-// Its methods are safe for concurrent use; deliveries (GetMessages calls and
-// Iter batches) are serialized so that each partition's messages reach the
-// caller in order. But "consumed" is one mark for the whole consumer: any
-// GetMessages call or Iter receive counts everything delivered before as
-// consumed, whoever it was delivered to. So let one goroutine take messages
-// (and hand them to a pool if it likes), or use ManualCommit and Commit
-// what your goroutines have finished.
+// Its methods are safe for concurrent use; deliveries (GetMessages calls,
+// Iter batches, Messages loops) are serialized so that each partition's
+// messages reach the caller in order. But "consumed" is one mark for the
+// whole consumer: any GetMessages call, Messages step or Iter receive
+// counts everything delivered before as consumed, whoever it was delivered
+// to. So let one goroutine take messages (and hand them to a pool if it
+// likes), or use ManualCommit and Commit what your goroutines have
+// finished.
 type MultiConsumer struct {
 	cfg       Config
 	log       *slog.Logger
@@ -54,7 +56,8 @@ type MultiConsumer struct {
 	commitErrs     int64
 	interrupt      chan struct{} // closed and replaced by every Seek, and by Close
 	proc           *processor    // the running Process, if any
-	iters          int           // Iter goroutines running
+	iters          int           // Iter goroutines and Messages loops running: Process waits
+	holder         *holding      // the Messages loop holding messages it took, if any
 	pstats         ProcessStats  // Process's counters
 
 	// Close cancels life when it begins, which ends the requests of calls

@@ -132,6 +132,7 @@ func (c *MultiConsumer) GetMessages(ctx context.Context, count int, opts ...GetO
 	n := 0
 	for {
 		c.mu.Lock()
+		c.reclaimLocked() // a Messages loop's messages come first
 		for _, b := range c.q.take(count - n) {
 			if c.book.current(b.partition, b.epoch) { // else moved by Seek since it was fetched
 				taken = append(taken, b)
@@ -251,6 +252,12 @@ const iterBatch = 256
 // it: Offsets and Stats may lag a receive by that instant. Ranging over the
 // channel and breaking out of the loop should be followed by cancelling ctx,
 // which ends the goroutine.
+//
+// Prefer Messages for a loop over the messages: it runs in the loop's
+// goroutine, without a channel hand-over per message (it is faster), a
+// break leaves nothing running, and it yields the error that ended it. Iter
+// is for a receiver that needs a channel: a select over it and other
+// channels, or a receive in another goroutine than the one that asked.
 func (c *MultiConsumer) Iter(ctx context.Context) <-chan kafka.Message {
 	ch := make(chan kafka.Message)
 	c.mu.Lock()
@@ -284,7 +291,7 @@ func (c *MultiConsumer) processing() bool {
 // error when ctx ends or the consumer closes.
 func (c *MultiConsumer) iterate(ctx context.Context, ch chan<- kafka.Message) error {
 	for {
-		batches, changed := c.q.pending()
+		batches, changed := c.pending()
 		if batches == 0 {
 			if err := c.Err(); err != nil {
 				return err
@@ -301,6 +308,9 @@ func (c *MultiConsumer) iterate(ctx context.Context, ch chan<- kafka.Message) er
 		if _, err := c.acquire(ctx, nil); err != nil {
 			return err
 		}
+		c.mu.Lock()
+		c.reclaimLocked() // a Messages loop's messages come first
+		c.mu.Unlock()
 		taken := c.q.take(iterBatch)
 		err := c.send(ctx, ch, taken)
 		c.releaseToken()

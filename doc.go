@@ -1,15 +1,16 @@
 // Package multiconsumer consumes a Kafka topic in parallel: several worker
 // goroutines, each fetching its own chunk of the topic's partitions, feed one
 // bounded queue, from which the caller takes messages with GetMessages or
-// ranges over Iter. It is kafka-python's MultiProcessConsumer re-imagined in
+// ranges over Messages (or Iter's channel). It is kafka-python's MultiProcessConsumer re-imagined in
 // Go on github.com/segmentio/kafka-go, and it owns offset auto-commit.
 //
 // # Delivery and commit
 //
-// A message is delivered when GetMessages returns it or the caller receives
-// it from Iter; Offsets moves then. It is consumed once the caller comes back
-// for more: the next GetMessages call (even with a done ctx), the next receive
-// from Iter, or a Commit. Commits only ever cover consumed messages, so a
+// A message is delivered when GetMessages returns it, Messages yields it or
+// the caller receives it from Iter; Offsets moves then. It is consumed once
+// the caller comes back for more: the next GetMessages call (even with a
+// done ctx), the next step of a Messages loop, the next receive from Iter,
+// or a Commit. Commits only ever cover consumed messages, so a
 // process that crashes, or returns with an error, while handling a message
 // finds it again when it restarts: delivery is at least once, never at most
 // once. Close commits what was consumed, not what the caller still holds; to
@@ -48,7 +49,8 @@
 // committed offset, when it has one). When a fetch
 // fails (a leader moved, a partition is gone) the consumer reads the
 // metadata again at once. A deleted topic stops the consumer: GetMessages
-// returns ErrTopicDeleted, Iter's channel closes, Err says why.
+// returns ErrTopicDeleted, Messages yields it, Iter's channel closes, Err
+// says why.
 //
 // # Memory
 //

@@ -106,6 +106,44 @@ func ExampleMultiConsumer_Iter() {
 	// committed: 3
 }
 
+// Range over Messages; asking for the next message consumes the one before
+// it. Cancelling ctx ends the loop cleanly: the loop comes back for the
+// last message, then yields ctx's error once.
+func ExampleMultiConsumer_Messages() {
+	cluster, topic := exampleTopic("a", "b", "c")
+	defer cluster.Close()
+
+	c, err := multiconsumer.New(context.Background(), multiconsumer.Config{Brokers: cluster.Brokers(), Topic: topic, Group: "audit"})
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for m, err := range c.Messages(ctx) {
+		if err != nil {
+			fmt.Println("stopped:", err)
+			break
+		}
+		fmt.Printf("%d: %s\n", m.Offset, m.Value)
+		if m.Offset == 2 {
+			cancel() // in a service: on shutdown
+		}
+	}
+	// Every message was consumed: Close commits them all. (After a break
+	// in the body, the last message would not be: it would come again.)
+	if err := c.Close(); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("committed:", c.Stats().Partitions[0].Committed)
+	// Output:
+	// 0: a
+	// 1: b
+	// 2: c
+	// stopped: context canceled
+	// committed: 3
+}
+
 // Commit by hand, after the work is safely done.
 func ExampleMultiConsumer_Commit() {
 	cluster, topic := exampleTopic("a", "b", "c")

@@ -160,6 +160,20 @@ func (b *book) deliver(p int, offset int64) {
 	}
 }
 
+// deliverCurrent is deliver for a message fetched in epoch: it records the
+// message and reports true only if that epoch is still current (one map
+// lookup for both, on the path of every message Messages yields).
+func (b *book) deliverCurrent(p int, epoch uint64, offset int64) bool {
+	po, ok := b.parts[p]
+	if !ok || po.epoch != epoch {
+		return false
+	}
+	po.delivered = offset + 1
+	b.unconsumed++
+	b.touch(p, po)
+	return true
+}
+
 // touch lists p among the partitions the next consume moves, so that
 // consume costs what was delivered, not the number of partitions.
 func (b *book) touch(p int, po *partOffsets) {
@@ -210,6 +224,20 @@ func (b *book) advance(p int, to int64) {
 // consume records that the caller came back for more: everything delivered
 // is consumed now. It reports whether a commit is due.
 func (b *book) consume(now time.Time) bool {
+	b.consumeDelivered()
+	return b.due(now)
+}
+
+// consumeCounting is consume without a clock, for a path that runs per
+// message: it reports only whether the count trigger fired. The
+// committer's timer runs the time trigger.
+func (b *book) consumeCounting() bool {
+	b.consumeDelivered()
+	return b.sinceCommit > 0 && b.everyN > 0 && b.sinceCommit >= b.everyN
+}
+
+// consumeDelivered counts everything delivered as consumed.
+func (b *book) consumeDelivered() {
 	if len(b.touched) > 0 {
 		for _, p := range b.touched {
 			if po, ok := b.parts[p]; ok {
@@ -221,7 +249,6 @@ func (b *book) consume(now time.Time) bool {
 		b.sinceCommit += b.unconsumed
 		b.unconsumed = 0
 	}
-	return b.due(now)
 }
 
 // seek moves partition p to offset: what was delivered before counts as

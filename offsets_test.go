@@ -728,3 +728,39 @@ func (m *bookModel) check(t *testing.T, b *book, where func() string) {
 		require.Equal(t, want, got, "book differs from the model %s", where())
 	}
 }
+
+// consumeCounting consumes as consume does, and reports the count trigger
+// only: the time trigger is the committer's.
+func TestBookConsumeCounting(t *testing.T) {
+	t.Parallel()
+	b := newBook(3, time.Nanosecond, t0)
+	b.add(0, 0, noOffset)
+	assert.False(t, b.consumeCounting(), "nothing consumed")
+	b.deliverRun(0, 1, 2)
+	assert.False(t, b.consumeCounting(), "2 of 3, and the clock is not read")
+	assert.True(t, b.due(at(time.Second)), "the time trigger has fired, for due")
+	assert.Equal(t, pos{2, 2, noOffset}, posOf(t, b, 0))
+	b.deliver(0, 2)
+	assert.True(t, b.consumeCounting(), "3 of 3")
+	b.committed(b.uncommitted(), at(0))
+	assert.False(t, b.consumeCounting(), "restarted by the commit")
+}
+
+// deliverCurrent records a message only if its epoch is current.
+func TestBookDeliverCurrent(t *testing.T) {
+	t.Parallel()
+	b := newBook(0, 0, t0)
+	b.add(0, 10, noOffset)
+	e := b.parts[0].epoch
+	assert.True(t, b.deliverCurrent(0, e, 10))
+	assert.Equal(t, pos{11, 10, noOffset}, posOf(t, b, 0))
+	assert.False(t, b.deliverCurrent(0, e+1, 11), "an epoch not current")
+	assert.False(t, b.deliverCurrent(1, e, 0), "a partition not in the book")
+	assert.Equal(t, pos{11, 10, noOffset}, posOf(t, b, 0))
+	b.consume(at(0))
+	assert.Equal(t, pos{11, 11, noOffset}, posOf(t, b, 0))
+	_, ok := b.seek(0, 40)
+	require.True(t, ok)
+	assert.False(t, b.deliverCurrent(0, e, 11), "stale after a seek")
+	assert.Equal(t, pos{40, 40, noOffset}, posOf(t, b, 0))
+}

@@ -102,10 +102,11 @@ func (pc ProcessConfig) withDefaults() (ProcessConfig, error) {
 	return pc, nil
 }
 
-// ErrBusy is returned by GetMessages, and by Process, while Process runs,
-// and by Process while an Iter channel is open: one way of taking messages
-// at a time.
-var ErrBusy = errors.New("multiconsumer: Process is running (or an Iter channel is open): messages are taken one way at a time")
+// ErrBusy is returned by GetMessages, and by Process, and yielded by
+// Messages, while Process runs, and returned by Process while an Iter
+// channel is open or a Messages loop runs: one way of taking messages at a
+// time.
+var ErrBusy = errors.New("multiconsumer: Process is running (or an Iter channel is open, or a Messages loop runs): messages are taken one way at a time")
 
 // GiveUpError reports a message Process gave up on: the handler failed
 // MaxAttempts times. errors.Is and errors.As find the handler's last
@@ -245,8 +246,9 @@ func (h Histogram) clone() Histogram {
 // Close, which commits). Messages it took and did not complete are
 // fetched again, for the next call.
 //
-// While it runs, GetMessages and a second Process return ErrBusy, and Iter
-// returns a closed channel. At most Config.QueueSize messages wait beside
+// While it runs, GetMessages and a second Process return ErrBusy, Messages
+// yields it, and Iter returns a closed channel; while an Iter channel is
+// open or a Messages loop runs, Process returns ErrBusy. At most Config.QueueSize messages wait beside
 // the handlers running: a key whose message is retried holds back its own
 // messages only, until they fill that bound. A partition whose completed
 // offsets would no longer fit in the commit metadata (4096 bytes) starts

@@ -118,6 +118,21 @@ func BenchmarkIter(b *testing.B) {
 	})
 }
 
+func BenchmarkMessages(b *testing.B) {
+	benchDrain(b, func(b *testing.B, ctx context.Context, c *multiconsumer.MultiConsumer) int {
+		n := 0
+		for _, err := range c.Messages(ctx) {
+			if err != nil {
+				b.Fatal(err)
+			}
+			if n++; n == b.N {
+				break
+			}
+		}
+		return n
+	})
+}
+
 // benchDrain times drain, which takes b.N messages from a fresh backlog, at
 // 1 and 8 workers.
 func benchDrain(b *testing.B, drain func(*testing.B, context.Context, *multiconsumer.MultiConsumer) int) {

@@ -200,6 +200,8 @@ func runnerFor(s spec) (runner, error) {
 		return runMCGet(s), nil
 	case "mc-iter":
 		return runMCIter(s), nil
+	case "mc-messages":
+		return runMCMessages(s), nil
 	case "kafkago-group":
 		return runKafkaGoGroup(s), nil
 	case "kafkago-partition":
