@@ -679,3 +679,61 @@ func TestProcessStats(t *testing.T) {
 	assert.False(t, c.Stats().Process.Running)
 	assert.Empty(t, c.Stats().Process.Handling)
 }
+
+// TestProcessBackpressureWhenMetadataFull holds key a's first message
+// while key b's messages, interleaved with a's, complete: each completion
+// is a span of its own in the commit metadata. When no more would fit, the
+// partition starts no more handlers (b stalls), the commits still go
+// through (the metadata fits), and once a's message completes everything
+// does.
+func TestProcessBackpressureWhenMetadataFull(t *testing.T) {
+	const n = 3000
+	topic := cluster.Topic(t, 1)
+	keyed(t, topic, 0, 0, n, 2) // a: k0 at even offsets, b: k1 at odd
+	g := group(t)
+	c := open(t, Config{Topic: topic, Group: g, QueueSize: 4096, AutoCommitEveryT: 20 * time.Millisecond})
+	release := make(chan struct{})
+	h := newHandled(n)
+	stop := runProcess(t, c, ProcessConfig{}, func(ctx context.Context, m kafka.Message) error {
+		if m.Offset == 0 {
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		h.add(m)
+		return nil
+	})
+	// b runs until the metadata is full, then stalls.
+	var stalled int64
+	require.Eventually(t, func() bool {
+		s := c.Stats().Process
+		if s.Handled > 0 && s.Handled == stalled && s.InFlight == 1 {
+			return true
+		}
+		stalled = s.Handled
+		return false
+	}, 30*time.Second, 50*time.Millisecond)
+	t.Logf("b stalled after %d messages", stalled)
+	assert.Greater(t, stalled, int64(200), "hundreds of spans fit")
+	assert.Less(t, stalled, int64(n/2), "b stalled before its end")
+	// The commit with the fullest metadata went through.
+	require.Eventually(t, func() bool {
+		res, err := cluster.Client().OffsetFetch(testCtx(t), &kafka.OffsetFetchRequest{GroupID: g, Topics: map[string][]int{topic: {0}}})
+		require.NoError(t, err)
+		for _, p := range res.Topics[topic] {
+			if w, err := restoreWindow(p.CommittedOffset, p.Metadata); err == nil && int64(len(w.done)) == stalled {
+				assert.LessOrEqual(t, len(p.Metadata), maxMetadata)
+				return p.CommittedOffset == 0
+			}
+		}
+		return false
+	}, 10*time.Second, 20*time.Millisecond, "the commit holds every span b completed")
+	assert.Zero(t, c.Stats().CommitErrors)
+
+	close(release)
+	waitDone(t, h.done, "everything handled once a's message completes")
+	require.ErrorIs(t, stop(), context.Canceled)
+	assert.Equal(t, map[int]int64{0: n}, committed(t, topic, g, 1))
+}
