@@ -15,7 +15,8 @@ import (
 // works with ManualCommit too. A dropped connection or a temporary Kafka
 // error is retried within the request timeout. A Commit in flight when
 // Close begins finishes within Close's timeout, or returns ErrClosed; one
-// called after returns ErrClosed.
+// called after returns ErrClosed. While Process runs, Commit marks nothing
+// consumed: it stores what Process's handlers completed (see Process).
 func (c *MultiConsumer) Commit(ctx context.Context, partitions ...int) error {
 	if ctx == nil {
 		return errNilContext

@@ -370,7 +370,7 @@ func (c *MultiConsumer) send(ctx context.Context, ch chan<- kafka.Message, taken
 			// Only the count trigger is checked here (no clock read per
 			// message): the committer's timer runs the time trigger.
 			c.mu.Lock()
-			due := c.book.consume(time.Time{})
+			due := c.book.consumeCounting()
 			current = c.book.current(b.partition, b.epoch)
 			if current {
 				c.book.deliver(b.partition, m.Offset)

@@ -233,6 +233,11 @@ func (b *book) consume(now time.Time) bool {
 // committer's timer runs the time trigger.
 func (b *book) consumeCounting() bool {
 	b.consumeDelivered()
+	return b.countDue()
+}
+
+// countDue reports whether the count trigger has fired.
+func (b *book) countDue() bool {
 	return b.sinceCommit > 0 && b.everyN > 0 && b.sinceCommit >= b.everyN
 }
 

@@ -257,6 +257,10 @@ func (h Histogram) clone() Histogram {
 // In group mode, a partition revoked while Process runs starts no more
 // handlers; those running finish (up to RebalanceTimeout), what completed
 // is committed, then the partition goes.
+//
+// Close stops Process as ctx would, and waits for its handlers within its
+// one timeout before the final commit: what they complete later is not
+// committed, and a handler that ignores its ctx outlives Close.
 func (c *MultiConsumer) Process(ctx context.Context, pc ProcessConfig, h Handler) error {
 	if ctx == nil {
 		return errNilContext
@@ -703,7 +707,7 @@ func (p *processor) finish(t task, complete bool) {
 			if !p.moved(po, w) {
 				c.book.sinceCommit++ // completions count for the count trigger
 			}
-			due = c.book.due(time.Time{})
+			due = c.book.countDue()
 		}
 	}
 	released := 0
