@@ -737,3 +737,42 @@ func TestProcessBackpressureWhenMetadataFull(t *testing.T) {
 	require.ErrorIs(t, stop(), context.Canceled)
 	assert.Equal(t, map[int]int64{0: n}, committed(t, topic, g, 1))
 }
+
+// A Seek while Process runs moves the partition: what was taken before is
+// dropped (its handlers' completions no longer count), and Process goes on
+// from the new position.
+func TestProcessSeek(t *testing.T) {
+	topic := backlog(t, 1, 100)
+	g := group(t)
+	c := open(t, Config{Topic: topic, Group: g})
+	var mu sync.Mutex
+	times := map[int64]int{}
+	var seeked atomic.Bool
+	again := make(chan struct{})
+	var once sync.Once
+	stop := runProcess(t, c, ProcessConfig{Ordering: ByPartition}, func(ctx context.Context, m kafka.Message) error {
+		mu.Lock()
+		times[m.Offset]++
+		n := times[m.Offset]
+		mu.Unlock()
+		if m.Offset == 50 && seeked.CompareAndSwap(false, true) {
+			require.NoError(t, c.Seek(ctx, 10, SeekAbsolute))
+		}
+		if m.Offset == 99 && n == 1 {
+			once.Do(func() { close(again) })
+		}
+		return nil
+	})
+	waitDone(t, again, "the end after the seek")
+	require.ErrorIs(t, stop(), context.Canceled)
+	mu.Lock()
+	defer mu.Unlock()
+	for o := int64(0); o < 100; o++ {
+		want := 1
+		if o >= 10 && o <= 50 {
+			want = 2
+		}
+		assert.Equal(t, want, times[o], "offset %d", o)
+	}
+	assert.Equal(t, map[int]int64{0: 100}, committed(t, topic, g, 1))
+}
