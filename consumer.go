@@ -232,6 +232,7 @@ func (c *MultiConsumer) assign(parts []int) {
 	}
 	c.stopFetch = cancel
 	c.workers = len(chunked)
+	c.q.setPartitions(len(parts))
 	c.wakers = make(map[int]*wakeup, len(parts))
 	for i, chunk := range chunked {
 		pos := make(map[int]*fetchPos, len(chunk))
@@ -266,8 +267,9 @@ func (c *MultiConsumer) stopWorkers() {
 // puts its partitions that may be fetched at now in pl, grouped by leader,
 // in the order of parts. When every one is backing off, it returns how long
 // until the first may retry. Partitions without a leader are left out, and
-// reported: the metadata should be read again.
-func (c *MultiConsumer) syncPositions(parts []int, pos map[int]*fetchPos, now time.Time, pl *plan) (idle time.Duration, leaderless bool) {
+// reported: the metadata should be read again. So are partitions that have
+// their share of the queue while Process runs (full): they wait for room.
+func (c *MultiConsumer) syncPositions(parts []int, pos map[int]*fetchPos, now time.Time, pl *plan) (idle time.Duration, leaderless, full bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	pl.reset()
@@ -293,12 +295,16 @@ func (c *MultiConsumer) syncPositions(parts []int, pos map[int]*fetchPos, now ti
 			leaderless = true
 			continue
 		}
+		if !c.q.isHungry(p) {
+			full = true
+			continue
+		}
 		pl.add(l, p)
 	}
 	if idle < 0 {
 		idle = time.Hour // no partition at all: the worker waits to be stopped
 	}
-	return idle, leaderless
+	return idle, leaderless, full
 }
 
 func (c *MultiConsumer) setHighWatermark(p int, hwm int64) {
@@ -549,7 +555,7 @@ func (c *MultiConsumer) repositionLocked(targets map[int]int64) map[int]uint64 {
 	for p, t := range targets {
 		epochs[p], _ = c.book.seek(p, t)
 		if c.proc != nil {
-			c.proc.unblock(p) // its waiting messages are dropped when they come up
+			c.proc.purge(p) // its waiting messages are stale
 		}
 	}
 	c.interruptLocked() // an Iter goroutine blocked on a send gives its message back

@@ -83,7 +83,7 @@ func (c *MultiConsumer) revoke(ctx context.Context, parts []int, lost bool) {
 	for _, p := range parts {
 		c.book.retire(p) // nothing fetched so far is delivered from now on
 		if c.proc != nil {
-			c.proc.unblock(p) // its waiting messages are dropped when they come up
+			c.proc.purge(p) // its waiting messages are stale
 		}
 	}
 	c.interruptLocked() // an Iter send in flight gives its message back, or hands it over

@@ -308,6 +308,7 @@ func (c *MultiConsumer) Process(ctx context.Context, pc ProcessConfig, h Handler
 		return err
 	}
 	c.consume() // what GetMessages delivered before: the caller came back
+	c.q.setFair(true)
 	return p.run(ctx)
 }
 
@@ -382,11 +383,13 @@ func (p *processor) run(ctx context.Context) error {
 	c.mu.Lock()
 	p.stopped.Store(true)
 	close(p.tasks)
-	dropped := p.waiting
+	for _, l := range p.lanes {
+		c.q.release(l.key.partition, l.msgs.len())
+	}
 	p.waiting = 0
 	p.lanes, p.ready, p.blocked = nil, ring[*lane]{}, nil
 	c.mu.Unlock()
-	c.q.release(dropped)
+	c.q.setFair(false)
 	cancel()
 	c.releaseToken()
 	handlers.Wait()
@@ -432,29 +435,29 @@ func (p *processor) feed(ctx context.Context) error {
 		}
 		taken := c.q.hold()
 		c.mu.Lock()
-		released := 0
 		for _, b := range taken {
-			released += p.add(b)
+			p.add(b)
 		}
-		released += p.pump()
+		p.pump()
 		c.mu.Unlock()
-		c.q.release(released)
 	}
 }
 
-// add puts the messages of b in their lanes and returns how many it let go
-// (stale, or complete already). c.mu is held.
-func (p *processor) add(b batch) int {
+// add puts the messages of b, which the queue holds, in their lanes, and
+// lets the queue have back those it will not handle (stale, or complete
+// already). c.mu is held.
+func (p *processor) add(b batch) {
 	c := p.c
 	po, ok := c.book.parts[b.partition]
 	if !ok || po.epoch != b.epoch {
-		return len(b.msgs) // a Seek or a revoke since it was fetched
+		c.q.release(b.partition, len(b.msgs)) // a Seek or a revoke since it was fetched
+		return
 	}
 	w := po.window()
 	if len(b.msgs) == 0 {
 		w.advance(b.advance)
 		p.moved(po, w)
-		return 0
+		return
 	}
 	released := 0
 	c.book.count(b.partition, len(b.msgs), msgBytes(b.msgs))
@@ -474,7 +477,7 @@ func (p *processor) add(b batch) int {
 		}
 	}
 	p.moved(po, w)
-	return released
+	c.q.release(b.partition, released)
 }
 
 // moved brings the book's offsets of a partition up to its window:
@@ -511,22 +514,20 @@ func (p *processor) lane(partition int, key []byte) *lane {
 	return l
 }
 
-// pump starts handlers for ready lanes while there is room, and returns
-// how many messages left the lanes. c.mu is held.
-func (p *processor) pump() int {
-	released := 0
+// pump starts handlers for ready lanes while there is room. c.mu is held.
+func (p *processor) pump() {
 	for p.running < p.pc.Concurrency && p.ready.len() > 0 && !p.stopped.Load() {
 		l := p.ready.pop()
 		l.inReady = false
-		released += p.start(l)
+		p.start(l)
 	}
-	return released
 }
 
-// start starts a handler for the first message of l that is still ours,
-// and returns how many messages left l. c.mu is held.
-func (p *processor) start(l *lane) int {
+// start starts a handler for the first message of l that is still ours.
+// The messages that leave l leave the queue's bound. c.mu is held.
+func (p *processor) start(l *lane) {
 	released := 0
+	defer func() { p.c.q.release(l.key.partition, released) }()
 	for l.msgs.len() > 0 {
 		t := l.msgs.peek()
 		po, ok := p.c.book.parts[t.m.Partition]
@@ -541,7 +542,7 @@ func (p *processor) start(l *lane) int {
 		if t.m.Offset != t.win.commit && !t.win.room() {
 			l.blocked = true
 			p.blocked[t.m.Partition] = append(p.blocked[t.m.Partition], l)
-			return released
+			return
 		}
 		l.msgs.pop()
 		p.waiting--
@@ -558,12 +559,11 @@ func (p *processor) start(l *lane) int {
 			p.ready.push(l)
 		}
 		p.tasks <- t // never blocks: at most Concurrency are in it
-		return released
+		return
 	}
 	if !l.busy {
 		p.dropLane(l)
 	}
-	return released
 }
 
 // dropLane forgets l, which is empty and idle. c.mu is held.
@@ -710,7 +710,6 @@ func (p *processor) finish(t task, complete bool) {
 			due = c.book.countDue()
 		}
 	}
-	released := 0
 	if !p.stopped.Load() {
 		l := t.lane
 		if l.exclusive {
@@ -725,15 +724,37 @@ func (p *processor) finish(t task, complete bool) {
 			p.dropLane(l)
 		}
 		p.unblock(t.m.Partition)
-		released = p.pump()
+		p.pump()
 	}
 	if c.awaiting > 0 {
 		c.consumed.notify() // a revoke waits for the handlers
 	}
 	c.mu.Unlock()
-	c.q.release(released)
 	if due {
 		c.wakeCommitter()
+	}
+}
+
+// purge drops the waiting messages of partition, which a Seek or a revoke
+// made stale: the queue has their room back at once. c.mu is held.
+func (p *processor) purge(partition int) {
+	if p.stopped.Load() {
+		return
+	}
+	p.unblock(partition)
+	for _, l := range p.lanes {
+		if l.key.partition != partition || l.msgs.len() == 0 {
+			continue
+		}
+		n := l.msgs.len()
+		for l.msgs.len() > 0 {
+			l.msgs.pop()
+		}
+		p.waiting -= n
+		p.c.q.release(partition, n)
+		if !l.busy && !l.inReady {
+			p.dropLane(l)
+		}
 	}
 }
 

@@ -776,3 +776,40 @@ func TestProcessSeek(t *testing.T) {
 	}
 	assert.Equal(t, map[int]int64{0: 100}, committed(t, topic, g, 1))
 }
+
+// With few keys per partition, every partition's messages reach the
+// handlers: one partition's backlog does not take the whole queue while
+// it waits for its keys (the queue is fair while Process runs).
+func TestProcessPartitionsShareTheQueue(t *testing.T) {
+	const parts, per = 4, 2000
+	topic := cluster.Topic(t, parts)
+	for p := range parts {
+		keyed(t, topic, p, 0, per, 2)
+	}
+	c := open(t, Config{Topic: topic}) // one worker fetches them all
+	h := newHandled(parts * per)
+	var mu sync.Mutex
+	running := map[int]int{}
+	peak := 0
+	stop := runProcess(t, c, ProcessConfig{Concurrency: 16}, func(ctx context.Context, m kafka.Message) error {
+		mu.Lock()
+		running[m.Partition]++
+		peak = max(peak, len(running))
+		mu.Unlock()
+		time.Sleep(100 * time.Microsecond)
+		mu.Lock()
+		if running[m.Partition]--; running[m.Partition] == 0 {
+			delete(running, m.Partition)
+		}
+		mu.Unlock()
+		h.add(m)
+		return nil
+	})
+	waitDone(t, h.done, "every message handled")
+	require.ErrorIs(t, stop(), context.Canceled)
+	assert.Equal(t, parts, peak, "handlers of every partition ran at once")
+	for k, n := range h.seen {
+		require.Equal(t, 1, n, "message %v handled %d times", k, n)
+	}
+	assert.Zero(t, c.Stats().QueueLen)
+}

@@ -33,6 +33,12 @@ type batch struct {
 // Waiters watch changed, a channel closed on every change they wait for, so
 // they can also select on a context. It is made when a waiter asks for it
 // and dropped when closed: a put that nobody waits for allocates nothing.
+//
+// While Process runs, the queue is fair: each partition may have only its
+// share of the bound (the limit divided among the partitions consumed)
+// queued or held, so that one partition's backlog, waiting for its few
+// keys, does not keep the others' messages from the handlers. Workers
+// check room before they put, and fetch a full partition again later.
 type queue struct {
 	mu      sync.Mutex
 	batches []batch // FIFO
@@ -41,10 +47,82 @@ type queue struct {
 	limit   int
 	putters int           // puts waiting for room: take wakes waiters only then
 	changed chan struct{} // nil: nobody waits
+	fair    bool          // Process runs: partitions get a share of the bound each
+	nparts  int           // partitions consumed, which share the bound
+	parts   map[int]int   // messages of each partition queued or held
+	hungry  int           // workers waiting for a partition to be hungry (see waitRoom)
 }
 
 func newQueue(limit int) *queue {
-	return &queue{limit: limit}
+	return &queue{limit: limit, parts: make(map[int]int)}
+}
+
+// setFair turns the partitions' shares on or off.
+func (q *queue) setFair(fair bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.fair = fair
+	q.signalLocked()
+}
+
+// setPartitions sets how many partitions share the bound.
+func (q *queue) setPartitions(n int) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.nparts = n
+	q.signalLocked()
+}
+
+// room returns how many messages of partition p may be queued now without
+// passing its share, when the queue is fair, and -1 when it is not (the
+// bound alone applies).
+func (q *queue) room(p int) int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.roomLocked(p)
+}
+
+func (q *queue) roomLocked(p int) int {
+	if !q.fair {
+		return -1
+	}
+	return max(0, q.shareLocked()-q.parts[p])
+}
+
+func (q *queue) shareLocked() int { return max(1, q.limit/max(1, q.nparts)) }
+
+// isHungry reports whether partition p is worth a fetch: the queue is not
+// fair, or p has no more than half its share. Fetching a partition that
+// has room for a message or two would throw most of the response away.
+func (q *queue) isHungry(p int) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return !q.fair || q.parts[p] <= q.shareLocked()/2
+}
+
+// waitRoom returns a channel closed when a partition becomes hungry (or
+// at another change), and a func to call when done waiting.
+func (q *queue) waitRoom() (<-chan struct{}, func()) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.hungry++
+	return q.changedLocked(), func() {
+		q.mu.Lock()
+		q.hungry--
+		q.mu.Unlock()
+	}
+}
+
+// count adds n messages of partition p (n < 0: removes).
+func (q *queue) countLocked(p, n int) {
+	if n == 0 {
+		return
+	}
+	if c := q.parts[p] + n; c > 0 {
+		q.parts[p] = c
+	} else {
+		delete(q.parts, p)
+	}
 }
 
 // signalLocked wakes every waiter; q.mu is held.
@@ -83,6 +161,7 @@ func (q *queue) put(ctx context.Context, b batch, open *event) error {
 		if isOpen && q.queued+q.held+n <= q.limit {
 			q.batches = append(q.batches, b)
 			q.queued += n
+			q.countLocked(b.partition, n)
 			q.signalLocked()
 			q.mu.Unlock()
 			return nil
@@ -138,14 +217,20 @@ func (q *queue) hold() []batch {
 	return out
 }
 
-// release takes n held messages out of the bound.
-func (q *queue) release(n int) {
+// release takes n held messages of partition p out of the bound.
+func (q *queue) release(p, n int) {
 	if n == 0 {
 		return
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.held -= n
+	before := q.parts[p]
+	q.countLocked(p, -n)
+	if q.hungry > 0 && before > q.shareLocked()/2 && q.parts[p] <= q.shareLocked()/2 {
+		q.signalLocked() // p became hungry
+		return
+	}
 	if q.putters > 0 {
 		q.signalLocked()
 	}
@@ -160,6 +245,7 @@ func (q *queue) takeLocked(max int) []batch {
 			out = append(out, *b)
 			max -= len(b.msgs)
 			q.queued -= len(b.msgs)
+			q.countLocked(b.partition, -len(b.msgs))
 			*b = batch{}
 			q.batches = q.batches[1:]
 			continue
@@ -167,6 +253,7 @@ func (q *queue) takeLocked(max int) []batch {
 		out = append(out, batch{partition: b.partition, epoch: b.epoch, msgs: b.msgs[:max:max]})
 		b.msgs = b.msgs[max:]
 		q.queued -= max
+		q.countLocked(b.partition, -max)
 		max = 0
 	}
 	// Markers right behind what was taken go too: they cost nothing, and
@@ -195,6 +282,7 @@ func (q *queue) unshift(bs []batch) {
 	defer q.mu.Unlock()
 	for _, b := range bs {
 		q.queued += len(b.msgs)
+		q.countLocked(b.partition, len(b.msgs))
 	}
 	q.batches = append(bs[:len(bs):len(bs)], q.batches...)
 	q.signalLocked()
@@ -209,6 +297,7 @@ func (q *queue) drop(stale func(b *batch) bool) int {
 	for i := range q.batches {
 		if stale(&q.batches[i]) {
 			n += len(q.batches[i].msgs)
+			q.countLocked(q.batches[i].partition, -len(q.batches[i].msgs))
 			continue
 		}
 		kept = append(kept, q.batches[i])

@@ -446,3 +446,59 @@ func TestQueuePutCancel(t *testing.T) {
 		})
 	}
 }
+
+// While Process runs, each partition gets a share of the bound; what
+// Process holds counts until released; a worker waiting for a partition
+// to be hungry is woken when one falls to half its share.
+func TestQueueFairShares(t *testing.T) {
+	q := newQueue(100)
+	q.setPartitions(4)
+	open := newEvent(true)
+	ctx := context.Background()
+	assert.Equal(t, -1, q.room(0), "not fair: the bound alone")
+	assert.True(t, q.isHungry(0))
+
+	q.setFair(true)
+	assert.Equal(t, 25, q.room(0))
+	require.NoError(t, q.put(ctx, mkBatch(0, 1, 0, 20), open))
+	require.NoError(t, q.put(ctx, mkBatch(1, 1, 0, 5), open))
+	assert.Equal(t, 5, q.room(0))
+	assert.Equal(t, 20, q.room(1))
+	assert.False(t, q.isHungry(0), "20 of 25: not worth a fetch")
+	assert.True(t, q.isHungry(1))
+
+	held := q.hold() // Process takes them all: they stay in the bound
+	assert.Len(t, held, 2)
+	assert.Zero(t, q.len())
+	assert.Equal(t, 5, q.room(0))
+
+	room, done := q.waitRoom()
+	q.release(0, 5) // 15 of 25: still above half
+	select {
+	case <-room:
+		t.Fatal("woken before partition 0 is hungry")
+	default:
+	}
+	q.release(0, 3) // 12 of 25: hungry
+	select {
+	case <-room:
+	default:
+		t.Fatal("not woken when partition 0 became hungry")
+	}
+	done()
+	assert.Equal(t, 13, q.room(0))
+	assert.True(t, q.isHungry(0))
+
+	// Dropped and taken messages leave the share too.
+	require.NoError(t, q.put(ctx, mkBatch(2, 1, 0, 25), open))
+	assert.Zero(t, q.room(2))
+	q.drop(func(b *batch) bool { return b.partition == 2 })
+	assert.Equal(t, 25, q.room(2))
+
+	q.setFair(false)
+	assert.Equal(t, -1, q.room(0))
+	q.release(0, 12)
+	q.release(1, 5)
+	assert.Empty(t, q.parts, "every message counted out")
+	assert.Zero(t, q.held)
+}

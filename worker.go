@@ -15,6 +15,10 @@ import (
 	fetchAPI "github.com/segmentio/kafka-go/protocol/fetch"
 )
 
+// errShareFull stops the decoding of a partition that has its share of the
+// queue (while Process runs): the rest of the response is fetched again.
+var errShareFull = errors.New("partition has its share of the queue")
+
 // Fetch limits. A short MaxWait keeps an idle worker responsive (kafka-go's
 // Reader default of 10s was seen stalling whole rounds); the byte limits
 // bound what one fetch response holds besides the queue.
@@ -140,7 +144,7 @@ func (w *worker) run(ctx context.Context) {
 			return
 		}
 		w.wake.clear() // the positions read next cover every Seek so far
-		wait, leaderless := w.c.syncPositions(w.order, w.pos, time.Now(), &w.plan)
+		wait, leaderless, full := w.c.syncPositions(w.order, w.pos, time.Now(), &w.plan)
 		if leaderless {
 			// Look again for a leader every second at most; the
 			// other partitions go on meanwhile.
@@ -149,16 +153,29 @@ func (w *worker) run(ctx context.Context) {
 		}
 		groups := w.plan.groups
 		if len(groups) == 0 {
+			var room <-chan struct{}
+			doneWaiting := func() {}
+			if full {
+				// Process has its fill of these partitions: fetch
+				// again when it takes some.
+				room, doneWaiting = w.c.q.waitRoom()
+			}
 			idle.Reset(wait)
 			select {
 			case <-ctx.Done():
+				doneWaiting()
 				return
 			case <-idle.C:
 			case <-w.wake.ch:
 				if !idle.Stop() {
 					<-idle.C
 				}
+			case <-room:
+				if !idle.Stop() {
+					<-idle.C
+				}
 			}
+			doneWaiting()
 			continue
 		}
 		refresh := w.round(ctx, groups)
@@ -476,11 +493,21 @@ func (w *worker) handle(ctx context.Context, rp *fetchAPI.ResponsePartition, a *
 func (w *worker) decode(ctx context.Context, p int, pos *fetchPos, hwm int64, rr protocol.RecordReader, a *arena) (bool, error) {
 	var run []kafka.Message
 	got := false
+	full := false        // p has its share of the queue: the rest is fetched again
 	seen := int64(-1)    // the last offset passed, messages or not
 	emptyAt := int64(-1) // base offset of the last batch, when it was empty
 	flush := func() error {
 		if len(run) == 0 {
 			return nil
+		}
+		if room := w.c.q.room(p); room >= 0 && room < len(run) {
+			// Process has its share of p: queue what fits, and fetch
+			// the rest again later.
+			run = run[:room:room]
+			full = true
+			if room == 0 {
+				return errShareFull
+			}
 		}
 		b := batch{partition: p, epoch: pos.epoch, msgs: run}
 		run = nil
@@ -489,6 +516,9 @@ func (w *worker) decode(ctx context.Context, p int, pos *fetchPos, hwm int64, rr
 		}
 		got = true
 		pos.offset = b.msgs[len(b.msgs)-1].Offset + 1
+		if full {
+			return errShareFull
+		}
 		return nil
 	}
 	var walk func(rr protocol.RecordReader) error
@@ -574,9 +604,15 @@ func (w *worker) decode(ctx context.Context, p int, pos *fetchPos, hwm int64, rr
 		return nil
 	}
 	if err := walk(rr); err != nil {
+		if errors.Is(err, errShareFull) {
+			return got, nil
+		}
 		return got, errors.Join(err, flush())
 	}
 	if err := flush(); err != nil {
+		if errors.Is(err, errShareFull) {
+			return got, nil
+		}
 		return got, err
 	}
 	if seen+1 > pos.offset {
