@@ -350,6 +350,7 @@ type lane struct {
 	busy      bool // exclusive: one of its messages is being handled
 	inReady   bool
 	blocked   bool
+	held      bool // exclusive: a message was left incomplete; nothing more starts
 }
 
 // task is a message to handle, with what tells whether it is still ours:
@@ -471,7 +472,7 @@ func (p *processor) add(b batch) {
 		l := p.lane(b.partition, m.Key)
 		l.msgs.push(task{m: m, epoch: b.epoch, win: w, lane: l, taken: now})
 		p.waiting++
-		if !l.busy && !l.inReady && !l.blocked {
+		if !l.busy && !l.inReady && !l.blocked && !l.held {
 			l.inReady = true
 			p.ready.push(l)
 		}
@@ -576,19 +577,19 @@ func (p *processor) dropLane(l *lane) {
 // handle runs the handler on t until it succeeds, is given up on, or ctx
 // ends.
 func (p *processor) handle(ctx context.Context, t task) {
-	if p.stopped.Load() {
-		p.finish(t, false)
+	if p.stopped.Load() || ctx.Err() != nil {
+		p.finish(t, incomplete) // Process stops: not even started
 		return
 	}
 	backoff := p.pc.RetryBackoff
 	for attempt := 1; ; attempt++ {
 		err := p.attempt(ctx, t)
 		if err == nil {
-			p.finish(t, true)
+			p.finish(t, completed)
 			return
 		}
 		if ctx.Err() != nil {
-			p.finish(t, false) // incomplete: handled again later
+			p.finish(t, incomplete) // handled again later
 			return
 		}
 		if p.pc.MaxAttempts > 0 && attempt >= p.pc.MaxAttempts {
@@ -602,14 +603,14 @@ func (p *processor) handle(ctx context.Context, t task) {
 		current := p.current(t)
 		p.c.mu.Unlock()
 		if !current {
-			p.finish(t, false) // revoked, or moved by Seek: not ours to retry
+			p.finish(t, moved) // revoked, or moved by Seek: not ours to retry
 			return
 		}
 		timer := time.NewTimer(backoff)
 		select {
 		case <-ctx.Done():
 			timer.Stop()
-			p.finish(t, false)
+			p.finish(t, incomplete)
 			return
 		case <-timer.C:
 		}
@@ -658,11 +659,11 @@ func (p *processor) giveUp(ctx context.Context, t task, attempts int, err error)
 			p.c.mu.Lock()
 			p.c.pstats.GivenUp++
 			p.c.mu.Unlock()
-			p.finish(t, true)
+			p.finish(t, completed)
 			return
 		}
 		if ctx.Err() != nil {
-			p.finish(t, false) // stopped meanwhile: incomplete, not a failure
+			p.finish(t, incomplete) // stopped meanwhile: not a failure
 			return
 		}
 		gerr = &GiveUpError{Topic: gerr.Topic, Partition: gerr.Partition, Offset: gerr.Offset, Attempts: attempts, Err: err, HookErr: herr}
@@ -677,7 +678,7 @@ func (p *processor) giveUp(ctx context.Context, t task, attempts int, err error)
 	case p.stop <- struct{}{}:
 	default:
 	}
-	p.finish(t, false)
+	p.finish(t, incomplete)
 }
 
 func (p *processor) callOnGiveUp(ctx context.Context, m kafka.Message, err error) (herr error) {
@@ -689,9 +690,18 @@ func (p *processor) callOnGiveUp(ctx context.Context, m kafka.Message, err error
 	return p.pc.OnGiveUp(ctx, m, err)
 }
 
-// finish records the end of t's handling (complete, or left incomplete),
-// and starts what may start now.
-func (p *processor) finish(t task, complete bool) {
+// outcome is how the handling of a message ended.
+type outcome int
+
+const (
+	completed  outcome = iota
+	incomplete         // Process stops, or gives up: the message's key (lane) starts nothing more
+	moved              // its partition moved (Seek) or went (revoke): the rest of its lane is stale too
+)
+
+// finish records the end of t's handling, and starts what may start now.
+func (p *processor) finish(t task, o outcome) {
+	complete := o == completed
 	c := p.c
 	c.mu.Lock()
 	p.running--
@@ -714,9 +724,12 @@ func (p *processor) finish(t task, complete bool) {
 		l := t.lane
 		if l.exclusive {
 			l.busy = false
+			// A message left incomplete holds its key: the ones after
+			// it must not run before it does (after a restart).
+			l.held = l.held || o == incomplete
 		}
 		if l.msgs.len() > 0 {
-			if !l.inReady && !l.blocked {
+			if !l.inReady && !l.blocked && !l.held {
 				l.inReady = true
 				p.ready.push(l)
 			}
@@ -768,7 +781,7 @@ func (p *processor) unblock(partition int) {
 	delete(p.blocked, partition)
 	for _, l := range bl {
 		l.blocked = false
-		if l.msgs.len() > 0 && !l.inReady && !l.busy {
+		if l.msgs.len() > 0 && !l.inReady && !l.busy && !l.held {
 			l.inReady = true
 			p.ready.push(l)
 		}

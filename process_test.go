@@ -813,3 +813,35 @@ func TestProcessPartitionsShareTheQueue(t *testing.T) {
 	}
 	assert.Zero(t, c.Stats().QueueLen)
 }
+
+// When Process gives up on a message, no later message of its key runs,
+// even in the instant before Process stops: after a restart the key
+// resumes at the message given up on, in order.
+func TestProcessGiveUpHoldsTheKey(t *testing.T) {
+	topic := cluster.Topic(t, 1)
+	keyed(t, topic, 0, 0, 40, 2) // k0 at even offsets, k1 at odd
+	for range 5 {
+		g := group(t)
+		c := open(t, Config{Topic: topic, Group: g})
+		var mu sync.Mutex
+		var k0 []int64
+		err := c.Process(testCtx(t), ProcessConfig{MaxAttempts: 1}, func(ctx context.Context, m kafka.Message) error {
+			if string(m.Key) != "k0" {
+				return nil
+			}
+			if m.Offset == 2 {
+				return errBoom
+			}
+			mu.Lock()
+			k0 = append(k0, m.Offset)
+			mu.Unlock()
+			return nil // ignores ctx: a handler that would complete if started
+		})
+		require.ErrorIs(t, err, errBoom)
+		require.NoError(t, c.Close())
+		mu.Lock()
+		assert.Equal(t, []int64{0}, k0, "k0 stops at the message given up on")
+		mu.Unlock()
+		assert.LessOrEqual(t, committed(t, topic, g, 1)[0], int64(2))
+	}
+}
