@@ -320,6 +320,7 @@ func (c *MultiConsumer) countFetchErrors(parts []int) {
 	for _, p := range parts {
 		if po, ok := c.book.parts[p]; ok {
 			po.fetchErrors++
+			c.book.fetchErrors++
 		}
 	}
 	c.mu.Unlock()
@@ -577,7 +578,7 @@ type PartitionStats struct {
 	Consumed      int64 // offset after the last message the caller came back from
 	Committed     int64 // offset stored in the group; -1 if none is known
 	HighWatermark int64 // from the last fetch; -1 before the first
-	Lag           int64 // HighWatermark - Delivered; -1 if unknown
+	Lag           int64 // HighWatermark - Delivered (queued messages count): -1 if unknown; the group's lag is HighWatermark - Committed
 	FetchErrors   int64
 	Messages      int64 // messages delivered (or taken by Process), in all
 	Bytes         int64 // the size of their keys and values
@@ -590,18 +591,36 @@ type PartitionStats struct {
 
 // Stats is a snapshot of the consumer's state.
 type Stats struct {
+	Time     time.Time // when the snapshot was taken
+	Topic    string
+	Group    string // "" without offset storage
+	ClientID string // the Dialer's
+	// JoinGroup: the consumer is a group member (group mode).
+	JoinGroup bool
+	// Closed: Close has begun; nothing changes any more.
+	Closed bool
+
 	Workers      int
 	QueueLen     int // messages fetched and queued for delivery
 	QueueSize    int // the bound of QueueLen (see Config.QueueSize)
 	Paused       bool
-	CommitErrors int64
-	Partitions   map[int]PartitionStats
+	Commits      int64     // commit requests that stored offsets
+	LastCommit   time.Time // the last of them; zero before the first
+	CommitErrors int64     // commits that failed (each retry counts)
+	// Messages, Bytes and FetchErrors are the partitions' counts summed
+	// since New: they do not go back when a partition leaves (group mode).
+	Messages    int64
+	Bytes       int64
+	FetchErrors int64
+	Partitions  map[int]PartitionStats
 	// AddedPartitions are the partitions added to the topic while the
 	// consumer ran, which it consumes too, sorted.
 	AddedPartitions []int
-	// Group mode: the member id and generation of the last join, the
-	// rebalances this member went through and the time they took (join
-	// to assignment applied), and the partitions lost without a commit.
+	// Group mode: the member id and generation of the last join (-1
+	// before the first join, and outside group mode), the rebalances this
+	// member went through and the time they took (join to assignment
+	// applied), and the partitions lost without a commit. The counts of a
+	// partition (PartitionStats) start again at 0 when it comes back.
 	MemberID       string
 	Generation     int32
 	Rebalances     int64
@@ -619,8 +638,12 @@ func (c *MultiConsumer) Stats() Stats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s := Stats{
+		Time: time.Now(), Topic: c.cfg.Topic, Group: c.cfg.Group, ClientID: c.cfg.Dialer.ClientID,
+		JoinGroup: c.cfg.JoinGroup, Closed: c.closed,
 		Workers: c.workers, QueueLen: queued, QueueSize: c.cfg.QueueSize,
 		Paused: !c.running.IsSet(), CommitErrors: c.commitErrs,
+		Commits: c.book.commits, LastCommit: c.book.lastStored,
+		Messages: c.book.messages, Bytes: c.book.bytes, FetchErrors: c.book.fetchErrors,
 		Partitions:      make(map[int]PartitionStats, len(c.book.parts)),
 		AddedPartitions: sortedCopy(c.added),
 		Err:             c.fatal,
@@ -645,7 +668,7 @@ func (c *MultiConsumer) Stats() Stats {
 		s.Partitions[p] = ps
 	}
 	if c.proc != nil {
-		c.proc.stats(&s, time.Now())
+		c.proc.stats(&s, s.Time)
 	}
 	return s
 }

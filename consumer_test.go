@@ -669,6 +669,18 @@ func TestStats(t *testing.T) {
 	assert.Equal(t, 0, s.QueueLen)
 	assert.Equal(t, PartitionStats{Delivered: 10, Consumed: 10, Committed: 10, HighWatermark: 10, Lag: 0, Messages: 10, Bytes: 60}, s.Partitions[0])
 	assert.Equal(t, PartitionStats{Delivered: 10, Consumed: 10, Committed: -1, HighWatermark: 10, Lag: 0, Messages: 10, Bytes: 60}, s.Partitions[1])
+	assert.Equal(t, topic, s.Topic)
+	assert.Equal(t, g, s.Group)
+	assert.False(t, s.JoinGroup)
+	assert.EqualValues(t, 1, s.Commits)
+	assert.False(t, s.LastCommit.IsZero())
+	assert.False(t, s.Time.Before(s.LastCommit))
+	assert.EqualValues(t, 20, s.Messages)
+	assert.EqualValues(t, 120, s.Bytes)
+	assert.EqualValues(t, -1, s.Generation, "outside group mode")
+	assert.False(t, s.Closed)
+	require.NoError(t, c.Close())
+	assert.True(t, c.Stats().Closed)
 }
 
 func TestBadConfig(t *testing.T) {

@@ -55,6 +55,11 @@ type book struct {
 	sinceCommit int       // messages consumed since the last commit
 	lastCommit  time.Time // last commit, or creation
 	processing  bool      // Process runs: windows say what is consumed
+
+	// Totals since New, for Stats: they outlive the partitions.
+	messages, bytes, fetchErrors int64
+	commits                      int64
+	lastStored                   time.Time // the last commit that stored offsets
 }
 
 func newBook(everyN int, everyT time.Duration, now time.Time) *book {
@@ -189,6 +194,8 @@ func (b *book) count(p int, n int, bytes int64) {
 	if po, ok := b.parts[p]; ok {
 		po.messages += int64(n)
 		po.bytes += bytes
+		b.messages += int64(n)
+		b.bytes += bytes
 	}
 }
 
@@ -333,6 +340,10 @@ func (b *book) committed(offsets map[int]int64, now time.Time) {
 
 // committedMeta is committed, with the metadata stored beside each offset.
 func (b *book) committedMeta(offsets map[int]int64, meta map[int]string, now time.Time) {
+	if len(offsets) > 0 {
+		b.commits++
+		b.lastStored = now
+	}
 	for p, off := range offsets {
 		if po, ok := b.parts[p]; ok {
 			po.committed = off

@@ -47,6 +47,7 @@
 //	multiconsumer.paused                     gauge    1            1 while paused, else 0
 //	multiconsumer.stopped                    gauge    1            1 when the consumer stopped for good (Err is not nil), else 0
 //	multiconsumer.commit.errors              counter  {error}      failed commits
+//	multiconsumer.commits                    counter  {commit}     commits that stored offsets
 //
 // In group mode (once the member has joined):
 //
@@ -97,7 +98,6 @@ import (
 	"maps"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -259,23 +259,10 @@ func (m *Metrics) Close() error {
 	return m.reg.Unregister()
 }
 
-// topicGroup reads mc's topic and group from its String, the one place
-// MultiConsumer shows them: "<MultiConsumer group=G, topic=T, consumers=W>".
-// A topic name has no ',' (Kafka allows [a-zA-Z0-9._-]), so the last
-// ", topic=" ends the group, whatever the group's name holds.
+// topicGroup returns mc's topic and group.
 func topicGroup(mc *multiconsumer.MultiConsumer) (topic, group string, err error) {
-	s := mc.String()
-	rest, ok := strings.CutPrefix(s, "<MultiConsumer group=")
-	i := strings.LastIndex(rest, ", topic=")
-	if !ok || i < 0 {
-		return "", "", fmt.Errorf("mcotel: cannot read the topic and group of %q", s)
-	}
-	group, rest = rest[:i], rest[i+len(", topic="):]
-	topic, _, ok = strings.Cut(rest, ", consumers=")
-	if !ok {
-		return "", "", fmt.Errorf("mcotel: cannot read the topic and group of %q", s)
-	}
-	return topic, group, nil
+	s := mc.Stats()
+	return s.Topic, s.Group, nil
 }
 
 // observe is the callback: it observes every consumer's Stats.
@@ -284,7 +271,8 @@ func (m *Metrics) observe(_ context.Context, o metric.Observer) error {
 	cs := slices.Collect(maps.Values(m.consumers))
 	m.mu.Unlock()
 	for _, cn := range cs {
-		m.observeOne(o, cn, cn.mc.Stats(), time.Now())
+		s := cn.mc.Stats()
+		m.observeOne(o, cn, s, s.Time)
 	}
 	return nil
 }
@@ -303,8 +291,9 @@ func (m *Metrics) observeOne(o metric.Observer, cn consumer, s multiconsumer.Sta
 	i64(in.paused, bit(s.Paused))
 	i64(in.stopped, bit(s.Err != nil))
 	i64(in.commitErrors, s.CommitErrors)
+	i64(in.commits, s.Commits)
 
-	if s.MemberID != "" || s.Generation >= 0 || s.Rebalances > 0 {
+	if s.JoinGroup {
 		o.ObserveInt64(in.member, 1, metric.WithAttributeSet(attribute.NewSet(append(slices.Clone(cn.attrs), MemberIDKey.String(s.MemberID))...)))
 		i64(in.generation, int64(s.Generation))
 		i64(in.rebalances, s.Rebalances)
@@ -397,6 +386,7 @@ func bit(b bool) int64 {
 // instruments are the observable instruments.
 type instruments struct {
 	workers, partitions, queueLen, queueCap, paused, stopped, commitErrors metric.Int64Observable
+	commits                                                                metric.Int64Observable
 
 	member, generation, rebalances, lost metric.Int64Observable
 	rebalanceTime                        metric.Float64Observable
@@ -461,6 +451,7 @@ func (in *instruments) create(meter metric.Meter, ns string, stuckAfter time.Dur
 	gauge(&in.paused, "paused", "1", "1 while the consumer is paused, else 0.")
 	gauge(&in.stopped, "stopped", "1", "1 when the consumer stopped for good (its Err is not nil), else 0.")
 	counter(&in.commitErrors, "commit.errors", "{error}", "Commits that failed.")
+	counter(&in.commits, "commits", "{commit}", "Commits that stored offsets.")
 
 	gauge(&in.member, "group.member", "1", "1, with the member id of the consumer's group member.")
 	gauge(&in.generation, "group.generation", "{generation}", "Generation of the group member's last join.")

@@ -227,6 +227,7 @@ func TestGetMessages(t *testing.T) {
 	check(t, ms, "multiconsumer.paused", gauge(pt[int64](a, 0)))
 	check(t, ms, "multiconsumer.stopped", gauge(pt[int64](a, 0)))
 	check(t, ms, "multiconsumer.commit.errors", counter(pt[int64](a, 0)))
+	check(t, ms, "multiconsumer.commits", counter(pt[int64](a, 1)))
 	check(t, ms, "multiconsumer.lag", upDown(pt[int64](a, 0, part(0)), pt[int64](a, 0, part(1))))
 	check(t, ms, "multiconsumer.offset.delivered", gauge(pt[int64](a, 10, part(0)), pt[int64](a, 10, part(1))))
 	check(t, ms, "multiconsumer.offset.consumed", gauge(pt[int64](a, 10, part(0)), pt[int64](a, 10, part(1))))

@@ -39,6 +39,8 @@
 //	multiconsumer_paused                       gauge    1 while paused (Pause), else 0
 //	multiconsumer_stopped                      gauge    1 when the consumer stopped for good (Err is not nil), else 0
 //	multiconsumer_commit_errors_total          counter  failed commits
+//	multiconsumer_commits_total                counter  commits that stored offsets
+//	multiconsumer_last_commit_timestamp_seconds gauge   when the last one did (Unix time)
 //
 // In group mode (once the member has joined):
 //
@@ -75,7 +77,6 @@ import (
 	"maps"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -184,23 +185,10 @@ func (c *Collector) Remove(name string) bool {
 	return ok
 }
 
-// topicGroup reads mc's topic and group from its String, the one place
-// MultiConsumer shows them: "<MultiConsumer group=G, topic=T, consumers=W>".
-// A topic name has no ',' (Kafka allows [a-zA-Z0-9._-]), so the last
-// ", topic=" ends the group, whatever the group's name holds.
+// topicGroup returns mc's topic and group.
 func topicGroup(mc *multiconsumer.MultiConsumer) (topic, group string, err error) {
-	s := mc.String()
-	rest, ok := strings.CutPrefix(s, "<MultiConsumer group=")
-	i := strings.LastIndex(rest, ", topic=")
-	if !ok || i < 0 {
-		return "", "", fmt.Errorf("mcprom: cannot read the topic and group of %q", s)
-	}
-	group, rest = rest[:i], rest[i+len(", topic="):]
-	topic, _, ok = strings.Cut(rest, ", consumers=")
-	if !ok {
-		return "", "", fmt.Errorf("mcprom: cannot read the topic and group of %q", s)
-	}
-	return topic, group, nil
+	s := mc.Stats()
+	return s.Topic, s.Group, nil
 }
 
 // Describe sends the descriptions of every metric the Collector may
@@ -221,7 +209,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	c.mu.Unlock()
 	for i, cn := range cs {
-		c.collect(ch, names[i], cn, cn.mc.Stats(), time.Now())
+		s := cn.mc.Stats()
+		c.collect(ch, names[i], cn, s, s.Time)
 	}
 }
 
@@ -248,8 +237,12 @@ func (c *Collector) collect(ch chan<- prometheus.Metric, name string, cn consume
 	gauge(d.paused, bit(s.Paused))
 	gauge(d.stopped, bit(s.Err != nil))
 	counter(d.commitErrors, float64(s.CommitErrors))
+	counter(d.commits, float64(s.Commits))
+	if !s.LastCommit.IsZero() {
+		gauge(d.lastCommit, float64(s.LastCommit.UnixNano())/1e9)
+	}
 
-	if s.MemberID != "" || s.Generation >= 0 || s.Rebalances > 0 {
+	if s.JoinGroup {
 		gauge(d.memberInfo, 1, s.MemberID)
 		gauge(d.generation, float64(s.Generation))
 		counter(d.rebalances, float64(s.Rebalances))
@@ -345,6 +338,7 @@ func bit(b bool) float64 {
 // descs are the descriptions of the metrics.
 type descs struct {
 	workers, assigned, queueLen, queueCap, paused, stopped, commitErrors *prometheus.Desc
+	commits, lastCommit                                                  *prometheus.Desc
 
 	memberInfo, generation, rebalances, rebalanceTime, lost *prometheus.Desc
 
@@ -373,6 +367,8 @@ func newDescs(ns string, stuckAfter time.Duration) descs {
 		paused:       c("paused", "1 while the consumer is paused, else 0."),
 		stopped:      c("stopped", "1 when the consumer stopped for good (its Err is not nil), else 0."),
 		commitErrors: c("commit_errors_total", "Commits that failed."),
+		commits:      c("commits_total", "Commits that stored offsets."),
+		lastCommit:   c("last_commit_timestamp_seconds", "When the last commit stored offsets (Unix time); absent before the first."),
 
 		memberInfo: prometheus.NewDesc(prometheus.BuildFQName(ns, "", "group_member_info"),
 			"1, with the member id of the consumer's group member.", memberLabels, nil),
@@ -412,6 +408,7 @@ func newDescs(ns string, stuckAfter time.Duration) descs {
 func (d *descs) all() []*prometheus.Desc {
 	return []*prometheus.Desc{
 		d.workers, d.assigned, d.queueLen, d.queueCap, d.paused, d.stopped, d.commitErrors,
+		d.commits, d.lastCommit,
 		d.memberInfo, d.generation, d.rebalances, d.rebalanceTime, d.lost,
 		d.procRunning, d.procInFlight, d.procWaiting, d.procStuck, d.procLongest,
 		d.procHandled, d.procRetries, d.procGivenUp, d.procPanics, d.procSkipped, d.procDuration,

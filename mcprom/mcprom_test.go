@@ -213,6 +213,7 @@ func TestGetMessages(t *testing.T) {
 		multiconsumer_paused{L} 0
 		multiconsumer_stopped{L} 0
 		multiconsumer_commit_errors_total{L} 0
+		multiconsumer_commits_total{L} 1
 		multiconsumer_lag{L,partition="0"} 0
 		multiconsumer_lag{L,partition="1"} 0
 		multiconsumer_delivered_offset{L,partition="0"} 10
@@ -242,6 +243,9 @@ func TestGetMessages(t *testing.T) {
 	}
 	_, ok := value(t, reg, "multiconsumer_committed_offset", map[string]string{"partition": "1"})
 	assert.False(t, ok, "committed offset of partition 1")
+	last, ok := value(t, reg, "multiconsumer_last_commit_timestamp_seconds", nil)
+	require.True(t, ok)
+	assert.InDelta(t, float64(c.Stats().LastCommit.UnixNano())/1e9, last, 0.001)
 
 	// Five more on partition 1: fetched and queued, not delivered.
 	msgs := make([]kafka.Message, 5)
