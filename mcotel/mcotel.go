@@ -49,7 +49,7 @@
 //	multiconsumer.commit.errors              counter  {error}      failed commits
 //	multiconsumer.commits                    counter  {commit}     commits that stored offsets
 //
-// In group mode (once the member has joined):
+// In group mode (Config.JoinGroup):
 //
 //	multiconsumer.group.member               gauge    1            1, with the attribute multiconsumer.member.id
 //	multiconsumer.group.generation           gauge    {generation} generation of the last join

@@ -42,7 +42,7 @@
 //	multiconsumer_commits_total                counter  commits that stored offsets
 //	multiconsumer_last_commit_timestamp_seconds gauge   when the last one did (Unix time)
 //
-// In group mode (once the member has joined):
+// In group mode (Config.JoinGroup):
 //
 //	multiconsumer_group_member_info            gauge    1, with the label member_id
 //	multiconsumer_group_generation             gauge    generation of the last join
