@@ -829,7 +829,7 @@ func (c *MultiConsumer) rewind() {
 	targets := make(map[int]int64)
 	for p, po := range c.book.parts {
 		if w := po.win; w != nil && w.next != w.commit {
-			w.next, w.pending, w.inflight = w.commit, 0, 0
+			w.rewind()
 			targets[p] = w.commit
 		}
 	}

@@ -24,9 +24,11 @@ type span struct{ start, end int64 }
 //     they are all below next, the offset after the last message taken.
 //
 // Offsets between two taken messages that hold no message (compacted away,
-// transaction markers) are complete: take records them so. done may reach
-// past next: offsets a previous owner completed (restored from the commit
-// metadata), which take then skips.
+// transaction markers) are complete: take records them so, with the
+// message before them when it is pending (they complete with it), so that
+// they never make spans of their own. done may reach past next: offsets a
+// previous owner completed (restored from the commit metadata), which take
+// then skips.
 type window struct {
 	commit  int64
 	next    int64
@@ -35,9 +37,26 @@ type window struct {
 	// inflight are the pending messages handed to a handler: each may
 	// complete out of order, and add a span to done.
 	inflight int
+	// tail is the last message taken, if it is pending, else -1; gaps[o]
+	// is the end of the offsets without a message after pending message
+	// o, which complete with it.
+	tail int64
+	gaps map[int64]int64
 }
 
-func newWindow(start int64) *window { return &window{commit: start, next: start} }
+func newWindow(start int64) *window { return &window{commit: start, next: start, tail: -1} }
+
+// gap records that [w.next, o) holds no message.
+func (w *window) gap(o int64) {
+	if w.tail >= 0 && w.tail >= w.commit && !w.isDone(w.tail) {
+		if w.gaps == nil {
+			w.gaps = make(map[int64]int64)
+		}
+		w.gaps[w.tail] = o
+		return
+	}
+	w.add(max(w.next, w.commit), o)
+}
 
 // take records that the message at offset o is taken, and reports whether
 // it must be handled: false if it is complete already (a message before
@@ -47,12 +66,14 @@ func (w *window) take(o int64) bool {
 		return false // complete, or pending already
 	}
 	if o > w.next {
-		w.add(max(w.next, w.commit), o) // no message in between
+		w.gap(o) // no message in between
 	}
 	w.next = o + 1
+	w.tail = -1
 	if o < w.commit || w.isDone(o) {
 		return false
 	}
+	w.tail = o
 	w.pending++
 	return true
 }
@@ -60,7 +81,7 @@ func (w *window) take(o int64) bool {
 // advance moves next to o: the offsets between hold no message.
 func (w *window) advance(o int64) {
 	if o > w.next {
-		w.add(max(w.next, w.commit), o)
+		w.gap(o)
 		w.next = o
 	}
 }
@@ -71,7 +92,18 @@ func (w *window) complete(o int64) {
 		return // not pending: already complete
 	}
 	w.pending--
-	w.add(o, o+1)
+	end := o + 1
+	if g, ok := w.gaps[o]; ok {
+		end = g
+		delete(w.gaps, o)
+	}
+	w.add(o, end)
+}
+
+// rewind forgets what was taken and not complete: it is taken again from
+// the commit on. What completed above stays known.
+func (w *window) rewind() {
+	w.next, w.pending, w.inflight, w.tail, w.gaps = w.commit, 0, 0, -1, nil
 }
 
 // isDone reports whether done holds o.

@@ -28,10 +28,13 @@ func TestWindow(t *testing.T) {
 		{"out of order holds the commit", 0, []op{take(0), take(1), take(2), done(2), done(1)}, 0, []span{{1, 3}}, 1},
 		{"then the lowest completes", 0, []op{take(0), take(1), take(2), done(2), done(1), done(0)}, 3, nil, 0},
 		{"holes", 10, []op{take(10), take(11), take(12), take(13), done(11), done(13)}, 10, []span{{11, 12}, {13, 14}}, 2},
-		{"gap without messages is complete", 0, []op{take(0), take(5), done(5)}, 0, []span{{1, 6}}, 1},
+		{"a gap completes with the message before it", 0, []op{take(0), take(5), done(5)}, 0, []span{{5, 6}}, 1},
+		{"and then the commit passes it", 0, []op{take(0), take(5), done(5), done(0)}, 6, nil, 0},
+		{"a gap after a complete message is complete", 0, []op{take(0), take(1), done(1), take(5)}, 0, []span{{1, 5}}, 2},
 		{"gap at the commit", 0, []op{take(3)}, 3, nil, 1},
 		{"marker", 0, []op{take(0), done(0), adv(4)}, 4, nil, 0},
-		{"marker behind a pending one", 0, []op{take(0), adv(4)}, 0, []span{{1, 4}}, 1},
+		{"marker behind a pending one", 0, []op{take(0), adv(4)}, 0, nil, 1},
+		{"completes with it", 0, []op{take(0), adv(4), adv(6), done(0)}, 6, nil, 0},
 		{"double completion ignored", 0, []op{take(0), take(1), done(1), done(1)}, 0, []span{{1, 2}}, 1},
 		{"completion of what was not taken ignored", 0, []op{take(0), done(7)}, 0, nil, 1},
 		{"a message taken twice counts once", 0, []op{take(0), take(0), done(0)}, 1, nil, 0},
@@ -167,6 +170,7 @@ func FuzzWindow(f *testing.F) {
 		const (
 			pending = 1
 			done    = 2
+			empty   = 3 // no message there
 		)
 		w := newWindow(start)
 		state := map[int64]int{} // offset -> pending or done; absent below next: no message
@@ -179,7 +183,7 @@ func FuzzWindow(f *testing.F) {
 				o := next + arg%4
 				w.take(o)
 				for g := next; g < o; g++ {
-					state[g] = done // no message there
+					state[g] = empty
 				}
 				state[o] = pending
 				taken = append(taken, o)
@@ -195,12 +199,12 @@ func FuzzWindow(f *testing.F) {
 				o := next + arg%3
 				w.advance(o)
 				for g := next; g < o; g++ {
-					state[g] = done
+					state[g] = empty
 				}
 				next = max(next, o)
 			}
 			want := start
-			for want < next && state[want] == done {
+			for want < next && (state[want] == done || state[want] == empty) {
 				want++
 			}
 			require.Equal(t, want, w.commit, "commit after op %d", i/2)
@@ -210,11 +214,19 @@ func FuzzWindow(f *testing.F) {
 					npend++
 					require.GreaterOrEqual(t, o, w.commit, "the commit passed incomplete offset %d", o)
 					require.False(t, w.isDone(o))
-				} else if o >= w.commit {
+				} else if s == done && o >= w.commit {
 					require.True(t, w.isDone(o), "offset %d is complete", o)
 				}
 			}
 			require.Equal(t, npend, w.pending)
+			for _, sp := range w.done {
+				// Gaps complete with a message: no span is all gap.
+				has := false
+				for o := sp.start; o < sp.end && !has; o++ {
+					has = state[o] == done
+				}
+				require.True(t, has, "span %v holds no completed message", sp)
+			}
 		}
 		md := w.metadata()
 		require.LessOrEqual(t, len(md), maxMetadata)
