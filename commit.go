@@ -99,6 +99,18 @@ func (c *MultiConsumer) commit(ctx context.Context, partitions ...int) error {
 	rctx, cancel := c.withTimeout(ctx)
 	err := retry(rctx, c.retryConnErrs, func() (err error) {
 		ok, err = c.offsetCommit(rctx, offsets, meta)
+		if errors.Is(err, kafka.OffsetMetadataTooLarge) && len(meta) > 0 {
+			// The broker's offset.metadata.max.bytes is below Kafka's
+			// default: never hold the offsets back for the metadata.
+			// Process's completed offsets above them are no longer
+			// kept (handled again after a restart).
+			c.log.Warn("the broker refuses the commit metadata; committing offsets without it from now on", "err", err)
+			c.mu.Lock()
+			c.book.noMetadata = true
+			c.mu.Unlock()
+			meta = nil
+			ok, err = c.offsetCommit(rctx, offsets, nil)
+		}
 		return err
 	})
 	cancel()

@@ -727,12 +727,19 @@ func (c *MultiConsumer) Close() error {
 	c.mu.Unlock()
 	if proc != nil {
 		// Process has stopped taking messages and cancelled its
-		// handlers: what they complete within the timeout is committed.
+		// handlers: what they complete within half the time left is
+		// committed; the other half is the commit's.
+		wait := time.Second
+		if dl, ok := ctx.Deadline(); ok {
+			wait = time.Until(dl) / 2
+		}
+		timer := time.NewTimer(wait)
 		select {
 		case <-proc.idle:
-		case <-ctx.Done():
-			c.log.Warn("close: Process handlers still running at the timeout; what they complete now is not committed")
+		case <-timer.C:
+			c.log.Warn("close: Process handlers still running; what they complete from now on is not committed", "waited", wait)
 		}
+		timer.Stop()
 	}
 	c.calls.Wait()
 

@@ -124,6 +124,10 @@ func (c *MultiConsumer) GetMessages(ctx context.Context, count int, opts ...GetO
 			c.releaseToken()
 			return nil, ErrClosed
 		}
+		if c.processing() {
+			c.releaseToken()
+			return nil, ErrBusy
+		}
 	} else if ok, err := c.acquire(ctx, expired); !ok {
 		return nil, err
 	}
@@ -213,6 +217,12 @@ func (c *MultiConsumer) deliverBatches(taken []batch, n int) []kafka.Message {
 // acquire takes the delivery token. It gives up, with an error, when ctx
 // ends or the consumer closes, and, without one, when expired fires.
 func (c *MultiConsumer) acquire(ctx context.Context, expired <-chan time.Time) (bool, error) {
+	return c.acquireFor(ctx, expired, nil)
+}
+
+// acquireFor is acquire for Process p (nil: for a delivery, which gets
+// ErrBusy if a Process took the token first).
+func (c *MultiConsumer) acquireFor(ctx context.Context, expired <-chan time.Time, p *processor) (bool, error) {
 	select {
 	case c.deliver <- struct{}{}:
 	case <-expired:
@@ -225,6 +235,13 @@ func (c *MultiConsumer) acquire(ctx context.Context, expired <-chan time.Time) (
 	if c.isClosed() {
 		c.releaseToken()
 		return false, ErrClosed
+	}
+	c.mu.Lock()
+	busy := c.proc != nil && c.proc != p
+	c.mu.Unlock()
+	if busy { // Process started while this call waited for the token
+		c.releaseToken()
+		return false, ErrBusy
 	}
 	return true, nil
 }

@@ -55,6 +55,7 @@ type book struct {
 	sinceCommit int       // messages consumed since the last commit
 	lastCommit  time.Time // last commit, or creation
 	processing  bool      // Process runs: windows say what is consumed
+	noMetadata  bool      // the broker refused our commit metadata: commit offsets alone
 
 	// Totals since New, for Stats: they outlive the partitions.
 	messages, bytes, fetchErrors int64
@@ -83,8 +84,12 @@ func (b *book) restore(p int, metadata string) {
 	if !ok || po.committed == noOffset || po.delivered != po.committed {
 		return
 	}
+	w, err := restoreWindow(po.committed, metadata)
+	if err != nil {
+		return // not ours: ignored (and not rewritten while the offset stays)
+	}
 	po.committedMeta = metadata
-	if w, err := restoreWindow(po.committed, metadata); err == nil && len(w.done) > 0 {
+	if len(w.done) > 0 {
 		po.win = w
 	}
 }
@@ -300,6 +305,9 @@ func (b *book) uncommittedMeta(partitions ...int) (map[int]int64, map[int]string
 			continue
 		}
 		md := po.metadata()
+		if b.noMetadata {
+			md = ""
+		}
 		if po.consumed != po.committed || md != po.committedMeta {
 			out[p] = po.consumed
 			if md != "" {

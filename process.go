@@ -126,8 +126,6 @@ func (e *GiveUpError) Error() string {
 		e.Topic, e.Partition, e.Offset, e.Attempts, e.Err)
 	if e.HookErr != nil {
 		s += fmt.Sprintf("; OnGiveUp failed: %v", e.HookErr)
-	} else {
-		s += " (no OnGiveUp)"
 	}
 	return s
 }
@@ -146,9 +144,9 @@ type PanicError struct {
 	Stack []byte // the handler's stack when it panicked
 }
 
-// Error gives the panic value and the stack.
+// Error gives the panic value; the stack is in Stack (and in the log).
 func (e *PanicError) Error() string {
-	return fmt.Sprintf("multiconsumer: handler panicked: %v\n%s", e.Value, e.Stack)
+	return fmt.Sprintf("multiconsumer: handler panicked: %v", e.Value)
 }
 
 // Unwrap returns the panic value if it is an error.
@@ -258,9 +256,11 @@ func (h Histogram) clone() Histogram {
 // handlers; those running finish (up to RebalanceTimeout), what completed
 // is committed, then the partition goes.
 //
-// Close stops Process as ctx would, and waits for its handlers within its
-// one timeout before the final commit: what they complete later is not
-// committed, and a handler that ignores its ctx outlives Close.
+// Close stops Process as ctx would, and waits for its handlers for half
+// its one timeout before the final commit: what they complete later is not
+// committed, and a handler that ignores its ctx outlives Close. (A Close
+// called from a handler waits that half for its own handler.) A retry's
+// backoff ends early when its partition moves (Seek) or goes (revoke).
 func (c *MultiConsumer) Process(ctx context.Context, pc ProcessConfig, h Handler) error {
 	if ctx == nil {
 		return errNilContext
@@ -303,7 +303,7 @@ func (c *MultiConsumer) Process(ctx context.Context, pc ProcessConfig, h Handler
 		c.book.processing = false
 		c.mu.Unlock()
 	}()
-	if _, err := c.acquire(ctx, nil); err != nil { // a GetMessages call in flight ends first
+	if _, err := c.acquireFor(ctx, nil, p); err != nil { // a GetMessages call in flight ends first
 		close(p.idle)
 		return err
 	}
@@ -422,6 +422,13 @@ func (p *processor) feed(ctx context.Context) error {
 		c.mu.Unlock()
 		if err != nil {
 			return err
+		}
+		select { // not only when the queue is empty
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-c.closing.Done():
+			return ErrClosed
+		default:
 		}
 		if n, changed := c.q.pending(); n == 0 {
 			select {
@@ -575,47 +582,62 @@ func (p *processor) dropLane(l *lane) {
 }
 
 // handle runs the handler on t until it succeeds, is given up on, or ctx
-// ends.
+// ends, or t's partition moves (a Seek, a revoke).
 func (p *processor) handle(ctx context.Context, t task) {
-	if p.stopped.Load() || ctx.Err() != nil {
-		p.finish(t, incomplete) // Process stops: not even started
-		return
-	}
-	backoff := p.pc.RetryBackoff
+	backoff := min(p.pc.RetryBackoff, p.c.cfg.MaxBackoff)
 	for attempt := 1; ; attempt++ {
-		err := p.attempt(ctx, t)
-		if err == nil {
-			p.finish(t, completed)
+		interrupt, o, ok := p.mayAttempt(ctx, t)
+		if !ok {
+			p.finish(t, o, nil)
+			return
+		}
+		a := p.attempt(ctx, t)
+		if a.err == nil {
+			p.finish(t, completed, &a)
 			return
 		}
 		if ctx.Err() != nil {
-			p.finish(t, incomplete) // handled again later
+			p.finish(t, incomplete, &a) // handled again later
 			return
 		}
 		if p.pc.MaxAttempts > 0 && attempt >= p.pc.MaxAttempts {
-			p.giveUp(ctx, t, attempt, err)
+			p.observe(t, &a, false)
+			p.giveUp(ctx, t, attempt, a.err)
+			return
+		}
+		if !p.observe(t, &a, true) {
+			p.finish(t, moved, nil) // revoked, or moved by Seek: not ours to retry
 			return
 		}
 		p.c.log.Warn("process: handler failed, retrying", "partition", t.m.Partition, "offset", t.m.Offset,
-			"attempt", attempt, "backoff", backoff, "err", err)
-		p.c.mu.Lock()
-		p.c.pstats.Retries++
-		current := p.current(t)
-		p.c.mu.Unlock()
-		if !current {
-			p.finish(t, moved) // revoked, or moved by Seek: not ours to retry
-			return
-		}
+			"attempt", attempt, "backoff", backoff, "err", a.err)
+		// A Seek or a revoke interrupts the wait: the partition may not
+		// be ours any more, and a revoke waits for this handler.
 		timer := time.NewTimer(backoff)
 		select {
 		case <-ctx.Done():
-			timer.Stop()
-			p.finish(t, incomplete)
-			return
+		case <-interrupt:
 		case <-timer.C:
 		}
+		timer.Stop()
 		backoff = min(2*backoff, p.c.cfg.MaxBackoff)
 	}
+}
+
+// mayAttempt reports whether t may be attempted (again): Process goes on,
+// and t's partition is where it was taken. If not, it returns how t ends.
+// It returns the channel a Seek or a revoke closes.
+func (p *processor) mayAttempt(ctx context.Context, t task) (<-chan struct{}, outcome, bool) {
+	c := p.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case p.stopped.Load() || ctx.Err() != nil:
+		return nil, incomplete, false
+	case !p.current(t):
+		return nil, moved, false
+	}
+	return c.interrupt, completed, true
 }
 
 // current reports whether t's partition is still where t was taken. c.mu
@@ -625,29 +647,57 @@ func (p *processor) current(t task) bool {
 	return ok && po.epoch == t.epoch && po.win == t.win
 }
 
+// attempted is one handler attempt.
+type attempted struct {
+	start time.Time
+	took  time.Duration
+	err   error
+}
+
 // attempt runs the handler once, turning a panic into a *PanicError.
-func (p *processor) attempt(ctx context.Context, t task) (err error) {
-	start := time.Now()
+func (p *processor) attempt(ctx context.Context, t task) (a attempted) {
+	a.start = time.Now()
 	defer func() {
 		if v := recover(); v != nil {
-			err = &PanicError{Value: v, Stack: debug.Stack()}
+			pe := &PanicError{Value: v, Stack: debug.Stack()}
+			p.c.log.Error("process: handler panicked", "partition", t.m.Partition, "offset", t.m.Offset,
+				"panic", v, "stack", string(pe.Stack))
+			a.err = pe
 		}
-		d := time.Since(start)
-		p.c.mu.Lock()
-		p.c.pstats.HandlerDurations.observe(d)
-		s := &p.slots[t.slot]
-		if s.Started.IsZero() {
-			s.Started = start
-		}
-		if err != nil {
-			s.Attempts++
-		}
-		if _, ok := err.(*PanicError); ok {
-			p.c.pstats.Panics++
-		}
-		p.c.mu.Unlock()
+		a.took = time.Since(a.start)
 	}()
-	return p.h(ctx, t.m)
+	a.err = p.h(ctx, t.m)
+	return a
+}
+
+// observeLocked records an attempt of t in the stats. c.mu is held.
+func (p *processor) observeLocked(t task, a *attempted) {
+	st := &p.c.pstats
+	st.HandlerDurations.observe(a.took)
+	s := &p.slots[t.slot]
+	if s.Started.IsZero() {
+		s.Started = a.start
+	}
+	if a.err != nil {
+		s.Attempts++
+		var pe *PanicError
+		if errors.As(a.err, &pe) {
+			st.Panics++
+		}
+	}
+}
+
+// observe records a failed attempt of t, followed by a retry if retry, and
+// reports whether t's partition is still where t was taken.
+func (p *processor) observe(t task, a *attempted, retry bool) bool {
+	p.c.mu.Lock()
+	defer p.c.mu.Unlock()
+	p.observeLocked(t, a)
+	current := p.current(t)
+	if retry && current {
+		p.c.pstats.Retries++
+	}
+	return current
 }
 
 // giveUp hands t to OnGiveUp, or stops Process.
@@ -659,11 +709,11 @@ func (p *processor) giveUp(ctx context.Context, t task, attempts int, err error)
 			p.c.mu.Lock()
 			p.c.pstats.GivenUp++
 			p.c.mu.Unlock()
-			p.finish(t, completed)
+			p.finish(t, completed, nil)
 			return
 		}
 		if ctx.Err() != nil {
-			p.finish(t, incomplete) // stopped meanwhile: not a failure
+			p.finish(t, incomplete, nil) // stopped meanwhile: not a failure
 			return
 		}
 		gerr = &GiveUpError{Topic: gerr.Topic, Partition: gerr.Partition, Offset: gerr.Offset, Attempts: attempts, Err: err, HookErr: herr}
@@ -673,12 +723,14 @@ func (p *processor) giveUp(ctx context.Context, t task, attempts int, err error)
 	if p.err == nil {
 		p.err = gerr
 	}
+	// Start nothing more, of any key: Process stops.
+	p.stopped.Store(true)
 	p.c.mu.Unlock()
 	select {
 	case p.stop <- struct{}{}:
 	default:
 	}
-	p.finish(t, incomplete)
+	p.finish(t, incomplete, nil)
 }
 
 func (p *processor) callOnGiveUp(ctx context.Context, m kafka.Message, err error) (herr error) {
@@ -699,11 +751,15 @@ const (
 	moved              // its partition moved (Seek) or went (revoke): the rest of its lane is stale too
 )
 
-// finish records the end of t's handling, and starts what may start now.
-func (p *processor) finish(t task, o outcome) {
+// finish records the end of t's handling, and its last attempt (if a is
+// not nil), and starts what may start now.
+func (p *processor) finish(t task, o outcome, a *attempted) {
 	complete := o == completed
 	c := p.c
 	c.mu.Lock()
+	if a != nil {
+		p.observeLocked(t, a)
+	}
 	p.running--
 	p.slots[t.slot] = Handling{}
 	p.free = append(p.free, t.slot)
@@ -712,7 +768,9 @@ func (p *processor) finish(t task, o outcome) {
 	due := false
 	if complete {
 		w.complete(t.m.Offset)
-		c.pstats.Handled++
+		if a != nil {
+			c.pstats.Handled++
+		}
 		if po, ok := c.book.parts[t.m.Partition]; ok && po.win == w {
 			if !p.moved(po, w) {
 				c.book.sinceCommit++ // completions count for the count trigger
@@ -856,7 +914,7 @@ func (r *ring[T]) len() int { return r.n }
 
 func (r *ring[T]) push(v T) {
 	if r.n == len(r.buf) {
-		buf := make([]T, max(8, 2*len(r.buf)))
+		buf := make([]T, max(2, 2*len(r.buf))) // most keys have a message or two waiting
 		for i := range r.n {
 			buf[i] = r.buf[(r.head+i)%len(r.buf)]
 		}

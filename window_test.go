@@ -1,6 +1,7 @@
 package multiconsumer
 
 import (
+	"encoding/base64"
 	"strings"
 	"testing"
 
@@ -238,6 +239,62 @@ func FuzzWindow(f *testing.F) {
 		}
 		if len(r.done) > 0 {
 			require.Equal(t, w.done[:len(r.done)], r.done, "the spans restored are the first ones")
+		}
+	})
+}
+
+// Offsets that hold no message (transaction markers, compaction) between
+// messages taken and not started make no spans of their own: on a topic
+// where every other offset is a marker, a queue's worth of messages taken
+// leaves the window its room.
+func TestWindowGapsTakeNoRoom(t *testing.T) {
+	w := newWindow(0)
+	o := int64(0)
+	for range 1024 { // QueueSize default: what feed holds
+		require.True(t, w.take(o))
+		o += 2 // the offset after each message is a marker
+	}
+	assert.Empty(t, w.done)
+	assert.True(t, w.room())
+	for o := int64(2); o < 2048; o += 2 {
+		w.complete(o) // all but the first: one span, gaps included
+	}
+	assert.Equal(t, []span{{2, 2047}}, w.done, "no gap follows the last message")
+}
+
+// restoreWindow on arbitrary strings never panics, never restores more
+// spans than its input could encode, and keeps its invariants.
+func FuzzRestoreWindow(f *testing.F) {
+	w := newWindow(100)
+	for _, o := range []int64{100, 101, 102, 104, 110} {
+		w.take(o)
+	}
+	w.complete(102)
+	w.complete(110)
+	f.Add(int64(100), w.metadata())
+	f.Add(int64(0), "mc1:")
+	f.Add(int64(0), "mc1:AQ")
+	f.Add(int64(5), "mc1:"+base64.RawStdEncoding.EncodeToString([]byte{1, 5, 0xff, 0xff, 0xff, 0xff, 0x0f}))
+	f.Add(int64(0), "mc1:"+strings.Repeat("/", 5000))
+	f.Fuzz(func(t *testing.T, commit int64, md string) {
+		r, err := restoreWindow(commit, md)
+		require.NotNil(t, r)
+		if err != nil {
+			require.Empty(t, r.done)
+			return
+		}
+		require.LessOrEqual(t, len(r.done), len(md)) // two bytes a span at least
+		prev := commit
+		for _, s := range r.done {
+			require.Greater(t, s.start, prev, "spans sorted, disjoint, not adjacent, above commit")
+			require.Greater(t, s.end, s.start)
+			prev = s.end
+		}
+		// What it restored encodes back to the same thing (canonical input).
+		if len(r.done) > 0 && len(md) <= maxMetadata {
+			r2, err := restoreWindow(commit, r.metadata())
+			require.NoError(t, err)
+			require.Equal(t, r.done, r2.done)
 		}
 	})
 }

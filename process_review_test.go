@@ -1,0 +1,238 @@
+package multiconsumer
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/multiconsumer/multiconsumer/kafkatest"
+	"github.com/segmentio/kafka-go"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// a topic written by a transactional producer with small
+// transactions (here one message each: every other offset is a commit
+// marker) is handled about one message at a time once feed holds a few
+// hundred messages: each marker between two waiting messages is a span of
+// its own, room() says no, and only the commit message starts. The same
+// messages without markers run 16 at a time.
+func TestProcessTransactionalTopicKeepsConcurrency(t *testing.T) {
+	const n = 1000
+	run := func(topic string) float64 {
+		c := open(t, Config{Topic: topic, Group: group(t)})
+		h := newHandled(n)
+		start := time.Now()
+		stop := runProcess(t, c, ProcessConfig{Concurrency: 16}, func(ctx context.Context, m kafka.Message) error {
+			time.Sleep(5 * time.Millisecond)
+			h.add(m)
+			return nil
+		})
+		waitDone(t, h.done, "every message handled")
+		took := time.Since(start)
+		require.ErrorIs(t, stop(), context.Canceled)
+		avg := float64(n*5*time.Millisecond) / float64(took)
+		t.Logf("%s: %d messages of 5ms, Concurrency 16: %v, %.1f handlers in flight on average", topic, n, took, avg)
+		return avg
+	}
+	plain := cluster.Topic(t, 1)
+	keyed(t, plain, 0, 0, n, n)
+	tx := cluster.Topic(t, 1)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(cluster.Brokers()...), kgo.TransactionalID(kafkatest.UniqueName("tx")),
+		kgo.DefaultProduceTopic(tx), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	require.NoError(t, err)
+	ctx := testCtx(t)
+	for i := range n {
+		require.NoError(t, cl.BeginTransaction())
+		require.NoError(t, cl.ProduceSync(ctx, &kgo.Record{Partition: 0, Key: fmt.Appendf(nil, "k%d", i), Value: fmt.Appendf(nil, "0-%d", i)}).FirstErr())
+		require.NoError(t, cl.EndTransaction(ctx, kgo.TryCommit))
+	}
+	cl.Close()
+	p, x := run(plain), run(tx)
+	assert.Greater(t, x, p/2, "markers between the messages cost more than half the concurrency")
+}
+
+// a message given up on (no OnGiveUp) stops Process, but its
+// finish starts the next message of its key at once, before feed sees the
+// error: under ByKey the key's later message is handled although the one
+// before it failed, and it lands in the commit metadata, so that after a
+// restart the later message is skipped while the earlier one is handled
+// again: the key's order is broken, and something past the message given
+// up on is committed (as a completed span).
+func TestProcessGiveUpStartsNothingMoreOfItsKey(t *testing.T) {
+	for round := range 10 {
+		topic := cluster.Topic(t, 1)
+		msgs := make([]kafka.Message, 20)
+		for i := range msgs {
+			msgs[i] = kafka.Message{Key: []byte("k"), Value: fmt.Appendf(nil, "0-%d", i)}
+		}
+		require.NoError(t, cluster.Produce(testCtx(t), topic, 0, msgs...))
+		g := group(t)
+		c := open(t, Config{Topic: topic, Group: g})
+		var mu sync.Mutex
+		var after []int64
+		err := c.Process(testCtx(t), ProcessConfig{MaxAttempts: 1}, func(ctx context.Context, m kafka.Message) error {
+			if m.Offset == 0 {
+				return errBoom
+			}
+			mu.Lock()
+			after = append(after, m.Offset)
+			mu.Unlock()
+			return nil
+		})
+		var ge *GiveUpError
+		require.ErrorAs(t, err, &ge)
+		require.NoError(t, c.Close())
+		res, ferr := cluster.Client().OffsetFetch(testCtx(t), &kafka.OffsetFetchRequest{GroupID: g, Topics: map[string][]int{topic: {0}}})
+		require.NoError(t, ferr)
+		md := ""
+		for _, p := range res.Topics[topic] {
+			md = p.Metadata
+		}
+		mu.Lock()
+		if len(after) > 0 {
+			t.Errorf("round %d: key k's messages %v were handled after its message 0 was given up on; committed metadata %q", round, after, md)
+		}
+		mu.Unlock()
+	}
+}
+
+// the *GiveUpError handed to OnGiveUp says "(no OnGiveUp)": a
+// dead-letter hook that logs it, or stores it in a header, records
+// something false.
+func TestProcessGiveUpErrorGivenToOnGiveUp(t *testing.T) {
+	topic := cluster.Topic(t, 1)
+	keyed(t, topic, 0, 0, 1, 1)
+	c := open(t, Config{Topic: topic, Group: group(t)})
+	seen := make(chan string, 1)
+	ctx, cancel := context.WithCancel(testCtx(t))
+	defer cancel()
+	go func() {
+		_ = c.Process(ctx, ProcessConfig{MaxAttempts: 1, OnGiveUp: func(_ context.Context, _ kafka.Message, err error) error {
+			seen <- err.Error()
+			return nil
+		}}, func(context.Context, kafka.Message) error { return errBoom })
+	}()
+	var msg string
+	select {
+	case msg = <-seen:
+	case <-time.After(30 * time.Second):
+		t.Fatal("OnGiveUp not called")
+	}
+	cancel()
+	assert.NotContains(t, msg, "no OnGiveUp", "the error OnGiveUp gets")
+}
+
+// a message waiting out its retry backoff does not notice that its
+// partition is revoked: the revoke waits for the backoff to end (up to
+// MaxBackoff, 60s by default, capped only by RebalanceTimeout), then the
+// handler runs once more on a partition the member no longer owns. With
+// MaxAttempts 0 (the default) a poison message makes every rebalance of
+// the group last about a backoff.
+func TestProcessRevokeDoesNotWaitForABackoff(t *testing.T) {
+	const n = 2
+	topic := cluster.Topic(t, n)
+	for p := range n {
+		keyed(t, topic, p, 0, 5, 5)
+	}
+	g := group(t)
+	var mu sync.Mutex
+	attempts := map[int][]time.Time{}
+	a := open(t, groupCfg(topic, g))
+	stopA := runProcess(t, a, ProcessConfig{RetryBackoff: 3 * time.Second}, func(ctx context.Context, m kafka.Message) error {
+		if m.Offset == 0 { // poison on every partition
+			mu.Lock()
+			attempts[m.Partition] = append(attempts[m.Partition], time.Now())
+			mu.Unlock()
+			return errBoom
+		}
+		return nil
+	})
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(attempts[0]) == 1 && len(attempts[1]) == 1
+	}, 10*time.Second, time.Millisecond)
+	joined := time.Now()
+	b := open(t, groupCfg(topic, g))
+	stopB := runProcess(t, b, ProcessConfig{RetryBackoff: 3 * time.Second}, func(ctx context.Context, m kafka.Message) error { return errBoom })
+	assigned := assignedTo(t, n, a, b)
+	took := time.Since(joined)
+	require.ErrorIs(t, stopA(), context.Canceled)
+	require.ErrorIs(t, stopB(), context.Canceled)
+	t.Logf("rebalance with a message in backoff took %v; assignments %v", took, assigned)
+	mu.Lock()
+	defer mu.Unlock()
+	for _, p := range assigned[1] {
+		for _, at := range attempts[p] {
+			if at.After(joined) {
+				t.Errorf("partition %d, revoked from a, handled by a again at +%v", p, at.Sub(joined))
+			}
+		}
+	}
+	assert.Less(t, took, 2*time.Second, "the revoke waited for the backoff")
+}
+
+// Close waits for Process's handlers for all of its one timeout,
+// then makes the final commit with what is left of it: nothing. A single
+// handler that ignores its ctx makes Close commit nothing at all, not even
+// what completed long before Close (here, every message but one).
+func TestProcessCloseCommitsWhatCompletedDespiteASlowHandler(t *testing.T) {
+	topic := backlog(t, 2, 100)
+	g := group(t)
+	c := open(t, Config{Topic: topic, Group: g, Dialer: &kafka.Dialer{Timeout: 2 * time.Second},
+		AutoCommitEveryN: 1 << 30, AutoCommitEveryT: time.Hour})
+	h := newHandled(199)
+	stuck := make(chan struct{})
+	res := make(chan error, 1)
+	go func() {
+		res <- c.Process(context.Background(), ProcessConfig{Concurrency: 4}, func(ctx context.Context, m kafka.Message) error {
+			if m.Offset == 50 && m.Partition == 0 {
+				close(stuck)
+				time.Sleep(3 * time.Second) // ignores ctx, past Close's timeout
+				return nil
+			}
+			h.add(m)
+			return nil
+		})
+	}()
+	waitDone(t, stuck, "the slow handler")
+	waitDone(t, h.done, "the others handled")
+	closeErr := c.Close()
+	t.Logf("Close: %v", closeErr)
+	<-res
+	cm := committed(t, topic, g, 2)
+	assert.Equal(t, map[int]int64{0: 50, 1: 100}, cm, "what completed before Close is committed")
+}
+
+// every message feed holds is released, whatever became of it
+// (handled, skipped, stale after a Seek, dropped at the stop).
+func TestProcessReleasesWhatItHeld(t *testing.T) {
+	topic := cluster.Topic(t, 2)
+	keyed(t, topic, 0, 0, 500, 3)
+	keyed(t, topic, 1, 0, 500, 3)
+	c := open(t, Config{Topic: topic, Group: group(t), QueueSize: 300})
+	var n atomic.Int64
+	stop := runProcess(t, c, ProcessConfig{Concurrency: 4}, func(ctx context.Context, m kafka.Message) error {
+		switch n.Add(1) {
+		case 100:
+			require.NoError(t, c.Seek(ctx, 10, SeekAbsolute, 0))
+		case 300:
+			<-ctx.Done() // stuck until the stop, with messages waiting behind it
+			return ctx.Err()
+		}
+		time.Sleep(100 * time.Microsecond)
+		return nil
+	})
+	require.Eventually(t, func() bool { return n.Load() >= 300 }, 30*time.Second, time.Millisecond)
+	time.Sleep(100 * time.Millisecond)
+	require.ErrorIs(t, stop(), context.Canceled)
+	c.q.mu.Lock()
+	held := c.q.held
+	c.q.mu.Unlock()
+	assert.Zero(t, held, "messages still counted in the bound after Process returned")
+}
