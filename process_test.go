@@ -493,13 +493,13 @@ func TestProcessCloseWhileRunning(t *testing.T) {
 // metadata, so the second handles nothing twice.
 func TestProcessGroupHandOver(t *testing.T) {
 	t.Parallel()
-	const n, per = 4, 150
+	const n, per, more = 4, 300, 50
 	topic := cluster.Topic(t, n)
 	for p := range n {
 		keyed(t, topic, p, 0, per, 7)
 	}
 	g := group(t)
-	h := newHandled(n * per)
+	h := newHandled(n * (per + more))
 	var mu sync.Mutex
 	by := map[[2]int64]string{}
 	handler := func(name string) Handler {
@@ -521,6 +521,9 @@ func TestProcessGroupHandOver(t *testing.T) {
 	b := open(t, groupCfg(topic, g))
 	stopB := runProcess(t, b, ProcessConfig{Concurrency: 8}, handler("b"))
 	assigned := assignedTo(t, n, a, b)
+	for p := range n { // and some for b, whatever a did before it joined
+		keyed(t, topic, p, per, more, 7)
+	}
 	waitDone(t, h.done, "every message handled")
 	require.ErrorIs(t, stopA(), context.Canceled)
 	require.ErrorIs(t, stopB(), context.Canceled)
