@@ -22,7 +22,7 @@ import (
 // its own, room() says no, and only the commit message starts. The same
 // messages without markers run 16 at a time.
 func TestProcessTransactionalTopicKeepsConcurrency(t *testing.T) {
-	const n = 1000
+	const n = 400
 	run := func(topic string) float64 {
 		c := open(t, Config{Topic: topic, Group: group(t)})
 		h := newHandled(n)
@@ -182,6 +182,7 @@ func TestProcessRevokeDoesNotWaitForABackoff(t *testing.T) {
 // handler that ignores its ctx makes Close commit nothing at all, not even
 // what completed long before Close (here, every message but one).
 func TestProcessCloseCommitsWhatCompletedDespiteASlowHandler(t *testing.T) {
+	t.Parallel()
 	topic := backlog(t, 2, 100)
 	g := group(t)
 	c := open(t, Config{Topic: topic, Group: g, Dialer: &kafka.Dialer{Timeout: 2 * time.Second},
