@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/multiconsumer/multiconsumer"
@@ -66,6 +67,10 @@ type result struct {
 	Proc *procStats `json:"process,omitempty"`
 	// io mode: the mean measured duration of the handler's wait.
 	SleepMean float64 `json:"sleep_mean_s,omitempty"`
+	// CPU time (user + system) of the whole child process, start to end,
+	// in seconds; with AllocBytes, Allocs and NumGC (whole process too) in
+	// the io, cpu and pc modes.
+	CPU float64 `json:"cpu_s,omitempty"`
 }
 
 // allocPerMsg returns the latency mode's bytes and allocations per message
@@ -452,6 +457,10 @@ func child(o options) error {
 	if n := sleeps.Load(); n > 0 {
 		r.SleepMean = time.Duration(slept.Load() / n).Seconds()
 	}
+	r.CPU = cpuSeconds()
+	if o.mode == "io" || o.mode == "cpu" {
+		r.AllocBytes, r.Allocs, r.NumGC = ms.TotalAlloc, ms.Mallocs, ms.NumGC
+	}
 	if o.mode == "latency" {
 		r.Rate = o.latRates[0]
 		if snk.isDone() { // memEnd was read
@@ -645,6 +654,15 @@ func sampleHeap(peak *atomic.Uint64) (stop func()) {
 		}
 	})
 	return func() { close(done); wg.Wait() }
+}
+
+// cpuSeconds returns the CPU time (user + system) this process used.
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
 // vmHWM returns this process's peak resident set, in bytes.

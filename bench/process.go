@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -295,7 +296,10 @@ func pcChild(o options) (result, error) {
 	ps.SleepSum, ps.ActualSum = sumN.Seconds(), sumA.Seconds()
 	ps.Ideal = max(ps.SleepSum/float64(conc), ps.Busiest)
 	ps.IdealActual = max(ps.ActualSum/float64(conc), ps.BusiestAct)
-	r := result{Contender: o.contender, Mode: o.mode, N: int64(completed), PeakRSS: vmHWM(), Proc: ps}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	r := result{Contender: o.contender, Mode: o.mode, N: int64(completed), PeakRSS: vmHWM(), Proc: ps,
+		CPU: cpuSeconds(), AllocBytes: ms.TotalAlloc, Allocs: ms.Mallocs, NumGC: ms.NumGC}
 	if !last.IsZero() {
 		ps.FromStart = last.Sub(started).Seconds()
 		ps.FromFirst = last.Sub(first).Seconds()
@@ -555,7 +559,8 @@ func (b *bench) processCPU() error {
 		for _, c := range cpuContenders {
 			name := strings.NewReplacer("?", "-", "=", "", "&", "-").Replace(c)
 			b.runChild("process-profile", c, "cpu", topic, n, size, 0, 0,
-				"-cpuprofile", filepath.Join(dir, name+".cpu.pprof"))
+				"-cpuprofile", filepath.Join(dir, name+".cpu.pprof"),
+				"-memprofile", filepath.Join(dir, name+".alloc.pprof"))
 		}
 	}
 	return nil

@@ -56,8 +56,8 @@ func (b *bench) pcTable(md *strings.Builder) {
 		"ideal = max(total sleep / %d, the busiest lane's sleep); \"meas.\" uses the handlers' measured durations "+
 		"(time.Sleep's overshoot included).\n\n",
 		first.SleepSum, field(b.pcResults(""), func(r result) float64 { return r.Proc.ActualSum }).med, first.Concurrency)
-	w("| row | first call s | Process start s | ideal s | ideal / ours | ideal meas. / ours | parallel-consumer, published s | theirs / ours | ordering violations | max in flight |\n")
-	w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	w("| row | first call s | Process start s | ideal s | ideal / ours | ideal meas. / ours | parallel-consumer, published s | theirs / ours | ordering violations | max in flight | child CPU s |\n")
+	w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, c := range b.contendersOf("process-pc") {
 		rs := b.pcResults(c)
 		if len(rs) == 0 {
@@ -76,9 +76,9 @@ func (b *bench) pcTable(md *strings.Builder) {
 			theirs = fmt.Sprintf("%.3f", t)
 			vs = fmt.Sprintf("%.2f", t/ff.med)
 		}
-		w("| %s | %s | %s | %.3f | **%.2f** | %.2f | %s | %s | %.0f | %.0f |\n", name,
+		w("| %s | %s | %s | %.3f | **%.2f** | %.2f | %s | %s | %.0f | %.0f | %.2f |\n", name,
 			medRange(ff, len(rs), "%.3f"), medRange(fs, len(rs), "%.3f"), ideal, ideal/ff.med, idealAct/ff.med,
-			theirs, vs, viol.hi, infl.med)
+			theirs, vs, viol.hi, infl.med, field(rs, func(r result) float64 { return r.CPU }).med)
 	}
 	w("\n")
 }
@@ -123,9 +123,10 @@ func (b *bench) processIOTable(md *strings.Builder) {
 	w("msg/s is from the first completion to the last (\"from New\": from multiconsumer.New / the Readers' creation). " +
 		"ideal = N / wait; \"meas.\" uses the mean measured duration of the waits of the run. " +
 		"The pool is GetMessages(1000) feeding N goroutines over a channel of N (N = 1: the caller itself); " +
-		"kafka-go: one Reader per partition, the handler inline (N = 4 partitions).\n\n")
-	w("| N | contender | messages | msg/s | msg/s from New | ideal | msg/s / ideal | mean wait ms | msg/s / ideal meas. | / pool |\n")
-	w("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		"kafka-go: one Reader per partition, the handler inline (N = 4 partitions). " +
+		"CPU us/msg: the child's CPU time (user + system, whole process, start to end) per message.\n\n")
+	w("| N | contender | messages | msg/s | msg/s from New | ideal | msg/s / ideal | mean wait ms | msg/s / ideal meas. | / pool | CPU us/msg |\n")
+	w("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	type key struct {
 		c        string
 		handlers int
@@ -183,11 +184,22 @@ func (b *bench) processIOTable(md *strings.Builder) {
 			if p := pool(c); p > 0 && !strings.HasPrefix(k.c, "mc-get") {
 				vsPool = fmt.Sprintf("%.2f", st.med/p)
 			}
-			w("| %d | %s | %d | %s | %.0f | %.0f | **%.2f** | %.3f | %.2f | %s |\n", c, name, rs[0].N,
-				medRange(st, len(rs), "%.0f"), tot.med, ideal, st.med/ideal, sm*1e3, st.med/max(idealM, 1e-9), vsPool)
+			w("| %d | %s | %d | %s | %.0f | %.0f | **%.2f** | %.3f | %.2f | %s | %s |\n", c, name, rs[0].N,
+				medRange(st, len(rs), "%.0f"), tot.med, ideal, st.med/ideal, sm*1e3, st.med/max(idealM, 1e-9), vsPool,
+				cpuPerMsg(rs))
 		}
 	}
 	w("\n")
+}
+
+// cpuPerMsg is the median of the child's CPU time per message, in us;
+// "-" for results without it.
+func cpuPerMsg(rs []result) string {
+	s := field(rs, func(r result) float64 { return r.CPU / max(1, float64(r.N)) * 1e6 })
+	if s.med == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", s.med)
 }
 
 func containsKey[T comparable](s []T, v T) bool {
@@ -212,8 +224,10 @@ func (b *bench) processCPUTable(md *strings.Builder) {
 		}
 	}
 	w("### process, cpu: %d messages x 100 B (keys: 1,000 per partition), 8 partitions, handler = maphash of the value, median [min-max] of %d round(s)\n\n", n, rounds)
-	w("msg/s from the first message to the last; ns/msg = 1e9 / that (wall clock, both cores); \"from New\" includes connecting. Ratios are of medians, to GetMessages.\n\n")
-	w("| contender | msg/s | ns/msg | / GetMessages | msg/s from New | / GetMessages | peak RSS MiB |\n|---|---:|---:|---:|---:|---:|---:|\n")
+	w("msg/s from the first message to the last; ns/msg = 1e9 / that (wall clock, both cores); \"from New\" includes connecting. " +
+		"Ratios are of medians, to GetMessages. CPU, allocation and GCs are the whole child process's, start to end, per message.\n\n")
+	w("| contender | msg/s | ns/msg | / GetMessages | msg/s from New | / GetMessages | CPU us/msg | alloc B/msg | allocs/msg | GCs | peak RSS MiB |\n")
+	w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	ref := field(b.pick("process-cpu", 100, "mc-get?w=8", 0), func(r result) float64 { return r.Steady }).med
 	refT := field(b.pick("process-cpu", 100, "mc-get?w=8", 0), func(r result) float64 { return r.MsgsPerS }).med
 	for _, c := range b.contendersOf("process-cpu") {
@@ -223,8 +237,12 @@ func (b *bench) processCPUTable(md *strings.Builder) {
 		}
 		st := field(rs, func(r result) float64 { return r.Steady })
 		tot := field(rs, func(r result) float64 { return r.MsgsPerS })
-		w("| `%s` | %s | %.0f | %.2f | %.0f | %.2f | %.0f |\n", c, medRange(st, len(rs), "%.0f"), 1e9/st.med, st.med/ref,
-			tot.med, tot.med/refT, field(rs, func(r result) float64 { return mib(r.PeakRSS) }).med)
+		w("| `%s` | %s | %.0f | %.2f | %.0f | %.2f | %s | %.0f | %.2f | %.0f | %.0f |\n", c, medRange(st, len(rs), "%.0f"), 1e9/st.med, st.med/ref,
+			tot.med, tot.med/refT, cpuPerMsg(rs),
+			field(rs, func(r result) float64 { b, _ := r.allocPerMsg(); return b }).med,
+			field(rs, func(r result) float64 { _, n := r.allocPerMsg(); return n }).med,
+			field(rs, func(r result) float64 { return float64(r.NumGC) }).med,
+			field(rs, func(r result) float64 { return mib(r.PeakRSS) }).med)
 	}
 	w("\n")
 }
