@@ -557,7 +557,8 @@ func (b *bench) processCPU() error {
 			return err
 		}
 		for _, c := range cpuContenders {
-			name := strings.NewReplacer("?", "-", "=", "", "&", "-").Replace(c)
+			// process- keeps them apart from the profile suite's files.
+			name := "process-" + strings.NewReplacer("?", "-", "=", "", "&", "-").Replace(c)
 			b.runChild("process-profile", c, "cpu", topic, n, size, 0, 0,
 				"-cpuprofile", filepath.Join(dir, name+".cpu.pprof"),
 				"-memprofile", filepath.Join(dir, name+".alloc.pprof"))
