@@ -130,7 +130,7 @@ func main() {
 	flag.StringVar(&o.pcDist, "pc-dist", "ms", "process suite, pc part: sleeps, ms (whole ms 0-4, as parallel-consumer's test) or uniform (0-5 ms in us)")
 	flag.StringVar(&o.pcKeys, "pc-keys", "1,2,5,10,20,50,100,1000,10000", "process suite, pc part: the ByKey rows' numbers of keys")
 	flag.StringVar(&o.processConc, "process-c", "1,4,16,64", "process suite, io part: Concurrency (and pool sizes)")
-	flag.BoolVar(&o.processProfile, "process-profile", false, "process suite, cpu part: also write a CPU profile of each contender (one more run each)")
+	flag.BoolVar(&o.processProfile, "process-profile", false, "process suite: also write CPU profiles of the cpu part's contenders (and allocation profiles) and of the io part's at the highest concurrency (one more run each)")
 	flag.StringVar(&o.out, "out", fromRoot("bench/results"), "directory for the JSON and Markdown results and profiles")
 	flag.StringVar(&o.docs, "docs", fromRoot("docs"), "directory for the PNG charts")
 	flag.StringVar(&o.reportFrom, "report", "", "only write the tables and charts of a results JSON file of an earlier run (give its -suites and -label too, and its -rate if it predates per-result rates)")

@@ -512,6 +512,17 @@ func (b *bench) processIO() error {
 			b.runChild("process-io", r.contender, "io", topic, r.n, size, 0, round, "-handlers", strconv.Itoa(r.handlers))
 		}
 	}
+	if b.o.processProfile { // the runs at the highest concurrency, once more
+		dir := filepath.Join(b.o.out, "pprof-"+b.o.label)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		for _, r := range runs[len(runs)-4 : len(runs)-1] {
+			name := fmt.Sprintf("process-io-c%d-%s", slicesMax(concs), strings.NewReplacer("?", "-", "=", "", "&", "-").Replace(r.contender))
+			b.runChild("process-profile", r.contender, "io", topic, r.n, size, 0, 0, "-handlers", strconv.Itoa(r.handlers),
+				"-cpuprofile", filepath.Join(dir, name+".cpu.pprof"))
+		}
+	}
 	return nil
 }
 
