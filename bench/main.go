@@ -83,6 +83,7 @@ type options struct {
 	pcSeed         uint64
 	pcDist         string
 	pcKeys         string
+	pcRows         string
 	processConc    string
 	processProfile bool
 
@@ -129,6 +130,7 @@ func main() {
 	flag.Uint64Var(&o.pcSeed, "pc-seed", 1, "process suite, pc part: seed of the sleeps")
 	flag.StringVar(&o.pcDist, "pc-dist", "ms", "process suite, pc part: sleeps, ms (whole ms 0-4, as parallel-consumer's test) or uniform (0-5 ms in us)")
 	flag.StringVar(&o.pcKeys, "pc-keys", "1,2,5,10,20,50,100,1000,10000", "process suite, pc part: the ByKey rows' numbers of keys")
+	flag.StringVar(&o.pcRows, "pc-rows", "process", "process suite, pc part: process (Process), baseline (the same sleeps scheduled in memory, no Kafka), or process,baseline")
 	flag.StringVar(&o.processConc, "process-c", "1,4,16,64", "process suite, io part: Concurrency (and pool sizes)")
 	flag.BoolVar(&o.processProfile, "process-profile", false, "process suite: also write CPU profiles of the cpu part's contenders (and allocation profiles) and of the io part's at the highest concurrency (one more run each)")
 	flag.StringVar(&o.out, "out", fromRoot("bench/results"), "directory for the JSON and Markdown results and profiles")

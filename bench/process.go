@@ -74,12 +74,19 @@ type procStats struct {
 // ordering and the topic (by its number of keys) it reads. ByPartition and
 // Unordered read the 20-key topic (keys do not matter to them), as
 // parallel-consumer's test did.
-func pcRows(keys []int) []string {
-	rows := []string{"mc-process?order=partition&keys=20"}
-	for _, k := range keys {
-		rows = append(rows, fmt.Sprintf("mc-process?order=key&keys=%d", k))
+// kinds (-pc-rows) are "process" (Process) and "inmem" (runLanes, the
+// baseline).
+func pcRows(keys []int, kinds []string) []string {
+	var rows []string
+	for _, kind := range kinds {
+		name := map[string]string{"process": "mc-process", "baseline": "inmem"}[kind]
+		rows = append(rows, name+"?order=partition&keys=20")
+		for _, k := range keys {
+			rows = append(rows, fmt.Sprintf("%s?order=key&keys=%d", name, k))
+		}
+		rows = append(rows, name+"?order=unordered&keys=20")
 	}
-	return append(rows, "mc-process?order=unordered&keys=20")
+	return rows
 }
 
 // pcSleeps returns the sleep of each of n messages, from a PCG seeded with
@@ -253,9 +260,26 @@ func pcChild(o options) (result, error) {
 		return result{}, err
 	}
 	pctx, stop := context.WithCancel(ctx)
-	started := time.Now()
+	defer stop()
 	errc := make(chan error, 1)
-	go func() { errc <- c.Process(pctx, multiconsumer.ProcessConfig{Ordering: order, Concurrency: conc}, h) }()
+	var started time.Time
+	if s.name == "inmem" {
+		// The baseline: every message fetched first (not timed), then the
+		// same sleeps run by runLanes, without Kafka or Process.
+		var msgs []kafka.Message
+		for len(msgs) < n {
+			batch, err := c.GetMessages(ctx, n-len(msgs), multiconsumer.BlockFor(1), multiconsumer.Timeout(time.Second))
+			if err != nil {
+				return result{}, err
+			}
+			msgs = append(msgs, batch...)
+		}
+		started = time.Now()
+		go func() { errc <- runLanes(pctx, msgs, laneOf, conc, h) }()
+	} else {
+		started = time.Now()
+		go func() { errc <- c.Process(pctx, multiconsumer.ProcessConfig{Ordering: order, Concurrency: conc}, h) }()
+	}
 	var runErr error
 	select {
 	case <-done:
@@ -319,6 +343,45 @@ func pcChild(o options) (result, error) {
 		r.Err = fmt.Sprintf("Process: %v", perr)
 	}
 	return r, nil
+}
+
+// runLanes is the pc part's baseline scheduler, in memory: the messages of
+// a lane (laneOf; "" = each message its own lane) one at a time in order,
+// each lane in a goroutine of its own, started in the order of the lanes'
+// first messages, at most conc handlers at once (a semaphore, whose
+// waiters Go serves first come, first served). It returns when every
+// message is handled, or ctx ends.
+func runLanes(ctx context.Context, msgs []kafka.Message, laneOf func(kafka.Message) string, conc int, h multiconsumer.Handler) error {
+	var order []string
+	lanes := map[string][]kafka.Message{}
+	for i, m := range msgs {
+		l := laneOf(m)
+		if l == "" {
+			l = "o" + strconv.Itoa(i)
+		}
+		if _, ok := lanes[l]; !ok {
+			order = append(order, l)
+		}
+		lanes[l] = append(lanes[l], m)
+	}
+	sem := make(chan struct{}, conc)
+	var wg sync.WaitGroup
+	for _, l := range order {
+		wg.Go(func() {
+			for _, m := range lanes[l] {
+				select {
+				case sem <- struct{}{}:
+				case <-ctx.Done():
+					return
+				}
+				_ = h(ctx, m)
+				<-sem
+			}
+		})
+	}
+	wg.Wait()
+	<-ctx.Done() // as Process: return when stopped
+	return ctx.Err()
 }
 
 // publishedPC is parallel-consumer's table as published in its README
@@ -436,7 +499,13 @@ func (b *bench) processPC() error {
 		topics[k] = topic
 		defer b.deleteTopic(topic)
 	}
-	rows := pcRows(ints(b.o.pcKeys))
+	kinds := strings.Split(b.o.pcRows, ",")
+	for _, k := range kinds {
+		if k != "process" && k != "baseline" {
+			return fmt.Errorf("-pc-rows %q: want process, baseline or both", b.o.pcRows)
+		}
+	}
+	rows := pcRows(ints(b.o.pcKeys), kinds)
 	for round := range b.o.rounds {
 		order := rows
 		if round%2 == 1 {

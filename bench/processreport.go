@@ -54,7 +54,8 @@ func (b *bench) pcTable(md *strings.Builder) {
 	w("Every row sleeps the same %.3f s in total (the sleeps written in the values; %.3f s measured around time.Sleep, "+
 		"median). \"first call\": the first handler call to the last completion; \"Process start\": the Process call to it. "+
 		"ideal = max(total sleep / %d, the busiest lane's sleep); \"meas.\" uses the handlers' measured durations "+
-		"(time.Sleep's overshoot included).\n\n",
+		"(time.Sleep's overshoot included). A baseline row runs the same sleeps from memory, no Kafka nor Process: each lane "+
+		"a goroutine, a semaphore of Concurrency (the messages are fetched before its clock starts).\n\n",
 		first.SleepSum, field(b.pcResults(""), func(r result) float64 { return r.Proc.ActualSum }).med, first.Concurrency)
 	w("| row | first call s | Process start s | ideal s | ideal / ours | ideal meas. / ours | parallel-consumer, published s | theirs / ours | ordering violations | max in flight | child CPU s |\n")
 	w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
@@ -72,7 +73,9 @@ func (b *bench) pcTable(md *strings.Builder) {
 		infl := field(rs, func(r result) float64 { return float64(r.Proc.MaxInFlight) })
 		name := pcRowName(p)
 		theirs, vs := "-", "-"
-		if t, ok := publishedPC[name]; ok {
+		if strings.HasPrefix(c, "inmem") {
+			name = "baseline (in memory): " + name
+		} else if t, ok := publishedPC[name]; ok {
 			theirs = fmt.Sprintf("%.3f", t)
 			vs = fmt.Sprintf("%.2f", t/ff.med)
 		}
