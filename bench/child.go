@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/multiconsumer/multiconsumer"
@@ -62,6 +63,14 @@ type result struct {
 	Duplicates int64 `json:"duplicates,omitempty"`
 	// The rebalance suite's measurements.
 	Rebalance *rebalanceStats `json:"rebalance,omitempty"`
+	// The process suite's pc part (process.go).
+	Proc *procStats `json:"process,omitempty"`
+	// io mode: the mean measured duration of the handler's wait.
+	SleepMean float64 `json:"sleep_mean_s,omitempty"`
+	// CPU time (user + system) of the whole child process, start to end,
+	// in seconds; with AllocBytes, Allocs and NumGC (whole process too) in
+	// the io, cpu and pc modes.
+	CPU float64 `json:"cpu_s,omitempty"`
 }
 
 // allocPerMsg returns the latency mode's bytes and allocations per message
@@ -208,6 +217,8 @@ func runnerFor(s spec) (runner, error) {
 		return runKafkaGoPartitions(s), nil
 	case "franz":
 		return runFranz(s), nil
+	case "mc-process":
+		return runMCProcess(s), nil
 	}
 	return nil, fmt.Errorf("unknown contender %q", s.name)
 }
@@ -373,6 +384,15 @@ func runFranz(s spec) runner {
 
 // child runs one contender in this process and prints its result.
 func child(o options) error {
+	if o.mode == "pc" {
+		r, err := pcChild(o)
+		if err != nil {
+			return err
+		}
+		b, _ := json.Marshal(r)
+		fmt.Printf("RESULT %s\n", b)
+		return nil
+	}
 	s, err := parseSpec(o.contender)
 	if err != nil {
 		return err
@@ -403,9 +423,11 @@ func child(o options) error {
 	var runErr error
 	switch o.mode {
 	case "drain":
-		snk, runErr = drain(ctx, run, brokers, o.topic, int64(o.n), o.handlers, 0)
+		snk, runErr = drain(ctx, run, brokers, o.topic, int64(o.n), o.handlers, 0, nil)
 	case "io":
-		snk, runErr = drain(ctx, run, brokers, o.topic, int64(o.n), o.handlers, o.ioSleep)
+		snk, runErr = drain(ctx, run, brokers, o.topic, int64(o.n), o.handlers, o.ioSleep, nil)
+	case "cpu":
+		snk, runErr = drain(ctx, run, brokers, o.topic, int64(o.n), 0, 0, hashWork)
 	case "latency":
 		if len(o.latRates) != 1 {
 			return fmt.Errorf("latency mode takes one -rate, not %q", o.rates)
@@ -433,6 +455,13 @@ func child(o options) error {
 		N: min(snk.n.Load(), snk.target), Bytes: snk.bytes.Load(),
 		PeakRSS: vmHWM(), PeakHeap: max(peakHeap.Load(), ms.HeapAlloc), HeapSys: ms.HeapSys,
 		Duplicates: duplicates.Load(),
+	}
+	if n := sleeps.Load(); n > 0 {
+		r.SleepMean = time.Duration(slept.Load() / n).Seconds()
+	}
+	r.CPU = cpuSeconds()
+	if o.mode == "io" || o.mode == "cpu" {
+		r.AllocBytes, r.Allocs, r.NumGC = ms.TotalAlloc, ms.Mallocs, ms.NumGC
 	}
 	if o.mode == "latency" {
 		r.Rate = o.latRates[0]
@@ -472,34 +501,50 @@ func child(o options) error {
 
 var errPartial = errors.New("timed out")
 
+// slept and sleeps are the total measured duration and the number of the
+// io mode's waits.
+var slept, sleeps atomic.Int64
+
+// wait sleeps d and records how long it took.
+func wait(d time.Duration) {
+	t := time.Now()
+	time.Sleep(d)
+	slept.Add(int64(time.Since(t)))
+	sleeps.Add(1)
+}
+
 // drain consumes until target messages have been handled. With handlers >
 // 0, the contender's callback hands each message to a pool of that many
 // goroutines, each waiting sleep per message (an I/O-bound handler); with
-// handlers == 0 and sleep > 0 the callback itself waits.
-func drain(ctx context.Context, run runner, brokers []string, topic string, target int64, handlers int, sleep time.Duration) (*sink, error) {
+// handlers == 0 and sleep > 0 the callback itself waits. work, if not nil,
+// is called with each value before it counts (the cpu mode's handler).
+func drain(ctx context.Context, run runner, brokers []string, topic string, target int64, handlers int, sleep time.Duration, work func([]byte)) (*sink, error) {
 	snk := newSink(target, false)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	h := handler(snk.add)
+	if work != nil {
+		h = func(k, v []byte) { work(v); snk.add(k, v) }
+	}
 	var pool sync.WaitGroup
 	if sleep > 0 {
 		if handlers <= 0 {
-			h = func(k, v []byte) { time.Sleep(sleep); snk.add(k, v) }
+			h = func(k, v []byte) { wait(sleep); snk.add(k, v) }
 		} else {
 			type kv struct{ k, v []byte }
-			work := make(chan kv, handlers)
+			jobs := make(chan kv, handlers)
 			for range handlers {
 				pool.Go(func() {
-					for m := range work {
-						time.Sleep(sleep)
+					for m := range jobs {
+						wait(sleep)
 						snk.add(m.k, m.v)
 					}
 				})
 			}
-			defer func() { close(work); pool.Wait() }()
+			defer func() { close(jobs); pool.Wait() }()
 			h = func(k, v []byte) {
 				select {
-				case work <- kv{k, v}:
+				case jobs <- kv{k, v}:
 				case <-ctx.Done():
 				}
 			}
@@ -611,6 +656,15 @@ func sampleHeap(peak *atomic.Uint64) (stop func()) {
 		}
 	})
 	return func() { close(done); wg.Wait() }
+}
+
+// cpuSeconds returns the CPU time (user + system) this process used.
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
 // vmHWM returns this process's peak resident set, in bytes.

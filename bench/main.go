@@ -34,6 +34,8 @@
 //	go run . -suites latency -rate 2000,20000 -latency-rounds 3
 //	go run . -suites pitfall,mem,profile
 //	go run . -suites rebalance -rounds 3 -out /tmp/r -docs /tmp/r
+//	go run . -suites process                  # Process: pc's table, 1 ms handler, near-empty handler
+//	go run . -suites process -process-parts pc -pc-dist uniform -label kfake-uniform
 //
 // Its default paths (-out, -docs, the Python venv) are the repository's
 // bench/results, docs and bench/python, whether it runs from bench/ or, as
@@ -74,6 +76,17 @@ type options struct {
 	ioHandlers string
 	ioSleep    time.Duration
 	memN       string
+
+	// process suite (process.go)
+	processParts   string
+	pcN            int
+	pcSeed         uint64
+	pcDist         string
+	pcKeys         string
+	pcRows         string
+	processConc    string
+	processProfile bool
+
 	out        string
 	docs       string
 	reportFrom string
@@ -95,7 +108,7 @@ func main() {
 	var o options
 	flag.StringVar(&o.brokers, "brokers", "", "host:port of a running Kafka; empty: start an embedded kfake broker in a child process")
 	flag.StringVar(&o.label, "label", "", "name of this run in file names (default kfake or kafka)")
-	flag.StringVar(&o.suites, "suites", "drain,latency,io", "suites to run: drain, latency, io, rebalance, pitfall, mem, profile")
+	flag.StringVar(&o.suites, "suites", "drain,latency,io", "suites to run: drain, latency, io, rebalance, pitfall, mem, profile, process")
 	flag.IntVar(&o.partitions, "partitions", 8, "partitions of each topic")
 	flag.IntVar(&o.n, "n", 1_000_000, "messages in the backlog to drain")
 	flag.StringVar(&o.sizes, "sizes", "100,1024", "message value sizes in bytes, comma-separated")
@@ -112,12 +125,20 @@ func main() {
 	flag.StringVar(&o.ioHandlers, "io-handlers", "1,64", "handler goroutines of the io suite")
 	flag.DurationVar(&o.ioSleep, "io-sleep", time.Millisecond, "wait per message in the io suite")
 	flag.StringVar(&o.memN, "mem-n", "1000000,10000000", "backlogs of the mem suite (100 B messages)")
+	flag.StringVar(&o.processParts, "process-parts", "pc,io,cpu", "parts of the process suite: pc (parallel-consumer's table), io (1 ms handler), cpu (near-empty handler, -n messages)")
+	flag.IntVar(&o.pcN, "pc-n", 10_000, "process suite, pc part: messages")
+	flag.Uint64Var(&o.pcSeed, "pc-seed", 1, "process suite, pc part: seed of the sleeps")
+	flag.StringVar(&o.pcDist, "pc-dist", "ms", "process suite, pc part: sleeps, ms (whole ms 0-4, as parallel-consumer's test) or uniform (0-5 ms in us)")
+	flag.StringVar(&o.pcKeys, "pc-keys", "1,2,5,10,20,50,100,1000,10000", "process suite, pc part: the ByKey rows' numbers of keys")
+	flag.StringVar(&o.pcRows, "pc-rows", "process", "process suite, pc part: process (Process), baseline (the same sleeps scheduled in memory, no Kafka), or process,baseline")
+	flag.StringVar(&o.processConc, "process-c", "1,4,16,64", "process suite, io part: Concurrency (and pool sizes)")
+	flag.BoolVar(&o.processProfile, "process-profile", false, "process suite: also write CPU profiles of the cpu part's contenders (and allocation profiles) and of the io part's at the highest concurrency (one more run each)")
 	flag.StringVar(&o.out, "out", fromRoot("bench/results"), "directory for the JSON and Markdown results and profiles")
 	flag.StringVar(&o.docs, "docs", fromRoot("docs"), "directory for the PNG charts")
 	flag.StringVar(&o.reportFrom, "report", "", "only write the tables and charts of a results JSON file of an earlier run (give its -suites and -label too, and its -rate if it predates per-result rates)")
 
 	flag.StringVar(&o.contender, "contender", "", "child mode: run this contender and print its result")
-	flag.StringVar(&o.mode, "mode", "drain", "child mode: drain, latency, io or rebalance")
+	flag.StringVar(&o.mode, "mode", "drain", "child mode: drain, latency, io, cpu, pc or rebalance")
 	flag.StringVar(&o.topic, "topic", "", "child mode: topic")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "child mode: write a CPU profile")
 	flag.StringVar(&o.memprofile, "memprofile", "", "child mode: write an allocation profile")

@@ -139,6 +139,8 @@ func orchestrate(o options) error {
 			err = b.profileSuite()
 		case "python":
 			err = b.pythonSuite()
+		case "process":
+			err = b.processSuite()
 		default:
 			err = fmt.Errorf("unknown suite %q", s)
 		}

@@ -151,6 +151,7 @@ func (b *bench) report() error {
 	if b.has("rebalance") {
 		b.rebalanceTable(&md)
 	}
+	b.processReport(&md)
 	if b.has("io") {
 		w("### io: each message waits %s; handlers = goroutines doing the wait (1 = the caller itself)\n\n", b.o.ioSleep)
 		w("| contender | handlers | messages | msg/s |\n|---|---:|---:|---:|\n")
