@@ -67,7 +67,7 @@ type procStats struct {
 	// broken (not checked under Unordered).
 	Violations  int   `json:"violations"`
 	MaxInFlight int   `json:"max_in_flight"`
-	Attempts    int64 `json:"attempts"` // ProcessStats.Attempts
+	Attempts    int64 `json:"attempts"` // ProcessStats.HandlerDurations.Count
 }
 
 // pcRows are the rows of the pc part, in the published table's order: an
@@ -299,7 +299,7 @@ func pcChild(o options) (result, error) {
 	mu.Lock()
 	defer mu.Unlock()
 	ps := &procStats{Order: order.String(), Concurrency: conc, Keys: s.int("keys", 0),
-		Violations: violations, MaxInFlight: maxInFlight, Attempts: stats.Attempts}
+		Violations: violations, MaxInFlight: maxInFlight, Attempts: stats.HandlerDurations.Count}
 	nominal, actual := map[string]time.Duration{}, map[string]time.Duration{}
 	var sumN, sumA time.Duration
 	for _, r := range recs {
