@@ -280,6 +280,7 @@ func (c *MultiConsumer) Process(ctx context.Context, pc ProcessConfig, h Handler
 		stop:    make(chan struct{}, 1),
 		idle:    make(chan struct{}),
 		slots:   make([]Handling, pc.Concurrency),
+		spare:   make([]*lane, 0, 256),
 		free:    make([]int, pc.Concurrency),
 	}
 	for i := range p.free {
@@ -331,6 +332,7 @@ type processor struct {
 	running int             // handlers started and not finished
 	slots   []Handling      // what runs: Concurrency slots
 	free    []int           // the slots free
+	spare   []*lane         // lanes dropped, for new keys
 }
 
 // laneKey names a lane: the messages that are handled one at a time.
@@ -347,7 +349,7 @@ type lane struct {
 	key       laneKey
 	exclusive bool
 	msgs      ring[task]
-	busy      bool // exclusive: one of its messages is being handled
+	running   int  // its messages being handled (exclusive: at most 1)
 	inReady   bool
 	blocked   bool
 	held      bool // exclusive: a message was left incomplete; nothing more starts
@@ -479,7 +481,7 @@ func (p *processor) add(b batch) {
 		l := p.lane(b.partition, m.Key)
 		l.msgs.push(task{m: m, epoch: b.epoch, win: w, lane: l, taken: now})
 		p.waiting++
-		if !l.busy && !l.inReady && !l.blocked && !l.held {
+		if l.mayStart() {
 			l.inReady = true
 			p.ready.push(l)
 		}
@@ -516,7 +518,12 @@ func (p *processor) lane(partition int, key []byte) *lane {
 	}
 	l, ok := p.lanes[k]
 	if !ok {
-		l = &lane{key: k, exclusive: p.pc.Ordering != Unordered}
+		if n := len(p.spare); n > 0 {
+			l, p.spare = p.spare[n-1], p.spare[:n-1]
+		} else {
+			l = &lane{exclusive: p.pc.Ordering != Unordered}
+		}
+		l.key = k
 		p.lanes[k] = l
 	}
 	return l
@@ -560,24 +567,36 @@ func (p *processor) start(l *lane) {
 		t.slot = p.free[len(p.free)-1]
 		p.free = p.free[:len(p.free)-1]
 		p.slots[t.slot] = Handling{Partition: t.m.Partition, Offset: t.m.Offset, Key: t.m.Key, Taken: t.taken}
-		if l.exclusive {
-			l.busy = true
-		} else if l.msgs.len() > 0 {
+		l.running++
+		if !l.exclusive && l.msgs.len() > 0 {
 			l.inReady = true
 			p.ready.push(l)
 		}
 		p.tasks <- t // never blocks: at most Concurrency are in it
 		return
 	}
-	if !l.busy {
+	if l.running == 0 {
 		p.dropLane(l)
 	}
 }
 
+// mayStart reports whether l, which has messages, may join the ready
+// lanes.
+func (l *lane) mayStart() bool {
+	return !(l.exclusive && l.running > 0) && !l.inReady && !l.blocked && !l.held
+}
+
 // dropLane forgets l, which is empty and idle. c.mu is held.
 func (p *processor) dropLane(l *lane) {
-	if p.lanes[l.key] == l { // else it was dropped, and the key has a new lane
-		delete(p.lanes, l.key)
+	if p.lanes[l.key] != l {
+		return // dropped already, and the key has a new lane
+	}
+	delete(p.lanes, l.key)
+	// Kept for the next key (most keys of a backlog have a message or
+	// two waiting, and go at once), unless a task still points to it.
+	if l.running == 0 && !l.inReady && len(p.spare) < cap(p.spare) {
+		*l = lane{exclusive: l.exclusive, msgs: ring[task]{buf: l.msgs.buf}}
+		p.spare = append(p.spare, l)
 	}
 }
 
@@ -586,8 +605,14 @@ func (p *processor) dropLane(l *lane) {
 func (p *processor) handle(ctx context.Context, t task) {
 	backoff := min(p.pc.RetryBackoff, p.c.cfg.MaxBackoff)
 	for attempt := 1; ; attempt++ {
-		interrupt, o, ok := p.mayAttempt(ctx, t)
-		if !ok {
+		if attempt == 1 {
+			// start checked that t is current, under c.mu, just now:
+			// the first attempt costs no lock.
+			if p.stopped.Load() || ctx.Err() != nil {
+				p.finish(t, incomplete, nil)
+				return
+			}
+		} else if o, ok := p.mayAttempt(ctx, t); !ok {
 			p.finish(t, o, nil)
 			return
 		}
@@ -605,7 +630,8 @@ func (p *processor) handle(ctx context.Context, t task) {
 			p.giveUp(ctx, t, attempt, a.err)
 			return
 		}
-		if !p.observe(t, &a, true) {
+		current, interrupt := p.observe(t, &a, true)
+		if !current {
 			p.finish(t, moved, nil) // revoked, or moved by Seek: not ours to retry
 			return
 		}
@@ -624,20 +650,19 @@ func (p *processor) handle(ctx context.Context, t task) {
 	}
 }
 
-// mayAttempt reports whether t may be attempted (again): Process goes on,
+// mayAttempt reports whether t may be attempted again: Process goes on,
 // and t's partition is where it was taken. If not, it returns how t ends.
-// It returns the channel a Seek or a revoke closes.
-func (p *processor) mayAttempt(ctx context.Context, t task) (<-chan struct{}, outcome, bool) {
+func (p *processor) mayAttempt(ctx context.Context, t task) (outcome, bool) {
 	c := p.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	switch {
 	case p.stopped.Load() || ctx.Err() != nil:
-		return nil, incomplete, false
+		return incomplete, false
 	case !p.current(t):
-		return nil, moved, false
+		return moved, false
 	}
-	return c.interrupt, completed, true
+	return completed, true
 }
 
 // current reports whether t's partition is still where t was taken. c.mu
@@ -688,8 +713,9 @@ func (p *processor) observeLocked(t task, a *attempted) {
 }
 
 // observe records a failed attempt of t, followed by a retry if retry, and
-// reports whether t's partition is still where t was taken.
-func (p *processor) observe(t task, a *attempted, retry bool) bool {
+// reports whether t's partition is still where t was taken, with the
+// channel the next Seek or revoke closes.
+func (p *processor) observe(t task, a *attempted, retry bool) (bool, <-chan struct{}) {
 	p.c.mu.Lock()
 	defer p.c.mu.Unlock()
 	p.observeLocked(t, a)
@@ -697,7 +723,7 @@ func (p *processor) observe(t task, a *attempted, retry bool) bool {
 	if retry && current {
 		p.c.pstats.Retries++
 	}
-	return current
+	return current, p.c.interrupt
 }
 
 // giveUp hands t to OnGiveUp, or stops Process.
@@ -778,20 +804,20 @@ func (p *processor) finish(t task, o outcome, a *attempted) {
 			due = c.book.countDue()
 		}
 	}
+	l := t.lane
+	l.running--
 	if !p.stopped.Load() {
-		l := t.lane
 		if l.exclusive {
-			l.busy = false
 			// A message left incomplete holds its key: the ones after
 			// it must not run before it does (after a restart).
 			l.held = l.held || o == incomplete
 		}
 		if l.msgs.len() > 0 {
-			if !l.inReady && !l.blocked && !l.held {
+			if l.mayStart() {
 				l.inReady = true
 				p.ready.push(l)
 			}
-		} else if !l.busy && !l.inReady {
+		} else if l.running == 0 && !l.inReady {
 			p.dropLane(l)
 		}
 		p.unblock(t.m.Partition)
@@ -823,7 +849,7 @@ func (p *processor) purge(partition int) {
 		}
 		p.waiting -= n
 		p.c.q.release(partition, n)
-		if !l.busy && !l.inReady {
+		if l.running == 0 && !l.inReady {
 			p.dropLane(l)
 		}
 	}
@@ -839,7 +865,7 @@ func (p *processor) unblock(partition int) {
 	delete(p.blocked, partition)
 	for _, l := range bl {
 		l.blocked = false
-		if l.msgs.len() > 0 && !l.inReady && !l.busy && !l.held {
+		if l.msgs.len() > 0 && l.mayStart() {
 			l.inReady = true
 			p.ready.push(l)
 		}
