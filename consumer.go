@@ -295,8 +295,8 @@ func (c *MultiConsumer) syncPositions(parts []int, pos map[int]*fetchPos, now ti
 			leaderless = true
 			continue
 		}
-		if !c.q.isHungry(p) {
-			full = true
+		if len(fp.parked) > 0 || !c.q.isHungry(p) {
+			full = true // it waits for room (worker.unpark)
 			continue
 		}
 		pl.add(l, p)

@@ -349,7 +349,7 @@ type lane struct {
 	key       laneKey
 	exclusive bool
 	msgs      ring[task]
-	running   int  // its messages being handled (exclusive: at most 1)
+	running   int // its messages being handled (exclusive: at most 1)
 	inReady   bool
 	blocked   bool
 	held      bool // exclusive: a message was left incomplete; nothing more starts

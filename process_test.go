@@ -868,3 +868,31 @@ func TestProcessGiveUpHoldsTheKey(t *testing.T) {
 		assert.LessOrEqual(t, committed(t, topic, g, 1)[0], int64(2))
 	}
 }
+
+// A backlog drains to its end with handlers that take no time, whatever
+// the workers: partitions with their share of the queue wait for room
+// without missing it (a worker once waited for a wake-up that had come
+// before it waited, and stalled).
+func TestProcessDrainsABacklog(t *testing.T) {
+	const parts, per = 8, 10000
+	topic := backlog(t, parts, per)
+	for _, workers := range []int{1, 8} {
+		t.Run(fmt.Sprint(workers, " workers"), func(t *testing.T) {
+			c := open(t, Config{Topic: topic, NumWorkers: workers, QueueSize: 256})
+			var n atomic.Int64
+			ctx, cancel := context.WithTimeout(testCtx(t), 30*time.Second) // a stall fails, not hangs
+			defer cancel()
+			err := c.Process(ctx, ProcessConfig{Ordering: Unordered}, func(ctx context.Context, m kafka.Message) error {
+				if n.Add(1) == parts*per {
+					cancel()
+				}
+				return nil
+			})
+			require.EqualValues(t, parts*per, n.Load(), "stalled")
+			require.ErrorIs(t, err, context.Canceled)
+			for p, ps := range c.Stats().Partitions {
+				assert.EqualValues(t, per, ps.Consumed, "partition %d", p)
+			}
+		})
+	}
+}

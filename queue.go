@@ -100,11 +100,18 @@ func (q *queue) isHungry(p int) bool {
 	return !q.fair || q.parts[p] <= q.shareLocked()/2
 }
 
-// waitRoom returns a channel closed when a partition becomes hungry (or
-// at another change), and a func to call when done waiting.
-func (q *queue) waitRoom() (<-chan struct{}, func()) {
+// waitRoom returns a channel closed when one of parts becomes hungry (or
+// at another change), and a func to call when done waiting. If one is
+// hungry already, or the queue is not fair, the channel is closed: a
+// release between the caller's look and this call is not missed.
+func (q *queue) waitRoom(parts []int) (<-chan struct{}, func()) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	for _, p := range parts {
+		if !q.fair || q.parts[p] <= q.shareLocked()/2 {
+			return closedChan, func() {}
+		}
+	}
 	q.hungry++
 	return q.changedLocked(), func() {
 		q.mu.Lock()
@@ -112,6 +119,12 @@ func (q *queue) waitRoom() (<-chan struct{}, func()) {
 		q.mu.Unlock()
 	}
 }
+
+var closedChan = func() chan struct{} {
+	ch := make(chan struct{})
+	close(ch)
+	return ch
+}()
 
 // count adds n messages of partition p (n < 0: removes).
 func (q *queue) countLocked(p, n int) {

@@ -472,7 +472,12 @@ func TestQueueFairShares(t *testing.T) {
 	assert.Zero(t, q.len())
 	assert.Equal(t, 5, q.room(0))
 
-	room, done := q.waitRoom()
+	select {
+	case <-func() <-chan struct{} { ch, done := q.waitRoom([]int{0, 1}); done(); return ch }():
+	default:
+		t.Fatal("partition 1 is hungry already: waitRoom does not wait")
+	}
+	room, done := q.waitRoom([]int{0})
 	q.release(0, 5) // 15 of 25: still above half
 	select {
 	case <-room:
