@@ -295,8 +295,8 @@ func (c *MultiConsumer) syncPositions(parts []int, pos map[int]*fetchPos, now ti
 			leaderless = true
 			continue
 		}
-		if len(fp.parked) > 0 || !c.q.isHungry(p) {
-			full = true // it waits for room (worker.unpark)
+		if !c.q.isHungry(p) {
+			full = true // it waits for room (queue.waitRoom)
 			continue
 		}
 		pl.add(l, p)
@@ -355,6 +355,7 @@ func (c *MultiConsumer) Resume() {
 	defer c.mu.Unlock() // Close clears running under mu: no Set slips in after it
 	if !c.closed {
 		c.running.Set()
+		c.q.refill() // what waited in the overflow while Process ran
 	}
 }
 

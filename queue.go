@@ -37,31 +37,42 @@ type batch struct {
 // While Process runs, the queue is fair: each partition may have only its
 // share of the bound (the limit divided among the partitions consumed)
 // queued or held, so that one partition's backlog, waiting for its few
-// keys, does not keep the others' messages from the handlers. Workers
-// check room before they put, and fetch a full partition again later.
+// keys, does not keep the others' messages from the handlers. What a
+// worker puts past a partition's share waits in the partition's overflow,
+// outside the bound, and moves into the queue as Process takes the
+// partition's messages; a partition is not fetched again while it has
+// overflow or more than half its share (isHungry). So a worker never waits
+// for one partition while it holds the others' messages, and the memory
+// past the bound is at most the rest of one fetch response per partition
+// (as a worker waiting for room in GetMessages's queue holds its response).
 type queue struct {
 	mu      sync.Mutex
 	batches []batch // FIFO
 	queued  int     // messages in batches
 	held    int     // messages taken by Process and not handed to a handler yet: in the bound
 	limit   int
-	putters int           // puts waiting for room: take wakes waiters only then
-	changed chan struct{} // nil: nobody waits
-	fair    bool          // Process runs: partitions get a share of the bound each
-	nparts  int           // partitions consumed, which share the bound
-	parts   map[int]int   // messages of each partition queued or held
-	hungry  int           // workers waiting for a partition to be hungry (see waitRoom)
+	putters int             // puts waiting for room: take wakes waiters only then
+	changed chan struct{}   // nil: nobody waits
+	fair    bool            // Process runs: partitions get a share of the bound each
+	nparts  int             // partitions consumed, which share the bound
+	parts   map[int]int     // messages of each partition queued or held
+	hungry  int             // workers waiting for a partition to be hungry (see waitRoom)
+	over    map[int][]batch // fair: each partition's overflow, in order
+	overN   int             // messages in over
+	open    *event          // the workers' open event, from put: overflow moves only while set
 }
 
 func newQueue(limit int) *queue {
-	return &queue{limit: limit, parts: make(map[int]int)}
+	return &queue{limit: limit, parts: make(map[int]int), over: make(map[int][]batch)}
 }
 
-// setFair turns the partitions' shares on or off.
+// setFair turns the partitions' shares on or off. Off, the overflow moves
+// into the queue.
 func (q *queue) setFair(fair bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.fair = fair
+	q.refillAllLocked()
 	q.signalLocked()
 }
 
@@ -70,7 +81,61 @@ func (q *queue) setPartitions(n int) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.nparts = n
+	q.refillAllLocked()
 	q.signalLocked()
+}
+
+// refill moves overflow into the queue where there is room: after a
+// Resume.
+func (q *queue) refill() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.refillAllLocked()
+}
+
+func (q *queue) refillAllLocked() {
+	for p := range q.over {
+		q.refillLocked(p)
+	}
+}
+
+// refillLocked moves partition p's overflow into the queue, as far as its
+// share allows (all of it when the queue is not fair), once p has no more
+// than half its share, unless paused.
+func (q *queue) refillLocked(p int) {
+	if q.fair && q.parts[p] > q.shareLocked()/2 {
+		return // not yet: move chunks of half a share, not a message at a time
+	}
+	moved := false
+	for len(q.over[p]) > 0 && q.open != nil && q.open.IsSet() {
+		b := &q.over[p][0]
+		k := len(b.msgs)
+		if q.fair {
+			k = min(k, max(0, q.shareLocked()-q.parts[p]))
+			if k == 0 && len(b.msgs) > 0 {
+				break
+			}
+		}
+		head := *b
+		if k < len(b.msgs) {
+			head.msgs = b.msgs[:k:k]
+			b.msgs = b.msgs[k:]
+		} else {
+			q.over[p][0] = batch{}
+			q.over[p] = q.over[p][1:]
+		}
+		q.batches = append(q.batches, head)
+		q.queued += k
+		q.overN -= k
+		q.countLocked(p, k)
+		moved = true
+	}
+	if len(q.over[p]) == 0 {
+		delete(q.over, p)
+	}
+	if moved {
+		q.signalLocked()
+	}
 }
 
 // room returns how many messages of partition p may be queued now without
@@ -86,6 +151,9 @@ func (q *queue) roomLocked(p int) int {
 	if !q.fair {
 		return -1
 	}
+	if len(q.over[p]) > 0 {
+		return 0 // its overflow goes first
+	}
 	return max(0, q.shareLocked()-q.parts[p])
 }
 
@@ -97,7 +165,11 @@ func (q *queue) shareLocked() int { return max(1, q.limit/max(1, q.nparts)) }
 func (q *queue) isHungry(p int) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return !q.fair || q.parts[p] <= q.shareLocked()/2
+	return q.isHungryLocked(p)
+}
+
+func (q *queue) isHungryLocked(p int) bool {
+	return len(q.over[p]) == 0 && (!q.fair || q.parts[p] <= q.shareLocked()/2)
 }
 
 // waitRoom returns a channel closed when one of parts becomes hungry (or
@@ -108,7 +180,7 @@ func (q *queue) waitRoom(parts []int) (<-chan struct{}, func()) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for _, p := range parts {
-		if !q.fair || q.parts[p] <= q.shareLocked()/2 {
+		if q.isHungryLocked(p) {
 			return closedChan, func() {}
 		}
 	}
@@ -170,6 +242,12 @@ func (q *queue) put(ctx context.Context, b batch, open *event) error {
 	n := len(b.msgs)
 	for {
 		q.mu.Lock()
+		q.open = open
+		if q.fair {
+			q.putFairLocked(b)
+			q.mu.Unlock()
+			return nil
+		}
 		isOpen := open.IsSet()
 		if isOpen && q.queued+q.held+n <= q.limit {
 			q.batches = append(q.batches, b)
@@ -201,6 +279,31 @@ func (q *queue) put(ctx context.Context, b batch, open *event) error {
 			return err
 		}
 	}
+}
+
+// putFairLocked queues what fits in b's partition's share and sends the
+// rest to its overflow: it never waits.
+func (q *queue) putFairLocked(b batch) {
+	p := b.partition
+	if len(q.over[p]) == 0 && q.open.IsSet() {
+		k := min(len(b.msgs), q.roomLocked(p), max(0, q.limit-q.queued-q.held))
+		if k == len(b.msgs) {
+			q.batches = append(q.batches, b)
+			q.queued += k
+			q.countLocked(p, k)
+			q.signalLocked()
+			return
+		}
+		if k > 0 {
+			q.batches = append(q.batches, batch{partition: p, epoch: b.epoch, msgs: b.msgs[:k:k]})
+			q.queued += k
+			q.countLocked(p, k)
+			b.msgs = b.msgs[k:]
+			q.signalLocked()
+		}
+	}
+	q.over[p] = append(q.over[p], b)
+	q.overN += len(b.msgs)
 }
 
 // barrier returns once every put that started before it has returned or
@@ -238,9 +341,10 @@ func (q *queue) release(p, n int) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.held -= n
-	before := q.parts[p]
+	was := q.isHungryLocked(p)
 	q.countLocked(p, -n)
-	if q.hungry > 0 && before > q.shareLocked()/2 && q.parts[p] <= q.shareLocked()/2 {
+	q.refillLocked(p)
+	if q.hungry > 0 && !was && q.isHungryLocked(p) {
 		q.signalLocked() // p became hungry
 		return
 	}
@@ -318,6 +422,23 @@ func (q *queue) drop(stale func(b *batch) bool) int {
 	clear(q.batches[len(kept):])
 	q.batches = kept
 	q.queued -= n
+	for p, bs := range q.over {
+		keptOver := bs[:0]
+		for i := range bs {
+			if stale(&bs[i]) {
+				n += len(bs[i].msgs)
+				q.overN -= len(bs[i].msgs)
+				continue
+			}
+			keptOver = append(keptOver, bs[i])
+		}
+		clear(bs[len(keptOver):])
+		if len(keptOver) == 0 {
+			delete(q.over, p)
+		} else {
+			q.over[p] = keptOver
+		}
+	}
 	if n > 0 {
 		q.signalLocked()
 	}
@@ -340,9 +461,9 @@ func (q *queue) pending() (batches int, changed <-chan struct{}) {
 	return len(q.batches), q.changedLocked()
 }
 
-// len returns the number of queued messages.
+// len returns the number of queued messages, the overflow's included.
 func (q *queue) len() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.queued
+	return q.queued + q.overN
 }

@@ -500,10 +500,29 @@ func TestQueueFairShares(t *testing.T) {
 	q.drop(func(b *batch) bool { return b.partition == 2 })
 	assert.Equal(t, 25, q.room(2))
 
+	// Past its share, a partition's messages wait in its overflow, outside
+	// the bound, and move in as Process takes the partition's messages.
+	require.NoError(t, q.put(ctx, mkBatch(3, 1, 0, 30), open))
+	assert.Zero(t, q.room(3))
+	assert.False(t, q.isHungry(3))
+	assert.Equal(t, 30, q.len(), "the overflow counts in len")
+	got := q.hold()
+	assert.Equal(t, []string{"3/1:0", "3/1:1"}, flat(t, got)[:2])
+	assert.Len(t, flat(t, got), 25)
+	q.release(3, 10) // 15 of 25: the overflow waits for half a share
+	assert.Empty(t, q.hold())
+	q.release(3, 3) // 12 of 25: it moves in
+	got = q.hold()
+	assert.Equal(t, []string{"3/1:25", "3/1:26", "3/1:27", "3/1:28", "3/1:29"}, flat(t, got))
+	assert.False(t, q.isHungry(3), "17 of 25")
+	q.release(3, 17)
+	assert.True(t, q.isHungry(3), "none, no overflow: worth a fetch")
+
 	q.setFair(false)
 	assert.Equal(t, -1, q.room(0))
 	q.release(0, 12)
 	q.release(1, 5)
 	assert.Empty(t, q.parts, "every message counted out")
+	assert.Empty(t, q.over)
 	assert.Zero(t, q.held)
 }

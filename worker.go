@@ -87,16 +87,6 @@ type fetchPos struct {
 	retryAt time.Time     // zero: not backing off
 	backoff time.Duration // the last wait after a failure; 0 after a success
 	probe   *probe        // non-nil: finding the end of an empty batch at offset
-	// parked are batches fetched and not queued yet: while Process
-	// runs, the partition had its share of the queue. They go first,
-	// before the partition is fetched again.
-	parked []parkedBatch
-}
-
-// parkedBatch is a parked batch, and the position before it.
-type parkedBatch struct {
-	b    batch
-	from int64
 }
 
 // failed schedules the partition's next fetch after its backoff, and doubles
@@ -145,17 +135,11 @@ func newWorker(c *MultiConsumer, id int, partitions []int, pos map[int]*fetchPos
 func (w *worker) run(ctx context.Context) {
 	idle := time.NewTimer(time.Hour)
 	defer idle.Stop()
-	defer w.dropParked()
 	for {
 		if err := w.c.running.Wait(ctx); err != nil {
 			return
 		}
 		w.wake.clear() // the positions read next cover every Seek so far
-		// Parked batches first: a partition that has some left is not
-		// fetched (it waits for room).
-		if err := w.unpark(ctx); err != nil {
-			return
-		}
 		wait, leaderless, full := w.c.syncPositions(w.order, w.pos, time.Now(), &w.plan)
 		if leaderless {
 			// Look again for a leader every second at most; the
@@ -513,7 +497,7 @@ func (w *worker) decode(ctx context.Context, p int, pos *fetchPos, hwm int64, rr
 		}
 		b := batch{partition: p, epoch: pos.epoch, msgs: run}
 		run = nil
-		if err := w.enqueue(ctx, pos, b, b.msgs[0].Offset); err != nil {
+		if err := w.c.q.put(ctx, b, w.c.running); err != nil {
 			return err
 		}
 		got = true
@@ -667,96 +651,23 @@ func (w *worker) probeDone(ctx context.Context, p int, pos *fetchPos) error {
 // skip moves partition p to offset to, here and, through a marker queued
 // behind its messages, in the controller's bookkeeping.
 func (w *worker) skip(ctx context.Context, p int, pos *fetchPos, to int64) error {
-	if err := w.enqueue(ctx, pos, batch{partition: p, epoch: pos.epoch, advance: to}, pos.offset); err != nil {
+	if err := w.c.q.put(ctx, batch{partition: p, epoch: pos.epoch, advance: to}, w.c.running); err != nil {
 		return err
 	}
 	pos.offset = to
 	return nil
 }
 
-// enqueue queues b, which starts at offset from, or parks it: while
-// Process runs, a partition that has its share of the queue keeps the rest
-// of a fetch response in its worker, which queues it as Process takes
-// messages, before it fetches the partition again. So a worker neither
-// waits for one partition's slow keys while it holds the others'
-// messages, nor fetches twice what it was given once. (A worker waiting
-// for room in GetMessages's queue holds a response the same way.)
-func (w *worker) enqueue(ctx context.Context, pos *fetchPos, b batch, from int64) error {
-	if len(pos.parked) == 0 {
-		room := w.c.q.room(b.partition)
-		if room < 0 || len(b.msgs) <= room {
-			return w.c.q.put(ctx, b, w.c.running)
-		}
-		if room > 0 {
-			head := batch{partition: b.partition, epoch: b.epoch, msgs: b.msgs[:room:room]}
-			if err := w.c.q.put(ctx, head, w.c.running); err != nil {
-				return err
-			}
-			b.msgs = b.msgs[room:]
-			from = b.msgs[0].Offset
-		}
-	}
-	pos.parked = append(pos.parked, parkedBatch{b: b, from: from})
-	return nil
-}
-
-// unpark queues the parked batches that fit. Those of an epoch gone (a
-// Seek) are dropped.
-func (w *worker) unpark(ctx context.Context) error {
-	for _, p := range w.order {
-		pos := w.pos[p]
-		for len(pos.parked) > 0 {
-			pb := &pos.parked[0]
-			if pb.b.epoch != pos.epoch {
-				pos.parked = nil
-				break
-			}
-			room := w.c.q.room(p)
-			if room >= 0 && len(pb.b.msgs) > room {
-				if room > 0 {
-					head := batch{partition: p, epoch: pb.b.epoch, msgs: pb.b.msgs[:room:room]}
-					if err := w.c.q.put(ctx, head, w.c.running); err != nil {
-						return err
-					}
-					pb.b.msgs = pb.b.msgs[room:]
-					pb.from = pb.b.msgs[0].Offset
-				}
-				break
-			}
-			if err := w.c.q.put(ctx, pb.b, w.c.running); err != nil {
-				return err
-			}
-			pos.parked[0] = parkedBatch{}
-			pos.parked = pos.parked[1:]
-		}
-		if len(pos.parked) == 0 {
-			pos.parked = nil
-		}
-	}
-	return nil
-}
-
-// fullParts returns the partitions that wait for room in the queue: they
-// have parked batches, or their fill.
+// fullParts returns the partitions that wait for room in the queue: while
+// Process runs, they have their fill.
 func (w *worker) fullParts() []int {
 	var out []int
 	for _, p := range w.order {
-		if len(w.pos[p].parked) > 0 || !w.c.q.isHungry(p) {
+		if !w.c.q.isHungry(p) {
 			out = append(out, p)
 		}
 	}
 	return out
-}
-
-// dropParked forgets the parked batches, and moves each partition back
-// to its first one: the next worker fetches them again.
-func (w *worker) dropParked() {
-	for _, p := range w.order {
-		if pos := w.pos[p]; len(pos.parked) > 0 {
-			pos.offset = pos.parked[0].from
-			pos.parked = nil
-		}
-	}
 }
 
 // arenaSize is the size of the blocks that keys and values are copied into:
