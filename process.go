@@ -246,11 +246,19 @@ func (h Histogram) clone() Histogram {
 //
 // While it runs, GetMessages and a second Process return ErrBusy, Messages
 // yields it, and Iter returns a closed channel; while an Iter channel is
-// open or a Messages loop runs, Process returns ErrBusy. At most Config.QueueSize messages wait beside
-// the handlers running: a key whose message is retried holds back its own
-// messages only, until they fill that bound. A partition whose completed
-// offsets would no longer fit in the commit metadata (4096 bytes) starts
-// no more handlers until its lowest incomplete message completes.
+// open or a Messages loop runs, Process returns ErrBusy.
+//
+// At most Config.QueueSize messages wait beside the handlers running, and
+// each partition gets its share of them (QueueSize / partitions): a key
+// whose message is retried holds back its own messages only, until they
+// fill its partition's share, and one partition's backlog never keeps the
+// others' messages from the handlers. What a fetch brings past a
+// partition's share waits outside that bound, and the partition is not
+// fetched again until it has been handed over: at most one fetch response
+// per partition (as a worker holds its response while GetMessages's queue
+// is full). A partition whose completed offsets would no longer fit in the
+// commit metadata (4096 bytes) starts no more handlers until its lowest
+// incomplete message completes.
 //
 // In group mode, a partition revoked while Process runs starts no more
 // handlers; those running finish (up to RebalanceTimeout), what completed
