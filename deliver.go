@@ -297,6 +297,29 @@ func (c *MultiConsumer) Iter(ctx context.Context) <-chan kafka.Message {
 	return ch
 }
 
+// awaitQueued waits, without the delivery token, until a delivery has
+// something to take: queued messages, or a Messages loop's to reclaim. It
+// returns an error when ctx ends, the consumer closes, or it has stopped
+// for good and nothing is left.
+func (c *MultiConsumer) awaitQueued(ctx context.Context) error {
+	for {
+		batches, changed := c.pending()
+		if batches > 0 {
+			return nil
+		}
+		if err := c.Err(); err != nil {
+			return err
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-c.closing.Done():
+			return ErrClosed
+		}
+	}
+}
+
 // processing reports whether Process runs.
 func (c *MultiConsumer) processing() bool {
 	c.mu.Lock()
@@ -308,19 +331,8 @@ func (c *MultiConsumer) processing() bool {
 // error when ctx ends or the consumer closes.
 func (c *MultiConsumer) iterate(ctx context.Context, ch chan<- kafka.Message) error {
 	for {
-		batches, changed := c.pending()
-		if batches == 0 {
-			if err := c.Err(); err != nil {
-				return err
-			}
-			select {
-			case <-changed:
-				continue
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-c.closing.Done():
-				return ErrClosed
-			}
+		if err := c.awaitQueued(ctx); err != nil {
+			return err
 		}
 		if _, err := c.acquire(ctx, nil); err != nil {
 			return err

@@ -200,19 +200,8 @@ func (c *MultiConsumer) pending() (batches int, changed <-chan struct{}) {
 // the consumer closes, or it stopped for good and nothing is queued.
 func (c *MultiConsumer) take(ctx context.Context, h *holding) error {
 	for {
-		batches, changed := c.pending()
-		if batches == 0 {
-			if err := c.Err(); err != nil {
-				return err
-			}
-			select {
-			case <-changed:
-				continue
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-c.closing.Done():
-				return ErrClosed
-			}
+		if err := c.awaitQueued(ctx); err != nil {
+			return err
 		}
 		if _, err := c.acquire(ctx, nil); err != nil {
 			return err
