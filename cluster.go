@@ -295,14 +295,13 @@ func (c *MultiConsumer) committedOffsetsOnce(ctx context.Context, partitions []i
 }
 
 // offsetCommit stores offsets in the group's offset storage. In group mode
-// the commit carries the member's generation and id, so that the
-// coordinator refuses it from a member that is no longer the partitions'
-// owner; otherwise it is made from outside the group (generation -1, no
-// member id), as the seed does. On a partial failure the error lists the
+// the commit carries the lease's generation and member id, so that the
+// coordinator refuses it once that generation is over; otherwise it is made
+// from outside the group (generation -1, no member id). On a partial failure the error lists the
 // partitions that failed, and ok holds the ones that were stored.
 //
 // meta is the metadata to store with each offset (none where it has none).
-func (c *MultiConsumer) offsetCommit(ctx context.Context, offsets map[int]int64, meta map[int]string) (ok map[int]int64, err error) {
+func (c *MultiConsumer) offsetCommit(ctx context.Context, l lease, offsets map[int]int64, meta map[int]string) (ok map[int]int64, err error) {
 	ctx, cancel := c.withTimeout(ctx)
 	defer cancel()
 	commits := make([]kafka.OffsetCommit, 0, len(offsets))
@@ -316,9 +315,7 @@ func (c *MultiConsumer) offsetCommit(ctx context.Context, offsets map[int]int64,
 		Topics:       map[string][]kafka.OffsetCommit{c.cfg.Topic: commits},
 	}
 	if c.cfg.JoinGroup {
-		c.mu.Lock()
-		req.GenerationID, req.MemberID, req.InstanceID = int(c.grp.generation), c.grp.memberID, c.cfg.InstanceID
-		c.mu.Unlock()
+		req.GenerationID, req.MemberID, req.InstanceID = int(l.generation), l.memberID, c.cfg.InstanceID
 	}
 	res, err := c.client.OffsetCommit(ctx, req)
 	if err != nil {

@@ -3,6 +3,7 @@ package multiconsumer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -82,11 +83,17 @@ func (c *MultiConsumer) wakeCommitter() {
 }
 
 // commit stores the consumed, uncommitted offsets of partitions (all when
-// none is given).
+// none is given). It reads them together with the lease they are committed
+// under, and each attempt (a dropped connection is retried) goes out under
+// that lease or not at all: once the lease has ended (a rebalance, or the
+// member was lost) the commit is dropped with an error that wraps
+// kafka.IllegalGeneration, and the partitions revoked meanwhile are left
+// out of it (see sendable).
 func (c *MultiConsumer) commit(ctx context.Context, partitions ...int) error {
 	c.commitMu.Lock()
 	defer c.commitMu.Unlock()
 	c.mu.Lock()
+	l := c.grp.lease
 	offsets, meta := c.book.uncommittedMeta(partitions...)
 	if len(offsets) == 0 {
 		c.book.committed(nil, time.Now())
@@ -96,9 +103,20 @@ func (c *MultiConsumer) commit(ctx context.Context, partitions ...int) error {
 	c.mu.Unlock()
 
 	var ok map[int]int64
+	var dropped error // partitions left out: revoked before the commit went out
 	rctx, cancel := c.withTimeout(ctx)
 	err := retry(rctx, c.retryConnErrs, func() (err error) {
-		ok, err = c.offsetCommit(rctx, offsets, meta)
+		var send map[int]int64
+		var left []error
+		send, left, err = c.sendable(l, offsets)
+		dropped = errors.Join(left...)
+		if err != nil {
+			return permanent{err}
+		}
+		if len(send) == 0 {
+			return nil
+		}
+		ok, err = c.offsetCommit(rctx, l, send, meta)
 		if errors.Is(err, kafka.OffsetMetadataTooLarge) && len(meta) > 0 {
 			// The broker's offset.metadata.max.bytes is below Kafka's
 			// default: never hold the offsets back for the metadata.
@@ -109,11 +127,12 @@ func (c *MultiConsumer) commit(ctx context.Context, partitions ...int) error {
 			c.book.noMetadata = true
 			c.mu.Unlock()
 			meta = nil
-			ok, err = c.offsetCommit(rctx, offsets, nil)
+			ok, err = c.offsetCommit(rctx, l, send, nil)
 		}
 		return err
 	})
 	cancel()
+	err = errors.Join(err, dropped)
 	c.mu.Lock()
 	if len(ok) > 0 {
 		c.book.committedMeta(ok, meta, time.Now())
@@ -123,11 +142,34 @@ func (c *MultiConsumer) commit(ctx context.Context, partitions ...int) error {
 	}
 	c.mu.Unlock()
 	if err != nil {
-		c.log.Error("commit failed", "offsets", offsets, "err", err)
+		c.log.Error("commit failed", "offsets", offsets, "generation", l.generation, "err", err)
 		return err
 	}
 	c.log.Debug("committed", "offsets", offsets)
 	return nil
+}
+
+// sendable returns the offsets that a commit built under l may send now: an
+// error if l is no longer the member's lease, and otherwise the offsets of
+// the partitions the consumer still owns, with an error naming each one
+// that it no longer does.
+func (c *MultiConsumer) sendable(l lease, offsets map[int]int64) (send map[int]int64, dropped []error, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cur := c.grp.lease; cur != l {
+		return nil, nil, fmt.Errorf("multiconsumer: commit offsets of group %q under generation %d (now %d): %w",
+			c.cfg.Group, l.generation, cur.generation, errLeaseEnded)
+	}
+	send = make(map[int]int64, len(offsets))
+	for p, off := range offsets {
+		if _, owned := c.book.parts[p]; !owned {
+			dropped = append(dropped, &PartitionError{Topic: c.cfg.Topic, Partition: p,
+				Err: fmt.Errorf("commit offset %d: revoked before the commit went out: %w", off, errLeaseEnded)})
+			continue
+		}
+		send[p] = off
+	}
+	return send, dropped, nil
 }
 
 // runCommitter is the auto-commit goroutine: it commits when the count

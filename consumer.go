@@ -114,7 +114,7 @@ func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
 		refreshNow: make(chan struct{}, 1),
 		rejoin:     make(chan struct{}, 1),
 	}
-	c.grp.generation = -1
+	c.grp.lease = noLease
 	c.life, c.endLife = context.WithCancel(context.Background())
 	c.commitLife, c.endCommitLife = context.WithCancel(context.Background())
 	parts, err := c.start(ctx)
@@ -648,7 +648,7 @@ func (c *MultiConsumer) Stats() Stats {
 		Partitions:      make(map[int]PartitionStats, len(c.book.parts)),
 		AddedPartitions: sortedCopy(c.added),
 		Err:             c.fatal,
-		MemberID:        c.grp.memberID, Generation: c.grp.generation,
+		MemberID:        c.grp.lease.memberID, Generation: c.grp.lease.generation,
 		Rebalances: c.grp.rebalances, RebalanceTime: c.grp.rebalancing, LostPartitions: c.grp.lost,
 		Process: c.pstats,
 	}

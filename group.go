@@ -28,8 +28,7 @@ const consumerProtocol = "consumer"
 // groupState is the member's place in the group, as commits and Stats see
 // it. Guarded by c.mu.
 type groupState struct {
-	memberID    string
-	generation  int32 // -1 between generations
+	lease       lease // what commits are built under; noLease between generations
 	assignment  []int // owned partitions, sorted
 	rebalances  int64
 	rebalancing time.Duration
@@ -134,14 +133,17 @@ func (c *MultiConsumer) runGroup(ctx context.Context) {
 			return
 		}
 		if errors.Is(ev, errLost) {
-			c.log.Warn("group: partitions lost", "partitions", m.owned, "err", ev)
-			c.revoke(ctx, m.owned, true)
-			m.owned = nil
-			c.setAssignment(nil)
 			m.generation = -1
 			if errors.Is(ev, kafka.UnknownMemberId) {
 				m.memberID = ""
 			}
+			// The lease ends before anything else: a commit in flight is
+			// not sent again, under this lease nor under the next.
+			c.setLease(lease{memberID: m.memberID, generation: -1})
+			c.log.Warn("group: partitions lost", "partitions", m.owned, "err", ev)
+			c.revoke(ctx, m.owned, true)
+			m.owned = nil
+			c.setAssignment(nil)
 			if errors.Is(ev, kafka.FencedInstanceID) {
 				c.stopForGood(fmt.Errorf("multiconsumer: group %q: instance %q: %w", c.cfg.Group, m.instanceID, ev))
 				return
@@ -206,7 +208,7 @@ func (m *member) joinAndSync(ctx context.Context) ([]int, error) {
 		return nil, fmt.Errorf("join group %q: the group chose protocol %q, which this member did not offer", c.cfg.Group, join.ProtocolName)
 	}
 	m.assignor = a
-	c.setMember(m.memberID, m.generation)
+	c.setLease(lease{memberID: m.memberID, generation: m.generation})
 
 	var assignments []kafka.SyncGroupRequestAssignment
 	if join.LeaderID == join.MemberID {
@@ -379,7 +381,7 @@ func heartbeatError(r *heartbeatAPI.Response) int16 {
 // partitions back without a rebalance.
 func (c *MultiConsumer) leaveGroup(ctx context.Context) error {
 	c.mu.Lock()
-	id := c.grp.memberID
+	id := c.grp.lease.memberID
 	c.mu.Unlock()
 	if id == "" || c.cfg.InstanceID != "" {
 		return nil

@@ -2,12 +2,37 @@ package multiconsumer
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"time"
+
+	"github.com/segmentio/kafka-go"
 )
 
 // This file is the controller's side of group mode: the member (group.go)
-// grants partitions, and takes them back, here.
+// grants partitions, and takes them back, here, under a lease.
+
+// lease is what the coordinator granted the member for one generation: its
+// member id and the generation. A commit is built under one lease, read
+// together with its offsets, and sent under that lease or not at all: a
+// retry sent under a later lease would be accepted by the broker (neither
+// Kafka nor kfake checks that the committer owns the partition) and could
+// rewind the offset that the partition's new owner committed meanwhile.
+// Outside group mode the lease is the zero-generation one, noLease.
+type lease struct {
+	memberID   string
+	generation int32 // -1: none (not in the group, or the member was lost)
+}
+
+// noLease is the lease of a consumer that is not (or no longer) a member.
+var noLease = lease{generation: -1}
+
+// errLeaseEnded is wrapped by the error of a commit whose lease ended (a
+// rebalance, or the member was lost) before its request went out: it is
+// dropped, not sent under the new lease. It wraps kafka.IllegalGeneration,
+// as a broker would answer it, so that a caller or the committer treats it
+// like a commit the broker refused as stale.
+var errLeaseEnded = fmt.Errorf("the member's generation ended before the commit went out; not sent: %w", kafka.IllegalGeneration)
 
 // lostKey marks the context of an OnRevoked call for partitions lost
 // without a commit.
@@ -162,10 +187,11 @@ func (c *MultiConsumer) awaitConsumed(ctx context.Context, parts []int) {
 	}
 }
 
-// setMember records the member id and generation commits carry.
-func (c *MultiConsumer) setMember(id string, generation int32) {
+// setLease records the lease that commits are built under from now on.
+// Commits built under an earlier one are dropped before they go out.
+func (c *MultiConsumer) setLease(l lease) {
 	c.mu.Lock()
-	c.grp.memberID, c.grp.generation = id, generation
+	c.grp.lease = l
 	c.mu.Unlock()
 }
 

@@ -1,0 +1,69 @@
+package multiconsumer
+
+import (
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// A commit that keeps losing its connection while its member is dropped
+// from the group and rejoins under a new member id is never sent under the
+// new lease: it would rewind the offset the partition's new owner committed
+// meanwhile (neither Kafka nor kfake checks that the committer owns the
+// partition). Commit reports it dropped.
+func TestGroupCommitNotSentUnderALaterLease(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 1, 300)
+	g := group(t)
+	var f faults
+	cfgA := groupCfg(topic, g)
+	cfgA.ManualCommit = true
+	cfgA.MaxBackoff = 200 * time.Millisecond // rejoin soon once the faults end
+	// A request timeout long enough for the commit's retries to span the
+	// whole hand-over: the session expiry, b's commit, a's rejoin.
+	cfgA.Dialer = f.dialer(40 * time.Second)
+	a := open(t, cfgA)
+	assignedTo(t, 1, a)
+	drain(t, a, 100, 100)
+
+	cfgB := groupCfg(topic, g)
+	cfgB.ManualCommit = true
+	b := open(t, cfgB)
+	require.Eventually(t, func() bool {
+		return b.Stats().Generation > 0 && b.Stats().Generation == a.Stats().Generation
+	}, 30*time.Second, 10*time.Millisecond, "b joins a's group")
+	first := a.Stats().MemberID
+
+	// a's requests to the coordinator fail from now on: its session
+	// expires, b takes the partition and commits past a's offset.
+	f.block(kmsg.OffsetCommit, kmsg.Heartbeat, kmsg.JoinGroup, kmsg.SyncGroup, kmsg.LeaveGroup)
+	res := make(chan error, 1)
+	var wg sync.WaitGroup
+	wg.Go(func() { res <- a.Commit(testCtx(t)) })
+	t.Cleanup(wg.Wait)
+	require.Eventually(t, func() bool { return slices.Equal(b.Assignment(), []int{0}) }, 40*time.Second, 10*time.Millisecond,
+		"b takes the partition once a's session expired")
+	drain(t, b, 200, 200)
+	require.NoError(t, b.Commit(testCtx(t)))
+	require.Equal(t, map[int]int64{0: 200}, committed(t, topic, g, 1))
+
+	// a gets through to the coordinator again, and rejoins under a new
+	// member id; then its commits get through too.
+	f.allow(kmsg.Heartbeat, kmsg.JoinGroup, kmsg.SyncGroup, kmsg.LeaveGroup)
+	require.Eventually(t, func() bool {
+		s := a.Stats()
+		return s.MemberID != "" && s.MemberID != first && s.Generation > 0
+	}, 40*time.Second, 10*time.Millisecond, "a rejoins")
+	f.clear()
+	err := <-res
+	require.Error(t, err, "a's commit was for a lease that ended: it must not succeed")
+	assert.ErrorIs(t, err, kafka.IllegalGeneration)
+	assert.Equal(t, map[int]int64{0: 200}, committed(t, topic, g, 1), "b's commit stands")
+	assert.Empty(t, a.Assignment())
+}
