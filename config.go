@@ -110,7 +110,9 @@ type Config struct {
 	// StartOffset is where a partition starts when the group has no
 	// committed offset for it (or Group is ""), and where it restarts when
 	// its offset is no longer in the log: kafka.FirstOffset (default) or
-	// kafka.LastOffset.
+	// kafka.LastOffset. A partition added to the topic after New (found by
+	// a metadata refresh, or assigned by the group) starts at its first
+	// offset whatever StartOffset says: everything in it is new.
 	StartOffset int64
 	// MaxBackoff caps the exponential backoff (1s, 2s, 4s...) with which
 	// a failing worker or auto-commit retries. Default 60s.

@@ -69,6 +69,7 @@ type MultiConsumer struct {
 	endLife, endCommitLife context.CancelFunc
 	calls                  sync.WaitGroup // public calls that make requests; Add under mu while !closed
 	retryConnErrs          bool           // set once New has reached the cluster
+	startPartitions        int            // set once in New: the topic's partitions then; those after are added ones
 	fetchers               sync.WaitGroup // workers
 	helpers                sync.WaitGroup // committer and Iter goroutines
 	stopHelp               context.CancelFunc
@@ -157,6 +158,7 @@ func (c *MultiConsumer) start(ctx context.Context) ([]int, error) {
 		c.mu.Lock()
 		c.leaders, c.partitionCount = leaders, len(all)
 		c.mu.Unlock()
+		c.startPartitions = len(all)
 		return nil, nil // the group assigns them
 	}
 	if c.cfg.Partitions != nil {
@@ -184,21 +186,21 @@ func (c *MultiConsumer) start(ctx context.Context) ([]int, error) {
 	defer c.mu.Unlock()
 	c.leaders = leaders
 	c.partitionCount = len(all)
+	c.startPartitions = len(all)
 	for _, p := range parts {
-		start, from := c.startOffset(p, committed, bounds[p])
-		cm, ok := committed[p]
-		if !ok {
-			cm = noOffset
-		}
-		c.book.add(p, start, cm)
-		c.book.restore(p, meta[p])
+		start, from := c.startLocked(p, committed, meta, bounds[p])
 		c.log.Info("partition start", "partition", p, "offset", start, "from", from)
 	}
 	return parts, nil
 }
 
-// startOffset picks where partition p starts: at the committed offset if it
-// is still in the log, else at StartOffset.
+// startOffset is the one rule for where partition p starts, on every path
+// (New, a partition the group assigns, a partition added to the topic): at
+// the group's committed offset when the log still has it; else, for a
+// partition added to the topic since the consumer started, at its first
+// offset, whatever StartOffset says, since everything in it is new and
+// nothing produced to it may be missed; else at StartOffset. It returns
+// the offset and where it came from, for the log.
 func (c *MultiConsumer) startOffset(p int, committed map[int]int64, b bounds) (int64, string) {
 	if off, ok := committed[p]; ok {
 		if off >= b.first && off <= b.last {
@@ -207,10 +209,27 @@ func (c *MultiConsumer) startOffset(p int, committed map[int]int64, b bounds) (i
 		c.log.Warn("committed offset outside the log, resetting", "partition", p,
 			"committed", off, "first", b.first, "last", b.last)
 	}
+	if p >= c.startPartitions {
+		return b.first, "first (added to the topic)"
+	}
 	if c.cfg.StartOffset == kafka.LastOffset {
 		return b.last, "last"
 	}
 	return b.first, "first"
+}
+
+// startLocked enters partition p in the book where startOffset says, with
+// the commit metadata that restores what Process completed past it (the
+// last owner's, in group mode). c.mu is held.
+func (c *MultiConsumer) startLocked(p int, committed map[int]int64, meta map[int]string, b bounds) (int64, string) {
+	start, from := c.startOffset(p, committed, b)
+	cm, ok := committed[p]
+	if !ok {
+		cm = noOffset
+	}
+	c.book.add(p, start, cm)
+	c.book.restore(p, meta[p])
+	return start, from
 }
 
 func (c *MultiConsumer) autoCommit() bool { return c.cfg.Group != "" && !c.cfg.ManualCommit }

@@ -67,3 +67,25 @@ func TestGroupCommitNotSentUnderALaterLease(t *testing.T) {
 	assert.Equal(t, map[int]int64{0: 200}, committed(t, topic, g, 1), "b's commit stands")
 	assert.Empty(t, a.Assignment())
 }
+
+// Partitions added to the topic while a member runs with StartOffset last
+// start at their first offset: the messages produced to them before the
+// group assigned them are read, as on the static path.
+func TestGroupAddedPartitionsStartAtFirstOffset(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 1, 3)
+	g := group(t)
+	cfg := groupCfg(topic, g)
+	cfg.StartOffset = kafka.LastOffset
+	cfg.MetadataMaxAge = time.Hour // the refresh below is the one that sees the new partition
+	a := open(t, cfg)
+	assignedTo(t, 1, a)
+	require.NoError(t, cluster.AddPartitions(testCtx(t), topic, 2))
+	produce(t, topic, 1, 0, 5) // before the group knows of partition 1
+	a.awaitRefresh(testCtx(t))
+	require.Eventually(t, func() bool { return slices.Equal(a.Assignment(), []int{0, 1}) }, 30*time.Second, 10*time.Millisecond)
+	produce(t, topic, 1, 5, 1)
+	msgs := drain(t, a, 6, 6)
+	checkOrder(t, msgs, map[int]int64{1: 0})
+	assert.Equal(t, int64(0), a.Stats().Partitions[0].Lag, "partition 0 still starts at its end")
+}

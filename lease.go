@@ -47,8 +47,8 @@ func Lost(ctx context.Context) bool {
 	return lost
 }
 
-// grant starts consuming partitions the group assigned to this member: at
-// the group's committed offset, else at StartOffset. OnAssigned runs
+// grant starts consuming partitions the group assigned to this member,
+// where startOffset says. OnAssigned runs
 // before their first fetch. It retries until it has their offsets or ctx
 // ends.
 func (c *MultiConsumer) grant(ctx context.Context, parts []int) {
@@ -81,14 +81,8 @@ func (c *MultiConsumer) grant(ctx context.Context, parts []int) {
 	}
 	c.mu.Lock()
 	for _, p := range parts {
-		start, from := c.startOffset(p, committed, b[p])
-		cm, ok := committed[p]
-		if !ok {
-			cm = noOffset
-		}
-		c.book.add(p, start, cm)
-		c.book.restore(p, meta[p]) // Process skips what the last owner completed
-		delete(c.positions, p)     // fetched afresh from start
+		start, from := c.startLocked(p, committed, meta, b[p])
+		delete(c.positions, p) // fetched afresh from start
 		c.log.Info("partition assigned", "partition", p, "offset", start, "from", from)
 	}
 	owned := c.book.partitions()

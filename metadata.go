@@ -185,9 +185,8 @@ func (c *MultiConsumer) topicMissing(ctx context.Context) time.Duration {
 }
 
 // addPartitions starts consuming partitions added to the topic while the
-// consumer runs: at the group's committed offset when it has one, else at
-// the partition's first offset, whatever StartOffset says, so that nothing
-// produced to them since they appeared is missed.
+// consumer runs, where startOffset says: at the group's committed offset
+// when it has one, else at the partition's first offset.
 func (c *MultiConsumer) addPartitions(ctx context.Context, added []int) error {
 	committed, meta, err := c.committedOffsets(ctx, added)
 	if err != nil {
@@ -203,15 +202,7 @@ func (c *MultiConsumer) addPartitions(ctx context.Context, added []int) error {
 		return nil
 	}
 	for _, p := range added {
-		start, cm := b[p].first, int64(noOffset)
-		if off, ok := committed[p]; ok {
-			cm = off
-			if off >= b[p].first && off <= b[p].last {
-				start = off
-			}
-		}
-		c.book.add(p, start, cm)
-		c.book.restore(p, meta[p])
+		start, _ := c.startLocked(p, committed, meta, b[p])
 		c.added = append(c.added, p)
 		c.log.Info("partition added to the topic, consuming it", "partition", p, "offset", start)
 	}
