@@ -80,6 +80,7 @@ type MultiConsumer struct {
 	consumed               broadcast     // the caller came back, while a revoke waits for it
 	generations            broadcast     // group mode: an assignment was applied
 	sending                sync.RWMutex  // held (read) by an Iter send; a revoke waits for it
+	live                   *liveness     // set once in New: group mode: whether the coordinator answered within the session
 }
 
 // New connects to the cluster, reads the topic's partitions and the
@@ -116,6 +117,10 @@ func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
 		rejoin:     make(chan struct{}, 1),
 	}
 	c.grp.lease = noLease
+	c.live = newLiveness(0)
+	if cfg.JoinGroup {
+		c.live = newLiveness(cfg.SessionTimeout)
+	}
 	c.life, c.endLife = context.WithCancel(context.Background())
 	c.commitLife, c.endCommitLife = context.WithCancel(context.Background())
 	parts, err := c.start(ctx)
@@ -646,6 +651,13 @@ type Stats struct {
 	Rebalances     int64
 	RebalanceTime  time.Duration
 	LostPartitions int64
+	// LastHeard is when the group coordinator last answered the member
+	// (a heartbeat, a join), in group mode. Suspended reports that it has
+	// not answered for SessionTimeout: the member is probably out of the
+	// group, and delivers nothing new and starts no Process handler until
+	// the coordinator answers again (or the partitions are taken away).
+	LastHeard time.Time
+	Suspended bool
 	// Process is what Process did (totals since New) and is doing.
 	Process ProcessStats
 	// Err is the error that stopped the consumer for good (see Err).
@@ -669,7 +681,8 @@ func (c *MultiConsumer) Stats() Stats {
 		Err:             c.fatal,
 		MemberID:        c.grp.lease.memberID, Generation: c.grp.lease.generation,
 		Rebalances: c.grp.rebalances, RebalanceTime: c.grp.rebalancing, LostPartitions: c.grp.lost,
-		Process: c.pstats,
+		Process:   c.pstats,
+		LastHeard: c.live.lastHeard(), Suspended: !c.live.alive(),
 	}
 	s.Process.HandlerDurations = c.pstats.HandlerDurations.clone()
 	for p, po := range c.book.parts {

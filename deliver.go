@@ -135,6 +135,26 @@ func (c *MultiConsumer) GetMessages(ctx context.Context, count int, opts ...GetO
 	var taken []batch
 	n := 0
 	for {
+		heard := c.live.changed()
+		if !c.live.alive() {
+			// Probably out of the group (see liveness): nothing new is
+			// delivered until the coordinator answers.
+			c.q.unshift(taken)
+			taken, n = nil, 0
+			if need == 0 {
+				break
+			}
+			select {
+			case <-heard:
+				continue
+			case <-expired:
+				return nil, nil
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-c.closing.Done():
+				return nil, ErrClosed
+			}
+		}
 		c.mu.Lock()
 		c.reclaimLocked() // a Messages loop's messages come first
 		for _, b := range c.q.take(count - n) {
@@ -303,6 +323,12 @@ func (c *MultiConsumer) Iter(ctx context.Context) <-chan kafka.Message {
 // for good and nothing is left.
 func (c *MultiConsumer) awaitQueued(ctx context.Context) error {
 	for {
+		if !c.awaitAlive(ctx, nil) { // probably out of the group: see liveness
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			return ErrClosed
+		}
 		batches, changed := c.pending()
 		if batches > 0 {
 			return nil

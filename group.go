@@ -89,6 +89,12 @@ func (c *MultiConsumer) runGroup(ctx context.Context) {
 				c.stopForGood(fmt.Errorf("multiconsumer: group %q: instance %q: %w", c.cfg.Group, m.instanceID, err))
 				return
 			}
+			if len(m.owned) > 0 && (errors.Is(err, kafka.UnknownMemberId) || errors.Is(err, kafka.IllegalGeneration)) {
+				// Out of the group while rejoining (cooperative: it kept
+				// its partitions through the rebalance): they are
+				// someone else's now.
+				m.lose(ctx, fmt.Errorf("%w: %w", errLost, err))
+			}
 			continue
 		}
 		backoff, failures = 0, 0
@@ -133,23 +139,30 @@ func (c *MultiConsumer) runGroup(ctx context.Context) {
 			return
 		}
 		if errors.Is(ev, errLost) {
-			m.generation = -1
-			if errors.Is(ev, kafka.UnknownMemberId) {
-				m.memberID = ""
-			}
-			// The lease ends before anything else: a commit in flight is
-			// not sent again, under this lease nor under the next.
-			c.setLease(lease{memberID: m.memberID, generation: -1})
-			c.log.Warn("group: partitions lost", "partitions", m.owned, "err", ev)
-			c.revoke(ctx, m.owned, true)
-			m.owned = nil
-			c.setAssignment(nil)
+			m.lose(ctx, ev)
 			if errors.Is(ev, kafka.FencedInstanceID) {
 				c.stopForGood(fmt.Errorf("multiconsumer: group %q: instance %q: %w", c.cfg.Group, m.instanceID, ev))
 				return
 			}
 		}
 	}
+}
+
+// lose gives up the member's partitions without a commit: the member is out
+// of the group (why says how), and they are someone else's now.
+func (m *member) lose(ctx context.Context, why error) {
+	c := m.c
+	m.generation = -1
+	if errors.Is(why, kafka.UnknownMemberId) {
+		m.memberID = ""
+	}
+	// The lease ends before anything else: a commit in flight is not sent
+	// again, under this lease nor under the next.
+	c.setLease(lease{memberID: m.memberID, generation: -1})
+	c.log.Warn("group: partitions lost", "partitions", m.owned, "err", why)
+	c.revoke(ctx, m.owned, true)
+	m.owned = nil
+	c.setAssignment(nil)
 }
 
 // joinAndSync joins the group (as leader, it computes the assignment) and
@@ -176,6 +189,7 @@ func (m *member) joinAndSync(ctx context.Context) ([]int, error) {
 		// The coordinator answers a JoinGroup when every member has
 		// joined, up to RebalanceTimeout.
 		jctx, cancel := context.WithTimeout(ctx, m.cfg.RebalanceTimeout+c.requestTimeout())
+		c.live.joining.Store(true)
 		res, err := c.client.JoinGroup(jctx, &kafka.JoinGroupRequest{
 			GroupID:          c.cfg.Group,
 			SessionTimeout:   m.cfg.SessionTimeout,
@@ -186,8 +200,12 @@ func (m *member) joinAndSync(ctx context.Context) ([]int, error) {
 			Protocols:        protocols,
 		})
 		cancel()
+		c.live.joining.Store(false)
 		if err != nil {
 			return nil, fmt.Errorf("join group %q: %w", c.cfg.Group, err)
+		}
+		if res.Error == nil || errors.Is(res.Error, kafka.MemberIDRequired) {
+			c.live.answered()
 		}
 		switch {
 		case errors.Is(res.Error, kafka.MemberIDRequired):
@@ -237,6 +255,7 @@ func (m *member) joinAndSync(ctx context.Context) ([]int, error) {
 		}
 		return nil, fmt.Errorf("sync group %q: %w", c.cfg.Group, err)
 	}
+	c.live.answered()
 	assigned := slices.Sorted(slices.Values(res.Assignment.AssignedPartitions[c.cfg.Topic]))
 	return slices.Compact(assigned), nil
 }
@@ -310,6 +329,9 @@ func (m *member) heartbeat(ctx context.Context) error {
 		every = min(2*every, m.cfg.HeartbeatInterval)
 		t.Reset(every)
 		err := m.heartbeatOnce(ctx)
+		if err == nil || errors.Is(err, kafka.RebalanceInProgress) {
+			c.live.answered() // the member is still in the group
+		}
 		switch {
 		case err == nil:
 			last = time.Now()

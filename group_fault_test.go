@@ -1,6 +1,7 @@
 package multiconsumer
 
 import (
+	"context"
 	"slices"
 	"sync"
 	"testing"
@@ -88,4 +89,102 @@ func TestGroupAddedPartitionsStartAtFirstOffset(t *testing.T) {
 	msgs := drain(t, a, 6, 6)
 	checkOrder(t, msgs, map[int]int64{1: 0})
 	assert.Equal(t, int64(0), a.Stats().Partitions[0].Lag, "partition 0 still starts at its end")
+}
+
+// A member that has not heard from its coordinator for its session timeout
+// (its heartbeats stall: a paused process, a cut network) is probably out
+// of the group, its partitions someone else's: it starts no handler until
+// the coordinator answers again. Then it rejoins and goes on.
+func TestGroupSilentMemberStartsNoHandler(t *testing.T) {
+	t.Parallel()
+	const n, per = 2, 3000
+	topic := backlog(t, n, per)
+	g := group(t)
+	var f faults
+	cfg := groupCfg(topic, g)
+	cfg.Dialer = f.dialer(20 * time.Second) // a held heartbeat waits past the session timeout
+	a := open(t, cfg)
+	assignedTo(t, n, a)
+
+	var mu sync.Mutex
+	var starts []time.Time
+	started := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(starts)
+	}
+	ctx, cancel := context.WithCancel(testCtx(t))
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		err := a.Process(ctx, ProcessConfig{Ordering: Unordered, Concurrency: 4}, func(ctx context.Context, m kafka.Message) error {
+			mu.Lock()
+			starts = append(starts, time.Now())
+			mu.Unlock()
+			select { // a handler that takes a while: the backlog lasts
+			case <-time.After(10 * time.Millisecond):
+			case <-ctx.Done():
+			}
+			return nil
+		})
+		assert.ErrorIs(t, err, context.Canceled)
+	})
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	require.Eventually(t, func() bool { return started() >= 20 }, 30*time.Second, 10*time.Millisecond)
+
+	held := time.Now()
+	f.hold(kmsg.Heartbeat) // the coordinator hears nothing from a
+	require.Eventually(t, func() bool { return a.Stats().Suspended }, 30*time.Second, 10*time.Millisecond)
+	s := a.Stats()
+	require.False(t, s.LastHeard.After(held), "a heard from the coordinator after its heartbeats stalled")
+	silentAt := s.LastHeard.Add(cfg.SessionTimeout)
+	before := started()
+	// Nothing to wait for: a's handlers must not start. Give them a
+	// second to break the rule.
+	time.Sleep(time.Second)
+	mu.Lock()
+	late := 0
+	for _, at := range starts {
+		// A handler that passed its check just as the session ran out
+		// may start a moment after.
+		if at.After(silentAt.Add(50 * time.Millisecond)) {
+			late++
+		}
+	}
+	mu.Unlock()
+	assert.Zero(t, late, "handlers started after the member's session ran out")
+	assert.Equal(t, before, started(), "handlers started while suspended")
+
+	// The heartbeat goes out: the coordinator dropped a (or, on a slow
+	// broker, not yet); either way a goes on in the group.
+	f.clear()
+	require.Eventually(t, func() bool { return started() > before+20 }, 60*time.Second, 10*time.Millisecond,
+		"a handles again once its coordinator answers")
+	assert.False(t, a.Stats().Suspended)
+}
+
+// GetMessages, likewise, delivers nothing new while the member has not
+// heard from its coordinator for its session timeout.
+func TestGroupSilentMemberDeliversNothing(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 1, 2000)
+	g := group(t)
+	var f faults
+	cfg := groupCfg(topic, g)
+	cfg.Dialer = f.dialer(20 * time.Second)
+	a := open(t, cfg)
+	assignedTo(t, 1, a)
+	drain(t, a, 10, 10)
+
+	f.hold(kmsg.Heartbeat)
+	require.Eventually(t, func() bool { return a.Stats().Suspended }, 30*time.Second, 10*time.Millisecond)
+	msgs, err := a.GetMessages(testCtx(t), 10, Block(false))
+	require.NoError(t, err)
+	assert.Empty(t, msgs, "Block(false) while suspended")
+	msgs, err = a.GetMessages(testCtx(t), 10, Timeout(200*time.Millisecond))
+	require.NoError(t, err)
+	assert.Empty(t, msgs, "a blocking call while suspended times out with nothing")
+
+	f.clear()
+	got := drain(t, a, 10, 10) // a rejoins (or was never dropped) and goes on
+	assert.Len(t, got, 10)
 }

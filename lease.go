@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -187,6 +188,7 @@ func (c *MultiConsumer) setLease(l lease) {
 	c.mu.Lock()
 	c.grp.lease = l
 	c.mu.Unlock()
+	c.live.news.notify() // what waits for the coordinator looks again
 }
 
 // setAssignment records the partitions the member owns.
@@ -227,4 +229,69 @@ func (c *MultiConsumer) Assignment() []int {
 		return slices.Clone(c.grp.assignment)
 	}
 	return c.book.partitions()
+}
+
+// liveness is the member's own view of its session. The coordinator drops
+// a member it has not heard from for SessionTimeout and gives its
+// partitions to others, so a member that has not heard back from the
+// coordinator for that long (its process was paused, its network cut) is
+// probably out of the group already. Until the coordinator answers again,
+// or the partitions are taken away, it delivers nothing new and starts no
+// handler: otherwise it would, in the moments before its next heartbeat
+// tells it, handle messages that their new owner handles too.
+type liveness struct {
+	born    time.Time     // set once; the times below are since born (monotonic)
+	timeout time.Duration // SessionTimeout; 0 outside group mode: always alive
+	heard   atomic.Int64  // when the coordinator last answered
+	joining atomic.Bool   // a JoinGroup is in flight: the coordinator keeps a joining member alive
+	news    broadcast     // notified when the coordinator answers
+}
+
+func newLiveness(timeout time.Duration) *liveness {
+	return &liveness{born: time.Now(), timeout: timeout}
+}
+
+// answered records that the coordinator answered the member just now.
+func (l *liveness) answered() {
+	l.heard.Store(int64(time.Since(l.born)))
+	l.news.notify()
+}
+
+// alive reports whether the member heard from the coordinator within its
+// session timeout (or is joining, or is not a group member).
+func (l *liveness) alive() bool {
+	return l.timeout == 0 || l.joining.Load() || time.Since(l.born)-time.Duration(l.heard.Load()) <= l.timeout
+}
+
+// lastHeard returns when the coordinator last answered (zero outside group mode).
+func (l *liveness) lastHeard() time.Time {
+	if l.timeout == 0 {
+		return time.Time{}
+	}
+	return l.born.Add(time.Duration(l.heard.Load()))
+}
+
+// changed returns a channel closed at the coordinator's next answer.
+func (l *liveness) changed() <-chan struct{} { return l.news.wait() }
+
+// awaitAlive waits until the member is alive (see liveness), ctx ends, the
+// consumer closes, or interrupt is closed (a Seek or a revoke: the caller
+// looks again at what it was about to deliver). It reports whether the
+// member is alive.
+func (c *MultiConsumer) awaitAlive(ctx context.Context, interrupt <-chan struct{}) bool {
+	for {
+		changed := c.live.changed()
+		if c.live.alive() {
+			return true
+		}
+		select {
+		case <-changed:
+		case <-interrupt:
+			return c.live.alive()
+		case <-ctx.Done():
+			return false
+		case <-c.closing.Done():
+			return false
+		}
+	}
 }

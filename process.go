@@ -624,6 +624,12 @@ func (p *processor) handle(ctx context.Context, t task) {
 			p.finish(t, o, nil)
 			return
 		}
+		if !p.c.live.alive() {
+			if o, ok := p.awaitAlive(ctx, t); !ok {
+				p.finish(t, o, nil)
+				return
+			}
+		}
 		a := p.attempt(ctx, t)
 		if a.err == nil {
 			p.finish(t, completed, &a)
@@ -671,6 +677,29 @@ func (p *processor) mayAttempt(ctx context.Context, t task) (outcome, bool) {
 		return moved, false
 	}
 	return completed, true
+}
+
+// awaitAlive waits, before an attempt of t, until the member hears from
+// its coordinator again (see liveness), and reports whether t may be
+// attempted then; if not, how t ends: moved (revoked, or moved by Seek
+// meanwhile), or incomplete (Process stops).
+func (p *processor) awaitAlive(ctx context.Context, t task) (outcome, bool) {
+	c := p.c
+	for {
+		c.mu.Lock()
+		interrupt := c.interrupt
+		c.mu.Unlock()
+		alive := c.awaitAlive(ctx, interrupt)
+		if o, ok := p.mayAttempt(ctx, t); !ok {
+			return o, false
+		}
+		if alive {
+			return completed, true
+		}
+		if ctx.Err() != nil || c.isClosed() {
+			return incomplete, false
+		}
+	}
 }
 
 // current reports whether t's partition is still where t was taken. c.mu
