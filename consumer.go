@@ -627,6 +627,15 @@ type Stats struct {
 	Rebalances     int64
 	RebalanceTime  time.Duration
 	LostPartitions int64
+	// JoinFailures counts the member's joins (JoinGroup, SyncGroup) that
+	// failed, since New. Each is retried with backoff, unless its error
+	// stops the consumer (see Err): the coordinator moving, loading or
+	// unreachable, the group at the broker's group.max.size, or a sync
+	// that a new rebalance interrupted, which is common while members come
+	// and go. JoinError is the error of the last join when it failed (the
+	// member is retrying), nil once a join succeeds.
+	JoinFailures int64
+	JoinError    error
 	// Process is what Process did (totals since New) and is doing.
 	Process ProcessStats
 	// Err is the error that stopped the consumer for good (see Err).
@@ -650,6 +659,7 @@ func (c *MultiConsumer) Stats() Stats {
 		Err:             c.fatal,
 		MemberID:        c.grp.memberID, Generation: c.grp.generation,
 		Rebalances: c.grp.rebalances, RebalanceTime: c.grp.rebalancing, LostPartitions: c.grp.lost,
+		JoinFailures: c.grp.joinFailures, JoinError: c.grp.joinErr,
 		Process: c.pstats,
 	}
 	s.Process.HandlerDurations = c.pstats.HandlerDurations.clone()

@@ -34,6 +34,9 @@ type groupState struct {
 	rebalances  int64
 	rebalancing time.Duration
 	lost        int64 // partitions lost without a commit
+
+	joinFailures int64 // joins that failed
+	joinErr      error // of the last join, when it failed
 }
 
 // member runs the group protocol for one consumer.
@@ -77,6 +80,7 @@ func (c *MultiConsumer) runGroup(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
+			c.joined(err)
 			// A rebalance that began between JoinGroup and SyncGroup
 			// fails the sync (kafka-go v0.4.51 reports SyncGroup's
 			// REBALANCE_IN_PROGRESS as "unexpected EOF": it decodes the
@@ -93,6 +97,7 @@ func (c *MultiConsumer) runGroup(ctx context.Context) {
 			continue
 		}
 		backoff, failures = 0, 0
+		c.joined(nil)
 
 		// The heartbeats run while the assignment is applied: giving
 		// partitions up waits for the caller, up to RebalanceTimeout.
