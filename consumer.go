@@ -628,12 +628,12 @@ type Stats struct {
 	RebalanceTime  time.Duration
 	LostPartitions int64
 	// JoinFailures counts the member's joins (JoinGroup, SyncGroup) that
-	// failed, since New. Each is retried with backoff, unless its error
-	// stops the consumer (see Err): the coordinator moving, loading or
-	// unreachable, the group at the broker's group.max.size, or a sync
-	// that a new rebalance interrupted, which is common while members come
-	// and go. JoinError is the error of the last join when it failed (the
-	// member is retrying), nil once a join succeeds.
+	// failed, since New. Each is retried with backoff, unless its error is
+	// about a setting (a *GroupSettingError, which stops the consumer: see
+	// Err): the coordinator moving, loading or unreachable, the group at
+	// the broker's group.max.size, or a sync that a new rebalance
+	// interrupted, which is common while members come and go. JoinError is
+	// the error of the last join when it failed, nil once a join succeeds.
 	JoinFailures int64
 	JoinError    error
 	// Process is what Process did (totals since New) and is doing.

@@ -81,6 +81,16 @@ func (c *MultiConsumer) runGroup(ctx context.Context) {
 				return
 			}
 			c.joined(err)
+			if serr := c.settingError(ctx, err); serr != nil {
+				// Every join would fail alike: stop, and say why.
+				if len(m.owned) > 0 {
+					c.revoke(ctx, m.owned, true) // out of the group: another member may get them
+					m.owned = nil
+					c.setAssignment(nil)
+				}
+				c.stopForGood(serr)
+				return
+			}
 			// A rebalance that began between JoinGroup and SyncGroup
 			// fails the sync (kafka-go v0.4.51 reports SyncGroup's
 			// REBALANCE_IN_PROGRESS as "unexpected EOF": it decodes the
