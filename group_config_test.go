@@ -81,6 +81,26 @@ func TestGroupSessionTimeoutRefused(t *testing.T) {
 	}
 }
 
+// The message of each kind of refusal, and of a zero value.
+func TestGroupSettingErrorMessage(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		err  *GroupSettingError
+		want string
+	}{
+		{&GroupSettingError{}, `multiconsumer: group "": the broker refuses Config. (<nil>): refused: <nil>`},
+		{&GroupSettingError{Group: "g", Field: "SessionTimeout", Value: time.Second, Err: kafka.InvalidSessionTimeout,
+			MinSessionTimeout: 6 * time.Second, MaxSessionTimeout: 30 * time.Minute}, "Config.SessionTimeout (1s): it accepts 6s to 30m0s"},
+		{&GroupSettingError{Group: "g", Field: "SessionTimeout", Value: time.Second, Err: kafka.InvalidSessionTimeout}, "its bounds are unknown: [26]"},
+		{&GroupSettingError{Group: "g", Field: "Assignors", Value: []string{"range"}, Err: kafka.InconsistentGroupProtocol}, "Config.Assignors ([range]): the group's members offer none of them"},
+		{&GroupSettingError{Group: "g", Field: "Group", Value: "g", Err: kafka.GroupAuthorizationFailed}, "may not read the group"},
+		{&GroupSettingError{Group: "", Field: "Group", Value: "", Err: kafka.InvalidGroupId}, "not a valid group id"},
+	} {
+		assert.Contains(t, tc.err.Error(), tc.want)
+		assert.Equal(t, tc.err.Err, errors.Unwrap(tc.err))
+	}
+}
+
 // errAs returns err as a T, failing t when it is not one.
 func errAs[T error](t *testing.T, err error) T {
 	t.Helper()

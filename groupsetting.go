@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -45,14 +46,18 @@ func (e *GroupSettingError) Error() string {
 	case e.Field == "SessionTimeout" && e.MaxSessionTimeout > 0:
 		why = fmt.Sprintf("it accepts %v to %v (its group.min.session.timeout.ms and group.max.session.timeout.ms)",
 			e.MinSessionTimeout, e.MaxSessionTimeout)
-	case e.Field == "SessionTimeout":
+	case e.Field == "SessionTimeout" && e.boundsErr != nil:
 		why = fmt.Sprintf("its bounds are unknown (%v)", e.boundsErr)
+	case e.Field == "SessionTimeout":
+		why = "its bounds are unknown"
 	case errors.Is(e.Err, kafka.InconsistentGroupProtocol):
 		why = "the group's members offer none of them, or are not consumers"
 	case errors.Is(e.Err, kafka.GroupAuthorizationFailed):
 		why = "the client (see Config.Dialer) may not read the group"
-	default:
+	case errors.Is(e.Err, kafka.InvalidGroupId):
 		why = "not a valid group id"
+	default:
+		why = "refused"
 	}
 	return fmt.Sprintf("multiconsumer: group %q: the broker refuses Config.%s (%v): %s: %v", e.Group, e.Field, e.Value, why, e.Err)
 }
@@ -91,7 +96,7 @@ func (c *MultiConsumer) settingError(ctx context.Context, err error) *GroupSetti
 		e.Field, e.Value = "SessionTimeout", c.cfg.SessionTimeout
 		e.MinSessionTimeout, e.MaxSessionTimeout, e.boundsErr = c.sessionBounds(ctx)
 	case kafka.InconsistentGroupProtocol:
-		e.Field, e.Value = "Assignors", c.cfg.Assignors
+		e.Field, e.Value = "Assignors", slices.Clone(c.cfg.Assignors)
 	case kafka.GroupAuthorizationFailed, kafka.InvalidGroupId:
 		e.Field, e.Value = "Group", c.cfg.Group
 	default:
