@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -25,6 +26,34 @@ const (
 	DefaultSessionTimeout    = 45 * time.Second
 	DefaultRebalanceTimeout  = 60 * time.Second
 	DefaultHeartbeatInterval = 3 * time.Second
+)
+
+// Floors and ceiling of the group settings (see withDefaults).
+const (
+	// minSessionTimeout: a session must outlast a few heartbeats (at
+	// least minHeartbeatInterval each: with SessionTimeout 100ms the
+	// default interval is 33ms) and a pause of the process (a GC, a
+	// scheduler hiccup), or the member is dropped while it works. Kafka's
+	// brokers refuse anything under 6s unless configured otherwise; 100ms
+	// is below what any broker set up for production accepts, and still
+	// lets a test broker with a lowered group.min.session.timeout.ms be
+	// used.
+	minSessionTimeout = 100 * time.Millisecond
+	// minRebalanceTimeout: in a rebalance every member commits what it
+	// gives up and rejoins, a few round trips each (more on a loaded
+	// broker), and the caller gets this long to come back for the
+	// messages of revoked partitions. Below a second members miss the
+	// rebalance they started and it never settles; a short value gains
+	// nothing either: a rebalance ends as soon as every member has
+	// rejoined, not when the timeout is up.
+	minRebalanceTimeout = time.Second
+	// minHeartbeatInterval: each heartbeat is a round trip to the
+	// coordinator; 100 a second per member is already far more than a
+	// session needs.
+	minHeartbeatInterval = 10 * time.Millisecond
+	// maxGroupTimeout: the protocol carries the session and rebalance
+	// timeouts as int32 milliseconds; longer would wrap around.
+	maxGroupTimeout = math.MaxInt32 * time.Millisecond
 )
 
 // DefaultAssignors are the assignment strategies a group member offers by
@@ -57,14 +86,19 @@ type Config struct {
 	// rebalance, and Close does not leave the group. Unique per member.
 	InstanceID string
 	// SessionTimeout is how long the coordinator waits for a heartbeat
-	// before it drops the member. Default 45s.
+	// before it drops the member. Default 45s; at least 100ms. The broker
+	// accepts only what lies within its group.min.session.timeout.ms and
+	// group.max.session.timeout.ms (Kafka's defaults: 6s and 30 minutes):
+	// outside them, the consumer stops at its first join with a
+	// *GroupSettingError that says the broker's bounds.
 	SessionTimeout time.Duration
 	// RebalanceTimeout is how long a rebalance waits for members to
 	// rejoin, and how long a member waits for its caller to come back for
-	// the messages of partitions it gives up. Default 60s.
+	// the messages of partitions it gives up. Default 60s; at least 1s.
 	RebalanceTimeout time.Duration
 	// HeartbeatInterval is how often a member heartbeats; it must be
-	// below SessionTimeout (a third of it or less is usual). Default 3s.
+	// below SessionTimeout (a third of it or less is usual). Default 3s,
+	// or a third of SessionTimeout when that is less; at least 10ms.
 	HeartbeatInterval time.Duration
 	// Assignors are the assignment strategies the member offers, preferred
 	// first: "cooperative-sticky" (the default: only the partitions that
@@ -240,6 +274,23 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.HeartbeatInterval == 0 {
 		c.HeartbeatInterval = min(DefaultHeartbeatInterval, c.SessionTimeout/3)
+	}
+	// The floors refuse at once what no deployment wants. The broker
+	// accepts any RebalanceTimeout and HeartbeatInterval (a rebalance
+	// timeout of 0 ends each rebalance before the members have rejoined;
+	// a heartbeat every nanosecond floods the coordinator), and a
+	// SessionTimeout it refuses would only be found at the first join.
+	switch {
+	case c.SessionTimeout < minSessionTimeout:
+		return bad("SessionTimeout", c.SessionTimeout, fmt.Sprintf("must be at least %v", minSessionTimeout))
+	case c.SessionTimeout > maxGroupTimeout:
+		return bad("SessionTimeout", c.SessionTimeout, fmt.Sprintf("must be at most %v (int32 milliseconds on the wire)", maxGroupTimeout))
+	case c.RebalanceTimeout < minRebalanceTimeout:
+		return bad("RebalanceTimeout", c.RebalanceTimeout, fmt.Sprintf("must be at least %v", minRebalanceTimeout))
+	case c.RebalanceTimeout > maxGroupTimeout:
+		return bad("RebalanceTimeout", c.RebalanceTimeout, fmt.Sprintf("must be at most %v (int32 milliseconds on the wire)", maxGroupTimeout))
+	case c.HeartbeatInterval < minHeartbeatInterval:
+		return bad("HeartbeatInterval", c.HeartbeatInterval, fmt.Sprintf("must be at least %v (each heartbeat is a request to the coordinator)", minHeartbeatInterval))
 	}
 	if c.HeartbeatInterval >= c.SessionTimeout {
 		return bad("HeartbeatInterval", c.HeartbeatInterval, fmt.Sprintf("must be below SessionTimeout (%v)", c.SessionTimeout))

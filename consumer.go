@@ -658,6 +658,15 @@ type Stats struct {
 	// the coordinator answers again (or the partitions are taken away).
 	LastHeard time.Time
 	Suspended bool
+	// JoinFailures counts the member's joins (JoinGroup, SyncGroup) that
+	// failed, since New. Each is retried with backoff, unless its error is
+	// about a setting (a *GroupSettingError, which stops the consumer: see
+	// Err): the coordinator moving, loading or unreachable, the group at
+	// the broker's group.max.size, or a sync that a new rebalance
+	// interrupted, which is common while members come and go. JoinError is
+	// the error of the last join when it failed, nil once a join succeeds.
+	JoinFailures int64
+	JoinError    error
 	// Process is what Process did (totals since New) and is doing.
 	Process ProcessStats
 	// Err is the error that stopped the consumer for good (see Err).
@@ -681,8 +690,9 @@ func (c *MultiConsumer) Stats() Stats {
 		Err:             c.fatal,
 		MemberID:        c.grp.lease.memberID, Generation: c.grp.lease.generation,
 		Rebalances: c.grp.rebalances, RebalanceTime: c.grp.rebalancing, LostPartitions: c.grp.lost,
-		Process:   c.pstats,
 		LastHeard: c.live.lastHeard(), Suspended: !c.live.alive(),
+		JoinFailures: c.grp.joinFailures, JoinError: c.grp.joinErr,
+		Process: c.pstats,
 	}
 	s.Process.HandlerDurations = c.pstats.HandlerDurations.clone()
 	for p, po := range c.book.parts {

@@ -33,6 +33,9 @@ type groupState struct {
 	rebalances  int64
 	rebalancing time.Duration
 	lost        int64 // partitions lost without a commit
+
+	joinFailures int64 // joins that failed
+	joinErr      error // of the last join, when it failed
 }
 
 // member runs the group protocol for one consumer.
@@ -76,6 +79,24 @@ func (c *MultiConsumer) runGroup(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
+			c.joined(err)
+			serr := c.settingError(ctx, err) // every join would fail alike
+			fenced := errors.Is(err, kafka.FencedInstanceID)
+			if len(m.owned) > 0 && (serr != nil || fenced ||
+				errors.Is(err, kafka.UnknownMemberId) || errors.Is(err, kafka.IllegalGeneration)) {
+				// Out of the group while rejoining (cooperative: it kept
+				// its partitions through the rebalance): they are
+				// someone else's now.
+				m.lose(ctx, fmt.Errorf("%w: %w", errLost, err))
+			}
+			switch {
+			case serr != nil:
+				c.stopForGood(serr)
+				return
+			case fenced:
+				c.stopForGood(fmt.Errorf("multiconsumer: group %q: instance %q: %w", c.cfg.Group, m.instanceID, err))
+				return
+			}
 			// A rebalance that began between JoinGroup and SyncGroup
 			// fails the sync (kafka-go v0.4.51 reports SyncGroup's
 			// REBALANCE_IN_PROGRESS as "unexpected EOF": it decodes the
@@ -85,19 +106,10 @@ func (c *MultiConsumer) runGroup(ctx context.Context) {
 				backoff = nextBackoff(backoff, min(c.cfg.MaxBackoff, 5*time.Second))
 			}
 			c.log.Warn("group: join failed, retrying", "backoff", backoff, "err", err)
-			if errors.Is(err, kafka.FencedInstanceID) {
-				c.stopForGood(fmt.Errorf("multiconsumer: group %q: instance %q: %w", c.cfg.Group, m.instanceID, err))
-				return
-			}
-			if len(m.owned) > 0 && (errors.Is(err, kafka.UnknownMemberId) || errors.Is(err, kafka.IllegalGeneration)) {
-				// Out of the group while rejoining (cooperative: it kept
-				// its partitions through the rebalance): they are
-				// someone else's now.
-				m.lose(ctx, fmt.Errorf("%w: %w", errLost, err))
-			}
 			continue
 		}
 		backoff, failures = 0, 0
+		c.joined(nil)
 
 		// The heartbeats run while the assignment is applied: giving
 		// partitions up waits for the caller, up to RebalanceTimeout.

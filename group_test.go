@@ -67,6 +67,17 @@ func TestGroupConfigErrors(t *testing.T) {
 		}},
 		{"SessionTimeout", func(c *Config) { c.JoinGroup, c.Group, c.SessionTimeout = true, "g", -1 }},
 		{"Assignors", func(c *Config) { c.JoinGroup, c.Group, c.Assignors = true, "g", []string{"sticky"} }},
+		// The floors: values no deployment wants, which the broker
+		// accepts (RebalanceTimeout, HeartbeatInterval) or refuses only
+		// at the first join (SessionTimeout).
+		{"SessionTimeout", func(c *Config) { c.JoinGroup, c.Group, c.SessionTimeout = true, "g", time.Nanosecond }},
+		{"SessionTimeout", func(c *Config) { c.JoinGroup, c.Group, c.SessionTimeout = true, "g", minSessionTimeout-1 }},
+		{"SessionTimeout", func(c *Config) { c.JoinGroup, c.Group, c.SessionTimeout = true, "g", maxGroupTimeout+time.Millisecond }},
+		{"RebalanceTimeout", func(c *Config) { c.JoinGroup, c.Group, c.RebalanceTimeout = true, "g", time.Nanosecond }},
+		{"RebalanceTimeout", func(c *Config) { c.JoinGroup, c.Group, c.RebalanceTimeout = true, "g", minRebalanceTimeout-1 }},
+		{"RebalanceTimeout", func(c *Config) { c.JoinGroup, c.Group, c.RebalanceTimeout = true, "g", 1<<62 }},
+		{"HeartbeatInterval", func(c *Config) { c.JoinGroup, c.Group, c.HeartbeatInterval = true, "g", time.Nanosecond }},
+		{"HeartbeatInterval", func(c *Config) { c.JoinGroup, c.Group, c.HeartbeatInterval = true, "g", minHeartbeatInterval-1 }},
 	} {
 		cfg := base
 		tc.cfg(&cfg)
@@ -75,6 +86,24 @@ func TestGroupConfigErrors(t *testing.T) {
 		require.ErrorAs(t, err, &cerr, tc.field)
 		assert.Equal(t, tc.field, cerr.Field)
 	}
+}
+
+// The floors themselves are valid, and a SessionTimeout at its floor has a
+// default HeartbeatInterval above its own.
+func TestGroupConfigFloorsAccepted(t *testing.T) {
+	t.Parallel()
+	cfg, err := Config{
+		Brokers: []string{"127.0.0.1:1"}, Topic: "t", Group: "g", JoinGroup: true,
+		SessionTimeout: minSessionTimeout, RebalanceTimeout: minRebalanceTimeout,
+	}.withDefaults()
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, cfg.HeartbeatInterval, minHeartbeatInterval)
+
+	_, err = Config{
+		Brokers: []string{"127.0.0.1:1"}, Topic: "t", Group: "g", JoinGroup: true,
+		SessionTimeout: maxGroupTimeout, RebalanceTimeout: maxGroupTimeout, HeartbeatInterval: minHeartbeatInterval,
+	}.withDefaults()
+	require.NoError(t, err)
 }
 
 // Members of a group share the partitions: disjoint and complete after

@@ -207,6 +207,17 @@ func (c *MultiConsumer) rebalanced(d time.Duration) {
 	c.mu.Unlock()
 }
 
+// joined records the outcome of a join: its error, or nil when it
+// succeeded.
+func (c *MultiConsumer) joined(err error) {
+	c.mu.Lock()
+	c.grp.joinErr = err
+	if err != nil {
+		c.grp.joinFailures++
+	}
+	c.mu.Unlock()
+}
+
 // stopForGood stops the consumer for err: deliveries report it.
 func (c *MultiConsumer) stopForGood(err error) {
 	c.mu.Lock()

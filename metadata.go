@@ -213,7 +213,8 @@ func (c *MultiConsumer) addPartitions(ctx context.Context, added []int) error {
 }
 
 // Err returns the error that stopped the consumer for good, such as a
-// deleted topic (ErrTopicDeleted), or nil. GetMessages returns it too, once
+// deleted topic (ErrTopicDeleted) or a group setting the broker refuses
+// (*GroupSettingError), or nil. GetMessages returns it too, once
 // the queued messages are delivered; Iter's channel closes.
 func (c *MultiConsumer) Err() error {
 	c.mu.Lock()

@@ -56,6 +56,7 @@
 //	multiconsumer.group.rebalances           counter  {rebalance}  rebalances the member went through
 //	multiconsumer.group.rebalance.time       counter  s            time they took, from join to assignment applied
 //	multiconsumer.group.lost_partitions      counter  {partition}  partitions lost without a commit
+//	multiconsumer.group.join_failures        counter  {failure}    joins that failed (retried, or the one that stopped it)
 //
 // Process:
 //
@@ -299,6 +300,7 @@ func (m *Metrics) observeOne(o metric.Observer, cn consumer, s multiconsumer.Sta
 		i64(in.rebalances, s.Rebalances)
 		f64(in.rebalanceTime, s.RebalanceTime.Seconds())
 		i64(in.lost, s.LostPartitions)
+		i64(in.joinFailures, s.JoinFailures)
 	}
 
 	ps := s.Process
@@ -388,8 +390,8 @@ type instruments struct {
 	workers, partitions, queueLen, queueCap, paused, stopped, commitErrors metric.Int64Observable
 	commits                                                                metric.Int64Observable
 
-	member, generation, rebalances, lost metric.Int64Observable
-	rebalanceTime                        metric.Float64Observable
+	member, generation, rebalances, lost, joinFailures metric.Int64Observable
+	rebalanceTime                                      metric.Float64Observable
 
 	procRunning, procInFlight, procWaiting, procStuck              metric.Int64Observable
 	procHandled, procRetries, procGivenUp, procPanics, procSkipped metric.Int64Observable
@@ -458,6 +460,7 @@ func (in *instruments) create(meter metric.Meter, ns string, stuckAfter time.Dur
 	counter(&in.rebalances, "group.rebalances", "{rebalance}", "Rebalances the group member went through.")
 	secondsTotal(&in.rebalanceTime, "group.rebalance.time", "Time the rebalances took, from join to assignment applied.")
 	counter(&in.lost, "group.lost_partitions", "{partition}", "Partitions the group member lost without a commit.")
+	counter(&in.joinFailures, "group.join_failures", "{failure}", "Joins of the group member that failed (retried, or the one whose error stopped it).")
 
 	gauge(&in.procRunning, "process.running", "1", "1 while Process runs, else 0.")
 	upDown(&in.procInFlight, "process.inflight", "{message}", "Messages whose handlers run now (a message being retried included).")

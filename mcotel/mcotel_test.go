@@ -411,6 +411,7 @@ func TestGroup(t *testing.T) {
 	check(t, ms, "multiconsumer.group.rebalances", counter(pt(a, s.Rebalances)))
 	check(t, ms, "multiconsumer.group.rebalance.time", counter(pt(a, s.RebalanceTime.Seconds())))
 	check(t, ms, "multiconsumer.group.lost_partitions", counter(pt[int64](a, 0)))
+	check(t, ms, "multiconsumer.group.join_failures", counter(pt(a, s.JoinFailures)))
 	check(t, ms, "multiconsumer.partitions", upDown(pt[int64](a, 2)))
 	assert.Positive(t, s.RebalanceTime)
 }

@@ -49,6 +49,7 @@
 //	multiconsumer_group_rebalances_total       counter  rebalances the member went through
 //	multiconsumer_group_rebalance_seconds_total counter time they took, from join to assignment applied
 //	multiconsumer_group_lost_partitions_total  counter  partitions lost without a commit
+//	multiconsumer_group_join_failures_total    counter  joins that failed (retried, or the one that stopped it)
 //
 // Process (counters are totals since the consumer started):
 //
@@ -248,6 +249,7 @@ func (c *Collector) collect(ch chan<- prometheus.Metric, name string, cn consume
 		counter(d.rebalances, float64(s.Rebalances))
 		counter(d.rebalanceTime, s.RebalanceTime.Seconds())
 		counter(d.lost, float64(s.LostPartitions))
+		counter(d.joinFailures, float64(s.JoinFailures))
 	}
 
 	ps := s.Process
@@ -340,7 +342,7 @@ type descs struct {
 	workers, assigned, queueLen, queueCap, paused, stopped, commitErrors *prometheus.Desc
 	commits, lastCommit                                                  *prometheus.Desc
 
-	memberInfo, generation, rebalances, rebalanceTime, lost *prometheus.Desc
+	memberInfo, generation, rebalances, rebalanceTime, lost, joinFailures *prometheus.Desc
 
 	procRunning, procInFlight, procWaiting, procStuck, procLongest *prometheus.Desc
 	procHandled, procRetries, procGivenUp, procPanics, procSkipped *prometheus.Desc
@@ -376,6 +378,7 @@ func newDescs(ns string, stuckAfter time.Duration) descs {
 		rebalances:    c("group_rebalances_total", "Rebalances the group member went through."),
 		rebalanceTime: c("group_rebalance_seconds_total", "Time the rebalances took, from join to assignment applied."),
 		lost:          c("group_lost_partitions_total", "Partitions the group member lost without a commit."),
+		joinFailures:  c("group_join_failures_total", "Joins of the group member that failed (retried, or the one whose error stopped it)."),
 
 		procRunning:  c("process_running", "1 while Process runs, else 0."),
 		procInFlight: c("process_inflight_messages", "Messages whose handlers run now (a message being retried included)."),
@@ -409,7 +412,7 @@ func (d *descs) all() []*prometheus.Desc {
 	return []*prometheus.Desc{
 		d.workers, d.assigned, d.queueLen, d.queueCap, d.paused, d.stopped, d.commitErrors,
 		d.commits, d.lastCommit,
-		d.memberInfo, d.generation, d.rebalances, d.rebalanceTime, d.lost,
+		d.memberInfo, d.generation, d.rebalances, d.rebalanceTime, d.lost, d.joinFailures,
 		d.procRunning, d.procInFlight, d.procWaiting, d.procStuck, d.procLongest,
 		d.procHandled, d.procRetries, d.procGivenUp, d.procPanics, d.procSkipped, d.procDuration,
 		d.lag, d.delivered, d.consumed, d.committed, d.highWatermark,

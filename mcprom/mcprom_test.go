@@ -418,8 +418,9 @@ func TestGroup(t *testing.T) {
 		multiconsumer_group_generation{L} %d
 		multiconsumer_group_rebalances_total{L} %d
 		multiconsumer_group_lost_partitions_total{L} 0
+		multiconsumer_group_join_failures_total{L} %d
 		multiconsumer_assigned_partitions{L} 2
-	`, s.Generation, s.Rebalances)))
+	`, s.Generation, s.Rebalances, s.JoinFailures)))
 	secs, ok := value(t, reg, "multiconsumer_group_rebalance_seconds_total", nil)
 	require.True(t, ok)
 	assert.Positive(t, secs)
