@@ -301,6 +301,7 @@ func (m *Metrics) observeOne(o metric.Observer, cn consumer, s multiconsumer.Sta
 		f64(in.rebalanceTime, s.RebalanceTime.Seconds())
 		i64(in.lost, s.LostPartitions)
 		i64(in.joinFailures, s.JoinFailures)
+		i64(in.suspended, bit(s.Suspended))
 	}
 
 	ps := s.Process
@@ -390,8 +391,8 @@ type instruments struct {
 	workers, partitions, queueLen, queueCap, paused, stopped, commitErrors metric.Int64Observable
 	commits                                                                metric.Int64Observable
 
-	member, generation, rebalances, lost, joinFailures metric.Int64Observable
-	rebalanceTime                                      metric.Float64Observable
+	member, generation, rebalances, lost, joinFailures, suspended metric.Int64Observable
+	rebalanceTime                                                 metric.Float64Observable
 
 	procRunning, procInFlight, procWaiting, procStuck              metric.Int64Observable
 	procHandled, procRetries, procGivenUp, procPanics, procSkipped metric.Int64Observable
@@ -461,6 +462,7 @@ func (in *instruments) create(meter metric.Meter, ns string, stuckAfter time.Dur
 	secondsTotal(&in.rebalanceTime, "group.rebalance.time", "Time the rebalances took, from join to assignment applied.")
 	counter(&in.lost, "group.lost_partitions", "{partition}", "Partitions the group member lost without a commit.")
 	counter(&in.joinFailures, "group.join_failures", "{failure}", "Joins of the group member that failed (retried, or the one whose error stopped it).")
+	gauge(&in.suspended, "group.suspended", "1", "1 while the group member has not heard from its coordinator for its session timeout (it delivers nothing new), else 0.")
 
 	gauge(&in.procRunning, "process.running", "1", "1 while Process runs, else 0.")
 	upDown(&in.procInFlight, "process.inflight", "{message}", "Messages whose handlers run now (a message being retried included).")

@@ -250,6 +250,10 @@ func (c *Collector) collect(ch chan<- prometheus.Metric, name string, cn consume
 		counter(d.rebalanceTime, s.RebalanceTime.Seconds())
 		counter(d.lost, float64(s.LostPartitions))
 		counter(d.joinFailures, float64(s.JoinFailures))
+		gauge(d.suspended, bit(s.Suspended))
+		if !s.LastHeard.IsZero() {
+			gauge(d.lastHeard, float64(s.LastHeard.UnixNano())/1e9)
+		}
 	}
 
 	ps := s.Process
@@ -342,7 +346,7 @@ type descs struct {
 	workers, assigned, queueLen, queueCap, paused, stopped, commitErrors *prometheus.Desc
 	commits, lastCommit                                                  *prometheus.Desc
 
-	memberInfo, generation, rebalances, rebalanceTime, lost, joinFailures *prometheus.Desc
+	memberInfo, generation, rebalances, rebalanceTime, lost, joinFailures, suspended, lastHeard *prometheus.Desc
 
 	procRunning, procInFlight, procWaiting, procStuck, procLongest *prometheus.Desc
 	procHandled, procRetries, procGivenUp, procPanics, procSkipped *prometheus.Desc
@@ -379,6 +383,8 @@ func newDescs(ns string, stuckAfter time.Duration) descs {
 		rebalanceTime: c("group_rebalance_seconds_total", "Time the rebalances took, from join to assignment applied."),
 		lost:          c("group_lost_partitions_total", "Partitions the group member lost without a commit."),
 		joinFailures:  c("group_join_failures_total", "Joins of the group member that failed (retried, or the one whose error stopped it)."),
+		suspended:     c("group_suspended", "1 while the group member has not heard from its coordinator for its session timeout (it delivers nothing new), else 0."),
+		lastHeard:     c("group_last_heard_timestamp_seconds", "When the group coordinator last answered the member (Unix time)."),
 
 		procRunning:  c("process_running", "1 while Process runs, else 0."),
 		procInFlight: c("process_inflight_messages", "Messages whose handlers run now (a message being retried included)."),
@@ -412,7 +418,7 @@ func (d *descs) all() []*prometheus.Desc {
 	return []*prometheus.Desc{
 		d.workers, d.assigned, d.queueLen, d.queueCap, d.paused, d.stopped, d.commitErrors,
 		d.commits, d.lastCommit,
-		d.memberInfo, d.generation, d.rebalances, d.rebalanceTime, d.lost, d.joinFailures,
+		d.memberInfo, d.generation, d.rebalances, d.rebalanceTime, d.lost, d.joinFailures, d.suspended, d.lastHeard,
 		d.procRunning, d.procInFlight, d.procWaiting, d.procStuck, d.procLongest,
 		d.procHandled, d.procRetries, d.procGivenUp, d.procPanics, d.procSkipped, d.procDuration,
 		d.lag, d.delivered, d.consumed, d.committed, d.highWatermark,
