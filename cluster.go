@@ -109,7 +109,7 @@ func newTransport(d *kafka.Dialer, topic string) (*kafka.Transport, *connSet) {
 		// the guard reads Kafka responses, not TLS records.
 		Dial:        guardedDial(dial, d.TLS, conns),
 		DialTimeout: d.Timeout,
-		ClientID:    d.ClientID,
+		ClientID:    clientID(d),
 		SASL:        d.SASLMechanism,
 		// The transport routes fetches by a metadata cache it refreshes
 		// at random within MetadataTTL, each refresh bounded by it too.
@@ -119,6 +119,19 @@ func newTransport(d *kafka.Dialer, topic string) (*kafka.Transport, *connSet) {
 		MetadataTopics: []string{topic},
 		MetadataTTL:    max(requestTimeout(d), minMetadataTTL),
 	}, conns
+}
+
+// DefaultClientID is the client id the consumer's requests carry when
+// Config.Dialer has none: Kafka's tools (kafka-consumer-groups.sh
+// --describe, the broker's request logs and quotas) show it.
+const DefaultClientID = "multiconsumer"
+
+// clientID returns the client id of the requests d's connections send.
+func clientID(d *kafka.Dialer) string {
+	if d.ClientID != "" {
+		return d.ClientID
+	}
+	return DefaultClientID
 }
 
 // minMetadataTTL keeps the transport's own metadata refreshes (at random

@@ -160,7 +160,8 @@ type Config struct {
 	MetadataMaxAge time.Duration
 	// Dialer sets TLS, SASL, the client id and the dial timeout. Its
 	// Timeout also bounds every request other than fetches. nil means
-	// kafka.DefaultDialer.
+	// kafka.DefaultDialer. Without a ClientID, requests carry
+	// DefaultClientID.
 	Dialer *kafka.Dialer
 	// Logger receives structured events: start offsets, retries, commits,
 	// offset resets. nil discards them.

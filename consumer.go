@@ -174,8 +174,8 @@ func (c *MultiConsumer) start(ctx context.Context) ([]int, error) {
 			}
 		}
 		if len(missing) > 0 {
-			return nil, fmt.Errorf("multiconsumer: topic %q has partitions 0..%d, not %v: %w",
-				c.cfg.Topic, len(all)-1, missing, ErrUnknownPartition)
+			return nil, fmt.Errorf("%w: topic %q has partitions 0..%d, not %v",
+				ErrUnknownPartition, c.cfg.Topic, len(all)-1, missing)
 		}
 		parts = slices.Sorted(slices.Values(c.cfg.Partitions))
 	}
@@ -473,7 +473,7 @@ func (c *MultiConsumer) owned(partitions []int) ([]int, error) {
 	}
 	for _, p := range partitions {
 		if _, ok := c.book.parts[p]; !ok {
-			return nil, &PartitionError{Topic: c.cfg.Topic, Partition: p, Err: fmt.Errorf("not consumed here (consuming %v): %w", c.book.partitions(), ErrUnknownPartition)}
+			return nil, &PartitionError{Topic: c.cfg.Topic, Partition: p, Err: fmt.Errorf("%w: not consumed here (consuming %v)", ErrUnknownPartition, c.book.partitions())}
 		}
 	}
 	return slices.Compact(slices.Sorted(slices.Values(partitions))), nil
@@ -517,7 +517,7 @@ func (c *MultiConsumer) Seek(ctx context.Context, offset int64, whence Whence, p
 		return errNilContext
 	}
 	if whence < SeekAbsolute || whence > SeekEnd {
-		return fmt.Errorf("multiconsumer: seek: invalid whence %d", int(whence))
+		return &ArgError{Method: "Seek", Arg: "whence", Value: whence, Reason: "invalid whence: SeekAbsolute, SeekStart, SeekCurrent or SeekEnd"}
 	}
 	parts, err := c.owned(partitions)
 	if err != nil {
@@ -555,7 +555,7 @@ func (c *MultiConsumer) Seek(ctx context.Context, offset int64, whence Whence, p
 		}
 		if t < b[p].first || t > b[p].last {
 			c.mu.Unlock()
-			return &OffsetRangeError{Partition: p, Offset: t, First: b[p].first, Last: b[p].last}
+			return &OffsetRangeError{Topic: c.cfg.Topic, Partition: p, Offset: t, First: b[p].first, Last: b[p].last}
 		}
 		targets[p] = t
 	}
@@ -679,7 +679,7 @@ func (c *MultiConsumer) Stats() Stats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s := Stats{
-		Time: time.Now(), Topic: c.cfg.Topic, Group: c.cfg.Group, ClientID: c.cfg.Dialer.ClientID,
+		Time: time.Now(), Topic: c.cfg.Topic, Group: c.cfg.Group, ClientID: clientID(c.cfg.Dialer),
 		JoinGroup: c.cfg.JoinGroup, Closed: c.closed,
 		Workers: c.workers, QueueLen: queued, QueueSize: c.cfg.QueueSize,
 		Paused: !c.running.IsSet(), CommitErrors: c.commitErrs,

@@ -335,6 +335,8 @@ func TestGetMessagesBlocking(t *testing.T) {
 	assert.Empty(t, msgs)
 	_, err = c.GetMessages(ctx, -1)
 	assert.ErrorContains(t, err, "negative count")
+	var aerr *ArgError
+	assert.ErrorAs(t, err, &aerr)
 	_, err = c.GetMessages(ctx, 1, Timeout(-time.Second))
 	assert.ErrorContains(t, err, "negative timeout")
 }
@@ -475,10 +477,14 @@ func TestSeek(t *testing.T) {
 	before := c.Offsets()
 	var rerr *OffsetRangeError
 	require.ErrorAs(t, c.Seek(ctx, 101, SeekAbsolute), &rerr)
-	assert.Equal(t, OffsetRangeError{Partition: 0, Offset: 101, First: 0, Last: 100}, *rerr)
+	assert.Equal(t, OffsetRangeError{Topic: topic, Partition: 0, Offset: 101, First: 0, Last: 100}, *rerr)
+	assert.ErrorIs(t, rerr, kafka.OffsetOutOfRange)
 	require.ErrorAs(t, c.Seek(ctx, -1, SeekStart, 1), &rerr)
 	assert.Equal(t, before, c.Offsets())
-	assert.ErrorContains(t, c.Seek(ctx, 0, Whence(7)), "invalid whence")
+	var aerr *ArgError
+	require.ErrorAs(t, c.Seek(ctx, 0, Whence(7)), &aerr)
+	assert.Equal(t, "whence", aerr.Arg)
+	assert.ErrorContains(t, aerr, "invalid whence")
 	assert.ErrorIs(t, c.Seek(ctx, 0, SeekStart, 5), ErrUnknownPartition)
 
 	// The position a seek sets is what the next commit stores.

@@ -2,15 +2,22 @@ package multiconsumer
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"time"
 
 	"github.com/segmentio/kafka-go"
 )
 
-// GetOption configures one GetMessages call.
-type GetOption func(*getOptions)
+// GetOption configures one GetMessages call: Block, BlockFor, Timeout. A
+// nil GetOption is ignored.
+type GetOption interface {
+	apply(*getOptions)
+}
+
+// getOption is a GetOption.
+type getOption func(*getOptions)
+
+func (f getOption) apply(o *getOptions) { f(o) }
 
 type getOptions struct {
 	block   bool
@@ -21,20 +28,20 @@ type getOptions struct {
 // Block sets whether GetMessages waits: true (the default) waits until count
 // messages have arrived or the timeout; false takes only what is queued now.
 func Block(block bool) GetOption {
-	return func(o *getOptions) { o.block, o.atLeast = block, -1 }
+	return getOption(func(o *getOptions) { o.block, o.atLeast = block, -1 })
 }
 
 // BlockFor makes GetMessages wait until at least n messages have arrived (or
 // the timeout), then take what is queued, up to count: the seed's
 // block=<int>. n <= 0 is Block(false).
 func BlockFor(n int) GetOption {
-	return func(o *getOptions) { o.block, o.atLeast = n > 0, n }
+	return getOption(func(o *getOptions) { o.block, o.atLeast = n > 0, n })
 }
 
 // Timeout bounds how long GetMessages waits. Default 10s; 0 means no
 // timeout: it waits until ctx is done. A negative timeout is an error.
 func Timeout(d time.Duration) GetOption {
-	return func(o *getOptions) { o.timeout = d }
+	return getOption(func(o *getOptions) { o.timeout = d })
 }
 
 // timers are the stopped timers of GetMessages timeouts, reused: at a
@@ -68,14 +75,14 @@ func (c *MultiConsumer) GetMessages(ctx context.Context, count int, opts ...GetO
 	o := getOptions{block: true, atLeast: -1, timeout: DefaultTimeout}
 	for _, opt := range opts {
 		if opt != nil {
-			opt(&o)
+			opt.apply(&o)
 		}
 	}
 	switch {
 	case count < 0:
-		return nil, fmt.Errorf("multiconsumer: GetMessages: negative count %d", count)
+		return nil, &ArgError{Method: "GetMessages", Arg: "count", Value: count, Reason: "negative count"}
 	case o.timeout < 0:
-		return nil, fmt.Errorf("multiconsumer: GetMessages: negative timeout %v", o.timeout)
+		return nil, &ArgError{Method: "GetMessages", Arg: "Timeout", Value: o.timeout, Reason: "negative timeout"}
 	}
 	need := 0
 	if o.block {

@@ -1,8 +1,20 @@
-// Package multiconsumer consumes a Kafka topic in parallel: several worker
-// goroutines, each fetching its own chunk of the topic's partitions, feed one
-// bounded queue, from which the caller takes messages with GetMessages or
-// ranges over Messages (or Iter's channel). It is kafka-python's MultiProcessConsumer re-imagined in
-// Go on github.com/segmentio/kafka-go, and it owns offset auto-commit.
+// Package multiconsumer consumes a Kafka topic in parallel: worker
+// goroutines, each fetching its own share of the topic's partitions, feed
+// one bounded queue. The caller takes messages from it in one of two ways:
+//
+//   - pull: GetMessages in a loop, a range over Messages, or Iter's
+//     channel; the caller is done with a message when it comes back for
+//     more;
+//   - Process: handlers run in parallel, far beyond the partition count,
+//     ordered by key, by partition or not at all, with retries and a
+//     dead-letter hook (ProcessConfig); a message is done when its handler
+//     completes, and commits hold at the lowest incomplete offset.
+//
+// Offsets are committed to a consumer group (auto-commit every N messages
+// or T time, or Commit), and with Config.JoinGroup the consumer is a member
+// of the group: replicas on many machines share the partitions. It is
+// kafka-python's MultiProcessConsumer re-imagined in Go on
+// github.com/segmentio/kafka-go.
 //
 // # Delivery and commit
 //
@@ -39,8 +51,12 @@
 // assignor only the partitions that move pause. A member giving a
 // partition up waits (up to RebalanceTimeout) for the caller to come back
 // for what it holds of it, commits what was consumed, calls OnRevoked, and
-// delivers nothing of it after that. Commits carry the member's generation:
-// a member that lost its partitions cannot commit over their new owner.
+// delivers nothing of it after that. A commit is built under the member's
+// lease (member id and generation) and sent under it or not at all: a
+// member that lost its partitions cannot commit over their new owner, even
+// with a retry after it rejoined. A member that has not heard from its
+// coordinator for SessionTimeout delivers nothing new and starts no
+// handler until it does (see Stats.Suspended).
 //
 // # Partitions and metadata
 //

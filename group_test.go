@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/segmentio/kafka-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -478,4 +479,20 @@ func TestGroupKilledMember(t *testing.T) {
 	}
 	t.Logf("%d messages delivered twice of %d (per partition %v; committed at the kill %v; the parent owned %v)", dups, n*per, perPart, atKill, parentOwned)
 	assert.LessOrEqual(t, dups, n*(10+10), "duplicates: at most AutoCommitEveryN and a batch per partition")
+}
+
+// A member whose Dialer has no client id shows DefaultClientID in the
+// group's description (Kafka's tools list it as CLIENT-ID).
+func TestGroupDefaultClientID(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 1, 0)
+	g := group(t)
+	a := open(t, groupCfg(topic, g))
+	assignedTo(t, 1, a)
+	assert.Equal(t, DefaultClientID, a.Stats().ClientID)
+	res, err := cluster.Client().DescribeGroups(testCtx(t), &kafka.DescribeGroupsRequest{GroupIDs: []string{g}})
+	require.NoError(t, err)
+	require.Len(t, res.Groups, 1)
+	require.Len(t, res.Groups[0].Members, 1)
+	assert.Equal(t, DefaultClientID, res.Groups[0].Members[0].ClientID)
 }

@@ -22,11 +22,6 @@ import (
 // ("mismatching leaders"). So a refresh makes the transport refresh its
 // cache, then reads the cache.
 
-// ErrTopicDeleted is returned by GetMessages (and ends Iter) once the
-// consumer has confirmed that its topic no longer exists. It is final: the
-// workers stop.
-var ErrTopicDeleted = errors.New("topic deleted")
-
 // goneConfirmAfter is how long the topic must be missing from every refresh
 // (one a second), before the consumer reports it deleted: a broker that has
 // just restarted can answer from metadata it has not caught up on yet, for
@@ -172,7 +167,7 @@ func (c *MultiConsumer) topicMissing(ctx context.Context) time.Duration {
 	if wait > 0 {
 		return min(wait, initialBackoff) // missing from every refresh until then
 	}
-	err := fmt.Errorf("multiconsumer: topic %q: %w (%w)", c.cfg.Topic, ErrTopicDeleted, kafka.UnknownTopicOrPartition)
+	err := fmt.Errorf("%w: %q (%w)", ErrTopicDeleted, c.cfg.Topic, kafka.UnknownTopicOrPartition)
 	c.mu.Lock()
 	if c.fatal == nil {
 		c.fatal = err

@@ -102,12 +102,6 @@ func (pc ProcessConfig) withDefaults() (ProcessConfig, error) {
 	return pc, nil
 }
 
-// ErrBusy is returned by GetMessages, and by Process, and yielded by
-// Messages, while Process runs, and returned by Process while an Iter
-// channel is open or a Messages loop runs: one way of taking messages at a
-// time.
-var ErrBusy = errors.New("multiconsumer: Process is running (or an Iter channel is open, or a Messages loop runs): messages are taken one way at a time")
-
 // GiveUpError reports a message Process gave up on: the handler failed
 // MaxAttempts times. errors.Is and errors.As find the handler's last
 // error, and OnGiveUp's.
@@ -274,7 +268,7 @@ func (c *MultiConsumer) Process(ctx context.Context, pc ProcessConfig, h Handler
 		return errNilContext
 	}
 	if h == nil {
-		return errors.New("multiconsumer: Process: nil Handler")
+		return &ArgError{Method: "Process", Arg: "h", Value: h, Reason: "nil Handler"}
 	}
 	pc, err := pc.withDefaults()
 	if err != nil {

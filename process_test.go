@@ -232,7 +232,10 @@ func TestProcessBadArguments(t *testing.T) {
 		require.ErrorAs(t, err, &ce)
 		assert.Contains(t, err.Error(), tt.want)
 	}
-	assert.ErrorContains(t, c.Process(testCtx(t), ProcessConfig{}, nil), "nil Handler")
+	err := c.Process(testCtx(t), ProcessConfig{}, nil)
+	assert.ErrorContains(t, err, "nil Handler")
+	var aerr *ArgError
+	assert.ErrorAs(t, err, &aerr)
 	assert.ErrorIs(t, c.Process(nil, ProcessConfig{}, ok), errNilContext) //nolint:staticcheck // a nil ctx is the point
 	require.NoError(t, c.Close())
 	assert.ErrorIs(t, c.Process(testCtx(t), ProcessConfig{}, ok), ErrClosed)

@@ -80,7 +80,9 @@ func run(kf *exampleflags.Flags, members, partitions, messages int) error {
 		if i > 0 {
 			time.Sleep(2 * time.Second) // members join one after the other
 		}
-		name := fmt.Sprintf("member-%d", i+1)
+		// Named by process too: members in other terminals or on other
+		// machines run with -members 1, and each would be "member-1".
+		name := fmt.Sprintf("member-%d/pid-%d", i+1, os.Getpid())
 		mctx, cancel := context.WithCancel(ctx)
 		cancels[i] = cancel
 		cfg := cluster.Config()
@@ -111,7 +113,9 @@ func run(kf *exampleflags.Flags, members, partitions, messages int) error {
 				}
 				n += len(msgs)
 				total.Add(int64(len(msgs)))
-				time.Sleep(time.Duration(len(msgs)) * 300 * time.Microsecond) // a handler
+				// A handler of 1 ms a message: the backlog outlasts the
+				// first member, so that the hand-over is seen.
+				time.Sleep(time.Duration(len(msgs)) * time.Millisecond)
 			}
 		})
 	}
