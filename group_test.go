@@ -169,7 +169,11 @@ func TestGroupChurnDeliversEverything(t *testing.T) {
 				return
 			case <-time.After(20 * time.Millisecond):
 			}
-			for p, off := range committed(t, topic, g, n) {
+			offs, err := readCommitted(testCtx(t), topic, g, n)
+			if !assert.NoError(t, err) {
+				return
+			}
+			for p, off := range offs {
 				assert.GreaterOrEqual(t, off, last[p], "partition %d's committed offset went back", p)
 				last[p] = max(last[p], off)
 			}

@@ -99,26 +99,40 @@ func group(t *testing.T) string { return kafkatest.UniqueName("g") }
 // process would; partitions without a commit are left out.
 func committed(t *testing.T, topic, group string, partitions int) map[int]int64 {
 	t.Helper()
+	out, err := readCommitted(testCtx(t), topic, group, partitions)
+	require.NoError(t, err)
+	return out
+}
+
+// readCommitted is committed for a goroutine other than the test's, where
+// require must not stop the test.
+func readCommitted(ctx context.Context, topic, group string, partitions int) (map[int]int64, error) {
 	parts := make([]int, partitions)
 	for i := range parts {
 		parts[i] = i
 	}
-	res, err := cluster.Client().OffsetFetch(testCtx(t), &kafka.OffsetFetchRequest{
+	res, err := cluster.Client().OffsetFetch(ctx, &kafka.OffsetFetchRequest{
 		GroupID: group, Topics: map[string][]int{topic: parts},
 	})
-	require.NoError(t, err)
+	if err != nil {
+		return nil, err
+	}
 	out := map[int]int64{}
 	if errors.Is(res.Error, kafka.GroupIdNotFound) {
-		return out // kfake: a group without commits does not exist
+		return out, nil // kfake: a group without commits does not exist
 	}
-	require.NoError(t, res.Error)
+	if res.Error != nil {
+		return nil, res.Error
+	}
 	for _, p := range res.Topics[topic] {
-		require.NoError(t, p.Error)
+		if p.Error != nil {
+			return nil, p.Error
+		}
 		if p.CommittedOffset >= 0 {
 			out[p.Partition] = p.CommittedOffset
 		}
 	}
-	return out
+	return out, nil
 }
 
 // drain takes n messages with GetMessages(batch) and fails on a timeout.
