@@ -8,16 +8,50 @@ import (
 	"io"
 	"net"
 	"slices"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/segmentio/kafka-go"
 )
 
-// This file holds the requests the controller makes to the cluster, other
-// than fetches (worker.go): metadata, log bounds, committed offsets, and
+// This file is the consumer's way to the cluster: the transport and its
+// connections, and the requests other than fetches (worker.go) and group
+// requests (group.go): metadata, log bounds, committed offsets, and
 // commits. Each is bounded by the request timeout, so that an unreachable or
 // silent broker ends in an error, never a hang.
+
+// brokers holds the transport every request goes through, and makes the
+// requests that are not fetches. It is set up once in New, and safe for
+// concurrent use; it holds nothing of the consumer's state.
+type brokers struct {
+	topic, group string
+	seeds        []string
+	dialer       *kafka.Dialer
+	transport    *kafka.Transport
+	conns        *connSet // the transport's connections, closed by Close
+	client       *kafka.Client
+	// retryConns is set once New has reached the cluster: from then on a
+	// dropped connection is retried. Before, a refused connection fails
+	// New at once (a wrong address).
+	retryConns atomic.Bool
+}
+
+// newBrokers returns the way to cfg's cluster; it dials nothing yet.
+func newBrokers(cfg *Config) *brokers {
+	tr, conns := newTransport(cfg.Dialer, cfg.Topic)
+	return &brokers{
+		topic: cfg.Topic, group: cfg.Group, seeds: cfg.Brokers, dialer: cfg.Dialer,
+		transport: tr, conns: conns,
+		client: &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Transport: tr},
+	}
+}
+
+// close closes every connection, idle or in use.
+func (b *brokers) close() {
+	b.transport.CloseIdleConnections()
+	b.conns.closeAll()
+}
 
 // retry calls f until it succeeds, fails with an error that is not worth
 // another try, or ctx ends. Worth another try: a network timeout, an error
@@ -139,7 +173,7 @@ func clientID(d *kafka.Dialer) string {
 const minMetadataTTL = 5 * time.Second
 
 // requestTimeout bounds every request but fetches.
-func (c *MultiConsumer) requestTimeout() time.Duration { return requestTimeout(c.cfg.Dialer) }
+func (b *brokers) requestTimeout() time.Duration { return requestTimeout(b.dialer) }
 
 func requestTimeout(d *kafka.Dialer) time.Duration {
 	if d.Timeout > 0 {
@@ -149,41 +183,41 @@ func requestTimeout(d *kafka.Dialer) time.Duration {
 }
 
 // withTimeout returns ctx bounded by the request timeout.
-func (c *MultiConsumer) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, c.requestTimeout())
+func (b *brokers) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, b.requestTimeout())
 }
 
 // topicMetadata returns the topic's partitions, sorted, and their leaders.
-func (c *MultiConsumer) topicMetadata(ctx context.Context) (parts []int, leaders map[int]int, err error) {
-	ctx, cancel := c.withTimeout(ctx)
+func (b *brokers) topicMetadata(ctx context.Context) (parts []int, leaders map[int]int, err error) {
+	ctx, cancel := b.withTimeout(ctx)
 	defer cancel()
-	err = retry(ctx, c.retryConnErrs, func() error {
-		parts, leaders, err = c.topicMetadataOnce(ctx)
+	err = retry(ctx, b.retryConns.Load(), func() error {
+		parts, leaders, err = b.topicMetadataOnce(ctx)
 		return err
 	})
 	return parts, leaders, err
 }
 
-func (c *MultiConsumer) topicMetadataOnce(ctx context.Context) ([]int, map[int]int, error) {
-	md, err := c.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{c.cfg.Topic}})
+func (b *brokers) topicMetadataOnce(ctx context.Context) ([]int, map[int]int, error) {
+	md, err := b.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{b.topic}})
 	if err != nil {
-		return nil, nil, fmt.Errorf("multiconsumer: metadata of topic %q from %v: %w", c.cfg.Topic, c.cfg.Brokers, err)
+		return nil, nil, fmt.Errorf("multiconsumer: metadata of topic %q from %v: %w", b.topic, b.seeds, err)
 	}
-	i := slices.IndexFunc(md.Topics, func(t kafka.Topic) bool { return t.Name == c.cfg.Topic })
+	i := slices.IndexFunc(md.Topics, func(t kafka.Topic) bool { return t.Name == b.topic })
 	if i < 0 {
-		return nil, nil, fmt.Errorf("multiconsumer: topic %q: %w", c.cfg.Topic, kafka.UnknownTopicOrPartition)
+		return nil, nil, fmt.Errorf("multiconsumer: topic %q: %w", b.topic, kafka.UnknownTopicOrPartition)
 	}
 	t := md.Topics[i]
 	if errors.Is(t.Error, kafka.UnknownTopicOrPartition) {
 		// Kafka calls this temporary; for a topic named in Config it
 		// almost always means a typo: fail now, don't retry.
-		return nil, nil, permanent{fmt.Errorf("multiconsumer: topic %q: %w", c.cfg.Topic, t.Error)}
+		return nil, nil, permanent{fmt.Errorf("multiconsumer: topic %q: %w", b.topic, t.Error)}
 	}
 	if t.Error != nil {
-		return nil, nil, fmt.Errorf("multiconsumer: topic %q: %w", c.cfg.Topic, t.Error)
+		return nil, nil, fmt.Errorf("multiconsumer: topic %q: %w", b.topic, t.Error)
 	}
 	if len(t.Partitions) == 0 {
-		return nil, nil, fmt.Errorf("multiconsumer: topic %q has no partitions: %w", c.cfg.Topic, kafka.UnknownTopicOrPartition)
+		return nil, nil, fmt.Errorf("multiconsumer: topic %q has no partitions: %w", b.topic, kafka.UnknownTopicOrPartition)
 	}
 	parts := make([]int, 0, len(t.Partitions))
 	leaders := make(map[int]int, len(t.Partitions))
@@ -209,28 +243,28 @@ const noLeader = -1
 type bounds struct{ first, last int64 }
 
 // logBounds returns the bounds of each of partitions.
-func (c *MultiConsumer) logBounds(ctx context.Context, partitions []int) (map[int]bounds, error) {
-	return c.listOffsets(ctx, partitions, true)
+func (b *brokers) logBounds(ctx context.Context, partitions []int) (map[int]bounds, error) {
+	return b.listOffsets(ctx, partitions, true)
 }
 
 // logEnds returns the high watermark of each of partitions, as bounds.last
 // (bounds.first is not asked for: kafka-go sends a request per partition and
 // timestamp).
-func (c *MultiConsumer) logEnds(ctx context.Context, partitions []int) (map[int]bounds, error) {
-	return c.listOffsets(ctx, partitions, false)
+func (b *brokers) logEnds(ctx context.Context, partitions []int) (map[int]bounds, error) {
+	return b.listOffsets(ctx, partitions, false)
 }
 
-func (c *MultiConsumer) listOffsets(ctx context.Context, partitions []int, first bool) (out map[int]bounds, err error) {
-	ctx, cancel := c.withTimeout(ctx)
+func (b *brokers) listOffsets(ctx context.Context, partitions []int, first bool) (out map[int]bounds, err error) {
+	ctx, cancel := b.withTimeout(ctx)
 	defer cancel()
-	err = retry(ctx, c.retryConnErrs, func() error {
-		out, err = c.listOffsetsOnce(ctx, partitions, first)
+	err = retry(ctx, b.retryConns.Load(), func() error {
+		out, err = b.listOffsetsOnce(ctx, partitions, first)
 		return err
 	})
 	return out, err
 }
 
-func (c *MultiConsumer) listOffsetsOnce(ctx context.Context, partitions []int, first bool) (map[int]bounds, error) {
+func (b *brokers) listOffsetsOnce(ctx context.Context, partitions []int, first bool) (map[int]bounds, error) {
 	reqs := make([]kafka.OffsetRequest, 0, 2*len(partitions))
 	for _, p := range partitions {
 		if first {
@@ -238,20 +272,20 @@ func (c *MultiConsumer) listOffsetsOnce(ctx context.Context, partitions []int, f
 		}
 		reqs = append(reqs, kafka.LastOffsetOf(p))
 	}
-	res, err := c.client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{c.cfg.Topic: reqs}})
+	res, err := b.client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{b.topic: reqs}})
 	if err != nil {
-		return nil, fmt.Errorf("multiconsumer: list offsets of topic %q: %w", c.cfg.Topic, err)
+		return nil, fmt.Errorf("multiconsumer: list offsets of topic %q: %w", b.topic, err)
 	}
 	out := make(map[int]bounds, len(partitions))
-	for _, po := range res.Topics[c.cfg.Topic] {
+	for _, po := range res.Topics[b.topic] {
 		if po.Error != nil {
-			return nil, &PartitionError{Topic: c.cfg.Topic, Partition: po.Partition, Err: fmt.Errorf("list offsets: %w", po.Error)}
+			return nil, &PartitionError{Topic: b.topic, Partition: po.Partition, Err: fmt.Errorf("list offsets: %w", po.Error)}
 		}
 		out[po.Partition] = bounds{first: po.FirstOffset, last: po.LastOffset}
 	}
 	for _, p := range partitions {
 		if _, ok := out[p]; !ok {
-			return nil, &PartitionError{Topic: c.cfg.Topic, Partition: p, Err: errors.New("list offsets: missing from the response")}
+			return nil, &PartitionError{Topic: b.topic, Partition: p, Err: errors.New("list offsets: missing from the response")}
 		}
 	}
 	return out, nil
@@ -264,25 +298,25 @@ func (c *MultiConsumer) listOffsetsOnce(ctx context.Context, partitions []int, f
 // a group that never committed; Apache Kafka lists them with -1).
 //
 // meta holds the metadata committed with each offset, where there is some.
-func (c *MultiConsumer) committedOffsets(ctx context.Context, partitions []int) (out map[int]int64, meta map[int]string, err error) {
-	if c.cfg.Group == "" {
+func (b *brokers) committedOffsets(ctx context.Context, partitions []int) (out map[int]int64, meta map[int]string, err error) {
+	if b.group == "" {
 		return map[int]int64{}, nil, nil
 	}
-	ctx, cancel := c.withTimeout(ctx)
+	ctx, cancel := b.withTimeout(ctx)
 	defer cancel()
-	err = retry(ctx, c.retryConnErrs, func() error {
-		out, meta, err = c.committedOffsetsOnce(ctx, partitions)
+	err = retry(ctx, b.retryConns.Load(), func() error {
+		out, meta, err = b.committedOffsetsOnce(ctx, partitions)
 		return err
 	})
 	return out, meta, err
 }
 
-func (c *MultiConsumer) committedOffsetsOnce(ctx context.Context, partitions []int) (map[int]int64, map[int]string, error) {
+func (b *brokers) committedOffsetsOnce(ctx context.Context, partitions []int) (map[int]int64, map[int]string, error) {
 	out := make(map[int]int64, len(partitions))
 	meta := make(map[int]string)
-	res, err := c.client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{
-		GroupID: c.cfg.Group,
-		Topics:  map[string][]int{c.cfg.Topic: partitions},
+	res, err := b.client.OffsetFetch(ctx, &kafka.OffsetFetchRequest{
+		GroupID: b.group,
+		Topics:  map[string][]int{b.topic: partitions},
 	})
 	if err == nil {
 		err = res.Error
@@ -291,11 +325,11 @@ func (c *MultiConsumer) committedOffsetsOnce(ctx context.Context, partitions []i
 		return out, meta, nil // kfake: a group that never committed does not exist
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("multiconsumer: committed offsets of group %q: %w", c.cfg.Group, err)
+		return nil, nil, fmt.Errorf("multiconsumer: committed offsets of group %q: %w", b.group, err)
 	}
-	for _, p := range res.Topics[c.cfg.Topic] {
+	for _, p := range res.Topics[b.topic] {
 		if p.Error != nil {
-			return nil, nil, &PartitionError{Topic: c.cfg.Topic, Partition: p.Partition, Err: fmt.Errorf("committed offset of group %q: %w", c.cfg.Group, p.Error)}
+			return nil, nil, &PartitionError{Topic: b.topic, Partition: p.Partition, Err: fmt.Errorf("committed offset of group %q: %w", b.group, p.Error)}
 		}
 		if p.CommittedOffset >= 0 {
 			out[p.Partition] = p.CommittedOffset
@@ -314,8 +348,8 @@ func (c *MultiConsumer) committedOffsetsOnce(ctx context.Context, partitions []i
 // partitions that failed, and ok holds the ones that were stored.
 //
 // meta is the metadata to store with each offset (none where it has none).
-func (c *MultiConsumer) offsetCommit(ctx context.Context, l lease, offsets map[int]int64, meta map[int]string) (ok map[int]int64, err error) {
-	ctx, cancel := c.withTimeout(ctx)
+func (b *brokers) offsetCommit(ctx context.Context, l lease, offsets map[int]int64, meta map[int]string) (ok map[int]int64, err error) {
+	ctx, cancel := b.withTimeout(ctx)
 	defer cancel()
 	commits := make([]kafka.OffsetCommit, 0, len(offsets))
 	for p, off := range offsets {
@@ -323,27 +357,27 @@ func (c *MultiConsumer) offsetCommit(ctx context.Context, l lease, offsets map[i
 	}
 	slices.SortFunc(commits, func(a, b kafka.OffsetCommit) int { return cmp.Compare(a.Partition, b.Partition) })
 	req := &kafka.OffsetCommitRequest{
-		GroupID:      c.cfg.Group,
+		GroupID:      b.group,
 		GenerationID: -1,
-		Topics:       map[string][]kafka.OffsetCommit{c.cfg.Topic: commits},
+		Topics:       map[string][]kafka.OffsetCommit{b.topic: commits},
 	}
-	if c.cfg.JoinGroup {
-		req.GenerationID, req.MemberID, req.InstanceID = int(l.generation), l.memberID, c.cfg.InstanceID
+	if l.memberID != "" {
+		req.GenerationID, req.MemberID, req.InstanceID = int(l.generation), l.memberID, l.instanceID
 	}
-	res, err := c.client.OffsetCommit(ctx, req)
+	res, err := b.client.OffsetCommit(ctx, req)
 	if err != nil {
-		return nil, fmt.Errorf("multiconsumer: commit offsets of group %q: %w", c.cfg.Group, err)
+		return nil, fmt.Errorf("multiconsumer: commit offsets of group %q: %w", b.group, err)
 	}
 	ok = make(map[int]int64, len(offsets))
 	var errs []error
-	for _, p := range res.Topics[c.cfg.Topic] {
+	for _, p := range res.Topics[b.topic] {
 		if p.Error != nil {
 			err := fmt.Errorf("commit offset %d: %w", offsets[p.Partition], p.Error)
-			if !c.cfg.JoinGroup && stale(p.Error) {
+			if l.memberID == "" && stale(p.Error) {
 				err = fmt.Errorf("commit offset %d: group %q has members, which own its partitions; a consumer outside the group cannot commit (see Config.JoinGroup): %w",
-					offsets[p.Partition], c.cfg.Group, p.Error)
+					offsets[p.Partition], b.group, p.Error)
 			}
-			errs = append(errs, &PartitionError{Topic: c.cfg.Topic, Partition: p.Partition, Err: err})
+			errs = append(errs, &PartitionError{Topic: b.topic, Partition: p.Partition, Err: err})
 			continue
 		}
 		if off, asked := offsets[p.Partition]; asked {
@@ -351,7 +385,7 @@ func (c *MultiConsumer) offsetCommit(ctx context.Context, l lease, offsets map[i
 		}
 	}
 	if len(ok)+len(errs) < len(offsets) {
-		errs = append(errs, fmt.Errorf("multiconsumer: commit offsets of group %q: %d partitions missing from the response", c.cfg.Group, len(offsets)-len(ok)-len(errs)))
+		errs = append(errs, fmt.Errorf("multiconsumer: commit offsets of group %q: %d partitions missing from the response", b.group, len(offsets)-len(ok)-len(errs)))
 	}
 	return ok, errors.Join(errs...)
 }

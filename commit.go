@@ -104,8 +104,8 @@ func (c *MultiConsumer) commit(ctx context.Context, partitions ...int) error {
 
 	var ok map[int]int64
 	var dropped error // partitions left out: revoked before the commit went out
-	rctx, cancel := c.withTimeout(ctx)
-	err := retry(rctx, c.retryConnErrs, func() (err error) {
+	rctx, cancel := c.kc.withTimeout(ctx)
+	err := retry(rctx, c.kc.retryConns.Load(), func() (err error) {
 		var send map[int]int64
 		var left []error
 		send, left, err = c.sendable(l, offsets)
@@ -116,7 +116,7 @@ func (c *MultiConsumer) commit(ctx context.Context, partitions ...int) error {
 		if len(send) == 0 {
 			return nil
 		}
-		ok, err = c.offsetCommit(rctx, l, send, meta)
+		ok, err = c.kc.offsetCommit(rctx, l, send, meta)
 		if errors.Is(err, kafka.OffsetMetadataTooLarge) && len(meta) > 0 {
 			// The broker's offset.metadata.max.bytes is below Kafka's
 			// default: never hold the offsets back for the metadata.
@@ -127,7 +127,7 @@ func (c *MultiConsumer) commit(ctx context.Context, partitions ...int) error {
 			c.book.noMetadata = true
 			c.mu.Unlock()
 			meta = nil
-			ok, err = c.offsetCommit(rctx, l, send, nil)
+			ok, err = c.kc.offsetCommit(rctx, l, send, nil)
 		}
 		return err
 	})
@@ -156,7 +156,7 @@ func (c *MultiConsumer) commit(ctx context.Context, partitions ...int) error {
 func (c *MultiConsumer) sendable(l lease, offsets map[int]int64) (send map[int]int64, dropped []error, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if cur := c.grp.lease; cur != l {
+	if cur := c.grp.lease; cur != l || c.cfg.JoinGroup && l.generation < 0 {
 		return nil, nil, fmt.Errorf("multiconsumer: commit offsets of group %q under generation %d (now %d): %w",
 			c.cfg.Group, l.generation, cur.generation, errLeaseEnded)
 	}

@@ -26,11 +26,9 @@ import (
 // likes), or use ManualCommit and Commit what your goroutines have
 // finished.
 type MultiConsumer struct {
-	cfg       Config
-	log       *slog.Logger
-	transport *kafka.Transport
-	conns     *connSet // the transport's connections, closed by Close
-	client    *kafka.Client
+	cfg Config       // set once in New
+	log *slog.Logger // set once in New
+	kc  *brokers     // set once in New: the transport, and the requests that are not fetches
 
 	q       *queue
 	running *event        // set while not paused: workers fetch and queue
@@ -68,7 +66,6 @@ type MultiConsumer struct {
 	life, commitLife       context.Context
 	endLife, endCommitLife context.CancelFunc
 	calls                  sync.WaitGroup // public calls that make requests; Add under mu while !closed
-	retryConnErrs          bool           // set once New has reached the cluster
 	startPartitions        int            // set once in New: the topic's partitions then; those after are added ones
 	fetchers               sync.WaitGroup // workers
 	helpers                sync.WaitGroup // committer and Iter goroutines
@@ -96,13 +93,10 @@ func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
 	if err != nil {
 		return nil, err
 	}
-	tr, conns := newTransport(cfg.Dialer, cfg.Topic)
 	c := &MultiConsumer{
 		cfg:        cfg,
 		log:        cfg.Logger.With("topic", cfg.Topic, "group", cfg.Group),
-		transport:  tr,
-		conns:      conns,
-		client:     &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Transport: tr},
+		kc:         newBrokers(&cfg),
 		q:          newQueue(cfg.QueueSize),
 		running:    newEvent(true),
 		closing:    newEvent(false),
@@ -127,16 +121,13 @@ func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
 	if err != nil {
 		c.endLife()
 		c.endCommitLife()
-		tr.CloseIdleConnections()
-		// And the connections in use: one still negotiating (the
+		// The connections in use too: one still negotiating (the
 		// transport's reads are bounded only by the dial timeout) would
 		// keep its kafka-go goroutine running after New returned.
-		conns.closeAll()
+		c.kc.close()
 		return nil, err
 	}
-	// From now on a dropped connection is retried: the cluster was there.
-	// Before, a refused connection fails New at once (a wrong address).
-	c.retryConnErrs = true
+	c.kc.retryConns.Store(true) // the cluster was there: retry dropped connections
 
 	helpCtx, stop := context.WithCancel(context.Background())
 	c.stopHelp = stop
@@ -154,7 +145,7 @@ func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
 
 // start resolves the partitions to consume and where each starts.
 func (c *MultiConsumer) start(ctx context.Context) ([]int, error) {
-	all, leaders, err := c.topicMetadata(ctx)
+	all, leaders, err := c.kc.topicMetadata(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -179,11 +170,11 @@ func (c *MultiConsumer) start(ctx context.Context) ([]int, error) {
 		}
 		parts = slices.Sorted(slices.Values(c.cfg.Partitions))
 	}
-	committed, meta, err := c.committedOffsets(ctx, parts)
+	committed, meta, err := c.kc.committedOffsets(ctx, parts)
 	if err != nil {
 		return nil, err
 	}
-	bounds, err := c.logBounds(ctx, parts)
+	bounds, err := c.kc.logBounds(ctx, parts)
 	if err != nil {
 		return nil, err
 	}
@@ -442,7 +433,7 @@ func (c *MultiConsumer) Pending(ctx context.Context, partitions ...int) (int64, 
 		return 0, err
 	}
 	defer leave()
-	b, err := c.logEnds(ctx, parts)
+	b, err := c.kc.logEnds(ctx, parts)
 	if err != nil {
 		return 0, closedErr(ctx, err)
 	}
@@ -528,7 +519,7 @@ func (c *MultiConsumer) Seek(ctx context.Context, offset int64, whence Whence, p
 		return err
 	}
 	defer leave()
-	b, err := c.logBounds(ctx, parts)
+	b, err := c.kc.logBounds(ctx, parts)
 	if err != nil {
 		return closedErr(ctx, err)
 	}
@@ -756,7 +747,7 @@ func (c *MultiConsumer) Close() error {
 	c.mu.Unlock()
 	defer close(c.closeDone)
 
-	ctx, cancel := c.withTimeout(context.Background())
+	ctx, cancel := c.kc.withTimeout(context.Background())
 	defer cancel()
 	stopCommits := context.AfterFunc(ctx, c.endCommitLife)
 	defer stopCommits()
@@ -805,10 +796,9 @@ func (c *MultiConsumer) Close() error {
 		err = errors.Join(err, c.leaveGroup(ctx))
 	}
 	c.endCommitLife()
-	c.transport.CloseIdleConnections()
-	// And those in use: a fetch cancelled by stopWorkers still has its
-	// kafka-go goroutine reading the response.
-	c.conns.closeAll()
+	// The connections in use too: a fetch cancelled by stopWorkers still
+	// has its kafka-go goroutine reading the response.
+	c.kc.close()
 	c.log.Info("closed")
 	return err
 }

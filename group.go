@@ -170,7 +170,7 @@ func (m *member) lose(ctx context.Context, why error) {
 	}
 	// The lease ends before anything else: a commit in flight is not sent
 	// again, under this lease nor under the next.
-	c.setLease(lease{memberID: m.memberID, generation: -1})
+	c.setLease(lease{memberID: m.memberID, instanceID: m.instanceID, generation: -1})
 	c.log.Warn("group: partitions lost", "partitions", m.owned, "err", why)
 	c.revoke(ctx, m.owned, true)
 	m.owned = nil
@@ -200,9 +200,9 @@ func (m *member) joinAndSync(ctx context.Context) ([]int, error) {
 	for {
 		// The coordinator answers a JoinGroup when every member has
 		// joined, up to RebalanceTimeout.
-		jctx, cancel := context.WithTimeout(ctx, m.cfg.RebalanceTimeout+c.requestTimeout())
+		jctx, cancel := context.WithTimeout(ctx, m.cfg.RebalanceTimeout+c.kc.requestTimeout())
 		c.live.joining.Store(true)
-		res, err := c.client.JoinGroup(jctx, &kafka.JoinGroupRequest{
+		res, err := c.kc.client.JoinGroup(jctx, &kafka.JoinGroupRequest{
 			GroupID:          c.cfg.Group,
 			SessionTimeout:   m.cfg.SessionTimeout,
 			RebalanceTimeout: m.cfg.RebalanceTimeout,
@@ -238,7 +238,7 @@ func (m *member) joinAndSync(ctx context.Context) ([]int, error) {
 		return nil, fmt.Errorf("join group %q: the group chose protocol %q, which this member did not offer", c.cfg.Group, join.ProtocolName)
 	}
 	m.assignor = a
-	c.setLease(lease{memberID: m.memberID, generation: m.generation})
+	c.setLease(lease{memberID: m.memberID, instanceID: m.instanceID, generation: m.generation})
 
 	var assignments []kafka.SyncGroupRequestAssignment
 	if join.LeaderID == join.MemberID {
@@ -247,9 +247,9 @@ func (m *member) joinAndSync(ctx context.Context) ([]int, error) {
 			return nil, err
 		}
 	}
-	sctx, cancel := c.withTimeout(ctx)
+	sctx, cancel := c.kc.withTimeout(ctx)
 	defer cancel()
-	res, err := c.client.SyncGroup(sctx, &kafka.SyncGroupRequest{
+	res, err := c.kc.client.SyncGroup(sctx, &kafka.SyncGroupRequest{
 		GroupID:         c.cfg.Group,
 		GenerationID:    join.GenerationID,
 		MemberID:        m.memberID,
@@ -277,10 +277,10 @@ func (m *member) lead(ctx context.Context, join *kafka.JoinGroupResponse) ([]kaf
 	c := m.c
 	// The partitions as the cluster has them now, not as cached: the
 	// rebalance may be for partitions added to the topic.
-	rctx, cancel := c.withTimeout(ctx)
-	_ = c.refreshTransport(rctx)
+	rctx, cancel := c.kc.withTimeout(ctx)
+	_ = c.kc.refreshTransport(rctx)
 	cancel()
-	all, _, err := c.topicMetadata(ctx)
+	all, _, err := c.kc.topicMetadata(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("lead group %q: %w", c.cfg.Group, err)
 	}
@@ -368,10 +368,10 @@ func (m *member) heartbeat(ctx context.Context) error {
 // Heartbeat requests: they are sent to the coordinator's address here.
 func (m *member) heartbeatOnce(ctx context.Context) error {
 	c := m.c
-	ctx, cancel := c.withTimeout(ctx)
+	ctx, cancel := c.kc.withTimeout(ctx)
 	defer cancel()
 	if m.coord == nil {
-		res, err := c.client.FindCoordinator(ctx, &kafka.FindCoordinatorRequest{Key: c.cfg.Group, KeyType: kafka.CoordinatorKeyTypeConsumer})
+		res, err := c.kc.client.FindCoordinator(ctx, &kafka.FindCoordinatorRequest{Key: c.cfg.Group, KeyType: kafka.CoordinatorKeyTypeConsumer})
 		if err == nil {
 			err = res.Error
 		}
@@ -380,7 +380,7 @@ func (m *member) heartbeatOnce(ctx context.Context) error {
 		}
 		m.coord = kafka.TCP(net.JoinHostPort(res.Coordinator.Host, strconv.Itoa(res.Coordinator.Port)))
 	}
-	res, err := c.transport.RoundTrip(ctx, m.coord, &heartbeatAPI.Request{
+	res, err := c.kc.transport.RoundTrip(ctx, m.coord, &heartbeatAPI.Request{
 		GroupID: c.cfg.Group, GenerationID: m.generation, MemberID: m.memberID, GroupInstanceID: m.instanceID,
 	})
 	if err != nil {
@@ -420,7 +420,7 @@ func (c *MultiConsumer) leaveGroup(ctx context.Context) error {
 	if id == "" || c.cfg.InstanceID != "" {
 		return nil
 	}
-	res, err := c.client.LeaveGroup(ctx, &kafka.LeaveGroupRequest{
+	res, err := c.kc.client.LeaveGroup(ctx, &kafka.LeaveGroupRequest{
 		GroupID: c.cfg.Group,
 		Members: []kafka.LeaveGroupRequestMember{{ID: id}},
 	})

@@ -109,15 +109,15 @@ func (c *MultiConsumer) settingError(ctx context.Context, err error) *GroupSetti
 // and group.max.session.timeout.ms (those of any broker when the
 // coordinator is not known), within one request timeout.
 func (c *MultiConsumer) sessionBounds(ctx context.Context) (lo, hi time.Duration, err error) {
-	ctx, cancel := c.withTimeout(ctx)
+	ctx, cancel := c.kc.withTimeout(ctx)
 	defer cancel()
 	node := -1
-	if res, err := c.client.FindCoordinator(ctx, &kafka.FindCoordinatorRequest{Key: c.cfg.Group, KeyType: kafka.CoordinatorKeyTypeConsumer}); err == nil && res.Error == nil {
+	if res, err := c.kc.client.FindCoordinator(ctx, &kafka.FindCoordinatorRequest{Key: c.cfg.Group, KeyType: kafka.CoordinatorKeyTypeConsumer}); err == nil && res.Error == nil {
 		node = res.Coordinator.NodeID
 	}
 	if node < 0 {
 		// kafka-go routes a BROKER resource to the broker it names.
-		md, err := c.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{c.cfg.Topic}})
+		md, err := c.kc.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{c.cfg.Topic}})
 		if err != nil {
 			return 0, 0, fmt.Errorf("find a broker: %w", err)
 		}
@@ -127,7 +127,7 @@ func (c *MultiConsumer) sessionBounds(ctx context.Context) (lo, hi time.Duration
 		node = md.Brokers[0].ID
 	}
 	const minName, maxName = "group.min.session.timeout.ms", "group.max.session.timeout.ms"
-	res, err := c.client.DescribeConfigs(ctx, &kafka.DescribeConfigsRequest{Resources: []kafka.DescribeConfigRequestResource{{
+	res, err := c.kc.client.DescribeConfigs(ctx, &kafka.DescribeConfigsRequest{Resources: []kafka.DescribeConfigRequestResource{{
 		ResourceType: kafka.ResourceTypeBroker, ResourceName: strconv.Itoa(node), ConfigNames: []string{minName, maxName},
 	}}})
 	if err != nil {

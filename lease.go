@@ -21,8 +21,8 @@ import (
 // rewind the offset that the partition's new owner committed meanwhile.
 // Outside group mode the lease is the zero-generation one, noLease.
 type lease struct {
-	memberID   string
-	generation int32 // -1: none (not in the group, or the member was lost)
+	memberID, instanceID string
+	generation           int32 // -1: none (not in the group, or the member was lost)
 }
 
 // noLease is the lease of a consumer that is not (or no longer) a member.
@@ -62,9 +62,9 @@ func (c *MultiConsumer) grant(ctx context.Context, parts []int) {
 	backoff := time.Duration(0)
 	for {
 		var err error
-		committed, meta, err = c.committedOffsets(ctx, parts)
+		committed, meta, err = c.kc.committedOffsets(ctx, parts)
 		if err == nil {
-			b, err = c.logBounds(ctx, parts)
+			b, err = c.kc.logBounds(ctx, parts)
 		}
 		if err == nil {
 			break

@@ -40,8 +40,8 @@ const refreshTopic = "multiconsumer: refresh metadata"
 
 // refreshTransport makes the transport reread the cluster's metadata, and
 // returns once it has.
-func (c *MultiConsumer) refreshTransport(ctx context.Context) error {
-	_, err := c.transport.RoundTrip(ctx, c.client.Addr, &metadataAPI.Request{
+func (b *brokers) refreshTransport(ctx context.Context) error {
+	_, err := b.transport.RoundTrip(ctx, b.client.Addr, &metadataAPI.Request{
 		TopicNames:             []string{refreshTopic},
 		AllowAutoTopicCreation: true,
 	})
@@ -101,15 +101,15 @@ func (c *MultiConsumer) runRefresher(ctx context.Context) {
 // partitions, or the topic's deletion. It returns when the next periodic
 // refresh is due.
 func (c *MultiConsumer) refresh(ctx context.Context) time.Duration {
-	rctx, cancel := c.withTimeout(ctx)
+	rctx, cancel := c.kc.withTimeout(ctx)
 	defer cancel()
-	if err := c.refreshTransport(rctx); err != nil {
+	if err := c.kc.refreshTransport(rctx); err != nil {
 		if ctx.Err() == nil {
 			c.log.Warn("metadata refresh failed", "err", err)
 		}
 		return min(initialBackoff, c.cfg.MetadataMaxAge)
 	}
-	all, leaders, err := c.topicMetadataOnce(rctx)
+	all, leaders, err := c.kc.topicMetadataOnce(rctx)
 	if errors.Is(err, kafka.UnknownTopicOrPartition) {
 		return c.topicMissing(ctx)
 	}
@@ -183,11 +183,11 @@ func (c *MultiConsumer) topicMissing(ctx context.Context) time.Duration {
 // consumer runs, where startOffset says: at the group's committed offset
 // when it has one, else at the partition's first offset.
 func (c *MultiConsumer) addPartitions(ctx context.Context, added []int) error {
-	committed, meta, err := c.committedOffsets(ctx, added)
+	committed, meta, err := c.kc.committedOffsets(ctx, added)
 	if err != nil {
 		return err
 	}
-	b, err := c.logBounds(ctx, added)
+	b, err := c.kc.logBounds(ctx, added)
 	if err != nil {
 		return err
 	}

@@ -403,7 +403,7 @@ func (p *processor) run(ctx context.Context) error {
 	if !c.isClosed() { // else Close commits
 		c.rewind()
 		if c.autoCommit() {
-			cctx, cancel := c.withTimeout(c.commitLife)
+			cctx, cancel := c.kc.withTimeout(c.commitLife)
 			if cerr := c.commit(cctx); cerr != nil {
 				err = errors.Join(err, cerr)
 			}

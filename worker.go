@@ -336,7 +336,7 @@ func (w *worker) round(ctx context.Context, groups [][]int) (refresh bool) {
 	// kafka-go bounds a request's socket reads only by the context's
 	// deadline: without one, a broker that stops answering would hold the
 	// worker (and a kafka-go goroutine) forever.
-	rctx, cancel := context.WithTimeout(ctx, fetchMaxWait+w.c.requestTimeout())
+	rctx, cancel := context.WithTimeout(ctx, fetchMaxWait+w.c.kc.requestTimeout())
 	defer cancel()
 	if !w.wake.arm(cancel) {
 		return false // a Seek: sync the positions first
@@ -374,7 +374,7 @@ func (w *worker) fetchFrom(ctx, rctx context.Context, parts []int, a *arena, r *
 			PartitionMaxBytes:  fetchPartitionMaxBytes,
 		}
 	}
-	m, err := w.c.transport.RoundTrip(rctx, w.c.client.Addr, &fetchAPI.Request{
+	m, err := w.c.kc.transport.RoundTrip(rctx, w.c.kc.client.Addr, &fetchAPI.Request{
 		ReplicaID:    -1,
 		MaxWaitTime:  int32(fetchMaxWait / time.Millisecond),
 		MinBytes:     1,
@@ -716,7 +716,7 @@ func closeBytes(rec *protocol.Record) {
 // reset moves a partition whose fetch offset is no longer in the log
 // (retention deleted it) to StartOffset.
 func (w *worker) reset(ctx context.Context, p int, pos *fetchPos) error {
-	b, err := w.c.logBounds(ctx, []int{p})
+	b, err := w.c.kc.logBounds(ctx, []int{p})
 	if err != nil {
 		return err
 	}
