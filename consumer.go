@@ -26,37 +26,34 @@ import (
 // likes), or use ManualCommit and Commit what your goroutines have
 // finished.
 type MultiConsumer struct {
-	cfg Config       // set once in New
-	log *slog.Logger // set once in New
-	kc  *brokers     // set once in New: the transport, and the requests that are not fetches
+	cfg  Config       // set once in New
+	log  *slog.Logger // set once in New
+	kc   *brokers     // set once in New: the transport, and the requests that are not fetches
+	meta *topicMeta   // set once in New: leaders, partitions, deletion; its own lock
 
 	q       *queue
 	running *event        // set while not paused: workers fetch and queue
 	closing *event        // set by Close
 	deliver chan struct{} // a token: who holds it may take from the queue and deliver
 
-	mu             sync.Mutex // guards the fields below
-	book           *book
-	leaders        map[int]int       // partition -> leader broker id, as the transport routes
-	positions      map[int]*fetchPos // fetch positions, lent to the workers between assigns
-	wakers         map[int]*wakeup   // partition -> its worker's wake-up
-	added          []int             // partitions added to the topic while running
-	refreshed      chan struct{}     // closed when the refresh in progress (or the next) ends
-	missingSince   time.Time         // the topic was missing from the last refresh
-	fatal          error             // the consumer cannot go on (its topic was deleted)
-	partitionCount int               // the topic's, at the last metadata read
-	grp            groupState        // group mode: the member's place in the group
-	awaiting       int               // revokes waiting for the caller: consume notifies consumed
-	closed         bool              // Close has begun
-	closeDone      chan struct{}     // closed when Close has returned
-	workers        int
-	stopFetch      context.CancelFunc
-	commitErrs     int64
-	interrupt      chan struct{} // closed and replaced by every Seek, and by Close
-	proc           *processor    // the running Process, if any
-	iters          int           // Iter goroutines and Messages loops running: Process waits
-	holder         *holding      // the Messages loop holding messages it took, if any
-	pstats         ProcessStats  // Process's counters
+	mu         sync.Mutex // guards the fields below
+	book       *book
+	positions  map[int]*fetchPos // fetch positions, lent to the workers between assigns
+	wakers     map[int]*wakeup   // partition -> its worker's wake-up
+	addedParts []int             // partitions added to the topic while running (static mode)
+	fatal      error             // the consumer cannot go on (its topic was deleted)
+	grp        groupState        // group mode: the member's place in the group
+	awaiting   int               // revokes waiting for the caller: consume notifies consumed
+	closed     bool              // Close has begun
+	closeDone  chan struct{}     // closed when Close has returned
+	workers    int
+	stopFetch  context.CancelFunc
+	commitErrs int64
+	interrupt  chan struct{} // closed and replaced by every Seek, and by Close
+	proc       *processor    // the running Process, if any
+	iters      int           // Iter goroutines and Messages loops running: Process waits
+	holder     *holding      // the Messages loop holding messages it took, if any
+	pstats     ProcessStats  // Process's counters
 
 	// Close cancels life when it begins, which ends the requests of calls
 	// in flight (Seek, Pending), and commitLife when its one timeout is
@@ -66,13 +63,11 @@ type MultiConsumer struct {
 	life, commitLife       context.Context
 	endLife, endCommitLife context.CancelFunc
 	calls                  sync.WaitGroup // public calls that make requests; Add under mu while !closed
-	startPartitions        int            // set once in New: the topic's partitions then; those after are added ones
 	fetchers               sync.WaitGroup // workers
 	helpers                sync.WaitGroup // committer and Iter goroutines
 	stopHelp               context.CancelFunc
 	commitMu               sync.Mutex    // serializes commits
 	commitNow              chan struct{} // wakes the committer: the count trigger fired
-	refreshNow             chan struct{} // wakes the refresher: a worker asks for metadata
 	rejoin                 chan struct{} // group mode: the topic grew, rebalance
 	consumed               broadcast     // the caller came back, while a revoke waits for it
 	generations            broadcast     // group mode: an assignment was applied
@@ -94,23 +89,23 @@ func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
 		return nil, err
 	}
 	c := &MultiConsumer{
-		cfg:        cfg,
-		log:        cfg.Logger.With("topic", cfg.Topic, "group", cfg.Group),
-		kc:         newBrokers(&cfg),
-		q:          newQueue(cfg.QueueSize),
-		running:    newEvent(true),
-		closing:    newEvent(false),
-		deliver:    make(chan struct{}, 1),
-		book:       newBook(cfg.AutoCommitEveryN, cfg.AutoCommitEveryT, time.Now()),
-		commitNow:  make(chan struct{}, 1),
-		interrupt:  make(chan struct{}),
-		closeDone:  make(chan struct{}),
-		positions:  make(map[int]*fetchPos),
-		refreshed:  make(chan struct{}),
-		refreshNow: make(chan struct{}, 1),
-		rejoin:     make(chan struct{}, 1),
+		cfg:       cfg,
+		log:       cfg.Logger.With("topic", cfg.Topic, "group", cfg.Group),
+		kc:        newBrokers(&cfg),
+		q:         newQueue(cfg.QueueSize),
+		running:   newEvent(true),
+		closing:   newEvent(false),
+		deliver:   make(chan struct{}, 1),
+		book:      newBook(cfg.AutoCommitEveryN, cfg.AutoCommitEveryT, time.Now()),
+		commitNow: make(chan struct{}, 1),
+		interrupt: make(chan struct{}),
+		closeDone: make(chan struct{}),
+		positions: make(map[int]*fetchPos),
+		rejoin:    make(chan struct{}, 1),
 	}
 	c.grp.lease = noLease
+	c.meta = newTopicMeta(c.kc, c.log, cfg.MetadataMaxAge)
+	c.meta.grew, c.meta.gone = c.topicGrew, c.stopForGood
 	c.live = newLiveness(0)
 	if cfg.JoinGroup {
 		c.live = newLiveness(cfg.SessionTimeout)
@@ -136,7 +131,7 @@ func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
 	}
 	c.assign(parts)
 	// After the first assign: the refresher may assign too.
-	c.helpers.Go(func() { c.runRefresher(helpCtx) })
+	c.helpers.Go(func() { c.meta.run(helpCtx) })
 	if c.cfg.JoinGroup {
 		c.helpers.Go(func() { c.runGroup(helpCtx) })
 	}
@@ -150,11 +145,8 @@ func (c *MultiConsumer) start(ctx context.Context) ([]int, error) {
 		return nil, err
 	}
 	parts := all
+	c.meta.set(all, leaders)
 	if c.cfg.JoinGroup {
-		c.mu.Lock()
-		c.leaders, c.partitionCount = leaders, len(all)
-		c.mu.Unlock()
-		c.startPartitions = len(all)
 		return nil, nil // the group assigns them
 	}
 	if c.cfg.Partitions != nil {
@@ -180,9 +172,6 @@ func (c *MultiConsumer) start(ctx context.Context) ([]int, error) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.leaders = leaders
-	c.partitionCount = len(all)
-	c.startPartitions = len(all)
 	for _, p := range parts {
 		start, from := c.startLocked(p, committed, meta, bounds[p])
 		c.log.Info("partition start", "partition", p, "offset", start, "from", from)
@@ -205,7 +194,7 @@ func (c *MultiConsumer) startOffset(p int, committed map[int]int64, b bounds) (i
 		c.log.Warn("committed offset outside the log, resetting", "partition", p,
 			"committed", off, "first", b.first, "last", b.last)
 	}
-	if p >= c.startPartitions {
+	if c.meta.added(p) {
 		return b.first, "first (added to the topic)"
 	}
 	if c.cfg.StartOffset == kafka.LastOffset {
@@ -285,6 +274,7 @@ func (c *MultiConsumer) stopWorkers() {
 // reported: the metadata should be read again. So are partitions that have
 // their share of the queue while Process runs (full): they wait for room.
 func (c *MultiConsumer) syncPositions(parts []int, pos map[int]*fetchPos, now time.Time, pl *plan) (idle time.Duration, leaderless, full bool) {
+	leaders := c.meta.leaderMap()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	pl.reset()
@@ -305,7 +295,7 @@ func (c *MultiConsumer) syncPositions(parts []int, pos map[int]*fetchPos, now ti
 			}
 			continue
 		}
-		l, ok := c.leaders[p]
+		l, ok := leaders[p]
 		if !ok || l == noLeader {
 			leaderless = true
 			continue
@@ -677,7 +667,7 @@ func (c *MultiConsumer) Stats() Stats {
 		Commits: c.book.commits, LastCommit: c.book.lastStored,
 		Messages: c.book.messages, Bytes: c.book.bytes, FetchErrors: c.book.fetchErrors,
 		Partitions:      make(map[int]PartitionStats, len(c.book.parts)),
-		AddedPartitions: sortedCopy(c.added),
+		AddedPartitions: sortedCopy(c.addedParts),
 		Err:             c.fatal,
 		MemberID:        c.grp.lease.memberID, Generation: c.grp.lease.generation,
 		Rebalances: c.grp.rebalances, RebalanceTime: c.grp.rebalancing, LostPartitions: c.grp.lost,

@@ -83,7 +83,7 @@ func TestGroupAddedPartitionsStartAtFirstOffset(t *testing.T) {
 	assignedTo(t, 1, a)
 	require.NoError(t, cluster.AddPartitions(testCtx(t), topic, 2))
 	produce(t, topic, 1, 0, 5) // before the group knows of partition 1
-	a.awaitRefresh(testCtx(t))
+	a.meta.await(testCtx(t))
 	require.Eventually(t, func() bool { return slices.Equal(a.Assignment(), []int{0, 1}) }, 30*time.Second, 10*time.Millisecond)
 	produce(t, topic, 1, 5, 1)
 	msgs := drain(t, a, 6, 6)

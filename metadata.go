@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -48,44 +50,92 @@ func (b *brokers) refreshTransport(ctx context.Context) error {
 	return err
 }
 
-// requestRefresh asks the refresher for a refresh and returns a channel
-// closed once a refresh that started after the request has finished.
-func (c *MultiConsumer) requestRefresh() <-chan struct{} {
-	c.mu.Lock()
-	done := c.refreshed
-	c.mu.Unlock()
+// topicMeta is the topic's metadata as the consumer knows it, kept current
+// by its goroutine, the refresher (run). Its state has its own lock; the
+// fetchers read the leaders through it, and ask it for a refresh after a
+// fetch error. What a refresh finds reaches the rest of the consumer
+// through the two functions it was made with: grew (the topic has more
+// partitions than before: all of them, sorted) and gone (the topic was
+// deleted).
+type topicMeta struct {
+	kc      *brokers
+	log     *slog.Logger
+	every   time.Duration // MetadataMaxAge
+	grew    func(ctx context.Context, all []int) error
+	gone    func(err error)
+	started int // set once by set: the partitions the topic had at New; those above were added since
+
+	now chan struct{} // cap 1: asks the refresher for a refresh
+
+	mu           sync.Mutex    // guards the fields below
+	leaders      map[int]int   // partition -> leader broker id, as the transport routes
+	count        int           // the topic's partitions at the last read
+	missingSince time.Time     // the topic was missing from the last refresh
+	refreshed    chan struct{} // closed when the refresh in progress (or the next) ends
+}
+
+func newTopicMeta(kc *brokers, log *slog.Logger, every time.Duration) *topicMeta {
+	return &topicMeta{kc: kc, log: log, every: every, now: make(chan struct{}, 1), refreshed: make(chan struct{})}
+}
+
+// set records the metadata New read (all: the partitions, sorted), before
+// the refresher runs.
+func (tm *topicMeta) set(all []int, leaders map[int]int) {
+	tm.mu.Lock()
+	defer tm.mu.Unlock()
+	tm.started, tm.count, tm.leaders = len(all), len(all), leaders
+}
+
+// added reports whether partition p was added to the topic after New.
+func (tm *topicMeta) added(p int) bool { return p >= tm.started }
+
+// leaderMap returns the partitions' leaders (partition -> broker id) as
+// the transport routes them now. The map is never changed: a refresh
+// replaces it.
+func (tm *topicMeta) leaderMap() map[int]int {
+	tm.mu.Lock()
+	defer tm.mu.Unlock()
+	return tm.leaders
+}
+
+// request asks the refresher for a refresh and returns a channel closed
+// once a refresh that started after the request has finished.
+func (tm *topicMeta) request() <-chan struct{} {
+	tm.mu.Lock()
+	done := tm.refreshed
+	tm.mu.Unlock()
 	select {
-	case c.refreshNow <- struct{}{}:
+	case tm.now <- struct{}{}:
 	default: // already asked
 	}
 	return done
 }
 
-// awaitRefresh asks for a refresh and waits for it, or for ctx.
-func (c *MultiConsumer) awaitRefresh(ctx context.Context) {
+// await asks for a refresh and waits for it, or for ctx.
+func (tm *topicMeta) await(ctx context.Context) {
 	select {
-	case <-c.requestRefresh():
+	case <-tm.request():
 	case <-ctx.Done():
 	}
 }
 
-// runRefresher refreshes the metadata every MetadataMaxAge and when asked,
-// until ctx ends.
-func (c *MultiConsumer) runRefresher(ctx context.Context) {
-	timer := time.NewTimer(c.cfg.MetadataMaxAge)
+// run refreshes the metadata every MetadataMaxAge and when asked, until ctx
+// ends.
+func (tm *topicMeta) run(ctx context.Context) {
+	timer := time.NewTimer(tm.every)
 	defer timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-timer.C:
-		case <-c.refreshNow:
+		case <-tm.now:
 		}
-		c.mu.Lock()
-		done := c.refreshed
-		c.refreshed = make(chan struct{})
-		c.mu.Unlock()
-		next := c.refresh(ctx)
+		tm.mu.Lock()
+		done := tm.refreshed
+		tm.refreshed = make(chan struct{})
+		tm.mu.Unlock()
+		next := tm.refresh(ctx)
 		close(done)
 		if !timer.Stop() {
 			select {
@@ -100,83 +150,86 @@ func (c *MultiConsumer) runRefresher(ctx context.Context) {
 // refresh rereads the topic's metadata and applies it: new leaders, new
 // partitions, or the topic's deletion. It returns when the next periodic
 // refresh is due.
-func (c *MultiConsumer) refresh(ctx context.Context) time.Duration {
-	rctx, cancel := c.kc.withTimeout(ctx)
+func (tm *topicMeta) refresh(ctx context.Context) time.Duration {
+	rctx, cancel := tm.kc.withTimeout(ctx)
 	defer cancel()
-	if err := c.kc.refreshTransport(rctx); err != nil {
+	if err := tm.kc.refreshTransport(rctx); err != nil {
 		if ctx.Err() == nil {
-			c.log.Warn("metadata refresh failed", "err", err)
+			tm.log.Warn("metadata refresh failed", "err", err)
 		}
-		return min(initialBackoff, c.cfg.MetadataMaxAge)
+		return min(initialBackoff, tm.every)
 	}
-	all, leaders, err := c.kc.topicMetadataOnce(rctx)
+	all, leaders, err := tm.kc.topicMetadataOnce(rctx)
 	if errors.Is(err, kafka.UnknownTopicOrPartition) {
-		return c.topicMissing(ctx)
+		return tm.missing()
 	}
 	if err != nil {
-		c.log.Warn("metadata refresh failed", "err", err)
-		return min(initialBackoff, c.cfg.MetadataMaxAge)
+		tm.log.Warn("metadata refresh failed", "err", err)
+		return min(initialBackoff, tm.every)
 	}
-	c.mu.Lock()
-	grew := len(all) > c.partitionCount
-	c.partitionCount = len(all)
-	c.leaders = leaders
-	c.missingSince = time.Time{}
-	c.mu.Unlock()
-	if c.cfg.JoinGroup {
-		if grew {
-			// The group assigns partitions: make it rebalance, so that
-			// its leader sees the new ones.
-			select {
-			case c.rejoin <- struct{}{}:
-			default:
-			}
-		}
-		return c.cfg.MetadataMaxAge
-	}
-	c.mu.Lock()
-	var added []int
-	if c.cfg.Partitions == nil {
-		for _, p := range all {
-			if _, ok := c.book.parts[p]; !ok {
-				added = append(added, p)
-			}
-		}
-	}
-	c.mu.Unlock()
-	if len(added) > 0 {
-		if err := c.addPartitions(rctx, added); err != nil {
-			c.log.Warn("new partitions: cannot start them yet", "partitions", added, "err", err)
+	tm.mu.Lock()
+	grew := len(all) > tm.count
+	tm.count = len(all)
+	tm.leaders = leaders
+	tm.missingSince = time.Time{}
+	tm.mu.Unlock()
+	if grew {
+		if err := tm.grew(rctx, all); err != nil {
+			tm.log.Warn("new partitions: cannot start them yet", "err", err)
+			tm.mu.Lock()
+			tm.count = 0 // they are new again at the next refresh
+			tm.mu.Unlock()
 			return initialBackoff
 		}
 	}
-	return c.cfg.MetadataMaxAge
+	return tm.every
 }
 
-// topicMissing handles a refresh that did not find the topic: missing from
-// refreshes for goneConfirmAfter, the topic is deleted for good: the
-// workers stop and deliveries report it. It returns when to refresh next.
-func (c *MultiConsumer) topicMissing(ctx context.Context) time.Duration {
-	c.mu.Lock()
-	if c.missingSince.IsZero() {
-		c.missingSince = time.Now()
-		c.log.Warn("topic missing from the metadata, checking again", "for", goneConfirmAfter)
+// missing handles a refresh that did not find the topic: missing from
+// refreshes for goneConfirmAfter, the topic is deleted for good, and gone
+// says so. It returns when to refresh next.
+func (tm *topicMeta) missing() time.Duration {
+	tm.mu.Lock()
+	if tm.missingSince.IsZero() {
+		tm.missingSince = time.Now()
+		tm.log.Warn("topic missing from the metadata, checking again", "for", goneConfirmAfter)
 	}
-	wait := goneConfirmAfter - time.Since(c.missingSince)
-	c.mu.Unlock()
+	wait := goneConfirmAfter - time.Since(tm.missingSince)
+	tm.mu.Unlock()
 	if wait > 0 {
 		return min(wait, initialBackoff) // missing from every refresh until then
 	}
-	err := fmt.Errorf("%w: %q (%w)", ErrTopicDeleted, c.cfg.Topic, kafka.UnknownTopicOrPartition)
+	tm.gone(fmt.Errorf("%w: %q (%w)", ErrTopicDeleted, tm.kc.topic, kafka.UnknownTopicOrPartition))
+	return tm.every
+}
+
+// topicGrew starts what the consumer must do about partitions added to the
+// topic (all: every partition now): in group mode, rejoin, so that the
+// group's leader assigns them; otherwise (Config.Partitions nil) consume
+// the new ones.
+func (c *MultiConsumer) topicGrew(ctx context.Context, all []int) error {
+	if c.cfg.JoinGroup {
+		select {
+		case c.rejoin <- struct{}{}:
+		default:
+		}
+		return nil
+	}
+	if c.cfg.Partitions != nil {
+		return nil
+	}
 	c.mu.Lock()
-	if c.fatal == nil {
-		c.fatal = err
-		c.log.Error("topic deleted, stopping", "err", err)
+	var added []int
+	for _, p := range all {
+		if _, ok := c.book.parts[p]; !ok {
+			added = append(added, p)
+		}
 	}
 	c.mu.Unlock()
-	c.q.signal() // deliveries waiting for messages see it
-	c.stopWorkers()
-	return c.cfg.MetadataMaxAge
+	if len(added) == 0 {
+		return nil
+	}
+	return c.addPartitions(ctx, added)
 }
 
 // addPartitions starts consuming partitions added to the topic while the
@@ -198,7 +251,7 @@ func (c *MultiConsumer) addPartitions(ctx context.Context, added []int) error {
 	}
 	for _, p := range added {
 		start, _ := c.startLocked(p, committed, meta, b[p])
-		c.added = append(c.added, p)
+		c.addedParts = append(c.addedParts, p)
 		c.log.Info("partition added to the topic, consuming it", "partition", p, "offset", start)
 	}
 	parts := c.book.partitions()

@@ -55,8 +55,8 @@ func TestPartitionsListedIgnoreAdded(t *testing.T) {
 	got := drain(t, c, 1, 1)
 	assert.Equal(t, 1, got[0].Partition)
 	// A refresh after the add: nothing new is consumed.
-	<-c.requestRefresh()
-	<-c.requestRefresh()
+	<-c.meta.request()
+	<-c.meta.request()
 	assert.Empty(t, c.Stats().AddedPartitions)
 	assert.Len(t, c.Stats().Partitions, 1)
 }
@@ -141,10 +141,10 @@ func TestTopicMissingForAMomentIsNotDeleted(t *testing.T) {
 	h := kf.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Metadata}, Topic: topic, Err: kerr.UnknownTopicOrPartition, Count: -1})
 	start := time.Now()
 	for time.Since(start) < 1500*time.Millisecond {
-		<-c.requestRefresh() // missing from every refresh for 1.5 s
+		<-c.meta.request() // missing from every refresh for 1.5 s
 	}
 	h.Remove()
-	<-c.requestRefresh()
+	<-c.meta.request()
 	// A producer whose metadata cache the fault did not fill.
 	tc, err := kafkatest.Connect(cluster.Brokers()...)
 	require.NoError(t, err)
@@ -197,8 +197,8 @@ func TestLeaderlessPartitionDoesNotStallOthers(t *testing.T) {
 	require.NoError(t, err)
 	defer c.Close()
 	offline.Store(true)
-	<-c.requestRefresh()
-	<-c.requestRefresh()
+	<-c.meta.request()
+	<-c.meta.request()
 	require.NoError(t, tc.Produce(testCtx(t), topic, 0, kafka.Message{Value: []byte("healthy")}))
 	msgs, err := c.GetMessages(testCtx(t), 1, Timeout(10*time.Second))
 	require.NoError(t, err)

@@ -144,7 +144,7 @@ func (w *worker) run(ctx context.Context) {
 		if leaderless {
 			// Look again for a leader every second at most; the
 			// other partitions go on meanwhile.
-			w.c.requestRefresh()
+			w.c.meta.request()
 			wait = min(wait, initialBackoff)
 		}
 		groups := w.plan.groups
@@ -182,7 +182,7 @@ func (w *worker) run(ctx context.Context) {
 		if refresh {
 			// A moved leader, a missing partition: fetch again only
 			// once the metadata has been read again.
-			w.c.awaitRefresh(ctx)
+			w.c.meta.await(ctx)
 		}
 	}
 }
@@ -396,7 +396,7 @@ func (w *worker) fetchFrom(ctx, rctx context.Context, parts []int, a *arena, r *
 			r.refresh = true
 		default:
 			w.fail(parts, initialBackoff, fmt.Errorf("fetch partitions %v: %w", parts, err))
-			w.c.requestRefresh()
+			w.c.meta.request()
 		}
 		if connError(err) {
 			// A broker away (restarting, a dropped connection): try
