@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -76,22 +77,66 @@ func (c *MultiConsumer) consume() {
 
 // wakeCommitter tells the committer that the count trigger fired.
 func (c *MultiConsumer) wakeCommitter() {
+	if c.commits == nil {
+		return // no group: nothing is committed
+	}
 	select {
-	case c.commitNow <- struct{}{}:
-	default: // already woken, or no committer (it is never read then)
+	case c.commits.now <- struct{}{}:
+	default: // already woken
 	}
 }
 
-// commit stores the consumed, uncommitted offsets of partitions (all when
-// none is given). It reads them together with the lease they are committed
-// under, and each attempt (a dropped connection is retried) goes out under
-// that lease or not at all: once the lease has ended (a rebalance, or the
-// member was lost) the commit is dropped with an error that wraps
-// kafka.IllegalGeneration, and the partitions revoked meanwhile are left
-// out of it (see sendable).
+// committer is the one goroutine that sends commits (OffsetCommit
+// requests): every commit, whoever wants it (Commit, Close, a revoke,
+// Process as it stops, the auto-commit triggers), is a request to it,
+// served one at a time, in order. So no commit overtakes another on
+// another connection (a late one would store older offsets over newer
+// ones), and each is built and sent under one lease (see commit).
+type committer struct {
+	reqs    chan commitReq
+	now     chan struct{} // cap 1: the count trigger fired
+	stopped chan struct{} // closed when the goroutine has returned
+	errs    atomic.Int64  // commits that failed
+}
+
+// commitReq asks the committer for a commit of parts (nil: every
+// partition), bounded by ctx; the result goes to done.
+type commitReq struct {
+	ctx   context.Context
+	parts []int
+	done  chan error // cap 1
+}
+
+func newCommitter() *committer {
+	return &committer{reqs: make(chan commitReq), now: make(chan struct{}, 1), stopped: make(chan struct{})}
+}
+
+// commit has the committer store the consumed, uncommitted offsets of
+// partitions (all when none is given), and returns its result. A commit
+// made after the committer stopped (Close) returns ErrClosed.
 func (c *MultiConsumer) commit(ctx context.Context, partitions ...int) error {
-	c.commitMu.Lock()
-	defer c.commitMu.Unlock()
+	if c.commits == nil {
+		return ErrNoGroup
+	}
+	req := commitReq{ctx: ctx, parts: partitions, done: make(chan error, 1)}
+	select {
+	case c.commits.reqs <- req:
+	case <-c.commits.stopped:
+		return ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return <-req.done // the committer's attempts end with ctx
+}
+
+// sendCommit stores the consumed, uncommitted offsets of partitions (all when
+// none is given); only the committer calls it. It reads them together with
+// the lease they are committed under, and each attempt (a dropped
+// connection is retried) goes out under that lease or not at all: once the
+// lease has ended (a rebalance, or the member was lost) the commit is
+// dropped with an error that wraps kafka.IllegalGeneration, and the
+// partitions revoked meanwhile are left out of it (see sendable).
+func (c *MultiConsumer) sendCommit(ctx context.Context, partitions ...int) error {
 	c.mu.Lock()
 	l := c.grp.lease
 	offsets, meta := c.book.uncommittedMeta(partitions...)
@@ -137,10 +182,10 @@ func (c *MultiConsumer) commit(ctx context.Context, partitions ...int) error {
 	if len(ok) > 0 {
 		c.book.committedMeta(ok, meta, time.Now())
 	}
-	if err != nil {
-		c.commitErrs++
-	}
 	c.mu.Unlock()
+	if err != nil {
+		c.commits.errs.Add(1)
+	}
 	if err != nil {
 		c.log.Error("commit failed", "offsets", offsets, "generation", l.generation, "err", err)
 		return err
@@ -172,28 +217,32 @@ func (c *MultiConsumer) sendable(l lease, offsets map[int]int64) (send map[int]i
 	return send, dropped, nil
 }
 
-// runCommitter is the auto-commit goroutine: it commits when the count
-// trigger wakes it or the time trigger fires. A failed commit is retried
-// after a backoff (1s doubling up to MaxBackoff), whatever the triggers say;
-// the retry commits the newest consumed offsets, so nothing is dropped. It
-// ends when ctx is done, after finishing a commit in flight (bounded by
-// c.commitLife, which Close ends at its deadline); Close then makes the
-// final commit. A commit in flight is not cancelled at once: its request
-// is on the wire, and a later commit could overtake it on another
-// connection and be overwritten by its older offsets.
+// runCommitter is the committer's goroutine (see committer). It serves
+// commit requests, and, with auto-commit, commits when the count trigger
+// wakes it or the time trigger fires. A failed auto-commit is retried
+// after a backoff (1s doubling up to MaxBackoff), whatever the triggers
+// say; the retry commits the newest consumed offsets, so nothing is
+// dropped. It ends when ctx is done, after finishing a commit in flight
+// (bounded by c.commitLife, which Close ends at its deadline). A commit in
+// flight is not cancelled at once: its request is on the wire.
 func (c *MultiConsumer) runCommitter(ctx context.Context) {
+	defer close(c.commits.stopped)
+	auto := c.autoCommit()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
-	var backoff time.Duration  // > 0: the last commit failed
+	var backoff time.Duration  // > 0: the last auto-commit failed
 	var retryAt time.Time      // and is retried then, not before
 	var newGen <-chan struct{} // group mode: a refused commit is retried in the next generation
 	for {
 		now := time.Now()
-		c.mu.Lock()
-		wait := c.book.nextDue(now)
-		c.mu.Unlock()
-		if backoff > 0 {
-			wait = max(0, retryAt.Sub(now))
+		wait := time.Duration(-1)
+		if auto {
+			c.mu.Lock()
+			wait = c.book.nextDue(now)
+			c.mu.Unlock()
+			if backoff > 0 {
+				wait = max(0, retryAt.Sub(now))
+			}
 		}
 		var fire <-chan time.Time
 		if wait >= 0 {
@@ -204,10 +253,16 @@ func (c *MultiConsumer) runCommitter(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-c.commitNow:
+		case req := <-c.commits.reqs:
+			req.done <- c.sendCommit(req.ctx, req.parts...)
+			continue
+		case <-c.commits.now:
 		case <-fire:
 		case <-newGen:
 			gen, newGen = true, nil
+		}
+		if !auto {
+			continue
 		}
 		now = time.Now()
 		if backoff > 0 && now.Before(retryAt) && !gen {
@@ -220,7 +275,7 @@ func (c *MultiConsumer) runCommitter(ctx context.Context) {
 			continue
 		}
 		changed := c.generations.wait()
-		if err := c.commit(c.commitLife); err != nil {
+		if err := c.sendCommit(c.commitLife); err != nil {
 			backoff = nextBackoff(backoff, c.cfg.MaxBackoff)
 			retryAt = time.Now().Add(backoff)
 			if c.cfg.JoinGroup && stale(err) {
@@ -234,6 +289,14 @@ func (c *MultiConsumer) runCommitter(ctx context.Context) {
 			backoff, newGen = 0, nil
 		}
 	}
+}
+
+// commitErrors returns the count of commits that failed.
+func (c *MultiConsumer) commitErrors() int64 {
+	if c.commits == nil {
+		return 0
+	}
+	return c.commits.errs.Load()
 }
 
 // nextBackoff returns the wait after prev (0: the first failure): 1s,

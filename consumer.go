@@ -48,7 +48,6 @@ type MultiConsumer struct {
 	closeDone  chan struct{}     // closed when Close has returned
 	workers    int
 	stopFetch  context.CancelFunc
-	commitErrs int64
 	interrupt  chan struct{} // closed and replaced by every Seek, and by Close
 	proc       *processor    // the running Process, if any
 	iters      int           // Iter goroutines and Messages loops running: Process waits
@@ -66,8 +65,7 @@ type MultiConsumer struct {
 	fetchers               sync.WaitGroup // workers
 	helpers                sync.WaitGroup // committer and Iter goroutines
 	stopHelp               context.CancelFunc
-	commitMu               sync.Mutex    // serializes commits
-	commitNow              chan struct{} // wakes the committer: the count trigger fired
+	commits                *committer    // set once in New when Config.Group is set: the one sender of commits
 	rejoin                 chan struct{} // group mode: the topic grew, rebalance
 	consumed               broadcast     // the caller came back, while a revoke waits for it
 	generations            broadcast     // group mode: an assignment was applied
@@ -97,7 +95,6 @@ func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
 		closing:   newEvent(false),
 		deliver:   make(chan struct{}, 1),
 		book:      newBook(cfg.AutoCommitEveryN, cfg.AutoCommitEveryT, time.Now()),
-		commitNow: make(chan struct{}, 1),
 		interrupt: make(chan struct{}),
 		closeDone: make(chan struct{}),
 		positions: make(map[int]*fetchPos),
@@ -126,7 +123,8 @@ func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
 
 	helpCtx, stop := context.WithCancel(context.Background())
 	c.stopHelp = stop
-	if c.autoCommit() {
+	if c.cfg.Group != "" {
+		c.commits = newCommitter()
 		c.helpers.Go(func() { c.runCommitter(helpCtx) })
 	}
 	c.assign(parts)
@@ -663,7 +661,7 @@ func (c *MultiConsumer) Stats() Stats {
 		Time: time.Now(), Topic: c.cfg.Topic, Group: c.cfg.Group, ClientID: clientID(c.cfg.Dialer),
 		JoinGroup: c.cfg.JoinGroup, Closed: c.closed,
 		Workers: c.workers, QueueLen: queued, QueueSize: c.cfg.QueueSize,
-		Paused: !c.running.IsSet(), CommitErrors: c.commitErrs,
+		Paused: !c.running.IsSet(), CommitErrors: c.commitErrors(),
 		Commits: c.book.commits, LastCommit: c.book.lastStored,
 		Messages: c.book.messages, Bytes: c.book.bytes, FetchErrors: c.book.fetchErrors,
 		Partitions:      make(map[int]PartitionStats, len(c.book.parts)),
