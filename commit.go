@@ -186,7 +186,14 @@ func (c *MultiConsumer) sendCommit(ctx context.Context, partitions ...int) error
 	if err != nil {
 		c.commits.errs.Add(1)
 	}
-	if err != nil {
+	switch {
+	case err != nil && c.cfg.JoinGroup && stale(err):
+		// A rebalance under way, or the lease ended: expected in group
+		// mode, and what the member still owns is committed again in
+		// its next generation.
+		c.log.Info("commit refused for the generation it was built under", "offsets", offsets, "generation", l.generation, "err", err)
+		return err
+	case err != nil:
 		c.log.Error("commit failed", "offsets", offsets, "generation", l.generation, "err", err)
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"slices"
 	"strconv"
@@ -38,10 +39,16 @@ type groupState struct {
 	joinErr      error // of the last join, when it failed
 }
 
-// member runs the group protocol for one consumer.
+// member runs the group protocol for one consumer, in its own goroutine
+// (run). It reaches the consumer only through host.
 type member struct {
-	c          *MultiConsumer
-	cfg        *Config
+	cfg    Config // a copy, defaults filled in
+	log    *slog.Logger
+	kc     *brokers
+	live   *liveness
+	rejoin <-chan struct{} // the topic grew: rebalance, so that the leader sees it
+	host   groupHost
+
 	instanceID string
 	memberID   string
 	generation int32
@@ -50,13 +57,32 @@ type member struct {
 	coord      net.Addr // the group coordinator, for heartbeats
 }
 
+// groupHost is what a member asks of the consumer it belongs to: apply a
+// change of the partitions it owns, as one step, and record what happened,
+// for Stats.
+type groupHost struct {
+	apply      func(ctx context.Context, a assignment)
+	joined     func(err error)          // a join ended, in err (nil: joined)
+	rebalanced func(took time.Duration) // an assignment was applied, took after the join began
+	stop       func(err error)          // the member cannot go on: the consumer stops for good
+}
+
 // errLost marks a heartbeat that found the member out of the group.
 var errLost = errors.New("member lost its partitions")
 
-// runGroup is the member goroutine: it joins, syncs, applies assignments
-// and heartbeats until ctx ends. Close then commits and leaves.
+// runGroup starts the member goroutine of group mode.
 func (c *MultiConsumer) runGroup(ctx context.Context) {
-	m := &member{c: c, cfg: &c.cfg, instanceID: c.cfg.InstanceID, generation: -1}
+	m := &member{
+		cfg: c.cfg, log: c.log, kc: c.kc, live: c.live, rejoin: c.rejoin,
+		host:       groupHost{apply: c.apply, joined: c.joined, rebalanced: c.rebalanced, stop: c.stopForGood},
+		instanceID: c.cfg.InstanceID, generation: -1,
+	}
+	m.run(ctx)
+}
+
+// run joins, syncs, applies assignments and heartbeats until ctx ends.
+// Close then commits and leaves.
+func (m *member) run(ctx context.Context) {
 	backoff := time.Duration(0)
 	failures := 0
 	for ctx.Err() == nil {
@@ -70,17 +96,16 @@ func (c *MultiConsumer) runGroup(ctx context.Context) {
 		start := time.Now()
 		if m.assignor != nil && !m.assignor.cooperative() && len(m.owned) > 0 {
 			// Eager: give everything up before joining again.
-			c.revoke(ctx, m.owned, false)
+			m.host.apply(ctx, assignment{lease: m.lease(), revoked: m.owned})
 			m.owned = nil
-			c.setAssignment(nil)
 		}
 		assigned, err := m.joinAndSync(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
-			c.joined(err)
-			serr := c.settingError(ctx, err) // every join would fail alike
+			m.host.joined(err)
+			serr := m.settingError(ctx, err) // every join would fail alike
 			fenced := errors.Is(err, kafka.FencedInstanceID)
 			if len(m.owned) > 0 && (serr != nil || fenced ||
 				errors.Is(err, kafka.UnknownMemberId) || errors.Is(err, kafka.IllegalGeneration)) {
@@ -91,10 +116,10 @@ func (c *MultiConsumer) runGroup(ctx context.Context) {
 			}
 			switch {
 			case serr != nil:
-				c.stopForGood(serr)
+				m.host.stop(serr)
 				return
 			case fenced:
-				c.stopForGood(fmt.Errorf("multiconsumer: group %q: instance %q: %w", c.cfg.Group, m.instanceID, err))
+				m.host.stop(fmt.Errorf("multiconsumer: group %q: instance %q: %w", m.cfg.Group, m.instanceID, err))
 				return
 			}
 			// A rebalance that began between JoinGroup and SyncGroup
@@ -103,13 +128,13 @@ func (c *MultiConsumer) runGroup(ctx context.Context) {
 			// empty assignment of an error response): join again at
 			// once, twice, before backing off.
 			if failures++; failures > 2 {
-				backoff = nextBackoff(backoff, min(c.cfg.MaxBackoff, 5*time.Second))
+				backoff = nextBackoff(backoff, min(m.cfg.MaxBackoff, 5*time.Second))
 			}
-			c.log.Warn("group: join failed, retrying", "backoff", backoff, "err", err)
+			m.log.Warn("group: join failed, retrying", "backoff", backoff, "err", err)
 			continue
 		}
 		backoff, failures = 0, 0
-		c.joined(nil)
+		m.host.joined(nil)
 
 		// The heartbeats run while the assignment is applied: giving
 		// partitions up waits for the caller, up to RebalanceTimeout.
@@ -120,16 +145,10 @@ func (c *MultiConsumer) runGroup(ctx context.Context) {
 
 		revoked := without(m.owned, assigned)
 		added := without(assigned, m.owned)
-		if len(revoked) > 0 {
-			c.revoke(ctx, revoked, false)
-		}
 		m.owned = assigned
-		c.setAssignment(assigned)
-		if len(added) > 0 {
-			c.grant(ctx, added)
-		}
-		c.rebalanced(time.Since(start))
-		c.log.Info("group: assigned", "generation", m.generation, "member", m.memberID,
+		m.host.apply(ctx, assignment{lease: m.lease(), owned: assigned, revoked: revoked, added: added})
+		m.host.rebalanced(time.Since(start))
+		m.log.Info("group: assigned", "generation", m.generation, "member", m.memberID,
 			"partitions", assigned, "added", added, "revoked", revoked, "protocol", m.assignor.protocol())
 
 		var ev error
@@ -140,7 +159,7 @@ func (c *MultiConsumer) runGroup(ctx context.Context) {
 		} else {
 			select {
 			case ev = <-events:
-			case <-c.rejoin:
+			case <-m.rejoin:
 				ev = kafka.RebalanceInProgress
 			case <-ctx.Done():
 			}
@@ -153,7 +172,7 @@ func (c *MultiConsumer) runGroup(ctx context.Context) {
 		if errors.Is(ev, errLost) {
 			m.lose(ctx, ev)
 			if errors.Is(ev, kafka.FencedInstanceID) {
-				c.stopForGood(fmt.Errorf("multiconsumer: group %q: instance %q: %w", c.cfg.Group, m.instanceID, ev))
+				m.host.stop(fmt.Errorf("multiconsumer: group %q: instance %q: %w", m.cfg.Group, m.instanceID, ev))
 				return
 			}
 		}
@@ -163,24 +182,25 @@ func (c *MultiConsumer) runGroup(ctx context.Context) {
 // lose gives up the member's partitions without a commit: the member is out
 // of the group (why says how), and they are someone else's now.
 func (m *member) lose(ctx context.Context, why error) {
-	c := m.c
 	m.generation = -1
 	if errors.Is(why, kafka.UnknownMemberId) {
 		m.memberID = ""
 	}
-	// The lease ends before anything else: a commit in flight is not sent
-	// again, under this lease nor under the next.
-	c.setLease(lease{memberID: m.memberID, instanceID: m.instanceID, generation: -1})
-	c.log.Warn("group: partitions lost", "partitions", m.owned, "err", why)
-	c.revoke(ctx, m.owned, true)
+	// The lease ends before anything else (apply sets it first): a commit
+	// in flight is not sent again, under this lease nor under the next.
+	m.log.Warn("group: partitions lost", "partitions", m.owned, "err", why)
+	m.host.apply(ctx, assignment{lease: m.lease(), lost: m.owned})
 	m.owned = nil
-	c.setAssignment(nil)
+}
+
+// lease returns the member's lease: its id and generation now.
+func (m *member) lease() lease {
+	return lease{memberID: m.memberID, instanceID: m.instanceID, generation: m.generation}
 }
 
 // joinAndSync joins the group (as leader, it computes the assignment) and
 // returns this member's partitions in the new generation.
 func (m *member) joinAndSync(ctx context.Context) ([]int, error) {
-	c := m.c
 	protocols := make([]kafka.GroupProtocol, 0, len(m.cfg.Assignors))
 	for _, name := range m.cfg.Assignors {
 		var userData []byte
@@ -191,19 +211,19 @@ func (m *member) joinAndSync(ctx context.Context) ([]int, error) {
 			userData = binary.BigEndian.AppendUint32(nil, uint32(m.generation))
 		}
 		protocols = append(protocols, kafka.GroupProtocol{Name: name, Metadata: kafka.GroupProtocolSubscription{
-			Topics:          []string{c.cfg.Topic},
+			Topics:          []string{m.cfg.Topic},
 			UserData:        userData,
-			OwnedPartitions: map[string][]int{c.cfg.Topic: m.owned},
+			OwnedPartitions: map[string][]int{m.cfg.Topic: m.owned},
 		}})
 	}
 	var join *kafka.JoinGroupResponse
 	for {
 		// The coordinator answers a JoinGroup when every member has
 		// joined, up to RebalanceTimeout.
-		jctx, cancel := context.WithTimeout(ctx, m.cfg.RebalanceTimeout+c.kc.requestTimeout())
-		c.live.joining.Store(true)
-		res, err := c.kc.client.JoinGroup(jctx, &kafka.JoinGroupRequest{
-			GroupID:          c.cfg.Group,
+		jctx, cancel := context.WithTimeout(ctx, m.cfg.RebalanceTimeout+m.kc.requestTimeout())
+		m.live.joining.Store(true)
+		res, err := m.kc.client.JoinGroup(jctx, &kafka.JoinGroupRequest{
+			GroupID:          m.cfg.Group,
 			SessionTimeout:   m.cfg.SessionTimeout,
 			RebalanceTimeout: m.cfg.RebalanceTimeout,
 			MemberID:         m.memberID,
@@ -212,12 +232,12 @@ func (m *member) joinAndSync(ctx context.Context) ([]int, error) {
 			Protocols:        protocols,
 		})
 		cancel()
-		c.live.joining.Store(false)
+		m.live.joining.Store(false)
 		if err != nil {
-			return nil, fmt.Errorf("join group %q: %w", c.cfg.Group, err)
+			return nil, fmt.Errorf("join group %q: %w", m.cfg.Group, err)
 		}
 		if res.Error == nil || errors.Is(res.Error, kafka.MemberIDRequired) {
-			c.live.answered()
+			m.live.answered()
 		}
 		switch {
 		case errors.Is(res.Error, kafka.MemberIDRequired):
@@ -225,9 +245,9 @@ func (m *member) joinAndSync(ctx context.Context) ([]int, error) {
 			continue
 		case errors.Is(res.Error, kafka.UnknownMemberId):
 			m.memberID = ""
-			return nil, fmt.Errorf("join group %q: %w", c.cfg.Group, res.Error)
+			return nil, fmt.Errorf("join group %q: %w", m.cfg.Group, res.Error)
 		case res.Error != nil:
-			return nil, fmt.Errorf("join group %q: %w", c.cfg.Group, res.Error)
+			return nil, fmt.Errorf("join group %q: %w", m.cfg.Group, res.Error)
 		}
 		join = res
 		break
@@ -235,10 +255,12 @@ func (m *member) joinAndSync(ctx context.Context) ([]int, error) {
 	m.memberID, m.generation = join.MemberID, int32(join.GenerationID)
 	a, ok := assignorFor(join.ProtocolName)
 	if !ok {
-		return nil, fmt.Errorf("join group %q: the group chose protocol %q, which this member did not offer", c.cfg.Group, join.ProtocolName)
+		return nil, fmt.Errorf("join group %q: the group chose protocol %q, which this member did not offer", m.cfg.Group, join.ProtocolName)
 	}
 	m.assignor = a
-	c.setLease(lease{memberID: m.memberID, instanceID: m.instanceID, generation: m.generation})
+	// The new lease reaches the consumer with the assignment, after the
+	// sync: a commit sent before it completes would be refused
+	// (REBALANCE_IN_PROGRESS) while the group waits for the sync.
 
 	var assignments []kafka.SyncGroupRequestAssignment
 	if join.LeaderID == join.MemberID {
@@ -247,10 +269,10 @@ func (m *member) joinAndSync(ctx context.Context) ([]int, error) {
 			return nil, err
 		}
 	}
-	sctx, cancel := c.kc.withTimeout(ctx)
+	sctx, cancel := m.kc.withTimeout(ctx)
 	defer cancel()
-	res, err := c.kc.client.SyncGroup(sctx, &kafka.SyncGroupRequest{
-		GroupID:         c.cfg.Group,
+	res, err := m.kc.client.SyncGroup(sctx, &kafka.SyncGroupRequest{
+		GroupID:         m.cfg.Group,
 		GenerationID:    join.GenerationID,
 		MemberID:        m.memberID,
 		GroupInstanceID: m.instanceID,
@@ -265,29 +287,28 @@ func (m *member) joinAndSync(ctx context.Context) ([]int, error) {
 		if errors.Is(err, kafka.UnknownMemberId) {
 			m.memberID = ""
 		}
-		return nil, fmt.Errorf("sync group %q: %w", c.cfg.Group, err)
+		return nil, fmt.Errorf("sync group %q: %w", m.cfg.Group, err)
 	}
-	c.live.answered()
-	assigned := slices.Sorted(slices.Values(res.Assignment.AssignedPartitions[c.cfg.Topic]))
+	m.live.answered()
+	assigned := slices.Sorted(slices.Values(res.Assignment.AssignedPartitions[m.cfg.Topic]))
 	return slices.Compact(assigned), nil
 }
 
 // lead computes the group's assignment: this member is the leader.
 func (m *member) lead(ctx context.Context, join *kafka.JoinGroupResponse) ([]kafka.SyncGroupRequestAssignment, error) {
-	c := m.c
 	// The partitions as the cluster has them now, not as cached: the
 	// rebalance may be for partitions added to the topic.
-	rctx, cancel := c.kc.withTimeout(ctx)
-	_ = c.kc.refreshTransport(rctx)
+	rctx, cancel := m.kc.withTimeout(ctx)
+	_ = m.kc.refreshTransport(rctx)
 	cancel()
-	all, _, err := c.kc.topicMetadata(ctx)
+	all, _, err := m.kc.topicMetadata(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("lead group %q: %w", c.cfg.Group, err)
+		return nil, fmt.Errorf("lead group %q: %w", m.cfg.Group, err)
 	}
 	members := make([]groupMember, 0, len(join.Members))
 	var others []string // members not subscribed to our topic: they get none of it
 	for _, jm := range join.Members {
-		if !slices.Contains(jm.Metadata.Topics, c.cfg.Topic) {
+		if !slices.Contains(jm.Metadata.Topics, m.cfg.Topic) {
 			others = append(others, jm.ID)
 			continue
 		}
@@ -297,7 +318,7 @@ func (m *member) lead(ctx context.Context, join *kafka.JoinGroupResponse) ([]kaf
 		}
 		members = append(members, groupMember{
 			ID: jm.ID, InstanceID: jm.GroupInstanceID, Generation: gen,
-			Owned: slices.Sorted(slices.Values(jm.Metadata.OwnedPartitions[c.cfg.Topic])),
+			Owned: slices.Sorted(slices.Values(jm.Metadata.OwnedPartitions[m.cfg.Topic])),
 		})
 	}
 	plan := m.assignor.assign(all, members)
@@ -305,13 +326,13 @@ func (m *member) lead(ctx context.Context, join *kafka.JoinGroupResponse) ([]kaf
 	for _, gm := range members {
 		out = append(out, kafka.SyncGroupRequestAssignment{
 			MemberID:   gm.ID,
-			Assignment: kafka.GroupProtocolAssignment{AssignedPartitions: map[string][]int{c.cfg.Topic: plan[gm.ID]}},
+			Assignment: kafka.GroupProtocolAssignment{AssignedPartitions: map[string][]int{m.cfg.Topic: plan[gm.ID]}},
 		})
 	}
 	for _, id := range others {
 		out = append(out, kafka.SyncGroupRequestAssignment{MemberID: id, Assignment: kafka.GroupProtocolAssignment{AssignedPartitions: map[string][]int{}}})
 	}
-	c.log.Info("group: leading", "generation", join.GenerationID, "members", len(members), "plan", plan)
+	m.log.Info("group: leading", "generation", join.GenerationID, "members", len(members), "plan", plan)
 	return out, nil
 }
 
@@ -320,7 +341,6 @@ func (m *member) lead(ctx context.Context, join *kafka.JoinGroupResponse) ([]kaf
 // (errLost, wrapping the reason). The session expires when no heartbeat got
 // through for SessionTimeout: that is errLost too.
 func (m *member) heartbeat(ctx context.Context) error {
-	c := m.c
 	last := time.Now()
 	// Cooperative: right after an assignment another member may be giving
 	// up partitions for this one, and rejoin; the follow-up rebalance is
@@ -342,7 +362,7 @@ func (m *member) heartbeat(ctx context.Context) error {
 		t.Reset(every)
 		err := m.heartbeatOnce(ctx)
 		if err == nil || errors.Is(err, kafka.RebalanceInProgress) {
-			c.live.answered() // the member is still in the group
+			m.live.answered() // the member is still in the group
 		}
 		switch {
 		case err == nil:
@@ -358,7 +378,7 @@ func (m *member) heartbeat(ctx context.Context) error {
 			if time.Since(last) > m.cfg.SessionTimeout {
 				return fmt.Errorf("%w: no heartbeat for %v: %w", errLost, time.Since(last).Round(time.Millisecond), err)
 			}
-			c.log.Warn("group: heartbeat failed", "err", err)
+			m.log.Warn("group: heartbeat failed", "err", err)
 		}
 	}
 }
@@ -367,21 +387,20 @@ func (m *member) heartbeat(ctx context.Context) error {
 // routes JoinGroup, SyncGroup and commits to the coordinator, but not
 // Heartbeat requests: they are sent to the coordinator's address here.
 func (m *member) heartbeatOnce(ctx context.Context) error {
-	c := m.c
-	ctx, cancel := c.kc.withTimeout(ctx)
+	ctx, cancel := m.kc.withTimeout(ctx)
 	defer cancel()
 	if m.coord == nil {
-		res, err := c.kc.client.FindCoordinator(ctx, &kafka.FindCoordinatorRequest{Key: c.cfg.Group, KeyType: kafka.CoordinatorKeyTypeConsumer})
+		res, err := m.kc.client.FindCoordinator(ctx, &kafka.FindCoordinatorRequest{Key: m.cfg.Group, KeyType: kafka.CoordinatorKeyTypeConsumer})
 		if err == nil {
 			err = res.Error
 		}
 		if err != nil {
-			return fmt.Errorf("find coordinator of group %q: %w", c.cfg.Group, err)
+			return fmt.Errorf("find coordinator of group %q: %w", m.cfg.Group, err)
 		}
 		m.coord = kafka.TCP(net.JoinHostPort(res.Coordinator.Host, strconv.Itoa(res.Coordinator.Port)))
 	}
-	res, err := c.kc.transport.RoundTrip(ctx, m.coord, &heartbeatAPI.Request{
-		GroupID: c.cfg.Group, GenerationID: m.generation, MemberID: m.memberID, GroupInstanceID: m.instanceID,
+	res, err := m.kc.transport.RoundTrip(ctx, m.coord, &heartbeatAPI.Request{
+		GroupID: m.cfg.Group, GenerationID: m.generation, MemberID: m.memberID, GroupInstanceID: m.instanceID,
 	})
 	if err != nil {
 		return err

@@ -85,20 +85,20 @@ func (e *GroupSettingError) Unwrap() error { return e.Err }
 // sync, and connection errors: the member retries with backoff, counted in
 // Stats.JoinFailures. FENCED_INSTANCE_ID is final too, handled by runGroup:
 // another process has this member's InstanceID.
-func (c *MultiConsumer) settingError(ctx context.Context, err error) *GroupSettingError {
+func (m *member) settingError(ctx context.Context, err error) *GroupSettingError {
 	var code kafka.Error
 	if !errors.As(err, &code) {
 		return nil
 	}
-	e := &GroupSettingError{Group: c.cfg.Group, Err: code}
+	e := &GroupSettingError{Group: m.cfg.Group, Err: code}
 	switch code {
 	case kafka.InvalidSessionTimeout:
-		e.Field, e.Value = "SessionTimeout", c.cfg.SessionTimeout
-		e.MinSessionTimeout, e.MaxSessionTimeout, e.boundsErr = c.sessionBounds(ctx)
+		e.Field, e.Value = "SessionTimeout", m.cfg.SessionTimeout
+		e.MinSessionTimeout, e.MaxSessionTimeout, e.boundsErr = m.sessionBounds(ctx)
 	case kafka.InconsistentGroupProtocol:
-		e.Field, e.Value = "Assignors", slices.Clone(c.cfg.Assignors)
+		e.Field, e.Value = "Assignors", slices.Clone(m.cfg.Assignors)
 	case kafka.GroupAuthorizationFailed, kafka.InvalidGroupId:
-		e.Field, e.Value = "Group", c.cfg.Group
+		e.Field, e.Value = "Group", m.cfg.Group
 	default:
 		return nil
 	}
@@ -108,16 +108,16 @@ func (c *MultiConsumer) settingError(ctx context.Context, err error) *GroupSetti
 // sessionBounds reads the group coordinator's group.min.session.timeout.ms
 // and group.max.session.timeout.ms (those of any broker when the
 // coordinator is not known), within one request timeout.
-func (c *MultiConsumer) sessionBounds(ctx context.Context) (lo, hi time.Duration, err error) {
-	ctx, cancel := c.kc.withTimeout(ctx)
+func (m *member) sessionBounds(ctx context.Context) (lo, hi time.Duration, err error) {
+	ctx, cancel := m.kc.withTimeout(ctx)
 	defer cancel()
 	node := -1
-	if res, err := c.kc.client.FindCoordinator(ctx, &kafka.FindCoordinatorRequest{Key: c.cfg.Group, KeyType: kafka.CoordinatorKeyTypeConsumer}); err == nil && res.Error == nil {
+	if res, err := m.kc.client.FindCoordinator(ctx, &kafka.FindCoordinatorRequest{Key: m.cfg.Group, KeyType: kafka.CoordinatorKeyTypeConsumer}); err == nil && res.Error == nil {
 		node = res.Coordinator.NodeID
 	}
 	if node < 0 {
 		// kafka-go routes a BROKER resource to the broker it names.
-		md, err := c.kc.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{c.cfg.Topic}})
+		md, err := m.kc.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{m.cfg.Topic}})
 		if err != nil {
 			return 0, 0, fmt.Errorf("find a broker: %w", err)
 		}
@@ -127,7 +127,7 @@ func (c *MultiConsumer) sessionBounds(ctx context.Context) (lo, hi time.Duration
 		node = md.Brokers[0].ID
 	}
 	const minName, maxName = "group.min.session.timeout.ms", "group.max.session.timeout.ms"
-	res, err := c.kc.client.DescribeConfigs(ctx, &kafka.DescribeConfigsRequest{Resources: []kafka.DescribeConfigRequestResource{{
+	res, err := m.kc.client.DescribeConfigs(ctx, &kafka.DescribeConfigsRequest{Resources: []kafka.DescribeConfigRequestResource{{
 		ResourceType: kafka.ResourceTypeBroker, ResourceName: strconv.Itoa(node), ConfigNames: []string{minName, maxName},
 	}}})
 	if err != nil {

@@ -182,6 +182,33 @@ func (c *MultiConsumer) awaitConsumed(ctx context.Context, parts []int) {
 	}
 }
 
+// assignment is one change of what a group member owns, applied by apply
+// as one step, in this order: the lease first (commits are built under it
+// from now on), then the lost partitions are given up without a commit,
+// the revoked ones after their caller's holdings drained and were
+// committed, and the added ones start.
+type assignment struct {
+	lease          lease
+	owned          []int // what the member owns after the change, sorted
+	added, revoked []int
+	lost           []int
+}
+
+// apply applies a group member's change (see assignment).
+func (c *MultiConsumer) apply(ctx context.Context, a assignment) {
+	c.setLease(a.lease)
+	if len(a.lost) > 0 {
+		c.revoke(ctx, a.lost, true)
+	}
+	if len(a.revoked) > 0 {
+		c.revoke(ctx, a.revoked, false)
+	}
+	c.setAssignment(a.owned)
+	if len(a.added) > 0 {
+		c.grant(ctx, a.added)
+	}
+}
+
 // setLease records the lease that commits are built under from now on.
 // Commits built under an earlier one are dropped before they go out.
 func (c *MultiConsumer) setLease(l lease) {
