@@ -26,10 +26,11 @@ import (
 // likes), or use ManualCommit and Commit what your goroutines have
 // finished.
 type MultiConsumer struct {
-	cfg  Config       // set once in New
-	log  *slog.Logger // set once in New
-	kc   *brokers     // set once in New: the transport, and the requests that are not fetches
-	meta *topicMeta   // set once in New: leaders, partitions, deletion; its own lock
+	cfg   Config       // set once in New
+	log   *slog.Logger // set once in New
+	kc    *brokers     // set once in New: the transport, and the requests that are not fetches
+	meta  *topicMeta   // set once in New: leaders, partitions, deletion; its own lock
+	fetch *fetchEnv    // set once in New: what the workers get
 
 	q       *queue
 	running *event        // set while not paused: workers fetch and queue
@@ -103,6 +104,15 @@ func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
 	c.grp.lease = noLease
 	c.meta = newTopicMeta(c.kc, c.log, cfg.MetadataMaxAge)
 	c.meta.grew, c.meta.gone = c.topicGrew, c.stopForGood
+	c.fetch = &fetchEnv{
+		topic: cfg.Topic, startOffset: cfg.StartOffset, maxBackoff: cfg.MaxBackoff,
+		// A quarter of the queue: big enough to keep the per-batch costs
+		// low, small enough that a worker finds room before the queue is
+		// empty.
+		chunk: max(1, min(512, cfg.QueueSize/4)),
+		log:   c.log, kc: c.kc, meta: c.meta, q: c.q, running: c.running,
+		sync: c.syncPositions, highWatermark: c.setHighWatermark, fetchErrors: c.countFetchErrors,
+	}
 	c.live = newLiveness(0)
 	if cfg.JoinGroup {
 		c.live = newLiveness(cfg.SessionTimeout)
@@ -246,7 +256,7 @@ func (c *MultiConsumer) assign(parts []int) {
 			pos[p] = c.positions[p]
 			c.wakers[p] = wake
 		}
-		w := newWorker(c, i, chunk, pos, wake)
+		w := newWorker(c.fetch, i, chunk, pos, wake)
 		// Started under c.mu: Close, which sets closed under it, then
 		// waits for every worker started before.
 		c.fetchers.Go(func() { w.run(ctx) })

@@ -30,7 +30,7 @@ const (
 // an idle partition costs no round trip of its own. A partition that fails
 // backs off on its own; the others go on.
 type worker struct {
-	c      *MultiConsumer
+	env    *fetchEnv
 	id     int
 	order  []int // its partitions, in the order the next fetch lists them
 	pos    map[int]*fetchPos
@@ -121,12 +121,33 @@ func (fp *fetchPos) fetchOffset() int64 {
 // because the worker refreshes the metadata before it fetches again.
 const leaderBackoff = 20 * time.Millisecond
 
-func newWorker(c *MultiConsumer, id int, partitions []int, pos map[int]*fetchPos, wake *wakeup) *worker {
-	w := &worker{c: c, id: id, order: slices.Clone(partitions), pos: pos, wake: wake}
-	w.log = c.log.With("worker", id)
-	// A quarter of the queue: big enough to keep the per-batch costs low,
-	// small enough that a worker finds room before the queue is empty.
-	w.chunk = max(1, min(512, c.cfg.QueueSize/4))
+// fetchEnv is what the workers need of the consumer, and all they reach:
+// a few settings, the brokers, the metadata, the queue and the pause gate,
+// and three functions on the book. It is set up once in New.
+type fetchEnv struct {
+	topic       string
+	startOffset int64
+	maxBackoff  time.Duration
+	chunk       int // messages per batch queued
+	log         *slog.Logger
+	kc          *brokers
+	meta        *topicMeta
+	q           *queue
+	running     *event // set while not paused
+
+	// sync brings the fetch positions of parts up to date with the book
+	// (a Seek moves one), and plans the round (see syncPositions).
+	sync func(parts []int, pos map[int]*fetchPos, now time.Time, pl *plan) (idle time.Duration, leaderless, full bool)
+	// highWatermark records a partition's high watermark, for the lag.
+	highWatermark func(p int, hwm int64)
+	// fetchErrors counts a failed fetch of parts.
+	fetchErrors func(parts []int)
+}
+
+func newWorker(env *fetchEnv, id int, partitions []int, pos map[int]*fetchPos, wake *wakeup) *worker {
+	w := &worker{env: env, id: id, order: slices.Clone(partitions), pos: pos, wake: wake}
+	w.log = env.log.With("worker", id)
+	w.chunk = env.chunk
 	return w
 }
 
@@ -136,15 +157,15 @@ func (w *worker) run(ctx context.Context) {
 	idle := time.NewTimer(time.Hour)
 	defer idle.Stop()
 	for {
-		if err := w.c.running.Wait(ctx); err != nil {
+		if err := w.env.running.Wait(ctx); err != nil {
 			return
 		}
 		w.wake.clear() // the positions read next cover every Seek so far
-		wait, leaderless, full := w.c.syncPositions(w.order, w.pos, time.Now(), &w.plan)
+		wait, leaderless, full := w.env.sync(w.order, w.pos, time.Now(), &w.plan)
 		if leaderless {
 			// Look again for a leader every second at most; the
 			// other partitions go on meanwhile.
-			w.c.meta.request()
+			w.env.meta.request()
 			wait = min(wait, initialBackoff)
 		}
 		groups := w.plan.groups
@@ -154,7 +175,7 @@ func (w *worker) run(ctx context.Context) {
 			if full {
 				// Process has its fill of these partitions: fetch
 				// again when it takes some.
-				room, doneWaiting = w.c.q.waitRoom(w.fullParts())
+				room, doneWaiting = w.env.q.waitRoom(w.fullParts())
 			}
 			idle.Reset(wait)
 			select {
@@ -182,7 +203,7 @@ func (w *worker) run(ctx context.Context) {
 		if refresh {
 			// A moved leader, a missing partition: fetch again only
 			// once the metadata has been read again.
-			w.c.meta.await(ctx)
+			w.env.meta.await(ctx)
 		}
 	}
 }
@@ -285,10 +306,10 @@ func (wk *wakeup) disarm() {
 // fail counts a fetch error of parts, logs it, and backs them off from
 // initial.
 func (w *worker) fail(parts []int, initial time.Duration, err error) {
-	w.c.countFetchErrors(parts)
+	w.env.fetchErrors(parts)
 	now := time.Now()
 	for _, p := range parts {
-		wait := w.pos[p].failed(now, initial, w.c.cfg.MaxBackoff)
+		wait := w.pos[p].failed(now, initial, w.env.maxBackoff)
 		w.log.Warn("fetch failed, retrying", "partition", p, "offset", w.pos[p].offset, "backoff", wait, "err", err)
 	}
 }
@@ -336,7 +357,7 @@ func (w *worker) round(ctx context.Context, groups [][]int) (refresh bool) {
 	// kafka-go bounds a request's socket reads only by the context's
 	// deadline: without one, a broker that stops answering would hold the
 	// worker (and a kafka-go goroutine) forever.
-	rctx, cancel := context.WithTimeout(ctx, fetchMaxWait+w.c.kc.requestTimeout())
+	rctx, cancel := context.WithTimeout(ctx, fetchMaxWait+w.env.kc.requestTimeout())
 	defer cancel()
 	if !w.wake.arm(cancel) {
 		return false // a Seek: sync the positions first
@@ -363,7 +384,7 @@ func (w *worker) round(ctx context.Context, groups [][]int) (refresh bool) {
 // rctx, and queues what comes back (a wait for room in the queue is bounded
 // by ctx), copying keys and values into a. It records in r what it did.
 func (w *worker) fetchFrom(ctx, rctx context.Context, parts []int, a *arena, r *roundResult) {
-	topic := w.c.cfg.Topic
+	topic := w.env.topic
 	reqParts := make([]fetchAPI.RequestPartition, len(parts))
 	for i, p := range parts {
 		reqParts[i] = fetchAPI.RequestPartition{
@@ -374,7 +395,7 @@ func (w *worker) fetchFrom(ctx, rctx context.Context, parts []int, a *arena, r *
 			PartitionMaxBytes:  fetchPartitionMaxBytes,
 		}
 	}
-	m, err := w.c.kc.transport.RoundTrip(rctx, w.c.kc.client.Addr, &fetchAPI.Request{
+	m, err := w.env.kc.transport.RoundTrip(rctx, w.env.kc.client.Addr, &fetchAPI.Request{
 		ReplicaID:    -1,
 		MaxWaitTime:  int32(fetchMaxWait / time.Millisecond),
 		MinBytes:     1,
@@ -396,7 +417,7 @@ func (w *worker) fetchFrom(ctx, rctx context.Context, parts []int, a *arena, r *
 			r.refresh = true
 		default:
 			w.fail(parts, initialBackoff, fmt.Errorf("fetch partitions %v: %w", parts, err))
-			w.c.meta.request()
+			w.env.meta.request()
 		}
 		if connError(err) {
 			// A broker away (restarting, a dropped connection): try
@@ -470,7 +491,7 @@ func (w *worker) handle(ctx context.Context, rp *fetchAPI.ResponsePartition, a *
 		}
 		return false, fmt.Errorf("fetch at offset %d: %w", pos.fetchOffset(), err)
 	}
-	w.c.setHighWatermark(p, rp.HighWatermark)
+	w.env.highWatermark(p, rp.HighWatermark)
 	if pos.probe != nil {
 		return false, w.probed(ctx, p, pos, rp.RecordSet.Records)
 	}
@@ -497,7 +518,7 @@ func (w *worker) decode(ctx context.Context, p int, pos *fetchPos, hwm int64, rr
 		}
 		b := batch{partition: p, epoch: pos.epoch, msgs: run}
 		run = nil
-		if err := w.c.q.put(ctx, b, w.c.running); err != nil {
+		if err := w.env.q.put(ctx, b, w.env.running); err != nil {
 			return err
 		}
 		got = true
@@ -558,7 +579,7 @@ func (w *worker) decode(ctx context.Context, p int, pos *fetchPos, hwm int64, rr
 				run = make([]kafka.Message, 0, min(int64(w.chunk), max(1, hwm-rec.Offset)))
 			}
 			m := kafka.Message{
-				Topic:         w.c.cfg.Topic,
+				Topic:         w.env.topic,
 				Partition:     p,
 				Offset:        rec.Offset,
 				HighWaterMark: hwm,
@@ -651,7 +672,7 @@ func (w *worker) probeDone(ctx context.Context, p int, pos *fetchPos) error {
 // skip moves partition p to offset to, here and, through a marker queued
 // behind its messages, in the controller's bookkeeping.
 func (w *worker) skip(ctx context.Context, p int, pos *fetchPos, to int64) error {
-	if err := w.c.q.put(ctx, batch{partition: p, epoch: pos.epoch, advance: to}, w.c.running); err != nil {
+	if err := w.env.q.put(ctx, batch{partition: p, epoch: pos.epoch, advance: to}, w.env.running); err != nil {
 		return err
 	}
 	pos.offset = to
@@ -663,7 +684,7 @@ func (w *worker) skip(ctx context.Context, p int, pos *fetchPos, to int64) error
 func (w *worker) fullParts() []int {
 	var out []int
 	for _, p := range w.order {
-		if !w.c.q.isHungry(p) {
+		if !w.env.q.isHungry(p) {
 			out = append(out, p)
 		}
 	}
@@ -716,12 +737,12 @@ func closeBytes(rec *protocol.Record) {
 // reset moves a partition whose fetch offset is no longer in the log
 // (retention deleted it) to StartOffset.
 func (w *worker) reset(ctx context.Context, p int, pos *fetchPos) error {
-	b, err := w.c.kc.logBounds(ctx, []int{p})
+	b, err := w.env.kc.logBounds(ctx, []int{p})
 	if err != nil {
 		return err
 	}
 	to := b[p].first
-	if w.c.cfg.StartOffset == kafka.LastOffset {
+	if w.env.startOffset == kafka.LastOffset {
 		to = b[p].last
 	}
 	if to == pos.offset {
