@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -26,11 +27,11 @@ import (
 // likes), or use ManualCommit and Commit what your goroutines have
 // finished.
 type MultiConsumer struct {
-	cfg   Config       // set once in New
-	log   *slog.Logger // set once in New
-	kc    *brokers     // set once in New: the transport, and the requests that are not fetches
-	meta  *topicMeta   // set once in New: leaders, partitions, deletion; its own lock
-	fetch *fetchEnv    // set once in New: what the workers get
+	cfg  Config       // set once in New
+	log  *slog.Logger // set once in New
+	kc   *brokers     // set once in New: the transport, and the requests that are not fetches
+	meta *topicMeta   // set once in New: leaders, partitions, deletion; its own lock
+	sess *session     // set once in New: the workers and their partitions; its own lock
 
 	q       *queue
 	running *event        // set while not paused: workers fetch and queue
@@ -39,16 +40,12 @@ type MultiConsumer struct {
 
 	mu         sync.Mutex // guards the fields below
 	book       *book
-	positions  map[int]*fetchPos // fetch positions, lent to the workers between assigns
-	wakers     map[int]*wakeup   // partition -> its worker's wake-up
-	addedParts []int             // partitions added to the topic while running (static mode)
-	fatal      error             // the consumer cannot go on (its topic was deleted)
-	grp        groupState        // group mode: the member's place in the group
-	awaiting   int               // revokes waiting for the caller: consume notifies consumed
-	closed     bool              // Close has begun
-	closeDone  chan struct{}     // closed when Close has returned
-	workers    int
-	stopFetch  context.CancelFunc
+	addedParts []int         // partitions added to the topic while running (static mode)
+	fatal      error         // the consumer cannot go on (its topic was deleted)
+	grp        groupState    // group mode: the member's place in the group
+	awaiting   int           // revokes waiting for the caller: consume notifies consumed
+	closed     bool          // Close has begun
+	closeDone  chan struct{} // closed when Close has returned
 	interrupt  chan struct{} // closed and replaced by every Seek, and by Close
 	proc       *processor    // the running Process, if any
 	iters      int           // Iter goroutines and Messages loops running: Process waits
@@ -63,7 +60,6 @@ type MultiConsumer struct {
 	life, commitLife       context.Context
 	endLife, endCommitLife context.CancelFunc
 	calls                  sync.WaitGroup // public calls that make requests; Add under mu while !closed
-	fetchers               sync.WaitGroup // workers
 	helpers                sync.WaitGroup // committer and Iter goroutines
 	stopHelp               context.CancelFunc
 	commits                *committer    // set once in New when Config.Group is set: the one sender of commits
@@ -98,13 +94,12 @@ func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
 		book:      newBook(cfg.AutoCommitEveryN, cfg.AutoCommitEveryT, time.Now()),
 		interrupt: make(chan struct{}),
 		closeDone: make(chan struct{}),
-		positions: make(map[int]*fetchPos),
 		rejoin:    make(chan struct{}, 1),
 	}
 	c.grp.lease = noLease
 	c.meta = newTopicMeta(c.kc, c.log, cfg.MetadataMaxAge)
 	c.meta.grew, c.meta.gone = c.topicGrew, c.stopForGood
-	c.fetch = &fetchEnv{
+	c.sess = newSession(&fetchEnv{
 		topic: cfg.Topic, startOffset: cfg.StartOffset, maxBackoff: cfg.MaxBackoff,
 		// A quarter of the queue: big enough to keep the per-batch costs
 		// low, small enough that a worker finds room before the queue is
@@ -112,7 +107,7 @@ func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
 		chunk: max(1, min(512, cfg.QueueSize/4)),
 		log:   c.log, kc: c.kc, meta: c.meta, q: c.q, running: c.running,
 		sync: c.syncPositions, highWatermark: c.setHighWatermark, fetchErrors: c.countFetchErrors,
-	}
+	}, c.cfg.numWorkers)
 	c.live = newLiveness(0)
 	if cfg.JoinGroup {
 		c.live = newLiveness(cfg.SessionTimeout)
@@ -227,53 +222,10 @@ func (c *MultiConsumer) startLocked(p int, committed map[int]int64, meta map[int
 
 func (c *MultiConsumer) autoCommit() bool { return c.cfg.Group != "" && !c.cfg.ManualCommit }
 
-// assign replaces the workers with new ones for parts. It is how the set of
-// partitions changes at run time (partitions added to the topic): work
-// started for one assignment ends before the next begins, and the next
-// workers go on from the fetch positions the last ones left. After Close
-// has begun, or once the consumer has stopped for good, it starts nothing.
-func (c *MultiConsumer) assign(parts []int) {
-	c.stopWorkers()
-	ctx, cancel := context.WithCancel(context.Background())
-	chunked := chunks(parts, c.cfg.numWorkers(len(parts)))
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed || c.fatal != nil {
-		cancel()
-		return
-	}
-	c.stopFetch = cancel
-	c.workers = len(chunked)
-	c.q.setPartitions(len(parts))
-	c.wakers = make(map[int]*wakeup, len(parts))
-	for i, chunk := range chunked {
-		pos := make(map[int]*fetchPos, len(chunk))
-		wake := newWakeup()
-		for _, p := range chunk {
-			if c.positions[p] == nil {
-				c.positions[p] = &fetchPos{}
-			}
-			pos[p] = c.positions[p]
-			c.wakers[p] = wake
-		}
-		w := newWorker(c.fetch, i, chunk, pos, wake)
-		// Started under c.mu: Close, which sets closed under it, then
-		// waits for every worker started before.
-		c.fetchers.Go(func() { w.run(ctx) })
-	}
-}
-
-// stopWorkers cancels the workers and their fetches, and waits for them.
-func (c *MultiConsumer) stopWorkers() {
-	c.mu.Lock()
-	stop := c.stopFetch
-	c.stopFetch = nil
-	c.mu.Unlock()
-	if stop != nil {
-		stop()
-	}
-	c.fetchers.Wait()
-}
+// assign makes the workers fetch parts (sorted), and nothing else: see
+// session. After Close has begun, or once the consumer has stopped for
+// good, it starts nothing.
+func (c *MultiConsumer) assign(parts []int) { c.sess.set(parts) }
 
 // syncPositions brings a worker's fetch positions up to date with seeks and
 // puts its partitions that may be fetched at now in pl, grouped by leader,
@@ -289,8 +241,8 @@ func (c *MultiConsumer) syncPositions(parts []int, pos map[int]*fetchPos, now ti
 	idle = -1
 	for _, p := range parts {
 		po, ok := c.book.parts[p]
-		if !ok {
-			continue
+		if !ok || po.retired {
+			continue // its worker lets it go at its next round
 		}
 		fp := pos[p]
 		if !fp.synced || fp.epoch != po.epoch {
@@ -574,15 +526,9 @@ func (c *MultiConsumer) repositionLocked(targets map[int]int64) map[int]uint64 {
 		}
 	}
 	c.interruptLocked() // an Iter goroutine blocked on a send gives its message back
-	woken := make(map[*wakeup]bool, len(targets))
-	for p := range targets {
-		if wk := c.wakers[p]; wk != nil && !woken[wk] {
-			// Fetch the new position now, not after a backoff or the
-			// long poll in flight.
-			wk.poke()
-			woken[wk] = true
-		}
-	}
+	// Fetch the new positions now, not after a backoff or the long poll
+	// in flight.
+	c.sess.wake(slices.Collect(maps.Keys(targets)))
 	return epochs
 }
 
@@ -670,7 +616,7 @@ func (c *MultiConsumer) Stats() Stats {
 	s := Stats{
 		Time: time.Now(), Topic: c.cfg.Topic, Group: c.cfg.Group, ClientID: clientID(c.cfg.Dialer),
 		JoinGroup: c.cfg.JoinGroup, Closed: c.closed,
-		Workers: c.workers, QueueLen: queued, QueueSize: c.cfg.QueueSize,
+		Workers: c.sess.count(), QueueLen: queued, QueueSize: c.cfg.QueueSize,
 		Paused: !c.running.IsSet(), CommitErrors: c.commitErrors(),
 		Commits: c.book.commits, LastCommit: c.book.lastStored,
 		Messages: c.book.messages, Bytes: c.book.bytes, FetchErrors: c.book.fetchErrors,
@@ -710,7 +656,7 @@ func (c *MultiConsumer) Stats() Stats {
 func (c *MultiConsumer) String() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return fmt.Sprintf("<MultiConsumer group=%s, topic=%s, consumers=%d>", c.cfg.Group, c.cfg.Topic, c.workers)
+	return fmt.Sprintf("<MultiConsumer group=%s, topic=%s, consumers=%d>", c.cfg.Group, c.cfg.Topic, c.sess.count())
 }
 
 // Close stops the consumer, as http.Server.Shutdown does a server: it stops
@@ -752,7 +698,7 @@ func (c *MultiConsumer) Close() error {
 	c.closing.Set()
 	c.endLife()
 	c.q.barrier()
-	c.stopWorkers()
+	c.sess.halt()
 	c.deliver <- struct{}{} // wait for any delivery in progress to give up
 	c.mu.Lock()
 	proc := c.proc
@@ -794,7 +740,7 @@ func (c *MultiConsumer) Close() error {
 		err = errors.Join(err, c.leaveGroup(ctx))
 	}
 	c.endCommitLife()
-	// The connections in use too: a fetch cancelled by stopWorkers still
+	// The connections in use too: a fetch cancelled by halting the workers still
 	// has its kafka-go goroutine reading the response.
 	c.kc.close()
 	c.log.Info("closed")

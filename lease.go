@@ -83,7 +83,6 @@ func (c *MultiConsumer) grant(ctx context.Context, parts []int) {
 	c.mu.Lock()
 	for _, p := range parts {
 		start, from := c.startLocked(p, committed, meta, b[p])
-		delete(c.positions, p) // fetched afresh from start
 		c.log.Info("partition assigned", "partition", p, "offset", start, "from", from)
 	}
 	owned := c.book.partitions()
@@ -139,7 +138,6 @@ func (c *MultiConsumer) revoke(ctx context.Context, parts []int, lost bool) {
 	c.mu.Lock()
 	for _, p := range parts {
 		c.book.remove(p)
-		delete(c.positions, p)
 	}
 	c.mu.Unlock()
 }
@@ -254,7 +252,7 @@ func (c *MultiConsumer) stopForGood(err error) {
 	}
 	c.mu.Unlock()
 	c.q.signal()
-	c.stopWorkers()
+	c.sess.halt()
 }
 
 // Assignment returns the partitions the consumer reads now, sorted: in

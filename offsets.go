@@ -40,6 +40,9 @@ type partOffsets struct {
 	// with the epoch they fetched it in; messages of an older epoch are
 	// dropped instead of delivered.
 	epoch uint64
+	// retired: the partition is being given up; it is neither fetched
+	// nor delivered any more, only committed.
+	retired bool
 }
 
 // book is the bookkeeping of every partition the controller owns, and the
@@ -125,6 +128,7 @@ func (b *book) newEpoch() uint64 {
 func (b *book) retire(p int) {
 	if po, ok := b.parts[p]; ok {
 		po.epoch = b.newEpoch()
+		po.retired = true
 	}
 }
 
@@ -157,7 +161,7 @@ func (b *book) partitions() []int { return slices.Sorted(maps.Keys(b.parts)) }
 // still be delivered.
 func (b *book) current(p int, epoch uint64) bool {
 	po, ok := b.parts[p]
-	return ok && po.epoch == epoch
+	return ok && po.epoch == epoch && !po.retired
 }
 
 // deliver records that the message at offset of partition p was handed to

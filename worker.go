@@ -39,6 +39,12 @@ type worker struct {
 	chunk  int     // messages per batch queued
 	arenas []arena // one per leader fetched from in a round
 
+	// Partitions given to the worker, or taken from it, since it last
+	// looked: it takes them in at the start of its next round (applyInbox).
+	inboxMu sync.Mutex
+	given   map[int]*fetchPos
+	dropped []int
+
 	// Reused round to round: at a trickle a round fetches a message or
 	// two, and what it allocates is what the collector has to chase.
 	plan    plan
@@ -151,6 +157,47 @@ func newWorker(env *fetchEnv, id int, partitions []int, pos map[int]*fetchPos, w
 	return w
 }
 
+// give adds partition p, at fetch position fp, to what the worker
+// fetches, from its next round on; it wakes the worker if it waits, and
+// cancels no fetch in flight.
+func (w *worker) give(p int, fp *fetchPos) {
+	w.inboxMu.Lock()
+	if w.given == nil {
+		w.given = make(map[int]*fetchPos)
+	}
+	w.given[p] = fp
+	w.inboxMu.Unlock()
+	w.wake.nudge()
+}
+
+// drop takes partition p from what the worker fetches, from its next round
+// on.
+func (w *worker) drop(p int) {
+	w.inboxMu.Lock()
+	delete(w.given, p)
+	w.dropped = append(w.dropped, p)
+	w.inboxMu.Unlock()
+}
+
+// applyInbox takes in the partitions given and dropped since the last
+// round: the given ones are listed first in the next fetch.
+func (w *worker) applyInbox() {
+	w.inboxMu.Lock()
+	defer w.inboxMu.Unlock()
+	for _, p := range w.dropped {
+		delete(w.pos, p)
+		if i := slices.Index(w.order, p); i >= 0 {
+			w.order = slices.Delete(w.order, i, i+1)
+		}
+	}
+	w.dropped = w.dropped[:0]
+	for p, fp := range w.given {
+		w.pos[p] = fp
+		w.order = slices.Insert(w.order, 0, p)
+	}
+	clear(w.given)
+}
+
 // run fetches until ctx is done. It waits while the consumer is paused, and
 // while every one of its partitions is backing off (a Seek wakes it).
 func (w *worker) run(ctx context.Context) {
@@ -161,6 +208,7 @@ func (w *worker) run(ctx context.Context) {
 			return
 		}
 		w.wake.clear() // the positions read next cover every Seek so far
+		w.applyInbox()
 		wait, leaderless, full := w.env.sync(w.order, w.pos, time.Now(), &w.plan)
 		if leaderless {
 			// Look again for a leader every second at most; the
@@ -261,6 +309,15 @@ func (wk *wakeup) poke() {
 		wk.cancel()
 		wk.fired = true
 	}
+	select {
+	case wk.ch <- struct{}{}:
+	default:
+	}
+}
+
+// nudge wakes the worker if it waits, and makes its next round start only
+// after it looked again at its partitions; it cancels no round in flight.
+func (wk *wakeup) nudge() {
 	select {
 	case wk.ch <- struct{}{}:
 	default:
