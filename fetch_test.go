@@ -339,6 +339,9 @@ func TestFetchResumesSoonAfterOutage(t *testing.T) {
 	produce(t, topic, 0, 0, 1)
 	start := time.Now()
 	drain(t, c, 1, 1)
-	t.Logf("first message %v after the broker was back", time.Since(start))
-	assert.Less(t, time.Since(start), 1500*time.Millisecond)
+	took := time.Since(start)
+	t.Logf("first message %v after the broker was back", took)
+	// A second's backoff at most (uncapped, the fifth fetch would wait 8 s),
+	// with room for a loaded machine.
+	assert.Less(t, took, 4*time.Second)
 }
