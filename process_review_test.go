@@ -203,12 +203,15 @@ func TestProcessCloseCommitsWhatCompletedDespiteASlowHandler(t *testing.T) {
 		AutoCommitEveryN: 1 << 30, AutoCommitEveryT: time.Hour})
 	h := newHandled(199)
 	stuck := make(chan struct{})
+	closed := make(chan struct{})
+	release := sync.OnceFunc(func() { close(closed) })
+	t.Cleanup(release)
 	res := make(chan error, 1)
 	go func() {
 		res <- c.Process(context.Background(), ProcessConfig{Concurrency: 4}, func(ctx context.Context, m kafka.Message) error {
 			if m.Offset == 50 && m.Partition == 0 {
 				close(stuck)
-				time.Sleep(3 * time.Second) // ignores ctx, past Close's timeout
+				<-closed // ignores ctx, until Close has returned
 				return nil
 			}
 			h.add(m)
@@ -218,6 +221,7 @@ func TestProcessCloseCommitsWhatCompletedDespiteASlowHandler(t *testing.T) {
 	waitDone(t, stuck, "the slow handler")
 	waitDone(t, h.done, "the others handled")
 	closeErr := c.Close()
+	release()
 	t.Logf("Close: %v", closeErr)
 	<-res
 	cm := committed(t, topic, g, 2)
