@@ -902,21 +902,46 @@ func TestFetchErrorsRetried(t *testing.T) {
 }
 
 // A failing auto-commit waits out its backoff: no storm of retries when the
-// time trigger is long overdue.
+// time trigger is long overdue. The broker times the attempts: the second
+// comes a backoff (1 s) after the first, where the trigger would send one
+// every 20 ms; a loaded machine can only make the gap longer.
 func TestAutoCommitBackoff(t *testing.T) {
 	t.Parallel()
+	kf := cluster.Kfake()
+	if kf == nil {
+		t.Skip("needs the embedded broker to inject faults")
+	}
 	topic := backlog(t, 1, 1)
 	g := group(t)
+	var mu sync.Mutex
+	var attempts []time.Time
+	var off atomic.Bool
+	t.Cleanup(func() { off.Store(true) })
+	// Before rejectCommits's: it sees every commit, and lets it through.
+	kf.ControlKey(kmsg.OffsetCommit.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		if off.Load() {
+			kf.DropControl()
+			return nil, nil, false
+		}
+		kf.KeepControl()
+		if req.(*kmsg.OffsetCommitRequest).Group == g {
+			mu.Lock()
+			attempts = append(attempts, time.Now())
+			mu.Unlock()
+		}
+		return nil, nil, false
+	})
 	failed := rejectCommits(t, g, 1000)
 	c := open(t, Config{Topic: topic, Group: g, AutoCommitEveryN: -1, AutoCommitEveryT: 20 * time.Millisecond, MaxBackoff: time.Second})
 	drain(t, c, 1, 1)
 	_, err := c.GetMessages(testCtx(t), 1, Block(false)) // consumes: the time trigger commits, and fails
 	require.NoError(t, err)
-	require.Eventually(t, func() bool { return failed.Load() >= 1 }, 10*time.Second, 5*time.Millisecond)
-	// The next attempt comes a second later. Absence has no event: wait
-	// half of that.
-	time.Sleep(500 * time.Millisecond)
-	assert.Equal(t, int64(1), failed.Load(), "commit attempts within the first backoff")
+	require.Eventually(t, func() bool { return failed.Load() >= 2 }, 10*time.Second, 5*time.Millisecond)
+	mu.Lock()
+	gap := attempts[1].Sub(attempts[0])
+	mu.Unlock()
+	t.Logf("the second commit attempt came %v after the first", gap)
+	assert.GreaterOrEqual(t, gap, 500*time.Millisecond, "the retry did not wait out its backoff")
 }
 
 // A failed auto-commit is retried after its backoff, even when no trigger
