@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -16,6 +17,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"go.uber.org/goleak"
@@ -907,39 +909,16 @@ func TestFetchErrorsRetried(t *testing.T) {
 // every 20 ms; a loaded machine can only make the gap longer.
 func TestAutoCommitBackoff(t *testing.T) {
 	t.Parallel()
-	kf := cluster.Kfake()
-	if kf == nil {
-		t.Skip("needs the embedded broker to inject faults")
-	}
 	topic := backlog(t, 1, 1)
 	g := group(t)
-	var mu sync.Mutex
-	var attempts []time.Time
-	var off atomic.Bool
-	t.Cleanup(func() { off.Store(true) })
-	// Before rejectCommits's: it sees every commit, and lets it through.
-	kf.ControlKey(kmsg.OffsetCommit.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
-		if off.Load() {
-			kf.DropControl()
-			return nil, nil, false
-		}
-		kf.KeepControl()
-		if req.(*kmsg.OffsetCommitRequest).Group == g {
-			mu.Lock()
-			attempts = append(attempts, time.Now())
-			mu.Unlock()
-		}
-		return nil, nil, false
-	})
 	failed := rejectCommits(t, g, 1000)
 	c := open(t, Config{Topic: topic, Group: g, AutoCommitEveryN: -1, AutoCommitEveryT: 20 * time.Millisecond, MaxBackoff: time.Second})
 	drain(t, c, 1, 1)
 	_, err := c.GetMessages(testCtx(t), 1, Block(false)) // consumes: the time trigger commits, and fails
 	require.NoError(t, err)
-	require.Eventually(t, func() bool { return failed.Load() >= 2 }, 10*time.Second, 5*time.Millisecond)
-	mu.Lock()
-	gap := attempts[1].Sub(attempts[0])
-	mu.Unlock()
+	require.Eventually(t, func() bool { return failed.Hits() >= 2 }, 10*time.Second, 5*time.Millisecond)
+	at := failed.times()
+	gap := at[1].Sub(at[0])
 	t.Logf("the second commit attempt came %v after the first", gap)
 	assert.GreaterOrEqual(t, gap, 500*time.Millisecond, "the retry did not wait out its backoff")
 }
@@ -960,7 +939,7 @@ func TestAutoCommitRetried(t *testing.T) {
 	defer cancel()
 	go func() { _, _ = c.GetMessages(ctx, 1, Timeout(0)) }()
 	require.Eventually(t, func() bool { return c.Stats().Partitions[0].Committed == 1 }, 10*time.Second, 10*time.Millisecond)
-	assert.Equal(t, int64(1), failed.Load())
+	assert.Equal(t, 1, failed.Hits())
 	assert.GreaterOrEqual(t, c.Stats().CommitErrors, int64(1))
 	assert.Equal(t, map[int]int64{0: 1}, committed(t, topic, g, 1))
 }
@@ -1009,41 +988,47 @@ func injectFailures(t *testing.T, key kmsg.Key, n int64, match func(kmsg.Request
 }
 
 // rejectCommits makes the embedded broker answer the first n commits of
-// group with GROUP_AUTHORIZATION_FAILED, an error no retry mends, and counts
-// them. On a real broker it skips the test.
-func rejectCommits(t *testing.T, group string, n int64) *atomic.Int64 {
+// group with GROUP_AUTHORIZATION_FAILED, an error no retry mends; Hits
+// counts them. On a real broker it skips the test.
+//
+// A kfake fault, not a control: a control that drops itself shifts the
+// ones added after it, and the next misses that request (maybePopControl
+// edits the slice tryControlKey ranges over), so a rejection could let a
+// commit through.
+func rejectCommits(t *testing.T, group string, n int) *rejections {
 	t.Helper()
 	kf := cluster.Kfake()
 	if kf == nil {
 		t.Skip("needs the embedded broker to inject faults")
 	}
-	var failed atomic.Int64
-	kf.ControlKey(kmsg.OffsetCommit.Int16(), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
-		kf.KeepControl()
-		if failed.Load() >= n {
-			kf.DropControl()
-			return nil, nil, false
-		}
-		req := kreq.(*kmsg.OffsetCommitRequest)
-		if req.Group != group {
-			return nil, nil, false
-		}
-		failed.Add(1)
-		res := req.ResponseKind().(*kmsg.OffsetCommitResponse)
-		for _, rt := range req.Topics {
-			st := kmsg.NewOffsetCommitResponseTopic()
-			st.Topic = rt.Topic
-			for _, rp := range rt.Partitions {
-				sp := kmsg.NewOffsetCommitResponseTopicPartition()
-				sp.Partition = rp.Partition
-				sp.ErrorCode = kerr.GroupAuthorizationFailed.Code
-				st.Partitions = append(st.Partitions, sp)
+	r := &rejections{}
+	r.FaultHandle = kf.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.OffsetCommit}, Group: group, Err: kerr.GroupAuthorizationFailed, Count: n,
+		When: func(req kmsg.Request) bool {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			if req != r.last { // asked once for each partition
+				r.last = req
+				r.at = append(r.at, time.Now())
 			}
-			res.Topics = append(res.Topics, st)
-		}
-		return res, nil, true
-	})
-	return &failed
+			return true
+		}})
+	t.Cleanup(r.Remove)
+	return r
+}
+
+// rejections is the fault of rejectCommits, and when the commits it
+// looked at came.
+type rejections struct {
+	*kfake.FaultHandle
+	mu   sync.Mutex
+	last kmsg.Request
+	at   []time.Time
+}
+
+func (r *rejections) times() []time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.at)
 }
 
 func fetchesTopic(req *kmsg.FetchRequest, topic string) bool {
