@@ -17,30 +17,15 @@ import (
 
 // a topic written by a transactional producer with small
 // transactions (here one message each: every other offset is a commit
-// marker) is handled about one message at a time once feed holds a few
-// hundred messages: each marker between two waiting messages is a span of
-// its own, room() says no, and only the commit message starts. The same
-// messages without markers run 16 at a time.
+// marker) keeps Process's concurrency. The markers between the messages
+// once were spans of their own in the window, and room() counted each
+// against the commit metadata's bound (about 760 spans and handlers at
+// these offsets): once feed held a few hundred messages, only the lowest
+// incomplete one started. Counted, not timed: all n messages are handled
+// at once, each handler waiting for the others. n handlers fit in the
+// bound; n marker spans beside them do not (then 362 start).
 func TestProcessTransactionalTopicKeepsConcurrency(t *testing.T) {
 	const n = 400
-	run := func(topic string) float64 {
-		c := open(t, Config{Topic: topic, Group: group(t)})
-		h := newHandled(n)
-		start := time.Now()
-		stop := runProcess(t, c, ProcessConfig{Concurrency: 16}, func(ctx context.Context, m kafka.Message) error {
-			time.Sleep(5 * time.Millisecond)
-			h.add(m)
-			return nil
-		})
-		waitDone(t, h.done, "every message handled")
-		took := time.Since(start)
-		require.ErrorIs(t, stop(), context.Canceled)
-		avg := float64(n*5*time.Millisecond) / float64(took)
-		t.Logf("%s: %d messages of 5ms, Concurrency 16: %v, %.1f handlers in flight on average", topic, n, took, avg)
-		return avg
-	}
-	plain := cluster.Topic(t, 1)
-	keyed(t, plain, 0, 0, n, n)
 	tx := cluster.Topic(t, 1)
 	cl, err := kgo.NewClient(kgo.SeedBrokers(cluster.Brokers()...), kgo.TransactionalID(kafkatest.UniqueName("tx")),
 		kgo.DefaultProduceTopic(tx), kgo.RecordPartitioner(kgo.ManualPartitioner()))
@@ -52,8 +37,32 @@ func TestProcessTransactionalTopicKeepsConcurrency(t *testing.T) {
 		require.NoError(t, cl.EndTransaction(ctx, kgo.TryCommit))
 	}
 	cl.Close()
-	p, x := run(plain), run(tx)
-	assert.Greater(t, x, p/2, "markers between the messages cost more than half the concurrency")
+
+	c := open(t, Config{Topic: tx, Group: group(t)})
+	h := newHandled(n)
+	// No handler returns before all n run: inFlight only grows.
+	var inFlight atomic.Int64
+	all := make(chan struct{}) // closed when the n handlers run at once
+	stop := runProcess(t, c, ProcessConfig{Concurrency: n}, func(ctx context.Context, m kafka.Message) error {
+		if inFlight.Add(1) == n {
+			close(all)
+		}
+		select {
+		case <-all:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		h.add(m)
+		return nil
+	})
+	select {
+	case <-all:
+	case <-time.After(30 * time.Second):
+		s := c.Stats().Partitions[0]
+		t.Fatalf("at most %d of %d handlers ran at once (taken up to offset %d, %d incomplete)", inFlight.Load(), n, s.Delivered, s.Incomplete)
+	}
+	waitDone(t, h.done, "every message handled")
+	require.ErrorIs(t, stop(), context.Canceled)
 }
 
 // a message given up on (no OnGiveUp) stops Process, but its
@@ -132,18 +141,23 @@ func TestProcessGiveUpErrorGivenToOnGiveUp(t *testing.T) {
 // MaxBackoff, 60s by default, capped only by RebalanceTimeout), then the
 // handler runs once more on a partition the member no longer owns. With
 // MaxAttempts 0 (the default) a poison message makes every rebalance of
-// the group last about a backoff.
+// the group last about a backoff. Here the backoff and RebalanceTimeout
+// are 20 s: a revoke that waited for the backoff would take them, one
+// that does not takes a rebalance's round trips.
 func TestProcessRevokeDoesNotWaitForABackoff(t *testing.T) {
 	const n = 2
+	const backoff = 20 * time.Second
 	topic := cluster.Topic(t, n)
 	for p := range n {
 		keyed(t, topic, p, 0, 5, 5)
 	}
 	g := group(t)
+	cfg := groupCfg(topic, g)
+	cfg.RebalanceTimeout = backoff
 	var mu sync.Mutex
 	attempts := map[int][]time.Time{}
-	a := open(t, groupCfg(topic, g))
-	stopA := runProcess(t, a, ProcessConfig{RetryBackoff: 3 * time.Second}, func(ctx context.Context, m kafka.Message) error {
+	a := open(t, cfg)
+	stopA := runProcess(t, a, ProcessConfig{RetryBackoff: backoff}, func(ctx context.Context, m kafka.Message) error {
 		if m.Offset == 0 { // poison on every partition
 			mu.Lock()
 			attempts[m.Partition] = append(attempts[m.Partition], time.Now())
@@ -158,8 +172,8 @@ func TestProcessRevokeDoesNotWaitForABackoff(t *testing.T) {
 		return len(attempts[0]) == 1 && len(attempts[1]) == 1
 	}, 10*time.Second, time.Millisecond)
 	joined := time.Now()
-	b := open(t, groupCfg(topic, g))
-	stopB := runProcess(t, b, ProcessConfig{RetryBackoff: 3 * time.Second}, func(ctx context.Context, m kafka.Message) error { return errBoom })
+	b := open(t, cfg)
+	stopB := runProcess(t, b, ProcessConfig{RetryBackoff: backoff}, func(ctx context.Context, m kafka.Message) error { return errBoom })
 	assigned := assignedTo(t, n, a, b)
 	took := time.Since(joined)
 	require.ErrorIs(t, stopA(), context.Canceled)
@@ -174,7 +188,7 @@ func TestProcessRevokeDoesNotWaitForABackoff(t *testing.T) {
 			}
 		}
 	}
-	assert.Less(t, took, 2*time.Second, "the revoke waited for the backoff")
+	assert.Less(t, took, backoff/2, "the revoke waited for the backoff")
 }
 
 // Close waits for Process's handlers for all of its one timeout,
@@ -189,12 +203,15 @@ func TestProcessCloseCommitsWhatCompletedDespiteASlowHandler(t *testing.T) {
 		AutoCommitEveryN: 1 << 30, AutoCommitEveryT: time.Hour})
 	h := newHandled(199)
 	stuck := make(chan struct{})
+	closed := make(chan struct{})
+	release := sync.OnceFunc(func() { close(closed) })
+	t.Cleanup(release)
 	res := make(chan error, 1)
 	go func() {
 		res <- c.Process(context.Background(), ProcessConfig{Concurrency: 4}, func(ctx context.Context, m kafka.Message) error {
 			if m.Offset == 50 && m.Partition == 0 {
 				close(stuck)
-				time.Sleep(3 * time.Second) // ignores ctx, past Close's timeout
+				<-closed // ignores ctx, until Close has returned
 				return nil
 			}
 			h.add(m)
@@ -204,6 +221,7 @@ func TestProcessCloseCommitsWhatCompletedDespiteASlowHandler(t *testing.T) {
 	waitDone(t, stuck, "the slow handler")
 	waitDone(t, h.done, "the others handled")
 	closeErr := c.Close()
+	release()
 	t.Logf("Close: %v", closeErr)
 	<-res
 	cm := committed(t, topic, g, 2)

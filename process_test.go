@@ -121,6 +121,10 @@ func TestProcessKeyOrderAndConcurrencyBeyondPartitions(t *testing.T) {
 	var running, peak atomic.Int64
 	var perKey sync.Map // key -> *atomic.Int32: handlers of that key running
 	var overlap atomic.Int64
+	// The first handlers wait until 9 run at once: counted, not left to
+	// how the goroutines happen to be scheduled.
+	nine := make(chan struct{})
+	openNine := sync.OnceFunc(func() { close(nine) })
 	stop := runProcess(t, c, ProcessConfig{Concurrency: 32}, func(ctx context.Context, m kafka.Message) error {
 		k := fmt.Sprintf("%d/%s", m.Partition, m.Key)
 		v, _ := perKey.LoadOrStore(k, new(atomic.Int32))
@@ -134,12 +138,20 @@ func TestProcessKeyOrderAndConcurrencyBeyondPartitions(t *testing.T) {
 				break
 			}
 		}
+		if r >= 9 {
+			openNine()
+		}
+		select {
+		case <-nine:
+		case <-ctx.Done():
+		}
 		time.Sleep(time.Duration(rand.IntN(1000)) * time.Microsecond)
 		running.Add(-1)
 		v.(*atomic.Int32).Add(-1)
 		h.add(m)
 		return nil
 	})
+	waitDone(t, nine, "9 handlers at once")
 	waitDone(t, h.done, "every message handled")
 	require.ErrorIs(t, stop(), context.Canceled)
 	assert.Zero(t, overlap.Load(), "two handlers of one key at once")
@@ -173,6 +185,14 @@ func TestProcessOrderings(t *testing.T) {
 			var mu sync.Mutex
 			busy := map[string]bool{}
 			var overlap atomic.Int64
+			// Unordered: the first handlers wait until 3 run at once
+			// (more than one a partition), counted, not left to how the
+			// goroutines happen to be scheduled.
+			three := make(chan struct{})
+			openThree := sync.OnceFunc(func() { close(three) })
+			if tt.ordering != Unordered {
+				openThree()
+			}
 			stop := runProcess(t, c, ProcessConfig{Ordering: tt.ordering, Concurrency: 8}, func(ctx context.Context, m kafka.Message) error {
 				var k string
 				if tt.maxPer != nil {
@@ -187,6 +207,13 @@ func TestProcessOrderings(t *testing.T) {
 				r := running.Add(1)
 				for p := peak.Load(); r > p && !peak.CompareAndSwap(p, r); p = peak.Load() {
 				}
+				if r >= 3 {
+					openThree()
+				}
+				select {
+				case <-three:
+				case <-ctx.Done():
+				}
 				time.Sleep(200 * time.Microsecond)
 				running.Add(-1)
 				if tt.maxPer != nil {
@@ -197,6 +224,7 @@ func TestProcessOrderings(t *testing.T) {
 				h.add(m)
 				return nil
 			})
+			waitDone(t, three, "3 handlers at once")
 			waitDone(t, h.done, "every message handled")
 			require.ErrorIs(t, stop(), context.Canceled)
 			assert.Zero(t, overlap.Load())
@@ -731,16 +759,16 @@ func TestProcessBackpressureWhenMetadataFull(t *testing.T) {
 		h.add(m)
 		return nil
 	})
-	// b runs until the metadata is full, then stalls.
+	// b runs until the metadata is full, then stalls: every message is
+	// taken (the queue has room for them all) and only a's first runs, so
+	// b's next waits for room. One snapshot, not a pause in the progress
+	// (which a loaded machine makes too).
 	var stalled int64
 	require.Eventually(t, func() bool {
-		s := c.Stats().Process
-		if s.Handled > 0 && s.Handled == stalled && s.InFlight == 1 {
-			return true
-		}
-		stalled = s.Handled
-		return false
-	}, 30*time.Second, 50*time.Millisecond)
+		s := c.Stats()
+		stalled = s.Process.Handled
+		return s.Partitions[0].Delivered == n && s.Process.InFlight == 1
+	}, 30*time.Second, time.Millisecond)
 	t.Logf("b stalled after %d messages", stalled)
 	assert.Greater(t, stalled, int64(200), "hundreds of spans fit")
 	assert.Less(t, stalled, int64(n/2), "b stalled before its end")
