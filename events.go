@@ -11,7 +11,7 @@ import (
 // Waiting is done on a channel that is closed when the event is set, so a
 // waiter can also select on a context or on other events.
 type event struct {
-	mu  sync.Mutex
+	mu  sync.Mutex // guards set and ch
 	set bool
 	ch  chan struct{} // closed while set; replaced by Clear
 }
@@ -71,7 +71,7 @@ func (e *event) Done() <-chan struct{} {
 // broadcast wakes every goroutine waiting for a change, once per change.
 // The channel is made only when someone waits. The zero value is ready.
 type broadcast struct {
-	mu sync.Mutex
+	mu sync.Mutex    // guards ch
 	ch chan struct{} // nil: nobody waits
 }
 

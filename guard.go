@@ -127,7 +127,7 @@ func (c *guardConn) Close() error {
 // the dial timeout, and a connection still negotiating with a broker that
 // does not answer would outlive New by up to that long.
 type connSet struct {
-	mu     sync.Mutex
+	mu     sync.Mutex // guards conns and closed
 	conns  map[*guardConn]struct{}
 	closed bool
 }

@@ -46,10 +46,10 @@ type batch struct {
 // past the bound is at most the rest of one fetch response per partition
 // (as a worker waiting for room in GetMessages's queue holds its response).
 type queue struct {
-	mu      sync.Mutex
-	batches []batch // FIFO
-	queued  int     // messages in batches
-	held    int     // messages taken by Process and not handed to a handler yet: in the bound
+	mu      sync.Mutex // guards the fields below
+	batches []batch    // FIFO
+	queued  int        // messages in batches
+	held    int        // messages taken by Process and not handed to a handler yet: in the bound
 	limit   int
 	putters int             // puts waiting for room: take wakes waiters only then
 	changed chan struct{}   // nil: nobody waits

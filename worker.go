@@ -41,7 +41,7 @@ type worker struct {
 
 	// Partitions given to the worker, or taken from it, since it last
 	// looked: it takes them in at the start of its next round (applyInbox).
-	inboxMu sync.Mutex
+	inboxMu sync.Mutex // guards given and dropped
 	given   map[int]*fetchPos
 	dropped []int
 
@@ -294,7 +294,7 @@ func (w *worker) rotate() {
 type wakeup struct {
 	ch chan struct{} // cap 1: a wake-up not seen yet
 
-	mu     sync.Mutex
+	mu     sync.Mutex         // guards cancel and fired
 	cancel context.CancelFunc // of the round in flight; nil between rounds
 	fired  bool               // cancel was called by poke
 }
