@@ -924,6 +924,7 @@ func TestAutoCommitBackoff(t *testing.T) {
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return failed.Hits() >= 2 }, 10*time.Second, 5*time.Millisecond)
 	at := failed.times()
+	require.GreaterOrEqual(t, len(at), 2, "commits seen")
 	gap := at[1].Sub(at[0])
 	t.Logf("the second commit attempt came %v after the first", gap)
 	assert.GreaterOrEqual(t, gap, 500*time.Millisecond, "the retry did not wait out its backoff")
