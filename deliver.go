@@ -142,7 +142,6 @@ func (c *MultiConsumer) GetMessages(ctx context.Context, count int, opts ...GetO
 	var taken []batch
 	n := 0
 	for {
-		heard := c.live.changed()
 		if !c.live.alive() {
 			// Probably out of the group (see liveness): nothing new is
 			// delivered until the coordinator answers.
@@ -150,6 +149,10 @@ func (c *MultiConsumer) GetMessages(ctx context.Context, count int, opts ...GetO
 			taken, n = nil, 0
 			if need == 0 {
 				break
+			}
+			heard := c.live.changed()
+			if c.live.alive() {
+				continue // it answered meanwhile
 			}
 			select {
 			case <-heard:

@@ -316,9 +316,12 @@ func (l *liveness) changed() <-chan struct{} { return l.news.wait() }
 // member is alive.
 func (c *MultiConsumer) awaitAlive(ctx context.Context, interrupt <-chan struct{}) bool {
 	for {
-		changed := c.live.changed()
 		if c.live.alive() {
 			return true
+		}
+		changed := c.live.changed()
+		if c.live.alive() {
+			return true // it answered meanwhile
 		}
 		select {
 		case <-changed:
