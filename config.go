@@ -131,8 +131,8 @@ type Config struct {
 	// what it has taken so far (up to its count).
 	QueueSize int
 
-	// ManualCommit turns auto-commit off (the seed's auto_commit=False):
-	// offsets are committed only by Commit. Close does not commit either.
+	// ManualCommit turns auto-commit off: offsets are committed only by
+	// Commit. Close does not commit either.
 	ManualCommit bool
 	// AutoCommitEveryN commits after this many consumed messages. Default
 	// 100; negative disables this trigger.
@@ -327,8 +327,9 @@ func (c *Config) numWorkers(n int) int {
 	return max(1, min(w, n))
 }
 
-// chunks splits partitions among workers as the seed does: chunk i is
-// partitions[i::workers].
+// chunks splits partitions among workers: chunk i is
+// partitions[i::workers], so that each gets as many as the others, or one
+// fewer.
 func chunks(partitions []int, workers int) [][]int {
 	out := make([][]int, workers)
 	for i, p := range partitions {

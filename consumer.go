@@ -423,7 +423,7 @@ func (c *MultiConsumer) owned(partitions []int) ([]int, error) {
 // Whence tells Seek what its offset is relative to.
 type Whence int
 
-// Whence values, after io.Seeker's (and the seed's 0, 1, 2), plus SeekAbsolute.
+// Whence values: io.Seeker's start, current and end, and SeekAbsolute.
 const (
 	SeekAbsolute Whence = iota - 1 // the offset itself
 	SeekStart                      // from the earliest offset in the log
@@ -447,12 +447,10 @@ func (w Whence) String() string {
 }
 
 // Seek moves each of partitions (every partition when none is given) to
-// offset relative to whence. Unlike the seed, which divides offset among the
-// partitions for whence 0 and 2, the same offset applies to each partition.
-// A target outside the log is an *OffsetRangeError and moves nothing.
-// Queued messages of the moved partitions are dropped; messages delivered
-// before count as consumed, and the new position is committed by the next
-// commit, as in the seed.
+// offset relative to whence; the same offset applies to each partition. A
+// target outside the log is an *OffsetRangeError and moves nothing. Queued
+// messages of the moved partitions are dropped; messages delivered before
+// count as consumed, and the new position is committed by the next commit.
 func (c *MultiConsumer) Seek(ctx context.Context, offset int64, whence Whence, partitions ...int) error {
 	if ctx == nil {
 		return errNilContext
@@ -651,8 +649,8 @@ func (c *MultiConsumer) Stats() Stats {
 	return s
 }
 
-// String describes the consumer as the seed does:
-// <MultiConsumer group=G, topic=T, consumers=W>.
+// String describes the consumer: <MultiConsumer group=G, topic=T,
+// consumers=W>, W the number of workers.
 func (c *MultiConsumer) String() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()

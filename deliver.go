@@ -32,8 +32,8 @@ func Block(block bool) GetOption {
 }
 
 // BlockFor makes GetMessages wait until at least n messages have arrived (or
-// the timeout), then take what is queued, up to count: the seed's
-// block=<int>. n <= 0 is Block(false).
+// the timeout), then take what is queued, up to count. n <= 0 is
+// Block(false).
 func BlockFor(n int) GetOption {
 	return getOption(func(o *getOptions) { o.block, o.atLeast = n > 0, n })
 }

@@ -40,8 +40,8 @@
 // connection is retried within the request timeout.
 //
 // Without Config.JoinGroup, commits use the group's offset storage without
-// joining the group (as the seed does): two consumers with the same Group
-// and partitions both read everything, and the last commit wins.
+// joining the group: two consumers with the same Group and partitions both
+// read everything, and the last commit wins.
 //
 // # Group mode
 //

@@ -273,8 +273,7 @@ func (b *book) consumeDelivered() {
 }
 
 // seek moves partition p to offset: what was delivered before counts as
-// consumed, and the position itself is the next thing to commit, as the seed
-// does. It returns the partition's new epoch, or false if p is not in the
+// consumed, and the position itself is the next thing to commit. It returns the partition's new epoch, or false if p is not in the
 // book.
 func (b *book) seek(p int, offset int64) (uint64, bool) {
 	po, ok := b.parts[p]
