@@ -104,8 +104,8 @@ func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
 		// A quarter of the queue: big enough to keep the per-batch costs
 		// low, small enough that a worker finds room before the queue is
 		// empty.
-		chunk: max(1, min(512, cfg.QueueSize/4)),
-		log:   c.log, kc: c.kc, meta: c.meta, q: c.q, running: c.running,
+		batchSize: max(1, min(512, cfg.QueueSize/4)),
+		log:       c.log, kc: c.kc, meta: c.meta, q: c.q, running: c.running,
 		sync: c.syncPositions, highWatermark: c.setHighWatermark, fetchErrors: c.countFetchErrors,
 	}, c.cfg.numWorkers)
 	c.live = newLiveness(0)

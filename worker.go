@@ -30,14 +30,14 @@ const (
 // an idle partition costs no round trip of its own. A partition that fails
 // backs off on its own; the others go on.
 type worker struct {
-	env    *fetchEnv
-	id     int
-	order  []int // its partitions, in the order the next fetch lists them
-	pos    map[int]*fetchPos
-	wake   *wakeup
-	log    *slog.Logger
-	chunk  int     // messages per batch queued
-	arenas []arena // one per leader fetched from in a round
+	env       *fetchEnv
+	id        int
+	order     []int // its partitions, in the order the next fetch lists them
+	pos       map[int]*fetchPos
+	wake      *wakeup
+	log       *slog.Logger
+	batchSize int     // messages per batch queued
+	arenas    []arena // one per leader fetched from in a round
 
 	// Partitions given to the worker, or taken from it, since it last
 	// looked: it takes them in at the start of its next round (applyInbox).
@@ -134,7 +134,7 @@ type fetchEnv struct {
 	topic       string
 	startOffset int64
 	maxBackoff  time.Duration
-	chunk       int // messages per batch queued
+	batchSize   int // messages per batch queued
 	log         *slog.Logger
 	kc          *brokers
 	meta        *topicMeta
@@ -153,7 +153,7 @@ type fetchEnv struct {
 func newWorker(env *fetchEnv, id int, partitions []int, pos map[int]*fetchPos, wake *wakeup) *worker {
 	w := &worker{env: env, id: id, order: slices.Clone(partitions), pos: pos, wake: wake}
 	w.log = env.log.With("worker", id)
-	w.chunk = env.chunk
+	w.batchSize = env.batchSize
 	return w
 }
 
@@ -561,7 +561,7 @@ func (w *worker) handle(ctx context.Context, rp *fetchAPI.ResponsePartition, a *
 
 // decode turns the records of a partition at or after pos.offset into
 // messages, leaving out control records (transaction markers), and queues
-// them in runs of w.chunk as it goes, so the caller can take the first
+// them in runs of w.batchSize as it goes, so the caller can take the first
 // messages of a large response while the rest is decoded. pos.offset
 // follows what was queued. It reports whether it queued any message.
 func (w *worker) decode(ctx context.Context, p int, pos *fetchPos, hwm int64, rr protocol.RecordReader, a *arena) (bool, error) {
@@ -631,9 +631,9 @@ func (w *worker) decode(ctx context.Context, p int, pos *fetchPos, hwm int64, rr
 			if run == nil {
 				// No more than the log holds past the position: at a
 				// trickle a response has a message or two, and a run
-				// sized for a backlog (w.chunk, ~150 B a message) would
+				// sized for a backlog (w.batchSize, ~150 B a message) would
 				// be most of what the consumer allocates.
-				run = make([]kafka.Message, 0, min(int64(w.chunk), max(1, hwm-rec.Offset)))
+				run = make([]kafka.Message, 0, min(int64(w.batchSize), max(1, hwm-rec.Offset)))
 			}
 			m := kafka.Message{
 				Topic:         w.env.topic,
@@ -650,7 +650,7 @@ func (w *worker) decode(ctx context.Context, p int, pos *fetchPos, hwm int64, rr
 			if err != nil {
 				return err
 			}
-			if run = append(run, m); len(run) == w.chunk {
+			if run = append(run, m); len(run) == w.batchSize {
 				if err := flush(); err != nil {
 					return err
 				}
