@@ -214,7 +214,7 @@ func (c *MultiConsumer) sendable(l lease, offsets map[int]int64) (send map[int]i
 	}
 	send = make(map[int]int64, len(offsets))
 	for p, off := range offsets {
-		if _, owned := c.book.parts[p]; !owned {
+		if !c.book.has(p) {
 			dropped = append(dropped, &PartitionError{Topic: c.cfg.Topic, Partition: p,
 				Err: fmt.Errorf("commit offset %d: revoked before the commit went out: %w", off, errLeaseEnded)})
 			continue

@@ -240,14 +240,14 @@ func (c *MultiConsumer) syncPositions(parts []int, pos map[int]*fetchPos, now ti
 	pl.reset()
 	idle = -1
 	for _, p := range parts {
-		po, ok := c.book.parts[p]
-		if !ok || po.retired {
+		delivered, epoch, ok := c.book.fetchable(p)
+		if !ok {
 			continue // its worker lets it go at its next round
 		}
 		fp := pos[p]
-		if !fp.synced || fp.epoch != po.epoch {
+		if !fp.synced || fp.epoch != epoch {
 			// A new position (a Seek) is tried at once, backoff or not.
-			*fp = fetchPos{offset: po.delivered, epoch: po.epoch, synced: true}
+			*fp = fetchPos{offset: delivered, epoch: epoch, synced: true}
 		}
 		if wait := fp.retryAt.Sub(now); wait > 0 {
 			if idle < 0 || wait < idle {
@@ -274,20 +274,13 @@ func (c *MultiConsumer) syncPositions(parts []int, pos map[int]*fetchPos, now ti
 
 func (c *MultiConsumer) setHighWatermark(p int, hwm int64) {
 	c.mu.Lock()
-	if po, ok := c.book.parts[p]; ok {
-		po.highWatermark = hwm
-	}
+	c.book.setHighWatermark(p, hwm)
 	c.mu.Unlock()
 }
 
 func (c *MultiConsumer) countFetchErrors(parts []int) {
 	c.mu.Lock()
-	for _, p := range parts {
-		if po, ok := c.book.parts[p]; ok {
-			po.fetchErrors++
-			c.book.fetchErrors++
-		}
-	}
+	c.book.fetchFailed(parts)
 	c.mu.Unlock()
 }
 
@@ -360,11 +353,7 @@ func closedErr(ctx context.Context, err error) error {
 func (c *MultiConsumer) Offsets() map[int]int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	out := make(map[int]int64, len(c.book.parts))
-	for p, po := range c.book.parts {
-		out[p] = po.delivered
-	}
-	return out
+	return c.book.deliveredOffsets()
 }
 
 // Pending returns how many messages of partitions (every partition when
@@ -390,9 +379,10 @@ func (c *MultiConsumer) Pending(ctx context.Context, partitions ...int) (int64, 
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var n int64
+	delivered := c.book.deliveredOffsets()
 	for _, p := range parts {
-		if po, ok := c.book.parts[p]; ok {
-			n += max(0, b[p].last-po.delivered)
+		if d, ok := delivered[p]; ok {
+			n += max(0, b[p].last-d)
 		}
 	}
 	return n, nil
@@ -413,7 +403,7 @@ func (c *MultiConsumer) owned(partitions []int) ([]int, error) {
 		return c.book.partitions(), nil
 	}
 	for _, p := range partitions {
-		if _, ok := c.book.parts[p]; !ok {
+		if !c.book.has(p) {
 			return nil, &PartitionError{Topic: c.cfg.Topic, Partition: p, Err: fmt.Errorf("%w: not consumed here (consuming %v)", ErrUnknownPartition, c.book.partitions())}
 		}
 	}

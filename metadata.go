@@ -221,7 +221,7 @@ func (c *MultiConsumer) topicGrew(ctx context.Context, all []int) error {
 	c.mu.Lock()
 	var added []int
 	for _, p := range all {
-		if _, ok := c.book.parts[p]; !ok {
+		if !c.book.has(p) {
 			added = append(added, p)
 		}
 	}

@@ -151,6 +151,50 @@ func (b *book) held(partitions []int) bool {
 	return false
 }
 
+// has reports whether partition p is in the book.
+func (b *book) has(p int) bool {
+	_, ok := b.parts[p]
+	return ok
+}
+
+// fetchable returns where the next fetch of partition p starts (after the
+// last message delivered) and the epoch it is fetched in; false when p is
+// not in the book or is being given up.
+func (b *book) fetchable(p int) (offset int64, epoch uint64, ok bool) {
+	po, ok := b.parts[p]
+	if !ok || po.retired {
+		return 0, 0, false
+	}
+	return po.delivered, po.epoch, true
+}
+
+// setHighWatermark records partition p's high watermark, from a fetch.
+func (b *book) setHighWatermark(p int, hwm int64) {
+	if po, ok := b.parts[p]; ok {
+		po.highWatermark = hwm
+	}
+}
+
+// fetchFailed counts a failed fetch of partitions.
+func (b *book) fetchFailed(partitions []int) {
+	for _, p := range partitions {
+		if po, ok := b.parts[p]; ok {
+			po.fetchErrors++
+			b.fetchErrors++
+		}
+	}
+}
+
+// deliveredOffsets returns the offset after the last message delivered, per
+// partition.
+func (b *book) deliveredOffsets() map[int]int64 {
+	out := make(map[int]int64, len(b.parts))
+	for p, po := range b.parts {
+		out[p] = po.delivered
+	}
+	return out
+}
+
 // remove ends bookkeeping for partition p (the partition was taken away).
 func (b *book) remove(p int) { delete(b.parts, p) }
 
