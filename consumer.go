@@ -468,7 +468,7 @@ func (c *MultiConsumer) Seek(ctx context.Context, offset int64, whence Whence, p
 	}
 	targets := make(map[int]int64, len(parts))
 	for _, p := range parts {
-		po, ok := c.book.parts[p]
+		delivered, ok := c.book.deliveredOf(p)
 		if !ok { // taken away since owned() looked
 			c.mu.Unlock()
 			return &PartitionError{Topic: c.cfg.Topic, Partition: p, Err: ErrUnknownPartition}
@@ -478,7 +478,7 @@ func (c *MultiConsumer) Seek(ctx context.Context, offset int64, whence Whence, p
 		case SeekStart:
 			t += b[p].first
 		case SeekCurrent:
-			t += po.delivered
+			t += delivered
 		case SeekEnd:
 			t += b[p].last
 		}
@@ -489,7 +489,7 @@ func (c *MultiConsumer) Seek(ctx context.Context, offset int64, whence Whence, p
 		targets[p] = t
 	}
 	for p := range targets {
-		c.book.parts[p].win = nil // Process starts afresh there
+		c.book.dropWindow(p) // Process starts afresh there
 	}
 	epochs := c.repositionLocked(targets)
 	c.mu.Unlock()
@@ -608,7 +608,7 @@ func (c *MultiConsumer) Stats() Stats {
 		Paused: !c.running.IsSet(), CommitErrors: c.commitErrors(),
 		Commits: c.book.commits, LastCommit: c.book.lastStored,
 		Messages: c.book.messages, Bytes: c.book.bytes, FetchErrors: c.book.fetchErrors,
-		Partitions:      make(map[int]PartitionStats, len(c.book.parts)),
+		Partitions:      make(map[int]PartitionStats, c.book.size()),
 		AddedPartitions: sortedCopy(c.addedParts),
 		Err:             c.fatal,
 		MemberID:        c.grp.lease.memberID, Generation: c.grp.lease.generation,
@@ -618,21 +618,7 @@ func (c *MultiConsumer) Stats() Stats {
 		Process: c.pstats,
 	}
 	s.Process.HandlerDurations = c.pstats.HandlerDurations.clone()
-	for p, po := range c.book.parts {
-		lag := int64(-1)
-		if po.highWatermark >= 0 {
-			lag = max(0, po.highWatermark-po.delivered)
-		}
-		ps := PartitionStats{
-			Delivered: po.delivered, Consumed: po.consumed, Committed: po.committed,
-			HighWatermark: po.highWatermark, Lag: lag, FetchErrors: po.fetchErrors,
-			Messages: po.messages, Bytes: po.bytes,
-		}
-		if c.proc != nil && po.win != nil {
-			ps.Incomplete = po.win.pending
-		}
-		s.Partitions[p] = ps
-	}
+	c.book.partitionStats(s.Partitions, c.proc != nil)
 	if c.proc != nil {
 		c.proc.stats(&s, s.Time)
 	}

@@ -185,6 +185,46 @@ func (b *book) fetchFailed(partitions []int) {
 	}
 }
 
+// size returns the number of partitions in the book.
+func (b *book) size() int { return len(b.parts) }
+
+// deliveredOf returns the offset after the last message of partition p
+// delivered; false when p is not in the book.
+func (b *book) deliveredOf(p int) (int64, bool) {
+	po, ok := b.parts[p]
+	if !ok {
+		return 0, false
+	}
+	return po.delivered, true
+}
+
+// dropWindow forgets partition p's Process window (a Seek moved it).
+func (b *book) dropWindow(p int) {
+	if po, ok := b.parts[p]; ok {
+		po.win = nil
+	}
+}
+
+// partitionStats fills out with every partition's stats; with processing,
+// the messages Process took and did not complete too.
+func (b *book) partitionStats(out map[int]PartitionStats, processing bool) {
+	for p, po := range b.parts {
+		lag := int64(-1)
+		if po.highWatermark >= 0 {
+			lag = max(0, po.highWatermark-po.delivered)
+		}
+		ps := PartitionStats{
+			Delivered: po.delivered, Consumed: po.consumed, Committed: po.committed,
+			HighWatermark: po.highWatermark, Lag: lag, FetchErrors: po.fetchErrors,
+			Messages: po.messages, Bytes: po.bytes,
+		}
+		if processing && po.win != nil {
+			ps.Incomplete = po.win.pending
+		}
+		out[p] = ps
+	}
+}
+
 // deliveredOffsets returns the offset after the last message delivered, per
 // partition.
 func (b *book) deliveredOffsets() map[int]int64 {
