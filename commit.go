@@ -91,7 +91,7 @@ func (c *MultiConsumer) wakeCommitter() {
 // Process as it stops, the auto-commit triggers), is a request to it,
 // served one at a time, in order. So no commit overtakes another on
 // another connection (a late one would store older offsets over newer
-// ones), and each is built and sent under one lease (see commit).
+// ones), and each is built and sent under one lease (see sendCommit).
 type committer struct {
 	reqs    chan commitReq
 	now     chan struct{} // cap 1: the count trigger fired
