@@ -318,6 +318,10 @@ func (c Config) withDefaults() (Config, error) {
 	return c, nil
 }
 
+// autoCommit reports whether the consumer commits on its own: with a group,
+// unless ManualCommit.
+func (c *Config) autoCommit() bool { return c.Group != "" && !c.ManualCommit }
+
 // numWorkers returns how many workers share n partitions.
 func (c *Config) numWorkers(n int) int {
 	w := c.NumWorkers

@@ -64,9 +64,138 @@ var timers = sync.Pool{New: func() any {
 // next call. A call with a done ctx still counts what was delivered before
 // as consumed: that is how a loop ends cleanly (see Close). After Close it
 // returns ErrClosed, and while Process runs, ErrBusy. A negative count is
-// an error; 0 returns nothing.
+// an *ArgError; 0 returns nothing.
 func (c *MultiConsumer) GetMessages(ctx context.Context, count int, opts ...GetOption) ([]kafka.Message, error) {
-	if c.isClosed() {
+	return c.out.get(ctx, count, opts...)
+}
+
+// Iter returns an unbuffered channel of messages, in order within each
+// partition, closed when ctx ends, the consumer closes, or it stops for
+// good (Err says why). While Process runs, the channel is closed at once.
+// It waits for messages as long as it takes; there is no idle cut-off. A
+// nil ctx gives a closed channel. Receiving a message counts every message
+// delivered before it as consumed. A message taken for the channel but
+// never received stays queued for the next call.
+//
+// The last message received before the channel closes is not consumed (no
+// receive came after it): when the loop has handled it, Commit (with a live
+// ctx) before Close commits it; Close alone leaves it to be delivered again.
+//
+// The goroutine that feeds the channel records each hand-over right after
+// it: Offsets and Stats may lag a receive by that instant. Ranging over the
+// channel and breaking out of the loop should be followed by cancelling ctx,
+// which ends the goroutine.
+//
+// Prefer Messages for a loop over the messages: it runs in the loop's
+// goroutine, without a channel hand-over per message (it is faster), a
+// break leaves nothing running, and it yields the error that ended it. Iter
+// is for a receiver that needs a channel: a select over it and other
+// channels, or a receive in another goroutine than the one that asked.
+func (c *MultiConsumer) Iter(ctx context.Context) <-chan kafka.Message {
+	return c.out.iter(ctx)
+}
+
+// delivery is the pull side of the pipeline: GetMessages, Messages loops
+// and Iter goroutines take batches from the queue and hand them to the
+// caller, recording them in the ledger. It also keeps the slot of the one
+// running Process (the dispatcher), which excludes the pull calls.
+//
+// The delivery token (token) is held by who takes from the queue and
+// delivers (a GetMessages call, a Messages loop's next batch, an Iter
+// batch, Process's feeder), so that a partition's messages reach the caller
+// in order.
+type delivery struct {
+	q    *queue     // set once
+	led  *ledger    // set once
+	live *liveness  // set once
+	life *lifecycle // set once: closed, the stopping error, the helpers
+	wake func()     // set once: the count trigger fired (the committer's)
+
+	token   chan struct{} // cap 1: a token, not guarded
+	sending sync.RWMutex  // held (read) by an Iter send; a hand-over waits for it (awaitSends)
+	totals  procTotals    // Process's counters since New; its own lock
+
+	mu        sync.Mutex    // guards the fields below
+	interrupt chan struct{} // closed and replaced by every Seek and revoke (moved), and closed for good by shut
+	shut      bool          // Close has begun: interrupt stays closed
+	holder    *holding      // the Messages loop holding messages it took, if any
+	iters     int           // Iter goroutines and Messages loops running: Process waits
+	proc      *processor    // the running Process, if any
+}
+
+func newDelivery(q *queue, led *ledger, live *liveness, life *lifecycle, wake func()) *delivery {
+	return &delivery{q: q, led: led, live: live, life: life, wake: wake,
+		token: make(chan struct{}, 1), interrupt: make(chan struct{})}
+}
+
+// moved wakes Iter goroutines blocked on a send, and Process's retries
+// waiting out a backoff, so that they look again at what they hold: a Seek
+// or a revoke moved a partition. After shutDown it does nothing.
+func (d *delivery) moved() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.shut {
+		return
+	}
+	close(d.interrupt)
+	d.interrupt = make(chan struct{})
+}
+
+// interrupted returns the channel the next moved (or shutDown) closes.
+func (d *delivery) interrupted() <-chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.interrupt
+}
+
+// shutDown closes the interrupt channel for good (Close): an Iter
+// goroutine that reads it from now on sees it closed and gives up its send.
+func (d *delivery) shutDown() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.shut {
+		d.shut = true
+		close(d.interrupt)
+	}
+}
+
+// awaitSends waits for an Iter send in flight, which began before its
+// partition was retired, to hand its message over or give it back.
+func (d *delivery) awaitSends() {
+	d.sending.Lock()
+	d.sending.Unlock() //nolint:staticcheck // an empty critical section is the point
+}
+
+// awaitIdle takes the delivery token for good (Close): it returns once any
+// delivery in progress has given up.
+func (d *delivery) awaitIdle() { d.token <- struct{}{} }
+
+// running returns the running Process, if any.
+func (d *delivery) running() *processor {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.proc
+}
+
+// purge drops the waiting messages of the running Process (if any) of
+// parts, which a Seek or a revoke made stale.
+func (d *delivery) purge(parts []int) {
+	if p := d.running(); p != nil {
+		p.purge(parts)
+	}
+}
+
+// consume records that the caller came back for more, and wakes the
+// committer when the count trigger fires.
+func (d *delivery) consume() {
+	if d.led.consume(time.Now()) {
+		d.wake()
+	}
+}
+
+// get is GetMessages.
+func (d *delivery) get(ctx context.Context, count int, opts ...GetOption) ([]kafka.Message, error) {
+	if d.life.isClosed() {
 		return nil, ErrClosed
 	}
 	if ctx == nil {
@@ -92,10 +221,10 @@ func (c *MultiConsumer) GetMessages(ctx context.Context, count int, opts ...GetO
 		}
 	}
 
-	if c.processing() {
+	if d.running() != nil {
 		return nil, ErrBusy
 	}
-	c.consume() // the caller came back for more, even with a done ctx
+	d.consume() // the caller came back for more, even with a done ctx
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -123,35 +252,35 @@ func (c *MultiConsumer) GetMessages(ctx context.Context, count int, opts ...GetO
 	// Block(false) does not wait for one.
 	if need == 0 {
 		select {
-		case c.deliver <- struct{}{}:
+		case d.token <- struct{}{}:
 		default:
 			return nil, nil
 		}
-		if c.isClosed() {
-			c.releaseToken()
+		if d.life.isClosed() {
+			d.release()
 			return nil, ErrClosed
 		}
-		if c.processing() {
-			c.releaseToken()
+		if d.running() != nil {
+			d.release()
 			return nil, ErrBusy
 		}
-	} else if ok, err := c.acquire(ctx, expired); !ok {
+	} else if ok, err := d.acquire(ctx, expired, nil); !ok {
 		return nil, err
 	}
-	defer c.releaseToken()
+	defer d.release()
 	var taken []batch
 	n := 0
 	for {
-		if !c.live.alive() {
+		if !d.live.alive() {
 			// Probably out of the group (see liveness): nothing new is
 			// delivered until the coordinator answers.
-			c.q.unshift(taken)
+			d.q.unshift(taken)
 			taken, n = nil, 0
 			if need == 0 {
 				break
 			}
-			heard := c.live.changed()
-			if c.live.alive() {
+			heard := d.live.changed()
+			if d.live.alive() {
 				continue // it answered meanwhile
 			}
 			select {
@@ -161,36 +290,31 @@ func (c *MultiConsumer) GetMessages(ctx context.Context, count int, opts ...GetO
 				return nil, nil
 			case <-ctx.Done():
 				return nil, ctx.Err()
-			case <-c.closing.Done():
+			case <-d.life.closing.Done():
 				return nil, ErrClosed
 			}
 		}
-		c.mu.Lock()
-		c.reclaimLocked() // a Messages loop's messages come first
-		for _, b := range c.q.take(count - n) {
-			if c.book.current(b.partition, b.epoch) { // else moved by Seek since it was fetched
-				taken = append(taken, b)
-				n += len(b.msgs)
-			}
-		}
-		c.mu.Unlock()
+		d.reclaim() // a Messages loop's messages come first
+		// else moved by Seek since it was fetched
+		more, m := d.led.keepCurrent(d.q.take(count - n))
+		taken, n = append(taken, more...), n+m
 		if n >= need {
 			if err := ctx.Err(); err != nil {
-				c.q.unshift(taken)
+				d.q.unshift(taken)
 				return nil, err
 			}
 			if n == 0 {
-				if err := c.Err(); err != nil {
+				if err := d.life.err(); err != nil {
 					return nil, err
 				}
 			}
 			break
 		}
-		queued, changed := c.q.state()
+		queued, changed := d.q.state()
 		if queued > 0 {
 			continue
 		}
-		if err := c.Err(); err != nil {
+		if err := d.life.err(); err != nil {
 			if n > 0 {
 				break // deliver what was taken; the next call reports err
 			}
@@ -203,182 +327,158 @@ func (c *MultiConsumer) GetMessages(ctx context.Context, count int, opts ...GetO
 		case <-expired:
 		case <-ctx.Done():
 			err = ctx.Err()
-		case <-c.closing.Done():
+		case <-d.life.closing.Done():
 			err = ErrClosed
 		}
 		if err != nil {
-			c.q.unshift(taken)
+			d.q.unshift(taken)
 			return nil, err
 		}
 		break
 	}
-	return c.deliverBatches(taken, n), nil
+	return d.led.deliverBatches(taken, n), nil
 }
 
-// deliverBatches records taken as delivered and returns its messages,
-// leaving out those of partitions moved by Seek since they were fetched.
-func (c *MultiConsumer) deliverBatches(taken []batch, n int) []kafka.Message {
-	var out []kafka.Message
-	c.mu.Lock()
-	for _, b := range taken {
-		if !c.book.current(b.partition, b.epoch) {
-			continue // a Seek since it was taken
-		}
-		if len(b.msgs) == 0 {
-			c.book.advance(b.partition, b.advance)
-			continue
-		}
-		c.book.deliverRun(b.partition, b.msgs[len(b.msgs)-1].Offset, len(b.msgs))
-		c.book.count(b.partition, len(b.msgs), msgBytes(b.msgs))
-		if len(b.msgs) == n {
-			// One batch: hand it over as it is, no copy. Nothing else
-			// uses its array past its end (a split in queue.take clips
-			// the head's capacity; a worker drops a run it has queued),
-			// so the caller may append to it.
-			out = b.msgs
-			continue
-		}
-		out = append(out, b.msgs...)
-	}
-	c.mu.Unlock()
-	return out
-}
-
-// acquire takes the delivery token. It gives up, with an error, when ctx
-// ends or the consumer closes, and, without one, when expired fires.
-func (c *MultiConsumer) acquire(ctx context.Context, expired <-chan time.Time) (bool, error) {
-	return c.acquireFor(ctx, expired, nil)
-}
-
-// acquireFor is acquire for Process p (nil: for a delivery, which gets
-// ErrBusy if a Process took the token first).
-func (c *MultiConsumer) acquireFor(ctx context.Context, expired <-chan time.Time, p *processor) (bool, error) {
+// acquire takes the delivery token for a delivery (p nil: which gets
+// ErrBusy if a Process took the token first) or for Process p. It gives
+// up, with an error, when ctx ends or the consumer closes, and, without
+// one, when expired fires.
+func (d *delivery) acquire(ctx context.Context, expired <-chan time.Time, p *processor) (bool, error) {
 	select {
-	case c.deliver <- struct{}{}:
+	case d.token <- struct{}{}:
 	case <-expired:
 		return false, nil
 	case <-ctx.Done():
 		return false, ctx.Err()
-	case <-c.closing.Done():
+	case <-d.life.closing.Done():
 		return false, ErrClosed
 	}
-	if c.isClosed() {
-		c.releaseToken()
+	if d.life.isClosed() {
+		d.release()
 		return false, ErrClosed
 	}
-	c.mu.Lock()
-	busy := c.proc != nil && c.proc != p
-	c.mu.Unlock()
-	if busy { // Process started while this call waited for the token
-		c.releaseToken()
+	if proc := d.running(); proc != nil && proc != p { // Process started while this call waited for the token
+		d.release()
 		return false, ErrBusy
 	}
 	return true, nil
 }
 
-func (c *MultiConsumer) releaseToken() { <-c.deliver }
+func (d *delivery) release() { <-d.token }
 
 // iterBatch is how many messages an Iter goroutine takes from the queue at
 // a time; it holds the delivery token while it hands them over, not while
 // it waits for messages.
 const iterBatch = 256
 
-// Iter returns an unbuffered channel of messages, in order within each
-// partition, closed when ctx ends, the consumer closes, or it stops for
-// good (Err says why). While Process runs, the channel is closed at once. It waits for
-// messages as long as it takes; there is no idle cut-off. A nil ctx gives a
-// closed channel. Receiving a
-// message counts every message delivered before it as consumed. A message
-// taken for the channel but never received stays queued for the next call.
-//
-// The last message received before the channel closes is not consumed (no
-// receive came after it): when the loop has handled it, Commit (with a live
-// ctx) before Close commits it; Close alone leaves it to be delivered again.
-//
-// The goroutine that feeds the channel records each hand-over right after
-// it: Offsets and Stats may lag a receive by that instant. Ranging over the
-// channel and breaking out of the loop should be followed by cancelling ctx,
-// which ends the goroutine.
-//
-// Prefer Messages for a loop over the messages: it runs in the loop's
-// goroutine, without a channel hand-over per message (it is faster), a
-// break leaves nothing running, and it yields the error that ended it. Iter
-// is for a receiver that needs a channel: a select over it and other
-// channels, or a receive in another goroutine than the one that asked.
-func (c *MultiConsumer) Iter(ctx context.Context) <-chan kafka.Message {
+// iter is Iter.
+func (d *delivery) iter(ctx context.Context) <-chan kafka.Message {
 	ch := make(chan kafka.Message)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed || ctx == nil || c.proc != nil {
+	if ctx == nil || !d.enter(false) {
 		close(ch)
 		return ch
 	}
-	c.iters++
-	c.helpers.Go(func() {
+	started := d.life.goHelper(func(context.Context) {
 		defer func() {
-			c.mu.Lock()
-			c.iters--
-			c.mu.Unlock()
+			d.leave()
 			close(ch)
 		}()
-		for c.iterate(ctx, ch) == nil {
+		for d.iterate(ctx, ch) == nil {
 		}
 	})
+	if !started { // Close began
+		d.leave()
+		close(ch)
+	}
 	return ch
+}
+
+// enter counts an Iter goroutine or a Messages loop in iters, which keeps
+// Process out, unless Process runs (or, with closedToo, Close has begun).
+func (d *delivery) enter(closedToo bool) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.proc != nil || closedToo && d.shut {
+		return false
+	}
+	d.iters++
+	return true
+}
+
+func (d *delivery) leave() {
+	d.mu.Lock()
+	d.iters--
+	d.mu.Unlock()
 }
 
 // awaitQueued waits, without the delivery token, until a delivery has
 // something to take: queued messages, or a Messages loop's to reclaim. It
 // returns an error when ctx ends, the consumer closes, or it has stopped
 // for good and nothing is left.
-func (c *MultiConsumer) awaitQueued(ctx context.Context) error {
+func (d *delivery) awaitQueued(ctx context.Context) error {
 	for {
-		if !c.awaitAlive(ctx, nil) { // probably out of the group: see liveness
+		if !d.awaitAlive(ctx, nil) { // probably out of the group: see liveness
 			if err := ctx.Err(); err != nil {
 				return err
 			}
 			return ErrClosed
 		}
-		batches, changed := c.pending()
+		batches, changed := d.pending()
 		if batches > 0 {
 			return nil
 		}
-		if err := c.Err(); err != nil {
+		if err := d.life.err(); err != nil {
 			return err
 		}
 		select {
 		case <-changed:
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-c.closing.Done():
+		case <-d.life.closing.Done():
 			return ErrClosed
 		}
 	}
 }
 
-// processing reports whether Process runs.
-func (c *MultiConsumer) processing() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.proc != nil
+// awaitAlive waits until the member is alive (see liveness), ctx ends, the
+// consumer closes, or interrupt is closed (a Seek or a revoke: the caller
+// looks again at what it was about to deliver). It reports whether the
+// member is alive.
+func (d *delivery) awaitAlive(ctx context.Context, interrupt <-chan struct{}) bool {
+	for {
+		if d.live.alive() {
+			return true
+		}
+		changed := d.live.changed()
+		if d.live.alive() {
+			return true // it answered meanwhile
+		}
+		select {
+		case <-changed:
+		case <-interrupt:
+			return d.live.alive()
+		case <-ctx.Done():
+			return false
+		case <-d.life.closing.Done():
+			return false
+		}
+	}
 }
 
 // iterate waits for messages and hands them to ch one by one. It returns an
 // error when ctx ends or the consumer closes.
-func (c *MultiConsumer) iterate(ctx context.Context, ch chan<- kafka.Message) error {
+func (d *delivery) iterate(ctx context.Context, ch chan<- kafka.Message) error {
 	for {
-		if err := c.awaitQueued(ctx); err != nil {
+		if err := d.awaitQueued(ctx); err != nil {
 			return err
 		}
-		if _, err := c.acquire(ctx, nil); err != nil {
+		if _, err := d.acquire(ctx, nil, nil); err != nil {
 			return err
 		}
-		c.mu.Lock()
-		c.reclaimLocked() // a Messages loop's messages come first
-		c.mu.Unlock()
-		taken := c.q.take(iterBatch)
-		err := c.send(ctx, ch, taken)
-		c.releaseToken()
+		d.reclaim() // a Messages loop's messages come first
+		taken := d.q.take(iterBatch)
+		err := d.send(ctx, ch, taken)
+		d.release()
 		if err != nil {
 			return err
 		}
@@ -386,34 +486,34 @@ func (c *MultiConsumer) iterate(ctx context.Context, ch chan<- kafka.Message) er
 }
 
 // send hands taken to ch one message at a time, and puts back what it does
-// not hand over when ctx ends, or when a Seek or Close interrupts it.
-func (c *MultiConsumer) send(ctx context.Context, ch chan<- kafka.Message, taken []batch) error {
+// not hand over when ctx ends, or when a Seek, a revoke or Close
+// interrupts it.
+func (d *delivery) send(ctx context.Context, ch chan<- kafka.Message, taken []batch) error {
 	done := ctx.Done()
 	for bi, b := range taken {
-		c.mu.Lock()
-		current := c.book.current(b.partition, b.epoch)
-		if current && len(b.msgs) == 0 {
-			c.book.advance(b.partition, b.advance)
-		}
-		interrupt := c.interrupt
-		c.mu.Unlock()
-		for i, m := range b.msgs {
+		// The interrupt channel is read before the epoch is checked: a
+		// Seek after the check closes it.
+		interrupt := d.interrupted()
+		current := len(b.msgs) == 0 && d.led.advanceCurrent(b.partition, b.epoch, b.advance) ||
+			len(b.msgs) > 0 && d.led.current(b.partition, b.epoch)
+		for i := range b.msgs {
 			if !current {
 				break // Seek moved the partition: the rest is dropped
 			}
+			m := b.msgs[i]
 			// A revoke waits for this send: once it goes on, m has
 			// reached the caller or was given back.
-			c.sending.RLock()
+			d.sending.RLock()
 			// Prefer stopping, or rechecking after a Seek, to a receiver
 			// that is also ready (a select picks at random).
 			select {
 			case <-done:
-				c.sending.RUnlock()
-				c.requeue(b, i, taken[bi+1:])
+				d.sending.RUnlock()
+				d.requeue(b, i, taken[bi+1:])
 				return ctx.Err()
 			case <-interrupt:
-				c.sending.RUnlock()
-				c.requeue(b, i, taken[bi+1:])
+				d.sending.RUnlock()
+				d.requeue(b, i, taken[bi+1:])
 				return nil
 			default:
 			}
@@ -423,32 +523,23 @@ func (c *MultiConsumer) send(ctx context.Context, ch chan<- kafka.Message, taken
 				// A Seek or a revoke (m may be of a partition it moved)
 				// or Close: give m back; the caller takes again (stale
 				// messages are dropped) or sees the consumer closed.
-				c.sending.RUnlock()
-				c.requeue(b, i, taken[bi+1:])
+				d.sending.RUnlock()
+				d.requeue(b, i, taken[bi+1:])
 				return nil
 			case <-done:
-				c.sending.RUnlock()
-				c.requeue(b, i, taken[bi+1:])
+				d.sending.RUnlock()
+				d.requeue(b, i, taken[bi+1:])
 				return ctx.Err()
 			}
 			// Receiving m consumes what came before it; m is delivered.
 			// Only the count trigger is checked here (no clock read per
 			// message): the committer's timer runs the time trigger.
-			c.mu.Lock()
-			due := c.book.consumeCounting()
-			current = c.book.current(b.partition, b.epoch)
-			if current {
-				c.book.deliver(b.partition, m.Offset)
-				c.book.count(b.partition, 1, int64(len(m.Key)+len(m.Value)))
-			}
-			interrupt = c.interrupt
-			if c.awaiting > 0 {
-				c.consumed.notify()
-			}
-			c.mu.Unlock()
-			c.sending.RUnlock()
+			interrupt = d.interrupted()
+			var due bool
+			due, current = d.led.sent(b.partition, b.epoch, &m)
+			d.sending.RUnlock()
 			if due {
-				c.wakeCommitter()
+				d.wake()
 			}
 		}
 	}
@@ -457,8 +548,8 @@ func (c *MultiConsumer) send(ctx context.Context, ch chan<- kafka.Message, taken
 
 // requeue puts back what an Iter goroutine took and did not hand over: the
 // rest of b from i, then the batches after it.
-func (c *MultiConsumer) requeue(b batch, i int, rest []batch) {
+func (d *delivery) requeue(b batch, i int, rest []batch) {
 	back := make([]batch, 0, 1+len(rest))
 	back = append(back, batch{partition: b.partition, epoch: b.epoch, msgs: b.msgs[i:]})
-	c.q.unshift(append(back, rest...))
+	d.q.unshift(append(back, rest...))
 }

@@ -26,59 +26,86 @@ import (
 // consumerProtocol is the protocol type of consumer groups.
 const consumerProtocol = "consumer"
 
-// groupState is the member's place in the group, as commits and Stats see
-// it. Guarded by c.mu.
-type groupState struct {
-	lease       lease // what commits are built under; noLease between generations
-	assignment  []int // owned partitions, sorted
-	rebalances  int64
-	rebalancing time.Duration
-	lost        int64 // partitions lost without a commit
-
-	joinFailures int64 // joins that failed
-	joinErr      error // of the last join, when it failed
-}
-
 // member runs the group protocol for one consumer, in its own goroutine
-// (run). It reaches the consumer only through host.
+// (run). It is the consumer's source of partitions in group mode: it
+// reaches the consumer only through host.
 type member struct {
 	cfg    Config // a copy, defaults filled in
 	log    *slog.Logger
 	kc     *brokers
 	live   *liveness
-	rejoin <-chan struct{} // the topic grew: rebalance, so that the leader sees it
+	rejoin chan struct{} // cap 1: the topic grew: rebalance, so that the leader sees it
 	host   groupHost
 
+	// Owned by the goroutine (run); read by leave after it ended.
 	instanceID string
 	memberID   string
 	generation int32
 	owned      []int // sorted
 	assignor   assignor
 	coord      net.Addr // the group coordinator, for heartbeats
+
+	mu           sync.Mutex // guards the counts below, for Stats
+	rebalances   int64
+	rebalancing  time.Duration
+	joinFailures int64 // joins that failed
+	joinErr      error // of the last join, when it failed
 }
 
 // groupHost is what a member asks of the consumer it belongs to: apply a
-// change of the partitions it owns, as one step, and record what happened,
-// for Stats.
+// change of the partitions it owns, as one step, and stop for good.
 type groupHost struct {
-	apply      func(ctx context.Context, a assignment)
-	joined     func(err error)          // a join ended, in err (nil: joined)
-	rebalanced func(took time.Duration) // an assignment was applied, took after the join began
-	stop       func(err error)          // the member cannot go on: the consumer stops for good
+	apply func(ctx context.Context, a assignment) error
+	stop  func(err error) // the member cannot go on: the consumer stops for good
+}
+
+func newMember(cfg Config, log *slog.Logger, kc *brokers, live *liveness, host groupHost) *member {
+	return &member{cfg: cfg, log: log, kc: kc, live: live, rejoin: make(chan struct{}, 1), host: host,
+		instanceID: cfg.InstanceID, generation: -1}
+}
+
+// start does nothing: the group assigns the partitions once the member runs.
+func (m *member) start(context.Context, []int) error { return nil }
+
+// grew makes the member rejoin, so that the group's leader assigns the
+// partitions added to the topic.
+func (m *member) grew(context.Context, []int) error {
+	select {
+	case m.rejoin <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// joined records the outcome of a join: its error, or nil when it
+// succeeded.
+func (m *member) joined(err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.joinErr = err
+	if err != nil {
+		m.joinFailures++
+	}
+}
+
+// rebalanced counts a rebalance that took d.
+func (m *member) rebalanced(d time.Duration) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.rebalances++
+	m.rebalancing += d
+}
+
+func (m *member) stats(s *Stats) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s.Rebalances, s.RebalanceTime = m.rebalances, m.rebalancing
+	s.JoinFailures, s.JoinError = m.joinFailures, m.joinErr
+	s.LastHeard, s.Suspended = m.live.lastHeard(), !m.live.alive()
 }
 
 // errLost marks a heartbeat that found the member out of the group.
 var errLost = errors.New("member lost its partitions")
-
-// runGroup starts the member goroutine of group mode.
-func (c *MultiConsumer) runGroup(ctx context.Context) {
-	m := &member{
-		cfg: c.cfg, log: c.log, kc: c.kc, live: c.live, rejoin: c.rejoin,
-		host:       groupHost{apply: c.apply, joined: c.joined, rebalanced: c.rebalanced, stop: c.stopForGood},
-		instanceID: c.cfg.InstanceID, generation: -1,
-	}
-	m.run(ctx)
-}
 
 // run joins, syncs, applies assignments and heartbeats until ctx ends.
 // Close then commits and leaves.
@@ -104,7 +131,7 @@ func (m *member) run(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			m.host.joined(err)
+			m.joined(err)
 			serr := m.settingError(ctx, err) // every join would fail alike
 			fenced := errors.Is(err, kafka.FencedInstanceID)
 			if len(m.owned) > 0 && (serr != nil || fenced ||
@@ -134,7 +161,7 @@ func (m *member) run(ctx context.Context) {
 			continue
 		}
 		backoff, failures = 0, 0
-		m.host.joined(nil)
+		m.joined(nil)
 
 		// The heartbeats run while the assignment is applied: giving
 		// partitions up waits for the caller, up to RebalanceTimeout.
@@ -147,7 +174,7 @@ func (m *member) run(ctx context.Context) {
 		added := without(assigned, m.owned)
 		m.owned = assigned
 		m.host.apply(ctx, assignment{lease: m.lease(), owned: assigned, revoked: revoked, added: added})
-		m.host.rebalanced(time.Since(start))
+		m.rebalanced(time.Since(start))
 		m.log.Info("group: assigned", "generation", m.generation, "member", m.memberID,
 			"partitions", assigned, "added", added, "revoked", revoked, "protocol", m.assignor.protocol())
 
@@ -428,19 +455,18 @@ func heartbeatError(r *heartbeatAPI.Response) int16 {
 	return int16(uint32(r.ThrottleTimeMs) & 0xffff)
 }
 
-// leaveGroup makes a dynamic member leave its group, so that the others
+// leave makes a dynamic member leave its group, so that the others
 // take its partitions at once rather than after the session timeout. A
 // static member stays: restarted within the session timeout, it gets its
 // partitions back without a rebalance.
-func (c *MultiConsumer) leaveGroup(ctx context.Context) error {
-	c.mu.Lock()
-	id := c.grp.lease.memberID
-	c.mu.Unlock()
-	if id == "" || c.cfg.InstanceID != "" {
+// Close calls it after the member's goroutine has ended.
+func (m *member) leave(ctx context.Context) error {
+	id := m.memberID
+	if id == "" || m.cfg.InstanceID != "" {
 		return nil
 	}
-	res, err := c.kc.client.LeaveGroup(ctx, &kafka.LeaveGroupRequest{
-		GroupID: c.cfg.Group,
+	res, err := m.kc.client.LeaveGroup(ctx, &kafka.LeaveGroupRequest{
+		GroupID: m.cfg.Group,
 		Members: []kafka.LeaveGroupRequestMember{{ID: id}},
 	})
 	if err == nil {
@@ -452,7 +478,7 @@ func (c *MultiConsumer) leaveGroup(ctx context.Context) error {
 		}
 	}
 	if err != nil && !errors.Is(err, kafka.UnknownMemberId) {
-		return fmt.Errorf("multiconsumer: leave group %q: %w", c.cfg.Group, err)
+		return fmt.Errorf("multiconsumer: leave group %q: %w", m.cfg.Group, err)
 	}
 	return nil
 }

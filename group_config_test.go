@@ -205,7 +205,7 @@ func TestGroupAuthorizationFailedOnRejoin(t *testing.T) {
 	assignedTo(t, 2, c)
 	h := kf.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.JoinGroup}, Group: g, Err: kerr.GroupAuthorizationFailed, Count: -1})
 	defer h.Remove()
-	c.rejoin <- struct{}{}
+	c.src.(*member).rejoin <- struct{}{}
 	serr := stoppedBySetting(t, c, 10*time.Second)
 	assert.Equal(t, "Group", serr.Field)
 	assert.ErrorIs(t, serr, kafka.GroupAuthorizationFailed)

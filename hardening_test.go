@@ -177,7 +177,7 @@ func TestCloseBoundedByOneTimeout(t *testing.T) {
 	secondAt := make(chan time.Duration, 1)
 	go func() {
 		// Close is running (or about to): this one waits for it.
-		for !c.isClosed() {
+		for !c.life.isClosed() {
 			time.Sleep(time.Millisecond)
 		}
 		err := c.Close()

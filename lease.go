@@ -3,15 +3,18 @@ package multiconsumer
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/segmentio/kafka-go"
 )
 
-// This file is the controller's side of group mode: the member (group.go)
-// grants partitions, and takes them back, here, under a lease.
+// This file is the hand-over of partitions: a source (source.go, group.go)
+// gives partitions and takes them back, under a lease, and handover applies
+// each change to the ledger, the session and the delivery path.
 
 // lease is what the coordinator granted the member for one generation: its
 // member id and the generation. A commit is built under one lease, read
@@ -48,13 +51,67 @@ func Lost(ctx context.Context) bool {
 	return lost
 }
 
-// grant starts consuming partitions the group assigned to this member,
-// where startOffset says. OnAssigned runs
+// handover applies what a source gives and takes back (an assignment) to
+// the rest of the pipeline, as one step: it sets the lease in the ledger,
+// enters the added partitions where startOffset says and gives them to the
+// session, and takes the revoked ones back (retire, drain, commit,
+// OnRevoked, remove). It is the one function through which a partition
+// comes or goes, whatever its source.
+type handover struct {
+	cfg  *Config      // set once: a copy, read only
+	log  *slog.Logger // set once
+	kc   *brokers     // set once
+	meta *topicMeta   // set once: which partitions were added to the topic
+	led  *ledger      // set once
+	sess *session     // set once
+	q    *queue       // set once
+	out  *delivery    // set once: what a hand-over interrupts and waits for
+	live *liveness    // set once
+	life *lifecycle   // set once
+	// commit asks the committer for a commit of parts; set once.
+	commit func(ctx context.Context, parts ...int) error
+
+	applied broadcast // notified when an assignment was applied
+
+	mu    sync.Mutex // guards owned and lost
+	owned []int      // what the source gave, sorted
+	lost  int64      // partitions lost without a commit
+}
+
+// apply applies a source's change (see assignment). Only a strict change
+// (New's) returns an error: the others retry until ctx ends.
+func (h *handover) apply(ctx context.Context, a assignment) error {
+	h.led.setLease(a.lease)
+	h.live.news.notify() // what waits for the coordinator looks again
+	if len(a.lost) > 0 {
+		h.revoke(ctx, a.lost, true)
+	}
+	if len(a.revoked) > 0 {
+		h.revoke(ctx, a.revoked, false)
+	}
+	h.mu.Lock()
+	h.owned = slices.Clone(a.owned)
+	h.mu.Unlock()
+	h.applied.notify()
+	if len(a.added) > 0 {
+		return h.grant(ctx, a.added, a.strict)
+	}
+	return nil
+}
+
+// assignment returns what the source gave, sorted.
+func (h *handover) assignment() []int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.owned)
+}
+
+// grant starts consuming parts, where startOffset says. OnAssigned runs
 // before their first fetch. It retries until it has their offsets or ctx
-// ends.
-func (c *MultiConsumer) grant(ctx context.Context, parts []int) {
-	if c.isClosed() {
-		return // the member leaves: the others will take them
+// ends, unless strict: then it returns the first error.
+func (h *handover) grant(ctx context.Context, parts []int, strict bool) error {
+	if h.life.isClosed() || h.life.err() != nil {
+		return nil // a member leaves: the others will take them
 	}
 	var committed map[int]int64
 	var meta map[int]string
@@ -62,103 +119,109 @@ func (c *MultiConsumer) grant(ctx context.Context, parts []int) {
 	backoff := time.Duration(0)
 	for {
 		var err error
-		committed, meta, err = c.kc.committedOffsets(ctx, parts)
+		committed, meta, err = h.kc.committedOffsets(ctx, parts)
 		if err == nil {
-			b, err = c.kc.logBounds(ctx, parts)
+			b, err = h.kc.logBounds(ctx, parts)
 		}
 		if err == nil {
 			break
 		}
-		if ctx.Err() != nil {
-			return
+		if strict {
+			return err
 		}
-		backoff = nextBackoff(backoff, min(c.cfg.MaxBackoff, 5*time.Second))
-		c.log.Warn("group: cannot start assigned partitions yet", "partitions", parts, "backoff", backoff, "err", err)
+		if ctx.Err() != nil {
+			return nil
+		}
+		backoff = nextBackoff(backoff, min(h.cfg.MaxBackoff, 5*time.Second))
+		h.log.Warn("group: cannot start assigned partitions yet", "partitions", parts, "backoff", backoff, "err", err)
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-time.After(backoff):
 		}
 	}
-	c.mu.Lock()
 	for _, p := range parts {
-		start, from := c.startLocked(p, committed, meta, b[p])
-		c.log.Info("partition assigned", "partition", p, "offset", start, "from", from)
+		start, from := h.startOffset(p, committed, b[p])
+		cm, ok := committed[p]
+		if !ok {
+			cm = noOffset
+		}
+		h.led.start(p, start, cm, meta[p])
+		h.log.Info("partition start", "partition", p, "offset", start, "from", from)
 	}
-	owned := c.book.partitions()
-	c.mu.Unlock()
-	if c.cfg.OnAssigned != nil {
-		c.cfg.OnAssigned(ctx, slices.Clone(parts))
+	if h.cfg.OnAssigned != nil {
+		h.cfg.OnAssigned(ctx, slices.Clone(parts))
 	}
-	c.assign(owned)
+	h.sess.set(h.led.partitions())
+	return nil
+}
+
+// startOffset is the one rule for where partition p starts, on every path
+// (New, a partition the group assigns, a partition added to the topic): at
+// the group's committed offset when the log still has it; else, for a
+// partition added to the topic since the consumer started, at its first
+// offset, whatever StartOffset says, since everything in it is new and
+// nothing produced to it may be missed; else at StartOffset. It returns
+// the offset and where it came from, for the log.
+func (h *handover) startOffset(p int, committed map[int]int64, b bounds) (int64, string) {
+	if off, ok := committed[p]; ok {
+		if off >= b.first && off <= b.last {
+			return off, "committed"
+		}
+		h.log.Warn("committed offset outside the log, resetting", "partition", p,
+			"committed", off, "first", b.first, "last", b.last)
+	}
+	if h.meta.added(p) {
+		return b.first, "first (added to the topic)"
+	}
+	if h.cfg.StartOffset == kafka.LastOffset {
+		return b.last, "last"
+	}
+	return b.first, "first"
 }
 
 // revoke gives partitions up: it stops fetching them, drops their queued
 // messages, and, unless lost, waits (up to RebalanceTimeout) for the caller
 // to come back for what it holds of them and commits what it consumed.
 // Then OnRevoked runs; after it, nothing of them is delivered.
-func (c *MultiConsumer) revoke(ctx context.Context, parts []int, lost bool) {
-	c.mu.Lock()
-	for _, p := range parts {
-		c.book.retire(p) // nothing fetched so far is delivered from now on
-		if c.proc != nil {
-			c.proc.purge(p) // its waiting messages are stale
-		}
-	}
-	c.interruptLocked() // an Iter send in flight gives its message back, or hands it over
-	var keep []int
-	for _, p := range c.book.partitions() {
-		if !slices.Contains(parts, p) {
-			keep = append(keep, p)
-		}
-	}
-	c.mu.Unlock()
+func (h *handover) revoke(ctx context.Context, parts []int, lost bool) {
+	h.led.retire(parts) // nothing fetched so far is delivered from now on
+	h.out.purge(parts)  // Process's waiting messages of them are stale
+	h.out.moved()       // an Iter send in flight gives its message back, or hands it over
 	// An Iter send that began before retire either hands its message over
 	// now or gives it back: wait for it to finish.
-	c.sending.Lock()
-	c.sending.Unlock() //nolint:staticcheck // an empty critical section is the point
-	c.assign(keep)
-	c.q.drop(func(b *batch) bool { return slices.Contains(parts, b.partition) })
+	h.out.awaitSends()
+	h.sess.set(without(h.led.partitions(), slices.Sorted(slices.Values(parts))))
+	h.q.drop(func(b *batch) bool { return slices.Contains(parts, b.partition) })
 
 	if !lost {
-		c.awaitConsumed(ctx, parts)
-		if c.autoCommit() { // with ManualCommit, OnRevoked may call Commit
-			if err := c.commit(c.commitLife, parts...); err != nil {
-				c.log.Warn("group: commit of revoked partitions failed", "partitions", parts, "err", err)
+		h.awaitConsumed(ctx, parts)
+		if h.cfg.autoCommit() { // with ManualCommit, OnRevoked may call Commit
+			if err := h.commit(h.life.commits, parts...); err != nil {
+				h.log.Warn("group: commit of revoked partitions failed", "partitions", parts, "err", err)
 			}
 		}
 	} else {
-		c.mu.Lock()
-		c.grp.lost += int64(len(parts))
-		c.mu.Unlock()
+		h.mu.Lock()
+		h.lost += int64(len(parts))
+		h.mu.Unlock()
 	}
-	if c.cfg.OnRevoked != nil {
-		c.cfg.OnRevoked(context.WithValue(ctx, lostKey{}, lost), slices.Clone(parts))
+	if h.cfg.OnRevoked != nil {
+		h.cfg.OnRevoked(context.WithValue(ctx, lostKey{}, lost), slices.Clone(parts))
 	}
-	c.mu.Lock()
-	for _, p := range parts {
-		c.book.remove(p)
-	}
-	c.mu.Unlock()
+	h.led.remove(parts)
 }
 
 // awaitConsumed waits until the caller has come back for every delivered
 // message of parts, or RebalanceTimeout, or ctx.
-func (c *MultiConsumer) awaitConsumed(ctx context.Context, parts []int) {
-	timer := time.NewTimer(c.cfg.RebalanceTimeout)
+func (h *handover) awaitConsumed(ctx context.Context, parts []int) {
+	timer := time.NewTimer(h.cfg.RebalanceTimeout)
 	defer timer.Stop()
 	for {
-		if c.isClosed() {
+		if h.life.isClosed() {
 			return // the caller will not come back
 		}
-		c.mu.Lock()
-		held := c.book.held(parts)
-		var wait <-chan struct{}
-		if held {
-			c.awaiting++
-			wait = c.consumed.wait()
-		}
-		c.mu.Unlock()
+		held, wait := h.led.awaitHeld(parts)
 		if !held {
 			return
 		}
@@ -166,105 +229,29 @@ func (c *MultiConsumer) awaitConsumed(ctx context.Context, parts []int) {
 		select {
 		case <-wait:
 		case <-timer.C:
-			c.log.Warn("group: the caller did not come back for messages of revoked partitions; they go uncommitted", "partitions", parts)
+			h.log.Warn("group: the caller did not come back for messages of revoked partitions; they go uncommitted", "partitions", parts)
 			done = true
 		case <-ctx.Done():
 			done = true
 		}
-		c.mu.Lock()
-		c.awaiting--
-		c.mu.Unlock()
+		h.led.doneAwaiting()
 		if done {
 			return
 		}
 	}
 }
 
-// assignment is one change of what a group member owns, applied by apply
-// as one step, in this order: the lease first (commits are built under it
-// from now on), then the lost partitions are given up without a commit,
-// the revoked ones after their caller's holdings drained and were
-// committed, and the added ones start.
+// assignment is one change of what a source gives the consumer, applied
+// by handover.apply as one step, in this order: the lease first (commits
+// are built under it from now on), then the lost partitions are given up
+// without a commit, the revoked ones after their caller's holdings drained
+// and were committed, and the added ones start.
 type assignment struct {
 	lease          lease
-	owned          []int // what the member owns after the change, sorted
+	owned          []int // what the source gives after the change, sorted
 	added, revoked []int
 	lost           []int
-}
-
-// apply applies a group member's change (see assignment).
-func (c *MultiConsumer) apply(ctx context.Context, a assignment) {
-	c.setLease(a.lease)
-	if len(a.lost) > 0 {
-		c.revoke(ctx, a.lost, true)
-	}
-	if len(a.revoked) > 0 {
-		c.revoke(ctx, a.revoked, false)
-	}
-	c.setAssignment(a.owned)
-	if len(a.added) > 0 {
-		c.grant(ctx, a.added)
-	}
-}
-
-// setLease records the lease that commits are built under from now on.
-// Commits built under an earlier one are dropped before they go out.
-func (c *MultiConsumer) setLease(l lease) {
-	c.mu.Lock()
-	c.grp.lease = l
-	c.mu.Unlock()
-	c.live.news.notify() // what waits for the coordinator looks again
-}
-
-// setAssignment records the partitions the member owns.
-func (c *MultiConsumer) setAssignment(parts []int) {
-	c.mu.Lock()
-	c.grp.assignment = slices.Clone(parts)
-	c.mu.Unlock()
-	c.generations.notify()
-}
-
-// rebalanced counts a rebalance that took d.
-func (c *MultiConsumer) rebalanced(d time.Duration) {
-	c.mu.Lock()
-	c.grp.rebalances++
-	c.grp.rebalancing += d
-	c.mu.Unlock()
-}
-
-// joined records the outcome of a join: its error, or nil when it
-// succeeded.
-func (c *MultiConsumer) joined(err error) {
-	c.mu.Lock()
-	c.grp.joinErr = err
-	if err != nil {
-		c.grp.joinFailures++
-	}
-	c.mu.Unlock()
-}
-
-// stopForGood stops the consumer for err: deliveries report it.
-func (c *MultiConsumer) stopForGood(err error) {
-	c.mu.Lock()
-	if c.fatal == nil {
-		c.fatal = err
-		c.log.Error("stopping", "err", err)
-	}
-	c.mu.Unlock()
-	c.q.signal()
-	c.sess.halt()
-}
-
-// Assignment returns the partitions the consumer reads now, sorted: in
-// group mode those the group assigned to it, otherwise every partition it
-// was configured with (and those added to the topic since).
-func (c *MultiConsumer) Assignment() []int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.cfg.JoinGroup {
-		return slices.Clone(c.grp.assignment)
-	}
-	return c.book.partitions()
+	strict         bool // New's: an error reading where the added partitions start is returned, not retried
 }
 
 // liveness is the member's own view of its session. The coordinator drops
@@ -310,27 +297,8 @@ func (l *liveness) lastHeard() time.Time {
 // changed returns a channel closed at the coordinator's next answer.
 func (l *liveness) changed() <-chan struct{} { return l.news.wait() }
 
-// awaitAlive waits until the member is alive (see liveness), ctx ends, the
-// consumer closes, or interrupt is closed (a Seek or a revoke: the caller
-// looks again at what it was about to deliver). It reports whether the
-// member is alive.
-func (c *MultiConsumer) awaitAlive(ctx context.Context, interrupt <-chan struct{}) bool {
-	for {
-		if c.live.alive() {
-			return true
-		}
-		changed := c.live.changed()
-		if c.live.alive() {
-			return true // it answered meanwhile
-		}
-		select {
-		case <-changed:
-		case <-interrupt:
-			return c.live.alive()
-		case <-ctx.Done():
-			return false
-		case <-c.closing.Done():
-			return false
-		}
-	}
+func (h *handover) stats(s *Stats) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s.LostPartitions = h.lost
 }

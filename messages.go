@@ -13,8 +13,9 @@ import (
 const messagesBatch = 256
 
 // holding is what a Messages loop took from the queue and has not yielded
-// yet: rest[0].msgs[0] is the next message. rest is guarded by c.mu: the
-// next delivery that takes from the queue puts it back first (reclaim).
+// yet: rest[0].msgs[0] is the next message. rest is guarded by the delivery's mu:
+// the next delivery that takes from the queue puts it back first
+// (reclaim).
 type holding struct {
 	rest []batch
 }
@@ -57,24 +58,29 @@ type holding struct {
 // While the loop runs, Process returns ErrBusy. Offsets and Stats are
 // exact at every yield.
 func (c *MultiConsumer) Messages(ctx context.Context) iter.Seq2[kafka.Message, error] {
+	return c.out.messages(ctx)
+}
+
+// messages is Messages.
+func (d *delivery) messages(ctx context.Context) iter.Seq2[kafka.Message, error] {
 	return func(yield func(kafka.Message, error) bool) {
 		if ctx == nil {
 			yield(kafka.Message{}, errNilContext)
 			return
 		}
 		h := &holding{}
-		if err := c.startMessages(); err != nil {
+		if err := d.startMessages(); err != nil {
 			yield(kafka.Message{}, err)
 			return
 		}
-		defer c.endMessages(h)
+		defer d.endMessages(h)
 		done := ctx.Done()
 		back := true // asking for the first message comes back too
 		for {
-			m, err := c.next(ctx, done, h, back)
+			m, err := d.next(ctx, done, h, back)
 			if m == nil && err == nil {
 				back = false // consumed by next
-				err = c.take(ctx, h)
+				err = d.take(ctx, h)
 			}
 			if err != nil {
 				yield(kafka.Message{}, err)
@@ -90,39 +96,46 @@ func (c *MultiConsumer) Messages(ctx context.Context) iter.Seq2[kafka.Message, e
 	}
 }
 
-// startMessages counts a Messages loop in c.iters, which keeps Process
-// out, unless Close has begun or Process runs.
-func (c *MultiConsumer) startMessages() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	switch {
-	case c.closed:
+// startMessages counts a Messages loop in iters, which keeps Process out,
+// unless Close has begun or Process runs.
+func (d *delivery) startMessages() error {
+	if d.life.isClosed() {
 		return ErrClosed
-	case c.proc != nil:
+	}
+	if !d.enter(true) {
+		if d.life.isClosed() {
+			return ErrClosed
+		}
 		return ErrBusy
 	}
-	c.iters++
 	return nil
 }
 
 // endMessages ends a Messages loop: what it holds goes back to the queue.
-func (c *MultiConsumer) endMessages(h *holding) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.iters--
-	if c.holder == h {
-		c.reclaimLocked()
+func (d *delivery) endMessages(h *holding) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.iters--
+	if d.holder == h {
+		d.reclaimLocked()
 	}
 }
 
-// reclaimLocked puts what a Messages loop holds back at the head of the
-// queue, before a delivery takes from it: each partition's messages then
-// reach callers in order, and the book's offsets only move forward. The
-// caller holds c.mu, and the delivery token or ends the loop.
-func (c *MultiConsumer) reclaimLocked() {
-	if h := c.holder; h != nil {
-		c.holder = nil
-		c.q.unshift(h.rest)
+// reclaim puts what a Messages loop holds back at the head of the queue,
+// before a delivery takes from it: each partition's messages then reach
+// callers in order, and the ledger's offsets only move forward. The caller
+// holds the delivery token.
+func (d *delivery) reclaim() {
+	d.mu.Lock()
+	d.reclaimLocked()
+	d.mu.Unlock()
+}
+
+// reclaimLocked is reclaim with d.mu held.
+func (d *delivery) reclaimLocked() {
+	if h := d.holder; h != nil {
+		d.holder = nil
+		d.q.unshift(h.rest)
 		h.rest = nil
 	}
 }
@@ -132,18 +145,13 @@ func (c *MultiConsumer) reclaimLocked() {
 // h holds, leaving out what a Seek or a revoke made stale. It returns nil
 // and no error when h holds nothing (any more: another delivery may have
 // reclaimed it).
-func (c *MultiConsumer) next(ctx context.Context, done <-chan struct{}, h *holding, back bool) (*kafka.Message, error) {
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
+func (d *delivery) next(ctx context.Context, done <-chan struct{}, h *holding, back bool) (*kafka.Message, error) {
+	if d.life.isClosed() {
 		return nil, ErrClosed // and nothing consumed after Close began, as GetMessages
 	}
 	due := false
 	if back {
-		due = c.book.consumeCounting()
-		if c.awaiting > 0 {
-			c.consumed.notify() // a revoke waits for the caller
-		}
+		due = d.led.consumeCounting()
 	}
 	var m *kafka.Message
 	var err error
@@ -151,16 +159,15 @@ func (c *MultiConsumer) next(ctx context.Context, done <-chan struct{}, h *holdi
 	case <-done:
 		err = ctx.Err()
 	default:
-		for c.holder == h && len(h.rest) > 0 {
+		d.mu.Lock()
+		for d.holder == h && len(h.rest) > 0 {
 			b := &h.rest[0]
 			if len(b.msgs) == 0 { // a marker
-				if c.book.current(b.partition, b.epoch) {
-					c.book.advance(b.partition, b.advance)
-				}
+				d.led.advanceCurrent(b.partition, b.epoch, b.advance)
 				h.rest = h.rest[1:]
 				continue
 			}
-			if !c.book.deliverCurrent(b.partition, b.epoch, b.msgs[0].Offset) {
+			if !d.led.deliverCurrent(b.partition, b.epoch, b.msgs[0].Offset) {
 				h.rest = h.rest[1:] // a Seek or a revoke: the rest of b is stale too
 				continue
 			}
@@ -173,10 +180,10 @@ func (c *MultiConsumer) next(ctx context.Context, done <-chan struct{}, h *holdi
 			}
 			break
 		}
+		d.mu.Unlock()
 	}
-	c.mu.Unlock()
 	if due {
-		c.wakeCommitter()
+		d.wake()
 	}
 	return m, err
 }
@@ -184,37 +191,37 @@ func (c *MultiConsumer) next(ctx context.Context, done <-chan struct{}, h *holdi
 // pending returns the number of batches a delivery may take: those queued,
 // and those a Messages loop holds (the delivery reclaims them), and a
 // channel closed at the next change of the queue.
-func (c *MultiConsumer) pending() (batches int, changed <-chan struct{}) {
-	c.mu.Lock()
+func (d *delivery) pending() (batches int, changed <-chan struct{}) {
+	d.mu.Lock()
 	held := 0
-	if c.holder != nil {
-		held = len(c.holder.rest)
+	if d.holder != nil {
+		held = len(d.holder.rest)
 	}
-	c.mu.Unlock()
-	batches, changed = c.q.pending()
+	d.mu.Unlock()
+	batches, changed = d.q.pending()
 	return batches + held, changed
 }
 
 // take waits for queued messages, without the delivery token, then takes a
 // batch of them for h with the token. It returns an error when ctx ends,
 // the consumer closes, or it stopped for good and nothing is queued.
-func (c *MultiConsumer) take(ctx context.Context, h *holding) error {
+func (d *delivery) take(ctx context.Context, h *holding) error {
 	for {
-		if err := c.awaitQueued(ctx); err != nil {
+		if err := d.awaitQueued(ctx); err != nil {
 			return err
 		}
-		if _, err := c.acquire(ctx, nil); err != nil {
+		if _, err := d.acquire(ctx, nil, nil); err != nil {
 			return err
 		}
-		c.mu.Lock()
-		c.reclaimLocked()
-		h.rest = c.q.take(messagesBatch)
-		took := len(h.rest) > 0 // read under c.mu: a delivery may reclaim h at once
+		d.mu.Lock()
+		d.reclaimLocked()
+		h.rest = d.q.take(messagesBatch)
+		took := len(h.rest) > 0 // read under d.mu: a delivery may reclaim h at once
 		if took {
-			c.holder = h
+			d.holder = h
 		}
-		c.mu.Unlock()
-		c.releaseToken()
+		d.mu.Unlock()
+		d.release()
 		if took {
 			return nil
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"runtime/debug"
 	"slices"
 	"sync"
@@ -274,59 +275,94 @@ func (c *MultiConsumer) Process(ctx context.Context, pc ProcessConfig, h Handler
 	if err != nil {
 		return err
 	}
-	p := &processor{
-		c: c, pc: pc, h: h,
-		tasks:   make(chan task, pc.Concurrency),
-		lanes:   make(map[laneKey]*lane),
-		blocked: make(map[int][]*lane),
-		stop:    make(chan struct{}, 1),
-		idle:    make(chan struct{}),
-		slots:   make([]Handling, pc.Concurrency),
-		spare:   make([]*lane, 0, 256),
-		free:    make([]int, pc.Concurrency),
+	p := newProcessor(pc, h, c.out, c.log, c.cfg.MaxBackoff)
+	ran, err := c.out.process(ctx, p)
+	if ran && !c.life.isClosed() { // else Close commits
+		c.repositioned(c.led.rewind())
+		if c.cfg.autoCommit() {
+			cctx, cancel := c.kc.withTimeout(c.life.commits)
+			if cerr := c.commits.commit(cctx); cerr != nil {
+				err = errors.Join(err, cerr)
+			}
+			cancel()
+		}
 	}
-	for i := range p.free {
-		p.free[i] = pc.Concurrency - 1 - i
-	}
-	c.mu.Lock()
-	switch {
-	case c.closed:
-		c.mu.Unlock()
-		return ErrClosed
-	case c.proc != nil || c.iters > 0:
-		c.mu.Unlock()
-		return ErrBusy
-	}
-	c.proc = p
-	c.book.processing = true
-	c.mu.Unlock()
-	defer func() {
-		c.mu.Lock()
-		c.proc = nil
-		c.book.processing = false
-		c.mu.Unlock()
-	}()
-	if _, err := c.acquireFor(ctx, nil, p); err != nil { // a GetMessages call in flight ends first
-		close(p.idle)
-		return err
-	}
-	c.consume() // what GetMessages delivered before: the caller came back
-	c.q.setFair(true)
-	return p.run(ctx)
+	return err
 }
 
-// processor is a running Process. Its fields other than c, pc, h and the
-// channels are guarded by c.mu.
+// process runs p, unless the consumer is closed or busy (a Process, an
+// Iter, a Messages loop): it reports whether p ran, and its error.
+func (d *delivery) process(ctx context.Context, p *processor) (bool, error) {
+	if d.life.isClosed() {
+		return false, ErrClosed
+	}
+	d.mu.Lock()
+	switch {
+	case d.shut:
+		d.mu.Unlock()
+		return false, ErrClosed
+	case d.proc != nil || d.iters > 0:
+		d.mu.Unlock()
+		return false, ErrBusy
+	}
+	d.proc = p
+	d.mu.Unlock()
+	d.led.setProcessing(true)
+	defer func() {
+		d.led.setProcessing(false)
+		d.mu.Lock()
+		d.proc = nil
+		d.mu.Unlock()
+	}()
+	if _, err := d.acquire(ctx, nil, p); err != nil { // a GetMessages call in flight ends first
+		close(p.idle)
+		return false, err
+	}
+	d.consume() // what GetMessages delivered before: the caller came back
+	d.q.setFair(true)
+	return true, p.run(ctx)
+}
+
+// procTotals are Process's counters since New.
+type procTotals struct {
+	mu sync.Mutex // guards s
+	s  ProcessStats
+}
+
+func (t *procTotals) add(f func(s *ProcessStats)) {
+	t.mu.Lock()
+	f(&t.s)
+	t.mu.Unlock()
+}
+
+// snapshot returns the counters, with a copy of the histogram.
+func (t *procTotals) snapshot() ProcessStats {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := t.s
+	s.HandlerDurations = t.s.HandlerDurations.clone()
+	return s
+}
+
+// processor is a running Process: the dispatcher. It takes batches from
+// the queue (holding the delivery token), puts their messages in lanes,
+// and starts handlers for them. Each message's window (its partition's
+// offsets under Process) is the ledger's: the processor takes, begins and
+// finishes messages through the ledger's methods.
 type processor struct {
-	c     *MultiConsumer
-	pc    ProcessConfig
-	h     Handler
-	tasks chan task // to the handler goroutines; never more than Concurrency in it
-	stop  chan struct{}
-	idle  chan struct{} // closed when every handler has returned
+	pc         ProcessConfig // set once
+	h          Handler       // set once
+	out        *delivery     // set once: the queue, the ledger, the token, liveness, the lifecycle
+	log        *slog.Logger  // set once
+	maxBackoff time.Duration // set once
+	totals     *procTotals   // the consumer's; its own lock
+	tasks      chan task     // to the handler goroutines; never more than Concurrency in it
+	stop       chan struct{}
+	idle       chan struct{} // closed when every handler has returned
 
 	stopped atomic.Bool
-	err     error // why Process stops: a message given up on
+	mu      sync.Mutex // guards the fields below; held while it calls the ledger or the queue
+	err     error      // why Process stops: a message given up on
 	lanes   map[laneKey]*lane
 	ready   ring[*lane]     // lanes with a message that may start now
 	blocked map[int][]*lane // lanes waiting for room in their partition's metadata
@@ -368,8 +404,26 @@ type task struct {
 	slot  int // in processor.slots, while it runs
 }
 
+func newProcessor(pc ProcessConfig, h Handler, out *delivery, log *slog.Logger, maxBackoff time.Duration) *processor {
+	p := &processor{
+		pc: pc, h: h, out: out, log: log, maxBackoff: maxBackoff, totals: &out.totals,
+		tasks:   make(chan task, pc.Concurrency),
+		lanes:   make(map[laneKey]*lane),
+		blocked: make(map[int][]*lane),
+		stop:    make(chan struct{}, 1),
+		idle:    make(chan struct{}),
+		slots:   make([]Handling, pc.Concurrency),
+		spare:   make([]*lane, 0, 256),
+		free:    make([]int, pc.Concurrency),
+	}
+	for i := range p.free {
+		p.free[i] = pc.Concurrency - 1 - i
+	}
+	return p
+}
+
 func (p *processor) run(ctx context.Context) error {
-	c := p.c
+	q := p.out.q
 	hctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var handlers sync.WaitGroup
@@ -385,128 +439,91 @@ func (p *processor) run(ctx context.Context) error {
 	// Stop: start nothing more, let go of the waiting messages, cancel
 	// the handlers and wait for them. The delivery token goes first:
 	// Close waits for it, then for the handlers, within its timeout.
-	c.mu.Lock()
+	p.mu.Lock()
 	p.stopped.Store(true)
 	close(p.tasks)
 	for _, l := range p.lanes {
-		c.q.release(l.key.partition, l.msgs.len())
+		q.release(l.key.partition, l.msgs.len())
 	}
 	p.waiting = 0
 	p.lanes, p.ready, p.blocked = nil, ring[*lane]{}, nil
-	c.mu.Unlock()
-	c.q.setFair(false)
+	p.mu.Unlock()
+	q.setFair(false)
 	cancel()
-	c.releaseToken()
+	p.out.release()
 	handlers.Wait()
 	close(p.idle)
-
-	if !c.isClosed() { // else Close commits
-		c.rewind()
-		if c.autoCommit() {
-			cctx, cancel := c.kc.withTimeout(c.commitLife)
-			if cerr := c.commit(cctx); cerr != nil {
-				err = errors.Join(err, cerr)
-			}
-			cancel()
-		}
-	}
 	return err
 }
 
 // feed takes what the workers queue and hands it to the lanes, until
 // Process must stop.
 func (p *processor) feed(ctx context.Context) error {
-	c := p.c
+	q, life := p.out.q, p.out.life
 	for {
-		c.mu.Lock()
+		p.mu.Lock()
 		err := p.err
+		p.mu.Unlock()
 		if err == nil {
-			err = c.fatal
+			err = life.err()
 		}
-		c.mu.Unlock()
 		if err != nil {
 			return err
 		}
 		select { // not only when the queue is empty
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-c.closing.Done():
+		case <-life.closing.Done():
 			return ErrClosed
 		default:
 		}
-		if n, changed := c.q.pending(); n == 0 {
+		if n, changed := q.pending(); n == 0 {
 			select {
 			case <-changed:
 			case <-p.stop:
 			case <-ctx.Done():
 				return ctx.Err()
-			case <-c.closing.Done():
+			case <-life.closing.Done():
 				return ErrClosed
 			}
 			continue
 		}
-		taken := c.q.hold()
-		c.mu.Lock()
-		for _, b := range taken {
-			p.add(b)
+		taken := q.hold()
+		p.mu.Lock()
+		for i := range taken {
+			p.add(&taken[i])
 		}
 		p.pump()
-		c.mu.Unlock()
+		p.mu.Unlock()
 	}
 }
 
 // add puts the messages of b, which the queue holds, in their lanes, and
 // lets the queue have back those it will not handle (stale, or complete
-// already). c.mu is held.
-func (p *processor) add(b batch) {
-	c := p.c
-	po, ok := c.book.parts[b.partition]
-	if !ok || po.epoch != b.epoch {
-		c.q.release(b.partition, len(b.msgs)) // a Seek or a revoke since it was fetched
-		return
-	}
-	w := po.window()
-	if len(b.msgs) == 0 {
-		w.advance(b.advance)
-		p.moved(po, w)
-		return
-	}
-	released := 0
-	c.book.count(b.partition, len(b.msgs), msgBytes(b.msgs))
+// already). p.mu is held.
+func (p *processor) add(b *batch) {
 	now := time.Now()
-	for _, m := range b.msgs {
-		if !w.take(m.Offset) {
-			c.pstats.Skipped++
-			released++
-			continue
-		}
+	_, skipped, ok := p.out.led.takeBatch(b, now, func(m *kafka.Message, w *window) {
 		l := p.lane(b.partition, m.Key)
-		l.msgs.push(task{m: m, epoch: b.epoch, win: w, lane: l, taken: now})
+		l.msgs.push(task{m: *m, epoch: b.epoch, win: w, lane: l, taken: now})
 		p.waiting++
 		if l.mayStart() {
 			l.inReady = true
 			p.ready.push(l)
 		}
+	})
+	if !ok {
+		p.out.q.release(b.partition, len(b.msgs)) // a Seek or a revoke since it was fetched
+		return
 	}
-	p.moved(po, w)
-	c.q.release(b.partition, released)
-}
-
-// moved brings the book's offsets of a partition up to its window:
-// delivered is what was taken, consumed the lowest incomplete offset. It
-// reports whether consumed moved, which counts for the count trigger.
-func (p *processor) moved(po *partOffsets, w *window) bool {
-	po.delivered = w.next
-	if w.commit == po.consumed {
-		return false
+	if skipped > 0 {
+		p.totals.add(func(s *ProcessStats) { s.Skipped += int64(skipped) })
+		p.out.q.release(b.partition, skipped)
 	}
-	po.consumed = w.commit
-	p.c.book.sinceCommit++
-	return true
 }
 
 // lane returns the lane of a message of partition with key, made if need
-// be. c.mu is held.
+// be. p.mu is held.
 func (p *processor) lane(partition int, key []byte) *lane {
 	k := laneKey{partition: partition}
 	if p.pc.Ordering == ByKey {
@@ -531,7 +548,7 @@ func (p *processor) lane(partition int, key []byte) *lane {
 	return l
 }
 
-// pump starts handlers for ready lanes while there is room. c.mu is held.
+// pump starts handlers for ready lanes while there is room. p.mu is held.
 func (p *processor) pump() {
 	for p.running < p.pc.Concurrency && p.ready.len() > 0 && !p.stopped.Load() {
 		l := p.ready.pop()
@@ -541,22 +558,19 @@ func (p *processor) pump() {
 }
 
 // start starts a handler for the first message of l that is still ours.
-// The messages that leave l leave the queue's bound. c.mu is held.
+// The messages that leave l leave the queue's bound. p.mu is held.
 func (p *processor) start(l *lane) {
 	released := 0
-	defer func() { p.c.q.release(l.key.partition, released) }()
+	defer func() { p.out.q.release(l.key.partition, released) }()
 	for l.msgs.len() > 0 {
 		t := l.msgs.peek()
-		po, ok := p.c.book.parts[t.m.Partition]
-		if !ok || po.epoch != t.epoch || po.win != t.win {
+		switch p.out.led.begin(t.m.Partition, t.epoch, t.win, t.m.Offset) {
+		case beginStale:
 			l.msgs.pop() // a Seek or a revoke since it was taken
 			p.waiting--
 			released++
 			continue
-		}
-		// The lowest incomplete message always starts: its completion
-		// moves the commit, and frees room.
-		if t.m.Offset != t.win.commit && !t.win.room() {
+		case beginBlocked:
 			l.blocked = true
 			p.blocked[t.m.Partition] = append(p.blocked[t.m.Partition], l)
 			return
@@ -564,7 +578,6 @@ func (p *processor) start(l *lane) {
 		l.msgs.pop()
 		p.waiting--
 		released++
-		t.win.inflight++
 		p.running++
 		t.slot = p.free[len(p.free)-1]
 		p.free = p.free[:len(p.free)-1]
@@ -588,7 +601,7 @@ func (l *lane) mayStart() bool {
 	return !(l.exclusive && l.running > 0) && !l.inReady && !l.blocked && !l.held
 }
 
-// dropLane forgets l, which is empty and idle. c.mu is held.
+// dropLane forgets l, which is empty and idle. p.mu is held.
 func (p *processor) dropLane(l *lane) {
 	if p.lanes[l.key] != l {
 		return // dropped already, and the key has a new lane
@@ -605,10 +618,10 @@ func (p *processor) dropLane(l *lane) {
 // handle runs the handler on t until it succeeds, is given up on, or ctx
 // ends, or t's partition moves (a Seek, a revoke).
 func (p *processor) handle(ctx context.Context, t task) {
-	backoff := min(p.pc.RetryBackoff, p.c.cfg.MaxBackoff)
+	backoff := min(p.pc.RetryBackoff, p.maxBackoff)
 	for attempt := 1; ; attempt++ {
 		if attempt == 1 {
-			// start checked that t is current, under c.mu, just now:
+			// start checked that t is current, just now:
 			// the first attempt costs no lock.
 			if p.stopped.Load() || ctx.Err() != nil {
 				p.finish(t, incomplete, nil)
@@ -618,7 +631,7 @@ func (p *processor) handle(ctx context.Context, t task) {
 			p.finish(t, o, nil)
 			return
 		}
-		if !p.c.live.alive() {
+		if !p.out.live.alive() {
 			if o, ok := p.awaitAlive(ctx, t); !ok {
 				p.finish(t, o, nil)
 				return
@@ -643,7 +656,7 @@ func (p *processor) handle(ctx context.Context, t task) {
 			p.finish(t, moved, nil) // revoked, or moved by Seek: not ours to retry
 			return
 		}
-		p.c.log.Warn("process: handler failed, retrying", "partition", t.m.Partition, "offset", t.m.Offset,
+		p.log.Warn("process: handler failed, retrying", "partition", t.m.Partition, "offset", t.m.Offset,
 			"attempt", attempt, "backoff", backoff, "err", a.err)
 		// A Seek or a revoke interrupts the wait: the partition may not
 		// be ours any more, and a revoke waits for this handler.
@@ -654,16 +667,13 @@ func (p *processor) handle(ctx context.Context, t task) {
 		case <-timer.C:
 		}
 		timer.Stop()
-		backoff = min(2*backoff, p.c.cfg.MaxBackoff)
+		backoff = min(2*backoff, p.maxBackoff)
 	}
 }
 
 // mayAttempt reports whether t may be attempted again: Process goes on,
 // and t's partition is where it was taken. If not, it returns how t ends.
 func (p *processor) mayAttempt(ctx context.Context, t task) (outcome, bool) {
-	c := p.c
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	switch {
 	case p.stopped.Load() || ctx.Err() != nil:
 		return incomplete, false
@@ -678,29 +688,23 @@ func (p *processor) mayAttempt(ctx context.Context, t task) (outcome, bool) {
 // attempted then; if not, how t ends: moved (revoked, or moved by Seek
 // meanwhile), or incomplete (Process stops).
 func (p *processor) awaitAlive(ctx context.Context, t task) (outcome, bool) {
-	c := p.c
 	for {
-		c.mu.Lock()
-		interrupt := c.interrupt
-		c.mu.Unlock()
-		alive := c.awaitAlive(ctx, interrupt)
+		alive := p.out.awaitAlive(ctx, p.out.interrupted())
 		if o, ok := p.mayAttempt(ctx, t); !ok {
 			return o, false
 		}
 		if alive {
 			return completed, true
 		}
-		if ctx.Err() != nil || c.isClosed() {
+		if ctx.Err() != nil || p.out.life.isClosed() {
 			return incomplete, false
 		}
 	}
 }
 
-// current reports whether t's partition is still where t was taken. c.mu
-// is held.
+// current reports whether t's partition is still where t was taken.
 func (p *processor) current(t task) bool {
-	po, ok := p.c.book.parts[t.m.Partition]
-	return ok && po.epoch == t.epoch && po.win == t.win
+	return p.out.led.isCurrent(t.m.Partition, t.epoch, t.win)
 }
 
 // attempted is one handler attempt.
@@ -716,7 +720,7 @@ func (p *processor) attempt(ctx context.Context, t task) (a attempted) {
 	defer func() {
 		if v := recover(); v != nil {
 			pe := &PanicError{Value: v, Stack: debug.Stack()}
-			p.c.log.Error("process: handler panicked", "partition", t.m.Partition, "offset", t.m.Offset,
+			p.log.Error("process: handler panicked", "partition", t.m.Partition, "offset", t.m.Offset,
 				"panic", v, "stack", string(pe.Stack))
 			a.err = pe
 		}
@@ -726,35 +730,38 @@ func (p *processor) attempt(ctx context.Context, t task) (a attempted) {
 	return a
 }
 
-// observeLocked records an attempt of t in the stats. c.mu is held.
+// observeLocked records an attempt of t in the stats. p.mu is held.
 func (p *processor) observeLocked(t task, a *attempted) {
-	st := &p.c.pstats
-	st.HandlerDurations.observe(a.took)
 	s := &p.slots[t.slot]
 	if s.Started.IsZero() {
 		s.Started = a.start
 	}
+	var pe *PanicError
+	panicked := a.err != nil && errors.As(a.err, &pe)
 	if a.err != nil {
 		s.Attempts++
-		var pe *PanicError
-		if errors.As(a.err, &pe) {
+	}
+	p.totals.add(func(st *ProcessStats) {
+		st.HandlerDurations.observe(a.took)
+		if panicked {
 			st.Panics++
 		}
-	}
+	})
 }
 
 // observe records a failed attempt of t, followed by a retry if retry, and
 // reports whether t's partition is still where t was taken, with the
 // channel the next Seek or revoke closes.
 func (p *processor) observe(t task, a *attempted, retry bool) (bool, <-chan struct{}) {
-	p.c.mu.Lock()
-	defer p.c.mu.Unlock()
+	interrupt := p.out.interrupted() // before current: a Seek after it closes it
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.observeLocked(t, a)
 	current := p.current(t)
 	if retry && current {
-		p.c.pstats.Retries++
+		p.totals.add(func(s *ProcessStats) { s.Retries++ })
 	}
-	return current, p.c.interrupt
+	return current, interrupt
 }
 
 // giveUp hands t to OnGiveUp, or stops Process.
@@ -763,9 +770,7 @@ func (p *processor) giveUp(ctx context.Context, t task, attempts int, err error)
 	if p.pc.OnGiveUp != nil {
 		herr := p.callOnGiveUp(ctx, t.m, gerr)
 		if herr == nil {
-			p.c.mu.Lock()
-			p.c.pstats.GivenUp++
-			p.c.mu.Unlock()
+			p.totals.add(func(s *ProcessStats) { s.GivenUp++ })
 			p.finish(t, completed, nil)
 			return
 		}
@@ -775,14 +780,14 @@ func (p *processor) giveUp(ctx context.Context, t task, attempts int, err error)
 		}
 		gerr = &GiveUpError{Topic: gerr.Topic, Partition: gerr.Partition, Offset: gerr.Offset, Attempts: attempts, Err: err, HookErr: herr}
 	}
-	p.c.log.Error("process: giving up", "partition", t.m.Partition, "offset", t.m.Offset, "err", gerr)
-	p.c.mu.Lock()
+	p.log.Error("process: giving up", "partition", t.m.Partition, "offset", t.m.Offset, "err", gerr)
+	p.mu.Lock()
 	if p.err == nil {
 		p.err = gerr
 	}
 	// Start nothing more, of any key: Process stops.
 	p.stopped.Store(true)
-	p.c.mu.Unlock()
+	p.mu.Unlock()
 	select {
 	case p.stop <- struct{}{}:
 	default:
@@ -812,28 +817,16 @@ const (
 // not nil), and starts what may start now.
 func (p *processor) finish(t task, o outcome, a *attempted) {
 	complete := o == completed
-	c := p.c
-	c.mu.Lock()
+	p.mu.Lock()
 	if a != nil {
 		p.observeLocked(t, a)
 	}
 	p.running--
 	p.slots[t.slot] = Handling{}
 	p.free = append(p.free, t.slot)
-	w := t.win
-	w.inflight--
-	due := false
-	if complete {
-		w.complete(t.m.Offset)
-		if a != nil {
-			c.pstats.Handled++
-		}
-		if po, ok := c.book.parts[t.m.Partition]; ok && po.win == w {
-			if !p.moved(po, w) {
-				c.book.sinceCommit++ // completions count for the count trigger
-			}
-			due = c.book.countDue()
-		}
+	due := p.out.led.finish(t.m.Partition, t.win, t.m.Offset, complete)
+	if complete && a != nil {
+		p.totals.add(func(s *ProcessStats) { s.Handled++ })
 	}
 	l := t.lane
 	l.running--
@@ -854,40 +847,41 @@ func (p *processor) finish(t task, o outcome, a *attempted) {
 		p.unblock(t.m.Partition)
 		p.pump()
 	}
-	if c.awaiting > 0 {
-		c.consumed.notify() // a revoke waits for the handlers
-	}
-	c.mu.Unlock()
+	p.mu.Unlock()
 	if due {
-		c.wakeCommitter()
+		p.out.wake()
 	}
 }
 
-// purge drops the waiting messages of partition, which a Seek or a revoke
-// made stale: the queue has their room back at once. c.mu is held.
-func (p *processor) purge(partition int) {
+// purge drops the waiting messages of partitions, which a Seek or a revoke
+// made stale: the queue has their room back at once.
+func (p *processor) purge(partitions []int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if p.stopped.Load() {
 		return
 	}
-	p.unblock(partition)
-	for _, l := range p.lanes {
-		if l.key.partition != partition || l.msgs.len() == 0 {
-			continue
-		}
-		n := l.msgs.len()
-		for l.msgs.len() > 0 {
-			l.msgs.pop()
-		}
-		p.waiting -= n
-		p.c.q.release(partition, n)
-		if l.running == 0 && !l.inReady {
-			p.dropLane(l)
+	for _, partition := range partitions {
+		p.unblock(partition)
+		for _, l := range p.lanes {
+			if l.key.partition != partition || l.msgs.len() == 0 {
+				continue
+			}
+			n := l.msgs.len()
+			for l.msgs.len() > 0 {
+				l.msgs.pop()
+			}
+			p.waiting -= n
+			p.out.q.release(partition, n)
+			if l.running == 0 && !l.inReady {
+				p.dropLane(l)
+			}
 		}
 	}
 }
 
 // unblock makes the lanes of partition waiting for room ready again: they
-// check it when they start. c.mu is held.
+// check it when they start. p.mu is held.
 func (p *processor) unblock(partition int) {
 	bl := p.blocked[partition]
 	if len(bl) == 0 {
@@ -904,8 +898,10 @@ func (p *processor) unblock(partition int) {
 }
 
 // stats fills in what runs now, and the age of each partition's oldest
-// incomplete message. c.mu is held.
+// incomplete message.
 func (p *processor) stats(s *Stats, now time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	s.Process.Running, s.Process.InFlight, s.Process.Waiting = true, p.running, p.waiting
 	oldest := make(map[int]time.Time)
 	older := func(part int, t time.Time) {
@@ -934,30 +930,6 @@ func (p *processor) stats(s *Stats, now time.Time) {
 			s.Partitions[part] = ps
 		}
 	}
-}
-
-// rewind moves each partition whose window has messages taken and not
-// complete back to its lowest incomplete offset, after Process stopped:
-// they are fetched again. What completed above stays known.
-func (c *MultiConsumer) rewind() {
-	c.mu.Lock()
-	targets := make(map[int]int64)
-	for p, po := range c.book.parts {
-		if w := po.win; w != nil && w.next != w.commit {
-			w.rewind()
-			targets[p] = w.commit
-		}
-	}
-	if len(targets) == 0 {
-		c.mu.Unlock()
-		return
-	}
-	epochs := c.repositionLocked(targets)
-	c.mu.Unlock()
-	c.q.drop(func(b *batch) bool {
-		e, moved := epochs[b.partition]
-		return moved && b.epoch < e
-	})
 }
 
 // ring is a FIFO.

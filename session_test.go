@@ -36,7 +36,7 @@ func TestSessionChangesOnlyWhatChanges(t *testing.T) {
 
 	workers, before := c.sess.owners()
 	require.Len(t, workers, 2)
-	c.revoke(ctx, []int{3}, false) // commits what was consumed of it
+	c.ho.revoke(ctx, []int{3}, false) // commits what was consumed of it
 	after, owner := c.sess.owners()
 	assert.Equal(t, workers, after, "the same workers: none restarted")
 	for _, p := range []int{0, 1, 2} {
@@ -51,7 +51,7 @@ func TestSessionChangesOnlyWhatChanges(t *testing.T) {
 	got = append(got, more...)
 	_, err = c.GetMessages(ctx, 0)
 	require.NoError(t, err)
-	c.grant(ctx, []int{3}) // from its committed offset
+	require.NoError(t, c.ho.grant(ctx, []int{3}, false)) // from its committed offset
 	after, owner = c.sess.owners()
 	assert.Equal(t, workers, after, "the same workers: none restarted")
 	load := map[*worker]int{}
@@ -81,10 +81,10 @@ func TestSessionRestartsForAnotherWorkerCount(t *testing.T) {
 	got := drain(t, c, 40, 10)
 	workers, _ := c.sess.owners()
 	require.Len(t, workers, 4)
-	c.assign([]int{0, 1})
+	c.sess.set([]int{0, 1})
 	after, _ := c.sess.owners()
 	assert.Len(t, after, 2)
-	c.assign([]int{0, 1, 2, 3})
+	c.sess.set([]int{0, 1, 2, 3})
 	after, _ = c.sess.owners()
 	assert.Len(t, after, 4)
 	got = append(got, drain(t, c, n*per-len(got), 100)...)

@@ -139,15 +139,8 @@ type fetchEnv struct {
 	kc          *brokers
 	meta        *topicMeta
 	q           *queue
-	running     *event // set while not paused
-
-	// sync brings the fetch positions of parts up to date with the book
-	// (a Seek moves one), and plans the round (see syncPositions).
-	sync func(parts []int, pos map[int]*fetchPos, now time.Time, pl *plan) (idle time.Duration, leaderless, full bool)
-	// highWatermark records a partition's high watermark, for the lag.
-	highWatermark func(p int, hwm int64)
-	// fetchErrors counts a failed fetch of parts.
-	fetchErrors func(parts []int)
+	running     *event  // set while not paused
+	led         *ledger // where to fetch from (a Seek moves it), high watermarks, fetch errors
 }
 
 func newWorker(env *fetchEnv, id int, partitions []int, pos map[int]*fetchPos, wake *wakeup) *worker {
@@ -209,7 +202,7 @@ func (w *worker) run(ctx context.Context) {
 		}
 		w.wake.clear() // the positions read next cover every Seek so far
 		w.applyInbox()
-		wait, leaderless, full := w.env.sync(w.order, w.pos, time.Now(), &w.plan)
+		wait, leaderless, full := w.env.led.plan(w.order, w.pos, time.Now(), &w.plan, w.env.meta.leaderMap(), w.env.q.isHungry)
 		if leaderless {
 			// Look again for a leader every second at most; the
 			// other partitions go on meanwhile.
@@ -363,7 +356,7 @@ func (wk *wakeup) disarm() {
 // fail counts a fetch error of parts, logs it, and backs them off from
 // initial.
 func (w *worker) fail(parts []int, initial time.Duration, err error) {
-	w.env.fetchErrors(parts)
+	w.env.led.fetchFailed(parts)
 	now := time.Now()
 	for _, p := range parts {
 		wait := w.pos[p].failed(now, initial, w.env.maxBackoff)
@@ -548,7 +541,7 @@ func (w *worker) handle(ctx context.Context, rp *fetchAPI.ResponsePartition, a *
 		}
 		return false, fmt.Errorf("fetch at offset %d: %w", pos.fetchOffset(), err)
 	}
-	w.env.highWatermark(p, rp.HighWatermark)
+	w.env.led.setHighWatermark(p, rp.HighWatermark)
 	if pos.probe != nil {
 		return false, w.probed(ctx, p, pos, rp.RecordSet.Records)
 	}
