@@ -149,7 +149,7 @@ func (h *handover) grant(ctx context.Context, parts []int, strict bool) error {
 		h.led.start(p, start, cm, meta[p])
 		h.log.Info("partition start", "partition", p, "offset", start, "from", from)
 	}
-	if h.cfg.OnAssigned != nil {
+	if h.cfg.OnAssigned != nil && h.cfg.JoinGroup {
 		h.cfg.OnAssigned(ctx, slices.Clone(parts))
 	}
 	h.sess.set(h.led.partitions())
@@ -206,7 +206,7 @@ func (h *handover) revoke(ctx context.Context, parts []int, lost bool) {
 		h.lost += int64(len(parts))
 		h.mu.Unlock()
 	}
-	if h.cfg.OnRevoked != nil {
+	if h.cfg.OnRevoked != nil && h.cfg.JoinGroup {
 		h.cfg.OnRevoked(context.WithValue(ctx, lostKey{}, lost), slices.Clone(parts))
 	}
 	h.led.remove(parts)
