@@ -176,7 +176,12 @@ func (e *env) remoteGroup(t *testing.T) string {
 }
 
 func TestConsumerGroupHeartbeat(t *testing.T) {
-	e := newEnv(t, 3, 3)
+	testConsumerGroup(t, newEnv(t, 3, 3))
+}
+
+// testConsumerGroup joins a KIP-848 group through the coordinator, waits
+// for the topic's partitions and leaves.
+func testConsumerGroup(t *testing.T, e *env) {
 	ctx := ctxFor(t)
 	e.metadata(t)
 	group := e.remoteGroup(t)
@@ -239,7 +244,12 @@ func TestConsumerGroupHeartbeat(t *testing.T) {
 }
 
 func TestShareGroup(t *testing.T) {
-	e := newEnv(t, 3, 3)
+	testShareGroup(t, newEnv(t, 3, 3))
+}
+
+// testShareGroup joins a share group, fetches records produced with
+// kafka-go from each partition's leader, accepts them and leaves.
+func testShareGroup(t *testing.T, e *env) {
 	ctx := ctxFor(t)
 	e.metadata(t)
 	group := e.remoteGroup(t)
