@@ -60,11 +60,15 @@ type VersionRange struct {
 // bootstrap broker) and returns its response. It sets req's version to the
 // highest both the broker and kmsg support, or returns an *UnsupportedError
 // without sending when there is none. Use Do for requests any broker answers
-// (ApiVersions, Metadata, admin requests kfake and Kafka forward).
+// (ApiVersions, Metadata, and admin requests, which KRaft brokers forward
+// to the controller).
 //
 // Do blocks until the response arrives or ctx is done; a ctx deadline is also
-// the connection's I/O deadline. A Kafka error code in the response is not an
-// error of Do: check it with ErrorForCode.
+// the connection's I/O deadline, so give a long poll (ShareFetch's
+// MaxWaitMillis) a deadline beyond its wait. Without a deadline, a cancelled
+// Do returns ctx.Err() while the Transport's connection goroutine may still
+// be writing req: do not reuse req after such a return. A Kafka error code in
+// the response is not an error of Do: check it with ErrorForCode.
 func (c *Client) Do(ctx context.Context, req kmsg.Request) (kmsg.Response, error) {
 	return c.do(ctx, req, func(r *Request) kafka.Request { return r })
 }
@@ -182,6 +186,7 @@ func unsupported(key int16, vr VersionRange, offered bool, clientMax int16) *Uns
 	}
 }
 
+// Error names the API and what the broker offers.
 func (e *UnsupportedError) Error() string {
 	if !e.Offered {
 		return fmt.Sprintf("wire: broker does not support %s (key %d); it offers no version of it", e.Name, e.Key)

@@ -45,6 +45,11 @@ func newEnv(t *testing.T, brokers, partitions int, opts ...kfake.Opt) *env {
 	kf, err := kfake.NewCluster(append([]kfake.Opt{kfake.NumBrokers(brokers), kfake.SeedTopics(int32(partitions), e.topic)}, opts...)...)
 	require.NoError(t, err)
 	t.Cleanup(kf.Close)
+	// kfake picks leaders at random; spread them so that leader routing
+	// is tested: partition p on broker p mod brokers.
+	for p := range partitions {
+		require.NoError(t, kf.MoveTopicPartition(e.topic, int32(p), int32(p%brokers)))
+	}
 	e.kf = kf
 	e.tr = &kafka.Transport{ClientID: "wire-test"}
 	t.Cleanup(e.tr.CloseIdleConnections)
