@@ -173,6 +173,10 @@ func clientID(d *kafka.Dialer) string {
 const minMetadataTTL = 5 * time.Second
 
 // requestTimeout bounds every request but fetches.
+// retrying reports whether a dropped connection is retried: once the
+// cluster was there (New succeeded).
+func (b *brokers) retrying() bool { return b.retryConns.Load() }
+
 func (b *brokers) requestTimeout() time.Duration { return requestTimeout(b.dialer) }
 
 func requestTimeout(d *kafka.Dialer) time.Duration {

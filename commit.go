@@ -57,7 +57,7 @@ type committer struct {
 	auto         bool          // set once: auto-commit (the triggers)
 	maxBackoff   time.Duration // set once
 	led          *ledger       // set once: the offsets, and the lease they are committed under
-	kc           *brokers      // set once: sends the OffsetCommit
+	kc           commitSender  // set once: sends the OffsetCommit
 	log          *slog.Logger  // set once
 	// applied returns a channel closed when the group member next applies
 	// an assignment (a new generation); set once.
@@ -78,7 +78,19 @@ type commitReq struct {
 	done  chan error // cap 1
 }
 
-func newCommitter(cfg *Config, led *ledger, kc *brokers, log *slog.Logger, applied func() <-chan struct{}, life context.Context) *committer {
+// commitSender sends OffsetCommit requests for a committer: the consumer's
+// brokers, or a fake in a test of the committer alone.
+type commitSender interface {
+	// offsetCommit stores offsets (with their metadata) under l, and
+	// returns those stored.
+	offsetCommit(ctx context.Context, l lease, offsets map[int]int64, meta map[int]string) (map[int]int64, error)
+	// withTimeout bounds ctx by one request timeout.
+	withTimeout(ctx context.Context) (context.Context, context.CancelFunc)
+	// retrying reports whether a dropped connection is worth a retry.
+	retrying() bool
+}
+
+func newCommitter(cfg *Config, led *ledger, kc commitSender, log *slog.Logger, applied func() <-chan struct{}, life context.Context) *committer {
 	return &committer{
 		group: cfg.Group, topic: cfg.Topic, member: cfg.JoinGroup, auto: cfg.autoCommit(), maxBackoff: cfg.MaxBackoff,
 		led: led, kc: kc, log: log, applied: applied, life: life,
@@ -147,7 +159,7 @@ func (cm *committer) sendCommit(ctx context.Context, partitions ...int) error {
 	var ok map[int]int64
 	var dropped error // partitions left out: revoked before the commit went out
 	rctx, cancel := cm.kc.withTimeout(ctx)
-	err := retry(rctx, cm.kc.retryConns.Load(), func() (err error) {
+	err := retry(rctx, cm.kc.retrying(), func() (err error) {
 		var send map[int]int64
 		var left []error
 		send, left, err = cm.led.sendable(l, cm.group, cm.member, offsets)

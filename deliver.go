@@ -115,48 +115,38 @@ type delivery struct {
 	sending sync.RWMutex  // held (read) by an Iter send; a hand-over waits for it (awaitSends)
 	totals  procTotals    // Process's counters since New; its own lock
 
-	mu        sync.Mutex    // guards the fields below
-	interrupt chan struct{} // closed and replaced by every Seek and revoke (moved), and closed for good by shut
-	shut      bool          // Close has begun: interrupt stays closed
-	holder    *holding      // the Messages loop holding messages it took, if any
-	iters     int           // Iter goroutines and Messages loops running: Process waits
-	proc      *processor    // the running Process, if any
+	// moves is notified by every Seek and revoke (moved): what holds
+	// messages looks again at whether they are still current.
+	moves broadcast
+
+	mu     sync.Mutex // guards the fields below
+	shut   bool       // Close has begun
+	holder *holding   // the Messages loop holding messages it took, if any
+	iters  int        // Iter goroutines and Messages loops running: Process waits
+	proc   *processor // the running Process, if any
 }
 
 func newDelivery(q *queue, led *ledger, live *liveness, life *lifecycle, wake func()) *delivery {
-	return &delivery{q: q, led: led, live: live, life: life, wake: wake,
-		token: make(chan struct{}, 1), interrupt: make(chan struct{})}
+	return &delivery{q: q, led: led, live: live, life: life, wake: wake, token: make(chan struct{}, 1)}
 }
 
 // moved wakes Iter goroutines blocked on a send, and Process's retries
 // waiting out a backoff, so that they look again at what they hold: a Seek
-// or a revoke moved a partition. After shutDown it does nothing.
-func (d *delivery) moved() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.shut {
-		return
-	}
-	close(d.interrupt)
-	d.interrupt = make(chan struct{})
-}
+// or a revoke moved a partition.
+func (d *delivery) moved() { d.moves.notify() }
 
-// interrupted returns the channel the next moved (or shutDown) closes.
-func (d *delivery) interrupted() <-chan struct{} {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.interrupt
-}
+// interrupted returns a channel closed at the next moved. Read it before
+// checking that a partition is current: a move after the check closes it.
+func (d *delivery) interrupted() <-chan struct{} { return d.moves.wait() }
 
-// shutDown closes the interrupt channel for good (Close): an Iter
-// goroutine that reads it from now on sees it closed and gives up its send.
+// shutDown marks Close begun: no Process or Messages loop starts from now
+// on, and what waits on interrupted wakes (it selects on the lifecycle's
+// closing too, which stays set).
 func (d *delivery) shutDown() {
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	if !d.shut {
-		d.shut = true
-		close(d.interrupt)
-	}
+	d.shut = true
+	d.mu.Unlock()
+	d.moves.notify()
 }
 
 // awaitSends waits for an Iter send in flight, which began before its
@@ -489,7 +479,7 @@ func (d *delivery) iterate(ctx context.Context, ch chan<- kafka.Message) error {
 // not hand over when ctx ends, or when a Seek, a revoke or Close
 // interrupts it.
 func (d *delivery) send(ctx context.Context, ch chan<- kafka.Message, taken []batch) error {
-	done := ctx.Done()
+	done, closing := ctx.Done(), d.life.closing.Done()
 	for bi, b := range taken {
 		// The interrupt channel is read before the epoch is checked: a
 		// Seek after the check closes it.
@@ -515,10 +505,18 @@ func (d *delivery) send(ctx context.Context, ch chan<- kafka.Message, taken []ba
 				d.sending.RUnlock()
 				d.requeue(b, i, taken[bi+1:])
 				return nil
+			case <-closing:
+				d.sending.RUnlock()
+				d.requeue(b, i, taken[bi+1:])
+				return nil
 			default:
 			}
 			select {
 			case ch <- m:
+			case <-closing:
+				d.sending.RUnlock()
+				d.requeue(b, i, taken[bi+1:])
+				return nil
 			case <-interrupt:
 				// A Seek or a revoke (m may be of a partition it moved)
 				// or Close: give m back; the caller takes again (stale

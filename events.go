@@ -85,6 +85,22 @@ func (b *broadcast) wait() <-chan struct{} {
 	return b.ch
 }
 
+// cut ends the current round: the goroutines waiting now are woken when
+// the returned function is called, those that wait from now on by the next
+// notify (or cut). It is how a round of work (a metadata refresh) wakes
+// those that asked before it began.
+func (b *broadcast) cut() (wake func()) {
+	b.mu.Lock()
+	ch := b.ch
+	b.ch = nil
+	b.mu.Unlock()
+	return func() {
+		if ch != nil {
+			close(ch)
+		}
+	}
+}
+
 // notify wakes the goroutines waiting.
 func (b *broadcast) notify() {
 	b.mu.Lock()

@@ -67,15 +67,15 @@ type topicMeta struct {
 
 	now chan struct{} // cap 1: asks the refresher for a refresh
 
-	mu           sync.Mutex    // guards the fields below
-	leaders      map[int]int   // partition -> leader broker id, as the transport routes
-	count        int           // the topic's partitions at the last read
-	missingSince time.Time     // the topic was missing from the last refresh
-	refreshed    chan struct{} // closed when the refresh in progress (or the next) ends
+	mu           sync.Mutex  // guards the fields below
+	leaders      map[int]int // partition -> leader broker id, as the transport routes
+	count        int         // the topic's partitions at the last read
+	missingSince time.Time   // the topic was missing from the last refresh
+	refreshed    broadcast   // wakes, when a refresh ends, those that waited before it began
 }
 
 func newTopicMeta(kc *brokers, log *slog.Logger, every time.Duration) *topicMeta {
-	return &topicMeta{kc: kc, log: log, every: every, now: make(chan struct{}, 1), refreshed: make(chan struct{})}
+	return &topicMeta{kc: kc, log: log, every: every, now: make(chan struct{}, 1)}
 }
 
 // set records the metadata New read (all: the partitions, sorted), before
@@ -101,9 +101,7 @@ func (tm *topicMeta) leaderMap() map[int]int {
 // request asks the refresher for a refresh and returns a channel closed
 // once a refresh that started after the request has finished.
 func (tm *topicMeta) request() <-chan struct{} {
-	tm.mu.Lock()
-	done := tm.refreshed
-	tm.mu.Unlock()
+	done := tm.refreshed.wait()
 	select {
 	case tm.now <- struct{}{}:
 	default: // already asked
@@ -131,12 +129,9 @@ func (tm *topicMeta) run(ctx context.Context) {
 		case <-timer.C:
 		case <-tm.now:
 		}
-		tm.mu.Lock()
-		done := tm.refreshed
-		tm.refreshed = make(chan struct{})
-		tm.mu.Unlock()
+		done := tm.refreshed.cut()
 		next := tm.refresh(ctx)
-		close(done)
+		done()
 		if !timer.Stop() {
 			select {
 			case <-timer.C:

@@ -52,7 +52,7 @@ type queue struct {
 	held    int        // messages taken by Process and not handed to a handler yet: in the bound
 	limit   int
 	putters int             // puts waiting for room: take wakes waiters only then
-	changed chan struct{}   // nil: nobody waits
+	changed broadcast       // notified on every change waiters wait for; its own lock (a leaf)
 	fair    bool            // Process runs: partitions get a share of the bound each
 	nparts  int             // partitions consumed, which share the bound
 	parts   map[int]int     // messages of each partition queued or held
@@ -211,20 +211,11 @@ func (q *queue) countLocked(p, n int) {
 }
 
 // signalLocked wakes every waiter; q.mu is held.
-func (q *queue) signalLocked() {
-	if q.changed != nil {
-		close(q.changed)
-		q.changed = nil
-	}
-}
+func (q *queue) signalLocked() { q.changed.notify() }
 
-// changedLocked returns the channel closed at the next change; q.mu is held.
-func (q *queue) changedLocked() <-chan struct{} {
-	if q.changed == nil {
-		q.changed = make(chan struct{})
-	}
-	return q.changed
-}
+// changedLocked returns the channel closed at the next change; q.mu is
+// held, so that the channel goes with the state read with it.
+func (q *queue) changedLocked() <-chan struct{} { return q.changed.wait() }
 
 // signal wakes every waiter, for a change outside the queue they should
 // see (the consumer stopped for good).
