@@ -63,7 +63,7 @@ func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
 	if cfg.JoinGroup {
 		live = newLiveness(cfg.SessionTimeout)
 	}
-	running := newEvent(true) // set while not paused: workers fetch and queue
+	unpaused := newEvent(true) // set while not paused: workers fetch and queue
 	c.meta = newTopicMeta(c.kc, c.log, cfg.MetadataMaxAge)
 	c.sess = newSession(&fetchEnv{
 		topic: cfg.Topic, startOffset: cfg.StartOffset, maxBackoff: cfg.MaxBackoff,
@@ -71,7 +71,7 @@ func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
 		// low, small enough that a worker finds room before the queue is
 		// empty.
 		batchSize: max(1, min(512, cfg.QueueSize/4)),
-		log:       c.log, kc: c.kc, meta: c.meta, q: c.q, running: running, led: c.led,
+		log:       c.log, kc: c.kc, meta: c.meta, q: c.q, unpaused: unpaused, led: c.led,
 	}, c.cfg.numWorkers)
 	c.ho = &handover{cfg: &c.cfg, log: c.log, kc: c.kc, meta: c.meta, led: c.led, sess: c.sess, q: c.q,
 		live: live, life: c.life}
@@ -141,16 +141,16 @@ func (c *MultiConsumer) Assignment() []int { return c.ho.assignment() }
 // enters the queue, and workers stop fetching after their current request.
 // Messages already queued are still delivered. Resume undoes it.
 func (c *MultiConsumer) Pause() {
-	c.sess.env.running.Clear()
+	c.sess.env.unpaused.Clear()
 	c.q.barrier()
 }
 
 // Resume lets paused workers fetch and queue again. After Close it does
 // nothing.
 func (c *MultiConsumer) Resume() {
-	// Close clears running as it begins: no Set slips in after it.
+	// Close clears unpaused as it begins: no Set slips in after it.
 	c.life.ifOpen(func() {
-		c.sess.env.running.Set()
+		c.sess.env.unpaused.Set()
 		c.q.refill() // what waited in the overflow while Process ran
 	})
 }
@@ -386,10 +386,10 @@ func (c *MultiConsumer) Stats() Stats {
 		Time: time.Now(), Topic: c.cfg.Topic, Group: c.cfg.Group, ClientID: clientID(c.cfg.Dialer),
 		JoinGroup: c.cfg.JoinGroup, Closed: c.life.isClosed(), Err: c.life.err(),
 		Workers: c.sess.count(), QueueLen: c.q.len(), QueueSize: c.cfg.QueueSize,
-		Paused: !c.sess.env.running.IsSet(), CommitErrors: c.commits.errs.Load(),
+		Paused: !c.sess.env.unpaused.IsSet(), CommitErrors: c.commits.errs.Load(),
 		Process: c.out.totals.snapshot(),
 	}
-	proc := c.out.running()
+	proc := c.out.processing()
 	c.led.stats(&s, proc != nil)
 	c.ho.stats(&s)
 	c.src.stats(&s)
@@ -424,7 +424,7 @@ func (c *MultiConsumer) String() string {
 // call after Close.
 func (c *MultiConsumer) Close() error {
 	begun := c.life.beginClose(func() {
-		c.sess.env.running.Clear() // no put completes from now on; Resume cannot undo it
+		c.sess.env.unpaused.Clear() // no put completes from now on; Resume cannot undo it
 	})
 	if !begun {
 		<-c.life.closeDone
@@ -443,7 +443,7 @@ func (c *MultiConsumer) Close() error {
 	c.q.barrier()
 	c.sess.halt()
 	c.out.awaitIdle() // any delivery in progress gives up
-	if proc := c.out.running(); proc != nil {
+	if proc := c.out.processing(); proc != nil {
 		// Process has stopped taking messages and cancelled its
 		// handlers: what they complete within half the time left is
 		// committed; the other half is the commit's.

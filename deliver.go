@@ -119,11 +119,11 @@ type delivery struct {
 	// messages looks again at whether they are still current.
 	moves broadcast
 
-	mu     sync.Mutex // guards the fields below
-	shut   bool       // Close has begun
-	holder *holding   // the Messages loop holding messages it took, if any
-	iters  int        // Iter goroutines and Messages loops running: Process waits
-	proc   *processor // the running Process, if any
+	mu    sync.Mutex // guards the fields below
+	shut  bool       // Close has begun
+	stash *stash     // what the running Messages loop took and has not yielded, if any
+	iters int        // Iter goroutines and Messages loops running: Process waits
+	proc  *processor // the running Process, if any
 }
 
 func newDelivery(q *queue, led *ledger, live *liveness, life *lifecycle, wake func()) *delivery {
@@ -160,8 +160,8 @@ func (d *delivery) awaitSends() {
 // delivery in progress has given up.
 func (d *delivery) awaitIdle() { d.token <- struct{}{} }
 
-// running returns the running Process, if any.
-func (d *delivery) running() *processor {
+// processing returns the running Process, if any.
+func (d *delivery) processing() *processor {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.proc
@@ -170,7 +170,7 @@ func (d *delivery) running() *processor {
 // purge drops the waiting messages of the running Process (if any) of
 // parts, which a Seek or a revoke made stale.
 func (d *delivery) purge(parts []int) {
-	if p := d.running(); p != nil {
+	if p := d.processing(); p != nil {
 		p.purge(parts)
 	}
 }
@@ -211,7 +211,7 @@ func (d *delivery) get(ctx context.Context, count int, opts ...GetOption) ([]kaf
 		}
 	}
 
-	if d.running() != nil {
+	if d.processing() != nil {
 		return nil, ErrBusy
 	}
 	d.consume() // the caller came back for more, even with a done ctx
@@ -250,7 +250,7 @@ func (d *delivery) get(ctx context.Context, count int, opts ...GetOption) ([]kaf
 			d.release()
 			return nil, ErrClosed
 		}
-		if d.running() != nil {
+		if d.processing() != nil {
 			d.release()
 			return nil, ErrBusy
 		}
@@ -347,7 +347,7 @@ func (d *delivery) acquire(ctx context.Context, expired <-chan time.Time, p *pro
 		d.release()
 		return false, ErrClosed
 	}
-	if proc := d.running(); proc != nil && proc != p { // Process started while this call waited for the token
+	if proc := d.processing(); proc != nil && proc != p { // Process started while this call waited for the token
 		d.release()
 		return false, ErrBusy
 	}

@@ -12,11 +12,11 @@ import (
 // the loop body runs.
 const messagesBatch = 256
 
-// holding is what a Messages loop took from the queue and has not yielded
-// yet: rest[0].msgs[0] is the next message. rest is guarded by the delivery's mu:
-// the next delivery that takes from the queue puts it back first
-// (reclaim).
-type holding struct {
+// stash is what a Messages loop took from the queue and has not yielded
+// yet: rest[0].msgs[0] is the next message. rest is guarded by the
+// delivery's mu: the next delivery that takes from the queue puts it back
+// first (reclaim).
+type stash struct {
 	rest []batch
 }
 
@@ -68,7 +68,7 @@ func (d *delivery) messages(ctx context.Context) iter.Seq2[kafka.Message, error]
 			yield(kafka.Message{}, errNilContext)
 			return
 		}
-		h := &holding{}
+		h := &stash{}
 		if err := d.startMessages(); err != nil {
 			yield(kafka.Message{}, err)
 			return
@@ -111,17 +111,17 @@ func (d *delivery) startMessages() error {
 	return nil
 }
 
-// endMessages ends a Messages loop: what it holds goes back to the queue.
-func (d *delivery) endMessages(h *holding) {
+// endMessages ends a Messages loop: what it stashed goes back to the queue.
+func (d *delivery) endMessages(h *stash) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.iters--
-	if d.holder == h {
+	if d.stash == h {
 		d.reclaimLocked()
 	}
 }
 
-// reclaim puts what a Messages loop holds back at the head of the queue,
+// reclaim puts what a Messages loop stashed back at the head of the queue,
 // before a delivery takes from it: each partition's messages then reach
 // callers in order, and the ledger's offsets only move forward. The caller
 // holds the delivery token.
@@ -133,8 +133,8 @@ func (d *delivery) reclaim() {
 
 // reclaimLocked is reclaim with d.mu held.
 func (d *delivery) reclaimLocked() {
-	if h := d.holder; h != nil {
-		d.holder = nil
+	if h := d.stash; h != nil {
+		d.stash = nil
 		d.q.unshift(h.rest)
 		h.rest = nil
 	}
@@ -142,10 +142,10 @@ func (d *delivery) reclaimLocked() {
 
 // next is one step of a Messages loop: if the loop came back (back), it
 // counts what was delivered as consumed; then it delivers the next message
-// h holds, leaving out what a Seek or a revoke made stale. It returns nil
-// and no error when h holds nothing (any more: another delivery may have
+// h stashed, leaving out what a Seek or a revoke made stale. It returns nil
+// and no error when h has nothing (any more: another delivery may have
 // reclaimed it).
-func (d *delivery) next(ctx context.Context, done <-chan struct{}, h *holding, back bool) (*kafka.Message, error) {
+func (d *delivery) next(ctx context.Context, done <-chan struct{}, h *stash, back bool) (*kafka.Message, error) {
 	if d.life.isClosed() {
 		return nil, ErrClosed // and nothing consumed after Close began, as GetMessages
 	}
@@ -160,7 +160,7 @@ func (d *delivery) next(ctx context.Context, done <-chan struct{}, h *holding, b
 		err = ctx.Err()
 	default:
 		d.mu.Lock()
-		for d.holder == h && len(h.rest) > 0 {
+		for d.stash == h && len(h.rest) > 0 {
 			b := &h.rest[0]
 			if len(b.msgs) == 0 { // a marker
 				d.led.advanceCurrent(b.partition, b.epoch, b.advance)
@@ -189,23 +189,23 @@ func (d *delivery) next(ctx context.Context, done <-chan struct{}, h *holding, b
 }
 
 // pending returns the number of batches a delivery may take: those queued,
-// and those a Messages loop holds (the delivery reclaims them), and a
+// and those a Messages loop stashed (the delivery reclaims them), and a
 // channel closed at the next change of the queue.
 func (d *delivery) pending() (batches int, changed <-chan struct{}) {
 	d.mu.Lock()
-	held := 0
-	if d.holder != nil {
-		held = len(d.holder.rest)
+	stashed := 0
+	if d.stash != nil {
+		stashed = len(d.stash.rest)
 	}
 	d.mu.Unlock()
 	batches, changed = d.q.pending()
-	return batches + held, changed
+	return batches + stashed, changed
 }
 
 // take waits for queued messages, without the delivery token, then takes a
 // batch of them for h with the token. It returns an error when ctx ends,
 // the consumer closes, or it stopped for good and nothing is queued.
-func (d *delivery) take(ctx context.Context, h *holding) error {
+func (d *delivery) take(ctx context.Context, h *stash) error {
 	for {
 		if err := d.awaitQueued(ctx); err != nil {
 			return err
@@ -218,7 +218,7 @@ func (d *delivery) take(ctx context.Context, h *holding) error {
 		h.rest = d.q.take(messagesBatch)
 		took := len(h.rest) > 0 // read under d.mu: a delivery may reclaim h at once
 		if took {
-			d.holder = h
+			d.stash = h
 		}
 		d.mu.Unlock()
 		d.release()

@@ -115,7 +115,7 @@ func TestTopicDeletedStopsWorkers(t *testing.T) {
 	require.Eventually(t, func() bool { return c.Err() != nil }, 30*time.Second, 10*time.Millisecond)
 	done := make(chan struct{})
 	go func() {
-		c.sess.running.Wait()
+		c.sess.goroutines.Wait()
 		close(done)
 	}()
 	select {

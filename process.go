@@ -390,7 +390,7 @@ type lane struct {
 	running   int // its messages being handled (exclusive: at most 1)
 	inReady   bool
 	blocked   bool
-	held      bool // exclusive: a message was left incomplete; nothing more starts
+	stuck     bool // exclusive: a message was left incomplete; nothing more starts
 }
 
 // task is a message to handle, with what tells whether it is still ours:
@@ -488,7 +488,7 @@ func (p *processor) feed(ctx context.Context) error {
 			}
 			continue
 		}
-		taken := q.hold()
+		taken := q.lend()
 		p.mu.Lock()
 		for i := range taken {
 			p.add(&taken[i])
@@ -598,7 +598,7 @@ func (p *processor) start(l *lane) {
 // mayStart reports whether l, which has messages, may join the ready
 // lanes.
 func (l *lane) mayStart() bool {
-	return !(l.exclusive && l.running > 0) && !l.inReady && !l.blocked && !l.held
+	return !(l.exclusive && l.running > 0) && !l.inReady && !l.blocked && !l.stuck
 }
 
 // dropLane forgets l, which is empty and idle. p.mu is held.
@@ -834,7 +834,7 @@ func (p *processor) finish(t task, o outcome, a *attempted) {
 		if l.exclusive {
 			// A message left incomplete holds its key: the ones after
 			// it must not run before it does (after a restart).
-			l.held = l.held || o == incomplete
+			l.stuck = l.stuck || o == incomplete
 		}
 		if l.msgs.len() > 0 {
 			if l.mayStart() {

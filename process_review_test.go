@@ -251,7 +251,7 @@ func TestProcessReleasesWhatItHeld(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	require.ErrorIs(t, stop(), context.Canceled)
 	c.q.mu.Lock()
-	held := c.q.held
+	held := c.q.lent
 	c.q.mu.Unlock()
 	assert.Zero(t, held, "messages still counted in the bound after Process returned")
 }

@@ -36,7 +36,7 @@ type batch struct {
 //
 // While Process runs, the queue is fair: each partition may have only its
 // share of the bound (the limit divided among the partitions consumed)
-// queued or held, so that one partition's backlog, waiting for its few
+// queued or lent, so that one partition's backlog, waiting for its few
 // keys, does not keep the others' messages from the handlers. What a
 // worker puts past a partition's share waits in the partition's overflow,
 // outside the bound, and moves into the queue as Process takes the
@@ -49,13 +49,13 @@ type queue struct {
 	mu      sync.Mutex // guards the fields below
 	batches []batch    // FIFO
 	queued  int        // messages in batches
-	held    int        // messages taken by Process and not handed to a handler yet: in the bound
+	lent    int        // messages Process took (lend) and has not released yet: still in the bound
 	limit   int
 	putters int             // puts waiting for room: take wakes waiters only then
 	changed broadcast       // notified on every change waiters wait for; its own lock (a leaf)
 	fair    bool            // Process runs: partitions get a share of the bound each
 	nparts  int             // partitions consumed, which share the bound
-	parts   map[int]int     // messages of each partition queued or held
+	parts   map[int]int     // messages of each partition queued or lent
 	hungry  int             // workers waiting for a partition to be hungry (see waitRoom)
 	over    map[int][]batch // fair: each partition's overflow, in order
 	overN   int             // messages in over
@@ -104,7 +104,7 @@ func (q *queue) refillAllLocked() {
 // than half its share, unless paused.
 func (q *queue) refillLocked(p int) {
 	if q.fair && q.parts[p] > q.shareLocked()/2 {
-		return // not yet: move chunks of half a share, not a message at a time
+		return // not yet: move half a share at a time, not a message at a time
 	}
 	moved := false
 	for len(q.over[p]) > 0 && q.open != nil && q.open.IsSet() {
@@ -240,7 +240,7 @@ func (q *queue) put(ctx context.Context, b batch, open *event) error {
 			return nil
 		}
 		isOpen := open.IsSet()
-		if isOpen && q.queued+q.held+n <= q.limit {
+		if isOpen && q.queued+q.lent+n <= q.limit {
 			q.batches = append(q.batches, b)
 			q.queued += n
 			q.countLocked(b.partition, n)
@@ -277,7 +277,7 @@ func (q *queue) put(ctx context.Context, b batch, open *event) error {
 func (q *queue) putFairLocked(b batch) {
 	p := b.partition
 	if len(q.over[p]) == 0 && q.open.IsSet() {
-		k := min(len(b.msgs), q.roomLocked(p), max(0, q.limit-q.queued-q.held))
+		k := min(len(b.msgs), q.roomLocked(p), max(0, q.limit-q.queued-q.lent))
 		if k == len(b.msgs) {
 			q.batches = append(q.batches, b)
 			q.queued += k
@@ -312,26 +312,26 @@ func (q *queue) take(max int) []batch {
 	return q.takeLocked(max)
 }
 
-// hold takes every queued message, as take does, but they stay in the
+// lend takes every queued message, as take does, but they stay in the
 // bound until release: Process keeps them waiting for their turn.
-func (q *queue) hold() []batch {
+func (q *queue) lend() []batch {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	out := q.batches
 	q.batches = nil
-	q.held += q.queued
+	q.lent += q.queued
 	q.queued = 0
 	return out
 }
 
-// release takes n held messages of partition p out of the bound.
+// release takes n lent messages of partition p out of the bound.
 func (q *queue) release(p, n int) {
 	if n == 0 {
 		return
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	q.held -= n
+	q.lent -= n
 	was := q.isHungryLocked(p)
 	q.countLocked(p, -n)
 	q.refillLocked(p)

@@ -467,7 +467,7 @@ func TestQueueFairShares(t *testing.T) {
 	assert.False(t, q.isHungry(0), "20 of 25: not worth a fetch")
 	assert.True(t, q.isHungry(1))
 
-	held := q.hold() // Process takes them all: they stay in the bound
+	held := q.lend() // Process takes them all: they stay in the bound
 	assert.Len(t, held, 2)
 	assert.Zero(t, q.len())
 	assert.Equal(t, 5, q.room(0))
@@ -506,13 +506,13 @@ func TestQueueFairShares(t *testing.T) {
 	assert.Zero(t, q.room(3))
 	assert.False(t, q.isHungry(3))
 	assert.Equal(t, 30, q.len(), "the overflow counts in len")
-	got := q.hold()
+	got := q.lend()
 	assert.Equal(t, []string{"3/1:0", "3/1:1"}, flat(t, got)[:2])
 	assert.Len(t, flat(t, got), 25)
 	q.release(3, 10) // 15 of 25: the overflow waits for half a share
-	assert.Empty(t, q.hold())
+	assert.Empty(t, q.lend())
 	q.release(3, 3) // 12 of 25: it moves in
-	got = q.hold()
+	got = q.lend()
 	assert.Equal(t, []string{"3/1:25", "3/1:26", "3/1:27", "3/1:28", "3/1:29"}, flat(t, got))
 	assert.False(t, q.isHungry(3), "17 of 25")
 	q.release(3, 17)
@@ -524,5 +524,5 @@ func TestQueueFairShares(t *testing.T) {
 	q.release(1, 5)
 	assert.Empty(t, q.parts, "every message counted out")
 	assert.Empty(t, q.over)
-	assert.Zero(t, q.held)
+	assert.Zero(t, q.lent)
 }

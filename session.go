@@ -29,7 +29,7 @@ type session struct {
 	owner     map[int]*worker   // partition -> the worker that fetches it
 	positions map[int]*fetchPos // partition -> its fetch position, kept across restarts
 
-	running sync.WaitGroup // the workers' goroutines
+	goroutines sync.WaitGroup // the workers
 }
 
 func newSession(env *fetchEnv, numWorkers func(int) int) *session {
@@ -118,7 +118,7 @@ func (s *session) restart(parts []int) {
 		s.workers = append(s.workers, w)
 		// Started under s.mu: halt, which sets halted under it, then
 		// waits for every worker started before.
-		s.running.Go(func() { w.run(ctx) })
+		s.goroutines.Go(func() { w.run(ctx) })
 	}
 }
 
@@ -133,7 +133,7 @@ func (s *session) stopWorkers() {
 	if stop != nil {
 		stop()
 	}
-	s.running.Wait()
+	s.goroutines.Wait()
 }
 
 // halt stops the workers for good: nothing starts after it.

@@ -139,7 +139,7 @@ type fetchEnv struct {
 	kc          *brokers
 	meta        *topicMeta
 	q           *queue
-	running     *event  // set while not paused
+	unpaused    *event  // set while not paused: Pause clears it, Resume sets it
 	led         *ledger // where to fetch from (a Seek moves it), high watermarks, fetch errors
 }
 
@@ -197,7 +197,7 @@ func (w *worker) run(ctx context.Context) {
 	idle := time.NewTimer(time.Hour)
 	defer idle.Stop()
 	for {
-		if err := w.env.running.Wait(ctx); err != nil {
+		if err := w.env.unpaused.Wait(ctx); err != nil {
 			return
 		}
 		w.wake.clear() // the positions read next cover every Seek so far
@@ -568,7 +568,7 @@ func (w *worker) decode(ctx context.Context, p int, pos *fetchPos, hwm int64, rr
 		}
 		b := batch{partition: p, epoch: pos.epoch, msgs: run}
 		run = nil
-		if err := w.env.q.put(ctx, b, w.env.running); err != nil {
+		if err := w.env.q.put(ctx, b, w.env.unpaused); err != nil {
 			return err
 		}
 		got = true
@@ -722,7 +722,7 @@ func (w *worker) probeDone(ctx context.Context, p int, pos *fetchPos) error {
 // skip moves partition p to offset to, here and, through a marker queued
 // behind its messages, in the controller's bookkeeping.
 func (w *worker) skip(ctx context.Context, p int, pos *fetchPos, to int64) error {
-	if err := w.env.q.put(ctx, batch{partition: p, epoch: pos.epoch, advance: to}, w.env.running); err != nil {
+	if err := w.env.q.put(ctx, batch{partition: p, epoch: pos.epoch, advance: to}, w.env.unpaused); err != nil {
 		return err
 	}
 	pos.offset = to
