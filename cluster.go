@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/multiconsumer/multiconsumer/internal/wire"
 	"github.com/segmentio/kafka-go"
 )
 
@@ -31,6 +32,16 @@ type brokers struct {
 	transport    *kafka.Transport
 	conns        *connSet // the transport's connections, closed by Close
 	client       *kafka.Client
+	// wire sends what kafka-go has no request for (share groups), on the
+	// same transport.
+	wire *wire.Client
+	// share carries a share-group member's share sessions (ShareFetch,
+	// ShareAcknowledge) on a transport of their own, whose connections
+	// nothing else uses and whose idle timeout outlasts a pause: the
+	// broker ends a share session, and releases its records, when its
+	// connection closes. Nil outside a share group.
+	share      *wire.Client
+	shareConns *connSet
 	// retryConns is set once New has reached the cluster: from then on a
 	// dropped connection is retried. Before, a refused connection fails
 	// New at once (a wrong address).
@@ -40,17 +51,30 @@ type brokers struct {
 // newBrokers returns the way to cfg's cluster; it dials nothing yet.
 func newBrokers(cfg *Config) *brokers {
 	tr, conns := newTransport(cfg.Dialer, cfg.Topic)
-	return &brokers{
+	addr := kafka.TCP(cfg.Brokers...)
+	b := &brokers{
 		topic: cfg.Topic, group: cfg.Group, seeds: cfg.Brokers, dialer: cfg.Dialer,
 		transport: tr, conns: conns,
-		client: &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Transport: tr},
+		client: &kafka.Client{Addr: addr, Transport: tr},
+		wire:   &wire.Client{Transport: tr, Addr: addr, ClientID: clientID(cfg.Dialer)},
 	}
+	if cfg.ShareGroup {
+		str, sconns := newTransport(cfg.Dialer, cfg.Topic)
+		str.IdleTimeout = 24 * time.Hour
+		b.share = &wire.Client{Transport: str, Addr: addr, ClientID: clientID(cfg.Dialer)}
+		b.shareConns = sconns
+	}
+	return b
 }
 
 // close closes every connection, idle or in use.
 func (b *brokers) close() {
 	b.transport.CloseIdleConnections()
 	b.conns.closeAll()
+	if b.share != nil {
+		b.share.Transport.(*kafka.Transport).CloseIdleConnections()
+		b.shareConns.closeAll()
+	}
 }
 
 // retry calls f until it succeeds, fails with an error that is not worth

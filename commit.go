@@ -19,6 +19,11 @@ import (
 // Close begins finishes within Close's timeout, or returns ErrClosed; one
 // called after returns ErrClosed. While Process runs, Commit marks nothing
 // consumed: it stores what Process's handlers completed (see Process).
+//
+// In a share group (Config.ShareGroup) Commit accepts every record of
+// partitions delivered and not settled yet, and waits for the broker's
+// answers (and for those of the acknowledgements made before and not sent
+// yet): the records it refused come back as *AckError values, joined.
 func (c *MultiConsumer) Commit(ctx context.Context, partitions ...int) error {
 	if ctx == nil {
 		return errNilContext
@@ -35,6 +40,9 @@ func (c *MultiConsumer) Commit(ctx context.Context, partitions ...int) error {
 		return err
 	}
 	defer leave()
+	if a := c.led.acks; a != nil {
+		return closedErr(ctx, a.await(ctx, a.commit(partitions)))
+	}
 	c.out.consume()
 	if len(partitions) == 0 {
 		parts = nil

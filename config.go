@@ -81,6 +81,21 @@ type Config struct {
 	// when members join, leave or die. Group is required. False: the
 	// consumer reads Partitions and only stores offsets in Group.
 	JoinGroup bool
+
+	// ShareGroup makes the consumer a member of Group as a share group
+	// (KIP-932, Kafka 4.2+): the broker hands out records, not partitions,
+	// each under an acquisition lock, so that any number of members share
+	// a partition. What the caller comes back from (GetMessages, Messages,
+	// Iter) or Process completes is accepted; Acknowledge settles records
+	// one by one; Commit accepts everything delivered; Close releases
+	// what was acquired and not accepted, for the other members. Group is
+	// required; JoinGroup, Partitions and InstanceID must not be set.
+	// StartOffset sets a new share group's share.auto.offset.reset
+	// (FirstOffset: earliest, the default; LastOffset: latest) before
+	// its first member joins; a group that exists keeps its setting.
+	// With ManualCommit, coming back accepts nothing: only Commit and
+	// Acknowledge do. See the package doc.
+	ShareGroup bool
 	// InstanceID makes the member static (KIP-345): one that restarts
 	// within SessionTimeout gets its partitions back without a
 	// rebalance, and Close does not leave the group. Unique per member.
@@ -229,6 +244,14 @@ func (c Config) withDefaults() (Config, error) {
 		return bad("Group", c.Group, "required with JoinGroup")
 	case c.JoinGroup && c.Partitions != nil:
 		return bad("Partitions", c.Partitions, "must be nil with JoinGroup: the group assigns partitions")
+	case c.ShareGroup && c.Group == "":
+		return bad("Group", c.Group, "required with ShareGroup")
+	case c.ShareGroup && c.JoinGroup:
+		return bad("JoinGroup", c.JoinGroup, "not with ShareGroup: a share group hands out records, not partitions")
+	case c.ShareGroup && c.Partitions != nil:
+		return bad("Partitions", c.Partitions, "must be nil with ShareGroup: the share group assigns partitions")
+	case c.ShareGroup && c.InstanceID != "":
+		return bad("InstanceID", c.InstanceID, "not with ShareGroup: share groups have no static membership")
 	case !c.JoinGroup && c.InstanceID != "":
 		return bad("InstanceID", c.InstanceID, "only with JoinGroup")
 	case c.SessionTimeout < 0:
@@ -320,10 +343,17 @@ func (c Config) withDefaults() (Config, error) {
 
 // autoCommit reports whether the consumer commits on its own: with a group,
 // unless ManualCommit.
-func (c *Config) autoCommit() bool { return c.Group != "" && !c.ManualCommit }
+func (c *Config) autoCommit() bool { return c.Group != "" && !c.ManualCommit && !c.ShareGroup }
+
+// implicitAccept reports whether a share-group member accepts what the
+// caller comes back from (see Config.ShareGroup).
+func (c *Config) implicitAccept() bool { return c.ShareGroup && !c.ManualCommit }
 
 // numWorkers returns how many workers share n partitions.
 func (c *Config) numWorkers(n int) int {
+	if c.ShareGroup {
+		return 1 // one share fetcher: a member has one share session per broker
+	}
 	w := c.NumWorkers
 	if c.PartitionsPerWorker > 0 {
 		w = (n + c.PartitionsPerWorker - 1) / c.PartitionsPerWorker

@@ -8,6 +8,8 @@ import (
 	"maps"
 	"slices"
 	"time"
+
+	"github.com/segmentio/kafka-go"
 )
 
 // MultiConsumer consumes one topic with several worker goroutines, each
@@ -79,14 +81,25 @@ func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
 	c.ho.commit = c.commits.commit
 	c.out = newDelivery(c.q, c.led, live, c.life, c.commits.wake)
 	c.ho.out = c.out
-	if cfg.JoinGroup {
+	switch {
+	case cfg.ShareGroup:
+		m := newShareMember(&c.cfg, c.log, c.kc, c.kc.wire, c.ho.apply, c.stopForGood)
+		c.led.acks = newAcker(cfg.Topic, c.log, func() {})
+		c.led.implicit = cfg.implicitAccept()
+		c.sess.share = newShareFetcher(c.sess.env, c.kc.share, cfg.Group, m.memberID, &m.topicID, c.led.acks, c.lostShare)
+		c.led.acks.wake = c.sess.share.nudge.notify
+		c.src = m
+	case cfg.JoinGroup:
 		c.src = newMember(cfg, c.log, c.kc, live, groupHost{apply: c.ho.apply, stop: c.stopForGood})
-	} else {
+	default:
 		c.src = newStaticList(cfg.Topic, cfg.Partitions, c.ho.apply)
 	}
 	c.meta.grew, c.meta.gone = c.src.grew, c.stopForGood
 
 	if err := c.start(ctx); err != nil {
+		if c.sess.share != nil {
+			c.sess.share.close(ctx)
+		}
 		c.life.endReads()
 		c.life.endCommits()
 		c.life.stopHelpers()
@@ -114,7 +127,29 @@ func (c *MultiConsumer) start(ctx context.Context) error {
 		return err
 	}
 	c.meta.set(all, leaders)
+	if m, ok := c.src.(*shareMember); ok {
+		reset := "earliest"
+		if c.cfg.StartOffset == kafka.LastOffset {
+			reset = "latest"
+		}
+		if err := m.setup(ctx, reset); err != nil {
+			return err
+		}
+	}
 	return c.src.start(ctx, all)
+}
+
+// lostShare drops what the queue and Process hold of parts, whose share
+// session ended: the broker released their records, and another member
+// may have them now.
+func (c *MultiConsumer) lostShare(parts []int) {
+	epochs := c.led.renew(parts)
+	c.out.purge(parts)
+	c.out.moved()
+	c.q.drop(func(b *batch) bool {
+		e, ok := epochs[b.partition]
+		return ok && b.epoch < e
+	})
 }
 
 // stopForGood stops the consumer for err: deliveries report it.
@@ -167,6 +202,9 @@ func (c *MultiConsumer) Pending(ctx context.Context, partitions ...int) (int64, 
 	if ctx == nil {
 		return 0, errNilContext
 	}
+	if c.cfg.ShareGroup {
+		return 0, fmt.Errorf("Pending: %w", errShareOffsets)
+	}
 	parts, err := c.owned(partitions)
 	if err != nil {
 		return 0, err
@@ -208,6 +246,42 @@ func (c *MultiConsumer) owned(partitions []int) ([]int, error) {
 	return slices.Compact(slices.Sorted(slices.Values(partitions))), nil
 }
 
+// Acknowledge settles msgs, records a share group delivered to this member
+// (Config.ShareGroup), as kind, and waits for the broker's answers, within
+// ctx: nil when every one took; *AckError values, joined, for those the
+// broker refused (their acquisition lock had run out) or the member lost.
+// A record not delivered by this member, or settled already, is an error
+// wrapping ErrNotHeld, and nothing is settled. A settled record is not
+// accepted again when the caller comes back for more. AckRenew renews the
+// records' locks without waiting. Outside a share group it returns
+// ErrNotShareGroup; after Close, ErrClosed.
+func (c *MultiConsumer) Acknowledge(ctx context.Context, kind AckKind, msgs ...kafka.Message) error {
+	if ctx == nil {
+		return errNilContext
+	}
+	a := c.led.acks
+	if a == nil {
+		return ErrNotShareGroup
+	}
+	if kind < AckAccept || kind > AckRenew {
+		return &ArgError{Method: "Acknowledge", Arg: "kind", Value: kind, Reason: "AckAccept, AckRelease, AckReject or AckRenew"}
+	}
+	ctx, leave, err := c.life.enter(ctx, c.life.commits)
+	if err != nil {
+		return err
+	}
+	defer leave()
+	w, err := a.acknowledge(kind, msgs)
+	if err != nil {
+		return err
+	}
+	return closedErr(ctx, a.await(ctx, w))
+}
+
+// errShareOffsets is the error of calls about offsets in a share group,
+// which has none of its own: the broker hands out records.
+var errShareOffsets = fmt.Errorf("multiconsumer: a share group hands out records, not offsets: %w", errors.ErrUnsupported)
+
 // Whence tells Seek what its offset is relative to.
 type Whence int
 
@@ -242,6 +316,9 @@ func (w Whence) String() string {
 func (c *MultiConsumer) Seek(ctx context.Context, offset int64, whence Whence, partitions ...int) error {
 	if ctx == nil {
 		return errNilContext
+	}
+	if c.cfg.ShareGroup {
+		return fmt.Errorf("Seek: %w", errShareOffsets)
 	}
 	if whence < SeekAbsolute || whence > SeekEnd {
 		return &ArgError{Method: "Seek", Arg: "whence", Value: whence, Reason: "invalid whence: SeekAbsolute, SeekStart, SeekCurrent or SeekEnd"}
@@ -376,6 +453,10 @@ type Stats struct {
 	JoinError    error
 	// Process is what Process did (totals since New) and is doing.
 	Process ProcessStats
+	// Share is what a share-group member (Config.ShareGroup) acquired,
+	// settled and holds; zero otherwise. MemberID and Generation are its
+	// member id and member epoch.
+	Share ShareStats
 	// Err is the error that stopped the consumer for good (see Err).
 	Err error
 }
@@ -391,6 +472,9 @@ func (c *MultiConsumer) Stats() Stats {
 	}
 	proc := c.out.processing()
 	c.led.stats(&s, proc != nil)
+	if c.led.acks != nil {
+		c.led.acks.statsInto(&s)
+	}
 	c.ho.stats(&s)
 	c.src.stats(&s)
 	if proc != nil {
@@ -462,6 +546,14 @@ func (c *MultiConsumer) Close() error {
 	c.life.calls.Wait()
 
 	var err error
+	if c.sess.share != nil {
+		// What the member acquired and did not accept goes back to the
+		// group at once, then the share sessions close.
+		if rerr := c.led.acks.await(ctx, c.led.acks.releaseAll()); rerr != nil {
+			c.log.Info("close: releasing what this member held", "err", rerr)
+		}
+		c.sess.share.close(ctx)
+	}
 	if c.cfg.autoCommit() {
 		// Even when the topic is gone: a commit that fails costs a
 		// round trip; one skipped by mistake redelivers what was done.

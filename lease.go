@@ -81,6 +81,9 @@ type handover struct {
 // apply applies a source's change (see assignment). Only a strict change
 // (New's) returns an error: the others retry until ctx ends.
 func (h *handover) apply(ctx context.Context, a assignment) error {
+	if h.cfg.ShareGroup {
+		return h.applyShare(a)
+	}
 	h.led.setLease(a.lease)
 	h.live.news.notify() // what waits for the coordinator looks again
 	if len(a.lost) > 0 {
@@ -96,6 +99,25 @@ func (h *handover) apply(ctx context.Context, a assignment) error {
 	if len(a.added) > 0 {
 		return h.grant(ctx, a.added, a.strict)
 	}
+	return nil
+}
+
+// applyShare applies a share group's change: the member fetches from the
+// partitions it is assigned, from where the group is (the broker keeps the
+// share group's place); what it acquired of a partition that goes stays
+// its own to settle, so nothing is drained or retired.
+func (h *handover) applyShare(a assignment) error {
+	h.led.setLease(a.lease)
+	for _, p := range a.added {
+		if _, ok := h.led.epochOf(p); !ok {
+			h.led.start(p, 0, noOffset, "")
+		}
+	}
+	h.mu.Lock()
+	h.owned = slices.Clone(a.owned)
+	h.mu.Unlock()
+	h.applied.notify()
+	h.sess.set(a.owned)
 	return nil
 }
 

@@ -20,6 +20,11 @@ import (
 // holds mu but the queue's isHungry (a leaf).
 type ledger struct {
 	topic string // set once
+	// acks is a share-group member's (Config.ShareGroup), nil otherwise;
+	// set once. The ledger tells it what is delivered and consumed (with
+	// implicit, set once, consuming accepts), and keeps no windows.
+	acks     *acker
+	implicit bool
 
 	mu       sync.Mutex // guards b, lease and awaiting
 	b        *book
@@ -48,6 +53,33 @@ func (l *ledger) start(p int, start, committed int64, meta string) {
 	defer l.mu.Unlock()
 	l.b.add(p, start, committed)
 	l.b.restore(p, meta)
+}
+
+// renew starts partitions parts anew, in new epochs: what was fetched of
+// them before is stale (a share session that ended: the broker released
+// its records). It returns the new epochs.
+func (l *ledger) renew(parts []int) map[int]uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	epochs := map[int]uint64{}
+	for _, p := range parts {
+		if po, ok := l.b.parts[p]; ok {
+			po.epoch = l.b.newEpoch()
+			epochs[p] = po.epoch
+		}
+	}
+	return epochs
+}
+
+// epochOf returns partition p's epoch (what its batches are tagged with).
+func (l *ledger) epochOf(p int) (uint64, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	po, ok := l.b.parts[p]
+	if !ok {
+		return 0, false
+	}
+	return po.epoch, true
 }
 
 func (l *ledger) has(p int) bool {
@@ -155,6 +187,9 @@ func (l *ledger) consume(now time.Time) bool {
 	defer l.mu.Unlock()
 	due := l.b.consume(now)
 	l.notifyLocked()
+	if l.implicit {
+		l.acks.consumed()
+	}
 	return due
 }
 
@@ -165,6 +200,9 @@ func (l *ledger) consumeCounting() bool {
 	defer l.mu.Unlock()
 	due := l.b.consumeCounting()
 	l.notifyLocked()
+	if l.implicit {
+		l.acks.consumed()
+	}
 	return due
 }
 
@@ -185,6 +223,9 @@ func (l *ledger) deliverBatches(taken []batch, n int) []kafka.Message {
 		}
 		l.b.deliverRun(b.partition, b.msgs[len(b.msgs)-1].Offset, len(b.msgs))
 		l.b.count(b.partition, len(b.msgs), msgBytes(b.msgs))
+		if l.acks != nil {
+			l.acks.deliver(b.msgs, l.implicit)
+		}
 		if len(b.msgs) == n {
 			// One batch: hand it over as it is, no copy. Nothing else
 			// uses its array past its end (a split in queue.take clips
@@ -232,9 +273,15 @@ func (l *ledger) sent(p int, epoch uint64, m *kafka.Message) (due, current bool)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	due = l.b.consumeCounting()
+	if l.implicit {
+		l.acks.consumed()
+	}
 	if current = l.b.current(p, epoch); current {
 		l.b.deliver(p, m.Offset)
 		l.b.count(p, 1, int64(len(m.Key)+len(m.Value)))
+		if l.acks != nil {
+			l.acks.deliver([]kafka.Message{*m}, l.implicit)
+		}
 	}
 	l.notifyLocked()
 	return due, current
@@ -245,7 +292,13 @@ func (l *ledger) sent(p int, epoch uint64, m *kafka.Message) (due, current bool)
 func (l *ledger) deliverCurrent(p int, epoch uint64, offset int64) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.b.deliverCurrent(p, epoch, offset)
+	if !l.b.deliverCurrent(p, epoch, offset) {
+		return false
+	}
+	if l.acks != nil {
+		l.acks.deliverOne(p, offset, l.implicit)
+	}
+	return true
 }
 
 // Seek's side.
@@ -441,6 +494,15 @@ func (l *ledger) takeBatch(b *batch, now time.Time, take func(m *kafka.Message, 
 	if !ok || po.epoch != b.epoch {
 		return nil, 0, false
 	}
+	if l.acks != nil {
+		// A share group's records come in any order (a released one
+		// comes again), and are settled one by one: no window.
+		l.b.count(b.partition, len(b.msgs), msgBytes(b.msgs))
+		for i := range b.msgs {
+			take(&b.msgs[i], nil)
+		}
+		return nil, 0, true
+	}
 	w = po.window()
 	if len(b.msgs) == 0 {
 		w.advance(b.advance)
@@ -487,8 +549,12 @@ func (l *ledger) begin(p int, epoch uint64, w *window, offset int64) beginState 
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	po, ok := l.b.parts[p]
-	if !ok || po.epoch != epoch || po.win != w {
+	if !ok || po.epoch != epoch || w != nil && po.win != w {
 		return beginStale
+	}
+	if w == nil { // a share group's: no window
+		l.acks.handling(p, offset)
+		return begun
 	}
 	// The lowest incomplete message always starts: its completion moves
 	// the commit, and frees room.
@@ -505,7 +571,7 @@ func (l *ledger) isCurrent(p int, epoch uint64, w *window) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	po, ok := l.b.parts[p]
-	return ok && po.epoch == epoch && po.win == w
+	return ok && po.epoch == epoch && (w == nil || po.win == w)
 }
 
 // finish ends the handling of the message at offset of partition p in
@@ -513,6 +579,10 @@ func (l *ledger) isCurrent(p int, epoch uint64, w *window) bool {
 func (l *ledger) finish(p int, w *window, offset int64, complete bool) (due bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if w == nil { // a share group's: settled by the processor
+		l.notifyLocked()
+		return false
+	}
 	w.inflight--
 	if complete {
 		w.complete(offset)

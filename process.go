@@ -356,6 +356,7 @@ type processor struct {
 	log        *slog.Logger  // set once
 	maxBackoff time.Duration // set once
 	totals     *procTotals   // the consumer's; its own lock
+	acks       *acker        // set once: a share group's, which settles each message; nil otherwise
 	tasks      chan task     // to the handler goroutines; never more than Concurrency in it
 	stop       chan struct{}
 	idle       chan struct{} // closed when every handler has returned
@@ -406,7 +407,7 @@ type task struct {
 
 func newProcessor(pc ProcessConfig, h Handler, out *delivery, log *slog.Logger, maxBackoff time.Duration) *processor {
 	p := &processor{
-		pc: pc, h: h, out: out, log: log, maxBackoff: maxBackoff, totals: &out.totals,
+		pc: pc, h: h, out: out, log: log, maxBackoff: maxBackoff, totals: &out.totals, acks: out.led.acks,
 		tasks:   make(chan task, pc.Concurrency),
 		lanes:   make(map[laneKey]*lane),
 		blocked: make(map[int][]*lane),
@@ -444,6 +445,14 @@ func (p *processor) run(ctx context.Context) error {
 	close(p.tasks)
 	for _, l := range p.lanes {
 		q.release(l.key.partition, l.msgs.len())
+		if p.acks != nil {
+			// Taken from the queue and not started: back to the group
+			// (an offsets consumer fetches them again instead, rewind).
+			for l.msgs.len() > 0 {
+				t := l.msgs.pop()
+				p.acks.decide(t.m.Partition, t.m.Offset, AckRelease)
+			}
+		}
 	}
 	p.waiting = 0
 	p.lanes, p.ready, p.blocked = nil, ring[*lane]{}, nil
@@ -780,6 +789,14 @@ func (p *processor) giveUp(ctx context.Context, t task, attempts int, err error)
 		}
 		gerr = &GiveUpError{Topic: gerr.Topic, Partition: gerr.Partition, Offset: gerr.Offset, Attempts: attempts, Err: err, HookErr: herr}
 	}
+	if p.acks != nil {
+		// A share group: a poison record must not stop each member in
+		// turn. Kafka archives it.
+		p.log.Error("process: giving up; rejecting the record", "partition", t.m.Partition, "offset", t.m.Offset, "err", gerr)
+		p.totals.add(func(s *ProcessStats) { s.GivenUp++ })
+		p.finish(t, rejected, nil)
+		return
+	}
 	p.log.Error("process: giving up", "partition", t.m.Partition, "offset", t.m.Offset, "err", gerr)
 	p.mu.Lock()
 	if p.err == nil {
@@ -811,6 +828,7 @@ const (
 	completed  outcome = iota
 	incomplete         // Process stops, or gives up: the message's key (lane) starts nothing more
 	moved              // its partition moved (Seek) or went (revoke): the rest of its lane is stale too
+	rejected           // share group: given up on; the record is rejected and Process goes on
 )
 
 // finish records the end of t's handling, and its last attempt (if a is
@@ -825,6 +843,16 @@ func (p *processor) finish(t task, o outcome, a *attempted) {
 	p.slots[t.slot] = Handling{}
 	p.free = append(p.free, t.slot)
 	due := p.out.led.finish(t.m.Partition, t.win, t.m.Offset, complete)
+	if p.acks != nil {
+		switch o {
+		case completed:
+			p.acks.decide(t.m.Partition, t.m.Offset, AckAccept)
+		case incomplete:
+			p.acks.decide(t.m.Partition, t.m.Offset, AckRelease) // another member takes it now
+		case rejected:
+			p.acks.decide(t.m.Partition, t.m.Offset, AckReject)
+		}
+	}
 	if complete && a != nil {
 		p.totals.add(func(s *ProcessStats) { s.Handled++ })
 	}

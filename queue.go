@@ -274,6 +274,52 @@ func (q *queue) put(ctx context.Context, b batch, open *event) error {
 
 // putFairLocked queues what fits in b's partition's share and sends the
 // rest to its overflow: it never waits.
+// free returns how many messages the bound has room for now (a share
+// fetcher asks the broker for no more).
+func (q *queue) free() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return max(0, q.limit-q.queued-q.lent-q.overN)
+}
+
+// roomChanged returns a channel closed at the next change of the queue (a
+// take included, which frees room), and a func to call when done waiting.
+func (q *queue) roomChanged() (<-chan struct{}, func()) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.putters++
+	return q.changedLocked(), func() {
+		q.mu.Lock()
+		q.putters--
+		q.mu.Unlock()
+	}
+}
+
+// offer puts b as put does, but does not wait: it reports false, putting
+// nothing, when open is not set or the bound has no room for b (outside
+// Process's fair mode, which takes every batch).
+func (q *queue) offer(b batch, open *event) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.open = open
+	if !open.IsSet() {
+		return false
+	}
+	if q.fair {
+		q.putFairLocked(b)
+		return true
+	}
+	n := len(b.msgs)
+	if q.queued+q.lent+n > q.limit && q.queued+q.lent > 0 {
+		return false // a batch larger than the bound goes into an empty queue
+	}
+	q.batches = append(q.batches, b)
+	q.queued += n
+	q.countLocked(b.partition, n)
+	q.signalLocked()
+	return true
+}
+
 func (q *queue) putFairLocked(b batch) {
 	p := b.partition
 	if len(q.over[p]) == 0 && q.open.IsSet() {

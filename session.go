@@ -21,6 +21,9 @@ import (
 type session struct {
 	env        *fetchEnv
 	numWorkers func(partitions int) int
+	// share is a share-group member's fetcher, which runs in place of the
+	// workers (one share session per broker); nil otherwise. Set once.
+	share *shareFetcher
 
 	mu        sync.Mutex // guards the fields below
 	halted    bool       // Close began, or the consumer stopped for good: nothing starts
@@ -41,6 +44,11 @@ func (s *session) set(parts []int) {
 	s.mu.Lock()
 	if s.halted {
 		s.mu.Unlock()
+		return
+	}
+	if s.share != nil {
+		s.mu.Unlock()
+		s.share.set(parts)
 		return
 	}
 	s.env.q.setPartitions(len(parts))
@@ -137,10 +145,16 @@ func (s *session) stopWorkers() {
 }
 
 // halt stops the workers for good: nothing starts after it.
+// A share fetcher stops fetching, and still acknowledges until Close
+// closes it.
 func (s *session) halt() {
 	s.mu.Lock()
 	s.halted = true
 	s.mu.Unlock()
+	if s.share != nil {
+		s.share.stop()
+		return
+	}
 	s.stopWorkers()
 }
 
@@ -160,6 +174,9 @@ func (s *session) wake(parts []int) {
 
 // count returns the number of workers.
 func (s *session) count() int {
+	if s.share != nil {
+		return 1
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.workers)
