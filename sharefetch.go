@@ -27,7 +27,6 @@ import (
 // and the transport's idle timeout is long enough that a paused member
 // keeps it.
 
-
 var (
 	errInvalidRecordState = kerr.InvalidRecordState
 	errSessionEnded       = errors.New("share session ended")
