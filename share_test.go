@@ -1,13 +1,21 @@
 package multiconsumer
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/multiconsumer/multiconsumer/kafkatest"
 	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -123,4 +131,402 @@ func TestShareGroupConfigErrors(t *testing.T) {
 		require.ErrorAs(t, err, &ce, "%+v", tc.cfg)
 		assert.Equal(t, tc.field, ce.Field)
 	}
+}
+
+// shortLocks returns brokers on which share group g's acquisition lock is
+// lock, and a topic of partitions partitions holding perPartition messages
+// there: an embedded cluster of its own (kfake takes the lock from its
+// broker config), or, on Kafka, the shared cluster with the group's
+// share.record.lock.duration.ms set (scripts/kafka.sh lowers the broker's
+// minimum).
+func shortLocks(t *testing.T, g string, lock time.Duration, partitions, perPartition int) (brokers []string, tc *kafkatest.Cluster, topic string) {
+	t.Helper()
+	ms := strconv.Itoa(int(lock / time.Millisecond))
+	if cluster.Embedded() {
+		kf, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.BrokerConfigs(map[string]string{
+			"group.share.record.lock.duration.ms": ms,
+			"share.record.lock.sweep.interval.ms": "20",
+		}))
+		require.NoError(t, err)
+		t.Cleanup(kf.Close)
+		tc, err = kafkatest.Connect(kf.ListenAddrs()...)
+		require.NoError(t, err)
+		t.Cleanup(tc.Close)
+	} else {
+		tc = cluster
+		require.NoError(t, tc.SetGroupConfig(testCtx(t), g, map[string]string{
+			"share.record.lock.duration.ms": ms,
+			"share.auto.offset.reset":       "earliest",
+		}))
+	}
+	topic = kafkatest.UniqueName("share")
+	require.NoError(t, tc.CreateTopic(testCtx(t), topic, partitions))
+	if perPartition > 0 {
+		require.NoError(t, tc.ProduceN(testCtx(t), topic, partitions, perPartition))
+	}
+	return tc.Brokers(), tc, topic
+}
+
+// openOn is open on brokers.
+func openOn(t *testing.T, brokers []string, cfg Config) *MultiConsumer {
+	t.Helper()
+	cfg.Brokers = brokers
+	c, err := New(testCtx(t), cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// Process in a share group: a failed attempt is retried here, nothing is
+// lost, and each record is accepted once.
+func TestShareGroupProcessRetries(t *testing.T) {
+	t.Parallel()
+	const n = 200
+	topic := backlog(t, 2, n/2)
+	c := open(t, shareCfg(topic, group(t)))
+	ctx, cancel := context.WithCancel(testCtx(t))
+	defer cancel()
+	s := newSeen()
+	var mu sync.Mutex
+	attempts := map[string]int{}
+	err := c.Process(ctx, ProcessConfig{Ordering: Unordered, Concurrency: 8, RetryBackoff: time.Millisecond}, func(ctx context.Context, m kafka.Message) error {
+		k := fmt.Sprintf("%d-%d", m.Partition, m.Offset)
+		mu.Lock()
+		attempts[k]++
+		first := attempts[k] == 1
+		mu.Unlock()
+		if first {
+			return fmt.Errorf("first attempt of %s fails", k)
+		}
+		assert.Equal(t, 1, DeliveryCount(m), "retried here, not redelivered")
+		s.add(0, m)
+		if s.distinct() == n {
+			cancel()
+		}
+		return nil
+	})
+	require.ErrorIs(t, err, context.Canceled)
+	assert.Empty(t, s.twice())
+	require.Equal(t, n, s.distinct())
+	require.NoError(t, c.Commit(testCtx(t)))
+	st := c.Stats()
+	assert.Equal(t, int64(n), st.Share.Accepted)
+	assert.Equal(t, int64(n), st.Process.Retries)
+}
+
+// A record given up on: rejected without OnGiveUp (Process goes on, and no
+// member gets it again), accepted when OnGiveUp succeeds.
+func TestShareGroupGiveUp(t *testing.T) {
+	t.Parallel()
+	for _, hook := range []bool{false, true} {
+		t.Run(fmt.Sprintf("hook=%v", hook), func(t *testing.T) {
+			t.Parallel()
+			const n = 50
+			topic := backlog(t, 1, n)
+			g := group(t)
+			c := open(t, shareCfg(topic, g))
+			ctx, cancel := context.WithCancel(testCtx(t))
+			defer cancel()
+			var mu sync.Mutex
+			done, gaveUp := 0, 0
+			pc := ProcessConfig{Concurrency: 4, MaxAttempts: 2, RetryBackoff: time.Millisecond}
+			if hook {
+				pc.OnGiveUp = func(ctx context.Context, m kafka.Message, err error) error {
+					mu.Lock()
+					defer mu.Unlock()
+					gaveUp++
+					return nil
+				}
+			}
+			errc := make(chan error, 1)
+			go func() {
+				errc <- c.Process(ctx, pc, func(ctx context.Context, m kafka.Message) error {
+					if m.Offset%10 == 3 {
+						return fmt.Errorf("poison %d", m.Offset)
+					}
+					mu.Lock()
+					done++
+					mu.Unlock()
+					return nil
+				})
+			}()
+			require.Eventually(t, func() bool {
+				st := c.Stats()
+				return st.Share.Accepted+st.Share.Rejected == n
+			}, 10*time.Second, 5*time.Millisecond, "a poison record does not stop Process")
+			cancel()
+			require.ErrorIs(t, <-errc, context.Canceled)
+			st := c.Stats()
+			if hook {
+				assert.Equal(t, 5, gaveUp)
+				assert.Equal(t, int64(n), st.Share.Accepted)
+			} else {
+				assert.Equal(t, int64(5), st.Share.Rejected)
+				assert.Equal(t, int64(n-5), st.Share.Accepted)
+			}
+			assert.Equal(t, int64(5), st.Process.GivenUp)
+			// Nothing is left for another member.
+			require.NoError(t, c.Close())
+			other := open(t, shareCfg(topic, g))
+			msgs, err := other.GetMessages(testCtx(t), 10, Timeout(500*time.Millisecond))
+			require.NoError(t, err)
+			assert.Empty(t, msgs)
+		})
+	}
+}
+
+// Close releases what the member acquired and did not accept, at once:
+// another member gets it long before the 30s lock would run out.
+func TestShareGroupCloseReleases(t *testing.T) {
+	t.Parallel()
+	const n = 40
+	topic := backlog(t, 1, n)
+	g := group(t)
+	a := open(t, shareCfg(topic, g))
+	ctx := testCtx(t)
+	first := drain(t, a, 10, 10) // delivered, not consumed (no coming back)
+	require.Eventually(t, func() bool { return a.Stats().Share.Held == n }, 10*time.Second, 5*time.Millisecond,
+		"the rest waits in a's queue")
+	start := time.Now()
+	require.NoError(t, a.Close())
+	b := open(t, shareCfg(topic, g))
+	got := drain(t, b, n, 100)
+	assert.Less(t, time.Since(start), 10*time.Second)
+	s := newSeen()
+	s.add(1, got...)
+	assert.Equal(t, n, s.distinct())
+	assert.Empty(t, s.twice())
+	for _, m := range got {
+		if m.Offset < first[len(first)-1].Offset+1 {
+			assert.Equal(t, 2, DeliveryCount(m), "offset %d: a's delivery counts", m.Offset)
+		}
+	}
+	require.NoError(t, b.Commit(ctx))
+	assert.Equal(t, int64(n), b.Stats().Share.Accepted)
+}
+
+// Acknowledge settles records one by one: a release hands the record out
+// again (delivery count 2), a reject never; a record not held is an error,
+// and nothing of the call is settled.
+func TestShareGroupAcknowledge(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 1, 3)
+	g := group(t)
+	c := open(t, shareCfg(topic, g))
+	ctx := testCtx(t)
+	msgs := drain(t, c, 3, 3)
+	err := c.Acknowledge(ctx, AckAccept, msgs[0], kafka.Message{Topic: topic, Partition: 0, Offset: 99})
+	require.ErrorIs(t, err, ErrNotHeld)
+	require.NoError(t, c.Acknowledge(ctx, AckReject, msgs[0]))
+	require.NoError(t, c.Acknowledge(ctx, AckRelease, msgs[1]))
+	require.NoError(t, c.Acknowledge(ctx, AckAccept, msgs[2]))
+	require.ErrorIs(t, c.Acknowledge(ctx, AckAccept, msgs[2]), ErrNotHeld, "settled already")
+	again := drain(t, c, 1, 1)
+	assert.Equal(t, msgs[1].Offset, again[0].Offset)
+	assert.Equal(t, 2, DeliveryCount(again[0]))
+	require.NoError(t, c.Commit(ctx))
+	more, err := c.GetMessages(ctx, 10, Timeout(300*time.Millisecond))
+	require.NoError(t, err)
+	assert.Empty(t, more, "the rejected record is not handed out again")
+	st := c.Stats()
+	assert.Equal(t, int64(1), st.Share.Rejected)
+	assert.Equal(t, int64(1), st.Share.Released)
+	assert.Equal(t, int64(2), st.Share.Accepted)
+	var ae *ArgError
+	assert.ErrorAs(t, c.Acknowledge(ctx, AckKind(9), msgs[0]), &ae)
+
+	plain := open(t, Config{Topic: topic})
+	assert.ErrorIs(t, plain.Acknowledge(ctx, AckAccept, msgs[0]), ErrNotShareGroup)
+}
+
+// Iter and Messages accept what was delivered when the caller comes back.
+func TestShareGroupIterAndMessages(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 1, 20)
+	c := open(t, shareCfg(topic, group(t)))
+	ctx, cancel := context.WithCancel(testCtx(t))
+	n := 0
+	for _, err := range c.Messages(ctx) {
+		require.NoError(t, err)
+		if n++; n == 10 {
+			break
+		}
+	}
+	ch := c.Iter(ctx)
+	for range 10 {
+		<-ch
+	}
+	cancel()
+	for range ch {
+	}
+	require.NoError(t, c.Commit(testCtx(t)))
+	assert.Equal(t, int64(20), c.Stats().Share.Accepted)
+}
+
+// A handler that runs longer than three acquisition locks keeps its
+// record: the member renews the lock, and another member on the partition
+// does not get it meanwhile.
+func TestShareGroupRenewsLongHandlers(t *testing.T) {
+	t.Parallel()
+	g := kafkatest.UniqueName("g")
+	const lock = time.Second
+	brokers, _, topic := shortLocks(t, g, lock, 1, 4)
+	a := openOn(t, brokers, shareCfg(topic, g))
+	b := openOn(t, brokers, shareCfg(topic, g))
+	ctx, cancel := context.WithCancel(testCtx(t))
+	defer cancel()
+	s := newSeen()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		_ = a.Process(ctx, ProcessConfig{Concurrency: 4}, func(ctx context.Context, m kafka.Message) error {
+			s.add(0, m)
+			select {
+			case <-time.After(3*lock + 500*time.Millisecond):
+			case <-ctx.Done():
+			}
+			return nil
+		})
+	})
+	wg.Go(func() {
+		for ctx.Err() == nil {
+			msgs, err := b.GetMessages(ctx, 10, Timeout(100*time.Millisecond))
+			if err != nil {
+				return
+			}
+			s.add(1, msgs...)
+		}
+	})
+	require.Eventually(t, func() bool { return a.Stats().Share.Accepted+b.Stats().Share.Accepted >= 4 || s.distinct() == 4 && a.Stats().Share.Accepted > 0 },
+		30*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool {
+		_, _ = b.GetMessages(ctx, 0)
+		return a.Stats().Share.Accepted+b.Stats().Share.Accepted == 4
+	}, 30*time.Second, 10*time.Millisecond)
+	cancel()
+	wg.Wait()
+	assert.Empty(t, s.twice(), "a record handed to both members")
+	st := a.Stats()
+	if st.Share.Renew {
+		assert.Positive(t, st.Share.Renewed)
+	}
+	assert.Zero(t, st.Share.LockExpiries+b.Stats().Share.LockExpiries)
+}
+
+// Dropped connections: a share session ends with its connection, and the
+// broker releases its records; the member opens a new one and goes on.
+// Nothing is lost, and no record is accepted twice.
+func TestShareGroupDroppedConnections(t *testing.T) {
+	t.Parallel()
+	const n = 400
+	topic := backlog(t, 2, n/2)
+	g := group(t)
+	f := &faults{}
+	cfg := shareCfg(topic, g)
+	cfg.Dialer = f.dialer(5 * time.Second)
+	a := open(t, cfg)
+	b := open(t, shareCfg(topic, g))
+	ctx, cancel := context.WithCancel(testCtx(t))
+	defer cancel()
+	s := newSeen()
+	var wg sync.WaitGroup
+	for i, c := range []*MultiConsumer{a, b} {
+		wg.Go(func() {
+			_ = c.Process(ctx, ProcessConfig{Concurrency: 4}, func(ctx context.Context, m kafka.Message) error {
+				s.add(i, m)
+				time.Sleep(time.Millisecond)
+				return nil
+			})
+		})
+	}
+	accepted := func() int64 { return a.Stats().Share.Accepted + b.Stats().Share.Accepted }
+	for range 5 {
+		time.Sleep(30 * time.Millisecond)
+		f.block(kmsg.ShareFetch, kmsg.ShareAcknowledge)
+		time.Sleep(10 * time.Millisecond)
+		f.allow(kmsg.ShareFetch, kmsg.ShareAcknowledge)
+	}
+	require.Eventually(t, func() bool { return accepted() == n }, 30*time.Second, 10*time.Millisecond,
+		"accepted %d of %d", accepted(), n)
+	cancel()
+	wg.Wait()
+	assert.Positive(t, f.hits.Load(), "no connection dropped")
+	assert.Equal(t, n, s.distinct(), "nothing lost")
+	require.NoError(t, a.Close())
+	require.NoError(t, b.Close())
+	assert.Equal(t, int64(n), accepted(), "no record accepted twice")
+	t.Logf("handled twice: %d; a lost %d acknowledgements", len(s.twice()), a.Stats().Share.AckErrors)
+}
+
+// envShareMember makes the test binary run TestShareMemberProcess, a
+// member process of TestShareGroupKilledMember: "topic,group,broker,...".
+const envShareMember = "MULTICONSUMER_SHARE_MEMBER"
+
+// TestShareMemberProcess is a share-group member process: Process, whose
+// handler prints "got partition offset" and then waits forever, until the
+// process is killed.
+func TestShareMemberProcess(t *testing.T) {
+	spec := os.Getenv(envShareMember)
+	if spec == "" {
+		t.Skip("runs as a member process of TestShareGroupKilledMember")
+	}
+	parts := strings.Split(spec, ",")
+	cfg := shareCfg(parts[0], parts[1])
+	cfg.Brokers = parts[2:]
+	c, err := New(context.Background(), cfg)
+	require.NoError(t, err)
+	var mu sync.Mutex
+	_ = c.Process(context.Background(), ProcessConfig{Concurrency: 4}, func(ctx context.Context, m kafka.Message) error {
+		mu.Lock()
+		fmt.Printf("got %d %d\n", m.Partition, m.Offset)
+		mu.Unlock()
+		select {}
+	})
+}
+
+// A member killed with SIGKILL (no release, no leave): the records it held
+// come back (when its connection drops, or at the latest when their locks
+// run out), and the other member completes them.
+func TestShareGroupKilledMember(t *testing.T) {
+	t.Parallel()
+	g := kafkatest.UniqueName("g")
+	const n = 20
+	brokers, _, topic := shortLocks(t, g, 2*time.Second, 1, n)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestShareMemberProcess$", "-test.count=1")
+	cmd.Env = append(os.Environ(), envShareMember+"="+strings.Join(append([]string{topic, g}, brokers...), ","))
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	held := map[int64]bool{}
+	sc := bufio.NewScanner(out)
+	for len(held) < 4 && sc.Scan() { // its four handlers run
+		var p int
+		var off int64
+		if _, err := fmt.Sscanf(sc.Text(), "got %d %d", &p, &off); err == nil {
+			held[off] = true
+		}
+	}
+	require.Len(t, held, 4, "the member process did not start its handlers")
+	require.NoError(t, cmd.Process.Kill())
+	_ = cmd.Wait()
+
+	b := openOn(t, brokers, shareCfg(topic, g))
+	ctx, cancel := context.WithCancel(testCtx(t))
+	defer cancel()
+	s := newSeen()
+	errc := make(chan error, 1)
+	go func() {
+		errc <- b.Process(ctx, ProcessConfig{Concurrency: 4}, func(ctx context.Context, m kafka.Message) error {
+			if held[m.Offset] {
+				assert.GreaterOrEqual(t, DeliveryCount(m), 2, "offset %d was the killed member's", m.Offset)
+			}
+			s.add(1, m)
+			return nil
+		})
+	}()
+	require.Eventually(t, func() bool { return b.Stats().Share.Accepted == n }, 30*time.Second, 10*time.Millisecond)
+	cancel()
+	require.ErrorIs(t, <-errc, context.Canceled)
+	assert.Equal(t, n, s.distinct())
+	assert.Empty(t, s.twice())
 }

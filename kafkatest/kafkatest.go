@@ -294,6 +294,42 @@ func (c *Cluster) DeleteRecords(ctx context.Context, topic string, partition int
 	return nil
 }
 
+// SetGroupConfig sets configs of group (a GROUP config resource, such as a
+// share group's share.auto.offset.reset or share.record.lock.duration.ms),
+// as kafka-configs.sh --entity-type groups does. On the embedded broker,
+// the share lock duration is the broker's (see kfake.BrokerConfigs).
+func (c *Cluster) SetGroupConfig(ctx context.Context, group string, configs map[string]string) error {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.brokers...))
+	if err != nil {
+		return fmt.Errorf("kafkatest: set group config: %w", err)
+	}
+	defer cl.Close()
+	req := kmsg.NewPtrIncrementalAlterConfigsRequest()
+	r := kmsg.NewIncrementalAlterConfigsRequestResource()
+	r.ResourceType = kmsg.ConfigResourceTypeGroupConfig
+	r.ResourceName = group
+	for k, v := range configs {
+		cfg := kmsg.NewIncrementalAlterConfigsRequestResourceConfig()
+		cfg.Name, cfg.Value, cfg.Op = k, &v, kmsg.IncrementalAlterConfigOpSet
+		r.Configs = append(r.Configs, cfg)
+	}
+	req.Resources = append(req.Resources, r)
+	res, err := req.RequestWith(ctx, cl)
+	if err != nil {
+		return fmt.Errorf("kafkatest: set config of group %s: %w", group, err)
+	}
+	for _, rr := range res.Resources {
+		if err := kerr.ErrorForCode(rr.ErrorCode); err != nil {
+			msg := ""
+			if rr.ErrorMessage != nil {
+				msg = ": " + *rr.ErrorMessage
+			}
+			return fmt.Errorf("kafkatest: set config of group %s: %w%s", group, err, msg)
+		}
+	}
+	return nil
+}
+
 // produce sends one batch, retrying while the error is temporary: a real
 // broker answers NOT_LEADER for a while after a topic is created, until the
 // partition's leader is ready.
