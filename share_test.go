@@ -14,10 +14,10 @@ import (
 
 	"github.com/multiconsumer/multiconsumer/kafkatest"
 	"github.com/segmentio/kafka-go"
-	"github.com/twmb/franz-go/pkg/kfake"
-	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 // shareCfg is a share-group member's Config on topic and group g.
@@ -396,7 +396,9 @@ func TestShareGroupRenewsLongHandlers(t *testing.T) {
 			s.add(1, msgs...)
 		}
 	})
-	require.Eventually(t, func() bool { return a.Stats().Share.Accepted+b.Stats().Share.Accepted >= 4 || s.distinct() == 4 && a.Stats().Share.Accepted > 0 },
+	require.Eventually(t, func() bool {
+		return a.Stats().Share.Accepted+b.Stats().Share.Accepted >= 4 || s.distinct() == 4 && a.Stats().Share.Accepted > 0
+	},
 		30*time.Second, 10*time.Millisecond)
 	require.Eventually(t, func() bool {
 		_, _ = b.GetMessages(ctx, 0)
