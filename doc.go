@@ -58,6 +58,28 @@
 // coordinator for SessionTimeout delivers nothing new and starts no
 // handler until it does (see Stats.Suspended).
 //
+// # Share groups
+//
+// With Config.ShareGroup the consumer is a member of a share group
+// (KIP-932, Kafka 4.2+): the broker hands out records, not partitions, each
+// under an acquisition lock, so any number of members read one partition
+// and a service scales past its partition count. The same calls work:
+// coming back for more (GetMessages, Messages, Iter) accepts what was
+// delivered before; a Process handler's nil accepts its record, an error
+// retries it here (RetryBackoff, MaxAttempts), and a record given up on is
+// accepted when OnGiveUp succeeds and rejected (archived by Kafka)
+// otherwise, while Process goes on. Acknowledge settles records one by one
+// (accept, release, reject), Commit accepts everything delivered and
+// reports what the broker refused, and Close releases what the member
+// acquired and did not accept, so that the others get it at once. A
+// handler that runs longer than the lock keeps its record: the member
+// renews the lock (KIP-1222) at half its duration. DeliveryCount says how
+// often the group has handed a record out. Order: ByKey and ByPartition
+// hold within one member only; across members there is none. A member
+// acquires no more than its queue holds (QueueSize), so that the members
+// of a partition each get work. Seek and Pending do not apply (the broker
+// keeps the group's place).
+//
 // # Partitions and metadata
 //
 // With Config.Partitions nil, partitions added to the topic are found
