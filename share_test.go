@@ -219,7 +219,11 @@ func TestShareGroupProcessRetries(t *testing.T) {
 func TestShareGroupGiveUp(t *testing.T) {
 	t.Parallel()
 	for _, hook := range []bool{false, true} {
-		t.Run(fmt.Sprintf("hook=%v", hook), func(t *testing.T) {
+		name := "without-hook"
+		if hook {
+			name = "with-hook"
+		}
+		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			const n = 50
 			topic := backlog(t, 1, n)
@@ -419,7 +423,7 @@ func TestShareGroupRenewsLongHandlers(t *testing.T) {
 // Nothing is lost, and no record is accepted twice.
 func TestShareGroupDroppedConnections(t *testing.T) {
 	t.Parallel()
-	const n = 400
+	const n = 1000
 	topic := backlog(t, 2, n/2)
 	g := group(t)
 	f := &faults{}
@@ -433,19 +437,20 @@ func TestShareGroupDroppedConnections(t *testing.T) {
 	var wg sync.WaitGroup
 	for i, c := range []*MultiConsumer{a, b} {
 		wg.Go(func() {
-			_ = c.Process(ctx, ProcessConfig{Concurrency: 4}, func(ctx context.Context, m kafka.Message) error {
+			_ = c.Process(ctx, ProcessConfig{Concurrency: 2}, func(ctx context.Context, m kafka.Message) error {
 				s.add(i, m)
-				time.Sleep(time.Millisecond)
+				time.Sleep(2 * time.Millisecond)
 				return nil
 			})
 		})
 	}
 	accepted := func() int64 { return a.Stats().Share.Accepted + b.Stats().Share.Accepted }
-	for range 5 {
-		time.Sleep(30 * time.Millisecond)
+	require.Eventually(t, func() bool { return a.Stats().Share.Accepted > 0 }, 30*time.Second, time.Millisecond)
+	for f.hits.Load() < 5 && accepted() < n {
 		f.block(kmsg.ShareFetch, kmsg.ShareAcknowledge)
 		time.Sleep(10 * time.Millisecond)
 		f.allow(kmsg.ShareFetch, kmsg.ShareAcknowledge)
+		time.Sleep(50 * time.Millisecond)
 	}
 	require.Eventually(t, func() bool { return accepted() == n }, 30*time.Second, 10*time.Millisecond,
 		"accepted %d of %d", accepted(), n)

@@ -59,6 +59,8 @@ func newShareMember(cfg *Config, log *slog.Logger, kc *brokers, cl *wire.Client,
 // latest) before the first member joins. It returns a clear error for a
 // broker without share groups.
 func (m *shareMember) setup(ctx context.Context, reset string) error {
+	ctx, cancel := m.kc.withTimeout(ctx)
+	defer cancel()
 	vs, err := m.cl.Versions(ctx)
 	if err != nil {
 		return err
@@ -69,12 +71,31 @@ func (m *shareMember) setup(ctx context.Context, reset string) error {
 				m.group, k.Name(), k.Int16(), len(vs), maxKey(vs))
 		}
 	}
-	id, err := m.topicIDOf(ctx)
-	if err != nil {
+	if err := retryKafka(ctx, func() (err error) { m.topicID, err = m.topicIDOf(ctx); return err }); err != nil {
 		return err
 	}
-	m.topicID = id
-	return m.initGroupConfig(ctx, reset)
+	return retryKafka(ctx, func() error { return m.initGroupConfig(ctx, reset) })
+}
+
+// retryKafka calls f until it succeeds, fails with an error a retry cannot
+// mend, or ctx (bounded by the request timeout) ends: a coordinator that
+// is loading or moved (a fresh cluster creates its group topics on first
+// use), a leader not ready, a dropped connection.
+func retryKafka(ctx context.Context, f func() error) error {
+	delay := 20 * time.Millisecond
+	for {
+		err := f()
+		var ke *kerr.Error
+		if err == nil || !(errors.As(err, &ke) && ke.Retriable || connError(err)) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 500*time.Millisecond)
+	}
 }
 
 func maxKey(vs map[int16]wire.VersionRange) int16 {
@@ -162,7 +183,9 @@ func (m *shareMember) initGroupConfig(ctx context.Context, reset string) error {
 // start joins the group, and applies the first assignment if it comes
 // with the answer.
 func (m *shareMember) start(ctx context.Context, _ []int) error {
-	return m.heartbeat(ctx)
+	ctx, cancel := m.kc.withTimeout(ctx)
+	defer cancel()
+	return retryKafka(ctx, func() error { return m.heartbeat(ctx) })
 }
 
 // run heartbeats until ctx ends.

@@ -177,6 +177,13 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+# Share groups (KIP-932, on by default since 4.2): short heartbeats, so
+# that a member gets its assignment within a second, and a floor for the
+# acquisition lock low enough that a test may set a group's lock to 1s
+# (share.record.lock.duration.ms); the default lock stays 30s.
+group.share.heartbeat.interval.ms=500
+group.share.min.heartbeat.interval.ms=100
+group.share.min.record.lock.duration.ms=1000
 EOF
   if [[ -n "${KAFKA_EXTRA_PROPS:-}" ]]; then
     printf '%s\n' "$KAFKA_EXTRA_PROPS" >>"$CONF"
