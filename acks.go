@@ -164,6 +164,7 @@ type acker struct {
 	delivered []recKey    // delivered and not consumed yet: accepted when the caller comes back
 	lock      time.Duration
 	renew     bool // the broker takes renewals (KIP-1222)
+	noted     bool // the log said the broker does not
 	stats     ShareStats
 }
 
@@ -184,6 +185,10 @@ func (a *acker) setLock(lock time.Duration, renew bool) {
 	defer a.mu.Unlock()
 	if lock > 0 {
 		a.lock = lock
+	}
+	if !renew && !a.noted {
+		a.noted = true
+		a.log.Warn("share: the broker does not renew acquisition locks (KIP-1222, ShareAcknowledge v2): a record held longer than the lock goes to another member", "lock", a.lock)
 	}
 	a.renew = renew
 	a.stats.Renew = renew

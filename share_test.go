@@ -412,6 +412,7 @@ func TestShareGroupRenewsLongHandlers(t *testing.T) {
 	wg.Wait()
 	assert.Empty(t, s.twice(), "a record handed to both members")
 	st := a.Stats()
+	t.Logf("a: %+v", st.Share)
 	if st.Share.Renew {
 		assert.Positive(t, st.Share.Renewed)
 	}
