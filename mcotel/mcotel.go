@@ -57,6 +57,33 @@
 //	multiconsumer.group.rebalance.time       counter  s            time they took, from join to assignment applied
 //	multiconsumer.group.lost_partitions      counter  {partition}  partitions lost without a commit
 //	multiconsumer.group.join_failures        counter  {failure}    joins that failed (retried, or the one that stopped it)
+//	multiconsumer.group.suspended            gauge    1            1 while the coordinator has not answered for SessionTimeout, else 0
+//
+// In a share group (Config.ShareGroup; counters are totals since the
+// consumer started):
+//
+//	multiconsumer.share.acquired             counter  {record}     records the broker acquired for the member
+//	multiconsumer.share.accepted             counter  {record}     records acknowledged as processed
+//	multiconsumer.share.released             counter  {record}     records given back to the group
+//	multiconsumer.share.rejected             counter  {record}     records archived (rejected)
+//	multiconsumer.share.lock.renewals        counter  {renewal}    acquisition lock renewals the broker took
+//	multiconsumer.share.lock.expiries        counter  {expiry}     acknowledgements refused because the record's lock had run out
+//	multiconsumer.share.ack.errors           counter  {error}      acknowledgements that did not take, for any reason (lock expiries included)
+//	multiconsumer.share.held                 up-down  {record}     records acquired and not settled
+//	multiconsumer.share.lock.duration        gauge    s            the broker's acquisition lock (share.record.lock.duration.ms)
+//	multiconsumer.share.lock.renewable       gauge    1            1 if the broker takes lock renewals (KIP-1222), else 0
+//
+// and four of the group instruments, as far as a share-group member has
+// them: multiconsumer.group.member (its member id),
+// multiconsumer.group.generation (its member epoch),
+// multiconsumer.group.rebalances (assignments that changed) and
+// multiconsumer.group.join_failures (heartbeats that failed).
+//
+// Stats has no field that tells a share-group member: Metrics takes a
+// consumer for one once its Stats.Share shows an acquisition lock or an
+// acquired record (Share.AcquisitionLock > 0 || Share.Acquired > 0), that
+// is from the member's first ShareFetch answer on. Before it, it observes
+// none of these.
 //
 // Process:
 //
@@ -304,6 +331,27 @@ func (m *Metrics) observeOne(o metric.Observer, cn consumer, s multiconsumer.Sta
 		i64(in.suspended, bit(s.Suspended))
 	}
 
+	if shareMember(s) {
+		// What a share member's Stats fill in of the group ones: no
+		// rebalance time, lost partitions or liveness.
+		o.ObserveInt64(in.member, 1, withAttr(cn.attrs, MemberIDKey.String(s.MemberID)))
+		i64(in.generation, int64(s.Generation))
+		i64(in.rebalances, s.Rebalances)
+		i64(in.joinFailures, s.JoinFailures)
+
+		sh := s.Share
+		i64(in.shareAcquired, sh.Acquired)
+		i64(in.shareAccepted, sh.Accepted)
+		i64(in.shareReleased, sh.Released)
+		i64(in.shareRejected, sh.Rejected)
+		i64(in.shareRenewals, sh.Renewed)
+		i64(in.shareExpiries, sh.LockExpiries)
+		i64(in.shareAckErrors, sh.AckErrors)
+		i64(in.shareHeld, int64(sh.Held))
+		f64(in.shareLock, sh.AcquisitionLock.Seconds())
+		i64(in.shareRenew, bit(sh.Renew))
+	}
+
 	ps := s.Process
 	i64(in.procRunning, bit(ps.Running))
 	i64(in.procInFlight, int64(ps.InFlight))
@@ -357,6 +405,14 @@ func (m *Metrics) observeOne(o metric.Observer, cn consumer, s multiconsumer.Sta
 	}
 }
 
+// shareMember reports whether s is a share-group member's. Stats has no
+// field that says so (Config.ShareGroup is not in it); the broker's lock
+// comes with the member's first ShareFetch answer, and only a share-group
+// member acquires records.
+func shareMember(s multiconsumer.Stats) bool {
+	return s.Share.AcquisitionLock > 0 || s.Share.Acquired > 0
+}
+
 // withAttr returns a measurement option with attrs and one more.
 func withAttr(attrs []attribute.KeyValue, kv attribute.KeyValue) metric.MeasurementOption {
 	return metric.WithAttributeSet(attribute.NewSet(append(slices.Clone(attrs), kv)...))
@@ -393,6 +449,10 @@ type instruments struct {
 
 	member, generation, rebalances, lost, joinFailures, suspended metric.Int64Observable
 	rebalanceTime                                                 metric.Float64Observable
+
+	shareAcquired, shareAccepted, shareReleased, shareRejected, shareRenewals metric.Int64Observable
+	shareExpiries, shareAckErrors, shareHeld, shareRenew                      metric.Int64Observable
+	shareLock                                                                 metric.Float64Observable
 
 	procRunning, procInFlight, procWaiting, procStuck              metric.Int64Observable
 	procHandled, procRetries, procGivenUp, procPanics, procSkipped metric.Int64Observable
@@ -457,12 +517,23 @@ func (in *instruments) create(meter metric.Meter, ns string, stuckAfter time.Dur
 	counter(&in.commits, "commits", "{commit}", "Commits that stored offsets.")
 
 	gauge(&in.member, "group.member", "1", "1, with the member id of the consumer's group member.")
-	gauge(&in.generation, "group.generation", "{generation}", "Generation of the group member's last join.")
-	counter(&in.rebalances, "group.rebalances", "{rebalance}", "Rebalances the group member went through.")
+	gauge(&in.generation, "group.generation", "{generation}", "Generation of the group member's last join (of a share-group member: its member epoch).")
+	counter(&in.rebalances, "group.rebalances", "{rebalance}", "Rebalances the group member went through (of a share-group member: assignments that changed).")
 	secondsTotal(&in.rebalanceTime, "group.rebalance.time", "Time the rebalances took, from join to assignment applied.")
 	counter(&in.lost, "group.lost_partitions", "{partition}", "Partitions the group member lost without a commit.")
-	counter(&in.joinFailures, "group.join_failures", "{failure}", "Joins of the group member that failed (retried, or the one whose error stopped it).")
+	counter(&in.joinFailures, "group.join_failures", "{failure}", "Joins of the group member that failed (retried, or the one whose error stopped it; of a share-group member: heartbeats).")
 	gauge(&in.suspended, "group.suspended", "1", "1 while the group member has not heard from its coordinator for its session timeout (it delivers nothing new), else 0.")
+
+	counter(&in.shareAcquired, "share.acquired", "{record}", "Records the broker acquired for the share-group member.")
+	counter(&in.shareAccepted, "share.accepted", "{record}", "Records the share-group member acknowledged as processed.")
+	counter(&in.shareReleased, "share.released", "{record}", "Records the share-group member gave back to the group.")
+	counter(&in.shareRejected, "share.rejected", "{record}", "Records the share-group member rejected (archived).")
+	counter(&in.shareRenewals, "share.lock.renewals", "{renewal}", "Acquisition lock renewals the broker took.")
+	counter(&in.shareExpiries, "share.lock.expiries", "{expiry}", "Acknowledgements the broker refused because the record's acquisition lock had run out.")
+	counter(&in.shareAckErrors, "share.ack.errors", "{error}", "Acknowledgements that did not take, for any reason (lock expiries included).")
+	upDown(&in.shareHeld, "share.held", "{record}", "Records the share-group member acquired and has not settled.")
+	seconds(&in.shareLock, "share.lock.duration", "The broker's acquisition lock: how long the member holds a record it acquired.")
+	gauge(&in.shareRenew, "share.lock.renewable", "1", "1 if the broker takes acquisition lock renewals (KIP-1222), else 0.")
 
 	gauge(&in.procRunning, "process.running", "1", "1 while Process runs, else 0.")
 	upDown(&in.procInFlight, "process.inflight", "{message}", "Messages whose handlers run now (a message being retried included).")

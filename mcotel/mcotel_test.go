@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -245,6 +246,7 @@ func TestGetMessages(t *testing.T) {
 	// Not in a group: no group metrics. No Process: none of its
 	// per-partition ones.
 	for _, name := range []string{"multiconsumer.group.generation", "multiconsumer.group.member",
+		"multiconsumer.share.acquired", "multiconsumer.share.held",
 		"multiconsumer.process.incomplete", "multiconsumer.process.longest_handling"} {
 		_, ok := value(t, ms, name)
 		assert.False(t, ok, name)
@@ -414,6 +416,78 @@ func TestGroup(t *testing.T) {
 	check(t, ms, "multiconsumer.group.join_failures", counter(pt(a, s.JoinFailures)))
 	check(t, ms, "multiconsumer.partitions", upDown(pt[int64](a, 2)))
 	assert.Positive(t, s.RebalanceTime)
+}
+
+// TestShareGroup reads the metrics of a share-group member that took four
+// records, accepted two, rejected one and holds one, renewing its lock
+// when the broker takes renewals; Close releases it.
+func TestShareGroup(t *testing.T) {
+	t.Parallel()
+	topic := cluster.Topic(t, 1)
+	require.NoError(t, cluster.ProduceN(testCtx(t), topic, 1, 4))
+	g := kafkatest.UniqueName("g")
+	c := open(t, multiconsumer.Config{Topic: topic, Group: g, ShareGroup: true, ManualCommit: true})
+	r := newReader(t)
+	m, err := mcotel.New(r.mp)
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, m.Close()) })
+	require.NoError(t, m.Add("share", c))
+
+	var msgs []kafka.Message
+	for len(msgs) < 4 {
+		got, err := c.GetMessages(testCtx(t), 4-len(msgs), multiconsumer.Timeout(30*time.Second))
+		require.NoError(t, err)
+		msgs = append(msgs, got...)
+	}
+	slices.SortFunc(msgs, func(a, b kafka.Message) int { return int(a.Offset - b.Offset) })
+	require.NoError(t, c.Acknowledge(testCtx(t), multiconsumer.AckAccept, msgs[0], msgs[1]))
+	require.NoError(t, c.Acknowledge(testCtx(t), multiconsumer.AckReject, msgs[2]))
+	// The lock and whether the broker takes renewals come with the
+	// answer that brought the records.
+	renew, renewals := int64(0), int64(0)
+	if c.Stats().Share.Renew {
+		renew, renewals = 1, 1
+		require.NoError(t, c.Acknowledge(testCtx(t), multiconsumer.AckRenew, msgs[3]))
+	}
+	var s multiconsumer.Stats
+	require.Eventually(t, func() bool {
+		s = c.Stats()
+		return s.Share.Acquired == 4 && s.Share.Accepted == 2 && s.Share.Rejected == 1 && s.Share.Held == 1 &&
+			s.Share.Renewed == renewals && s.MemberID != "" && s.Generation >= 1
+	}, 10*time.Second, 5*time.Millisecond)
+	require.Positive(t, s.Share.AcquisitionLock)
+
+	a := consumerAttrs("share", topic, g)
+	ms := r.collect(t)
+	check(t, ms, "multiconsumer.share.acquired", counter(pt[int64](a, 4)))
+	check(t, ms, "multiconsumer.share.accepted", counter(pt[int64](a, 2)))
+	check(t, ms, "multiconsumer.share.released", counter(pt[int64](a, 0)))
+	check(t, ms, "multiconsumer.share.rejected", counter(pt[int64](a, 1)))
+	check(t, ms, "multiconsumer.share.lock.renewals", counter(pt(a, renewals)))
+	check(t, ms, "multiconsumer.share.lock.expiries", counter(pt[int64](a, 0)))
+	check(t, ms, "multiconsumer.share.ack.errors", counter(pt[int64](a, 0)))
+	check(t, ms, "multiconsumer.share.held", upDown(pt[int64](a, 1)))
+	check(t, ms, "multiconsumer.share.lock.duration", gauge(pt(a, s.Share.AcquisitionLock.Seconds())))
+	check(t, ms, "multiconsumer.share.lock.renewable", gauge(pt(a, renew)))
+	check(t, ms, "multiconsumer.group.member", gauge(pt[int64](a, 1, mcotel.MemberIDKey.String(s.MemberID))))
+	check(t, ms, "multiconsumer.group.generation", gauge(pt(a, int64(s.Generation))))
+	check(t, ms, "multiconsumer.group.rebalances", counter(pt(a, s.Rebalances)))
+	check(t, ms, "multiconsumer.group.join_failures", counter(pt(a, s.JoinFailures)))
+	assert.Equal(t, "s", ms["multiconsumer.share.lock.duration"].Unit)
+	assert.Equal(t, "{record}", ms["multiconsumer.share.acquired"].Unit)
+	// Of the group instruments, a share-group member has those four only.
+	for _, name := range []string{"multiconsumer.group.rebalance.time", "multiconsumer.group.lost_partitions",
+		"multiconsumer.group.suspended"} {
+		_, ok := value(t, ms, name)
+		assert.False(t, ok, name)
+	}
+
+	// Close gives the record held back; Metrics observes the final state.
+	require.NoError(t, c.Close())
+	ms = r.collect(t)
+	check(t, ms, "multiconsumer.share.released", counter(pt[int64](a, 1)))
+	check(t, ms, "multiconsumer.share.held", upDown(pt[int64](a, 0)))
+	check(t, ms, "multiconsumer.share.accepted", counter(pt[int64](a, 2)))
 }
 
 // TestAddRemoveClose checks the names, the attributes read from the

@@ -50,6 +50,34 @@
 //	multiconsumer_group_rebalance_seconds_total counter time they took, from join to assignment applied
 //	multiconsumer_group_lost_partitions_total  counter  partitions lost without a commit
 //	multiconsumer_group_join_failures_total    counter  joins that failed (retried, or the one that stopped it)
+//	multiconsumer_group_suspended              gauge    1 while the coordinator has not answered for SessionTimeout, else 0
+//	multiconsumer_group_last_heard_timestamp_seconds gauge  when the coordinator last answered (Unix time)
+//
+// In a share group (Config.ShareGroup; counters are totals since the
+// consumer started):
+//
+//	multiconsumer_share_acquired_records_total counter  records the broker acquired for the member
+//	multiconsumer_share_accepted_records_total counter  records acknowledged as processed
+//	multiconsumer_share_released_records_total counter  records given back to the group
+//	multiconsumer_share_rejected_records_total counter  records archived (rejected)
+//	multiconsumer_share_lock_renewals_total    counter  acquisition lock renewals the broker took
+//	multiconsumer_share_lock_expiries_total    counter  acknowledgements refused because the record's lock had run out
+//	multiconsumer_share_ack_errors_total       counter  acknowledgements that did not take, for any reason (lock expiries included)
+//	multiconsumer_share_held_records           gauge    records acquired and not settled
+//	multiconsumer_share_lock_duration_seconds  gauge    the broker's acquisition lock (share.record.lock.duration.ms)
+//	multiconsumer_share_lock_renewable         gauge    1 if the broker takes lock renewals (KIP-1222), else 0
+//
+// and four of the group metrics, as far as a share-group member has them:
+// multiconsumer_group_member_info (its member id),
+// multiconsumer_group_generation (its member epoch),
+// multiconsumer_group_rebalances_total (assignments that changed) and
+// multiconsumer_group_join_failures_total (heartbeats that failed).
+//
+// Stats has no field that tells a share-group member: the Collector takes a
+// consumer for one once its Stats.Share shows an acquisition lock or an
+// acquired record (Share.AcquisitionLock > 0 || Share.Acquired > 0), that
+// is from the member's first ShareFetch answer on. Before it, it reports
+// none of these.
 //
 // Process (counters are totals since the consumer started):
 //
@@ -256,6 +284,27 @@ func (c *Collector) collect(ch chan<- prometheus.Metric, name string, cn consume
 		}
 	}
 
+	if shareMember(s) {
+		// What a share member's Stats fill in of the group ones: no
+		// rebalance time, lost partitions or liveness.
+		gauge(d.memberInfo, 1, s.MemberID)
+		gauge(d.generation, float64(s.Generation))
+		counter(d.rebalances, float64(s.Rebalances))
+		counter(d.joinFailures, float64(s.JoinFailures))
+
+		sh := s.Share
+		counter(d.shareAcquired, float64(sh.Acquired))
+		counter(d.shareAccepted, float64(sh.Accepted))
+		counter(d.shareReleased, float64(sh.Released))
+		counter(d.shareRejected, float64(sh.Rejected))
+		counter(d.shareRenewals, float64(sh.Renewed))
+		counter(d.shareExpiries, float64(sh.LockExpiries))
+		counter(d.shareAckErrors, float64(sh.AckErrors))
+		gauge(d.shareHeld, float64(sh.Held))
+		gauge(d.shareLock, sh.AcquisitionLock.Seconds())
+		gauge(d.shareRenew, bit(sh.Renew))
+	}
+
 	ps := s.Process
 	gauge(d.procRunning, bit(ps.Running))
 	gauge(d.procInFlight, float64(ps.InFlight))
@@ -295,6 +344,14 @@ func (c *Collector) collect(ch chan<- prometheus.Metric, name string, cn consume
 			gauge(d.oldestIncomplete, st.OldestIncomplete.Seconds(), part)
 		}
 	}
+}
+
+// shareMember reports whether s is a share-group member's. Stats has no
+// field that says so (Config.ShareGroup is not in it); the broker's lock
+// comes with the member's first ShareFetch answer, and only a share-group
+// member acquires records.
+func shareMember(s multiconsumer.Stats) bool {
+	return s.Share.AcquisitionLock > 0 || s.Share.Acquired > 0
 }
 
 // handling counts the handlers in hs that have run longer than after at
@@ -348,6 +405,9 @@ type descs struct {
 
 	memberInfo, generation, rebalances, rebalanceTime, lost, joinFailures, suspended, lastHeard *prometheus.Desc
 
+	shareAcquired, shareAccepted, shareReleased, shareRejected, shareRenewals *prometheus.Desc
+	shareExpiries, shareAckErrors, shareHeld, shareLock, shareRenew           *prometheus.Desc
+
 	procRunning, procInFlight, procWaiting, procStuck, procLongest *prometheus.Desc
 	procHandled, procRetries, procGivenUp, procPanics, procSkipped *prometheus.Desc
 	procDuration                                                   *prometheus.Desc
@@ -378,13 +438,24 @@ func newDescs(ns string, stuckAfter time.Duration) descs {
 
 		memberInfo: prometheus.NewDesc(prometheus.BuildFQName(ns, "", "group_member_info"),
 			"1, with the member id of the consumer's group member.", memberLabels, nil),
-		generation:    c("group_generation", "Generation of the group member's last join."),
-		rebalances:    c("group_rebalances_total", "Rebalances the group member went through."),
+		generation:    c("group_generation", "Generation of the group member's last join (of a share-group member: its member epoch)."),
+		rebalances:    c("group_rebalances_total", "Rebalances the group member went through (of a share-group member: assignments that changed)."),
 		rebalanceTime: c("group_rebalance_seconds_total", "Time the rebalances took, from join to assignment applied."),
 		lost:          c("group_lost_partitions_total", "Partitions the group member lost without a commit."),
-		joinFailures:  c("group_join_failures_total", "Joins of the group member that failed (retried, or the one whose error stopped it)."),
+		joinFailures:  c("group_join_failures_total", "Joins of the group member that failed (retried, or the one whose error stopped it; of a share-group member: heartbeats)."),
 		suspended:     c("group_suspended", "1 while the group member has not heard from its coordinator for its session timeout (it delivers nothing new), else 0."),
 		lastHeard:     c("group_last_heard_timestamp_seconds", "When the group coordinator last answered the member (Unix time)."),
+
+		shareAcquired:  c("share_acquired_records_total", "Records the broker acquired for the share-group member."),
+		shareAccepted:  c("share_accepted_records_total", "Records the share-group member acknowledged as processed."),
+		shareReleased:  c("share_released_records_total", "Records the share-group member gave back to the group."),
+		shareRejected:  c("share_rejected_records_total", "Records the share-group member rejected (archived)."),
+		shareRenewals:  c("share_lock_renewals_total", "Acquisition lock renewals the broker took."),
+		shareExpiries:  c("share_lock_expiries_total", "Acknowledgements the broker refused because the record's acquisition lock had run out."),
+		shareAckErrors: c("share_ack_errors_total", "Acknowledgements that did not take, for any reason (lock expiries included)."),
+		shareHeld:      c("share_held_records", "Records the share-group member acquired and has not settled."),
+		shareLock:      c("share_lock_duration_seconds", "The broker's acquisition lock: how long the member holds a record it acquired."),
+		shareRenew:     c("share_lock_renewable", "1 if the broker takes acquisition lock renewals (KIP-1222), else 0."),
 
 		procRunning:  c("process_running", "1 while Process runs, else 0."),
 		procInFlight: c("process_inflight_messages", "Messages whose handlers run now (a message being retried included)."),
@@ -419,6 +490,8 @@ func (d *descs) all() []*prometheus.Desc {
 		d.workers, d.assigned, d.queueLen, d.queueCap, d.paused, d.stopped, d.commitErrors,
 		d.commits, d.lastCommit,
 		d.memberInfo, d.generation, d.rebalances, d.rebalanceTime, d.lost, d.joinFailures, d.suspended, d.lastHeard,
+		d.shareAcquired, d.shareAccepted, d.shareReleased, d.shareRejected, d.shareRenewals,
+		d.shareExpiries, d.shareAckErrors, d.shareHeld, d.shareLock, d.shareRenew,
 		d.procRunning, d.procInFlight, d.procWaiting, d.procStuck, d.procLongest,
 		d.procHandled, d.procRetries, d.procGivenUp, d.procPanics, d.procSkipped, d.procDuration,
 		d.lag, d.delivered, d.consumed, d.committed, d.highWatermark,

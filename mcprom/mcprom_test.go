@@ -237,6 +237,7 @@ func TestGetMessages(t *testing.T) {
 	// in a group: no group metrics. No Process: none of its per-partition
 	// ones.
 	for _, name := range []string{"multiconsumer_group_generation", "multiconsumer_group_member_info",
+		"multiconsumer_share_acquired_records_total", "multiconsumer_share_held_records",
 		"multiconsumer_process_incomplete_messages", "multiconsumer_process_longest_handling_seconds"} {
 		_, ok := value(t, reg, name, nil)
 		assert.False(t, ok, name)
@@ -425,6 +426,80 @@ func TestGroup(t *testing.T) {
 	require.True(t, ok)
 	assert.Positive(t, secs)
 	assert.InDelta(t, s.RebalanceTime.Seconds(), secs, 1e-9)
+}
+
+// TestShareGroup reads the metrics of a share-group member that took four
+// records, accepted two, rejected one and holds one, renewing its lock
+// when the broker takes renewals; Close releases it.
+func TestShareGroup(t *testing.T) {
+	t.Parallel()
+	topic := cluster.Topic(t, 1)
+	keyed(t, topic, 4, 4)
+	g := kafkatest.UniqueName("g")
+	c := open(t, multiconsumer.Config{Topic: topic, Group: g, ShareGroup: true, ManualCommit: true})
+	col := mcprom.NewCollector()
+	require.NoError(t, col.Add("share", c))
+	reg := registry(t, col)
+
+	var msgs []kafka.Message
+	for len(msgs) < 4 {
+		got, err := c.GetMessages(testCtx(t), 4-len(msgs), multiconsumer.Timeout(30*time.Second))
+		require.NoError(t, err)
+		msgs = append(msgs, got...)
+	}
+	slices.SortFunc(msgs, func(a, b kafka.Message) int { return int(a.Offset - b.Offset) })
+	require.NoError(t, c.Acknowledge(testCtx(t), multiconsumer.AckAccept, msgs[0], msgs[1]))
+	require.NoError(t, c.Acknowledge(testCtx(t), multiconsumer.AckReject, msgs[2]))
+	// The lock and whether the broker takes renewals come with the
+	// answer that brought the records.
+	renew, renewals := 0, int64(0)
+	if c.Stats().Share.Renew {
+		renew, renewals = 1, 1
+		require.NoError(t, c.Acknowledge(testCtx(t), multiconsumer.AckRenew, msgs[3]))
+	}
+	var s multiconsumer.Stats
+	require.Eventually(t, func() bool {
+		s = c.Stats()
+		return s.Share.Acquired == 4 && s.Share.Accepted == 2 && s.Share.Rejected == 1 && s.Share.Held == 1 &&
+			s.Share.Renewed == renewals && s.MemberID != "" && s.Generation >= 1
+	}, 10*time.Second, 5*time.Millisecond)
+	require.Positive(t, s.Share.AcquisitionLock)
+
+	l := fmt.Sprintf(`client_id="share",group=%q,topic=%q`, g, topic)
+	compare(t, reg, strings.NewReplacer("L", l, "ID", s.MemberID).Replace(fmt.Sprintf(`
+		multiconsumer_share_acquired_records_total{L} 4
+		multiconsumer_share_accepted_records_total{L} 2
+		multiconsumer_share_released_records_total{L} 0
+		multiconsumer_share_rejected_records_total{L} 1
+		multiconsumer_share_lock_renewals_total{L} %d
+		multiconsumer_share_lock_expiries_total{L} 0
+		multiconsumer_share_ack_errors_total{L} 0
+		multiconsumer_share_held_records{L} 1
+		multiconsumer_share_lock_duration_seconds{L} %g
+		multiconsumer_share_lock_renewable{L} %d
+		multiconsumer_group_member_info{L,member_id="ID"} 1
+		multiconsumer_group_generation{L} %d
+		multiconsumer_group_rebalances_total{L} %d
+		multiconsumer_group_join_failures_total{L} %d
+	`, renewals, s.Share.AcquisitionLock.Seconds(), renew, s.Generation, s.Rebalances, s.JoinFailures)))
+	// Of the group metrics, a share-group member has those four only.
+	for _, name := range []string{"multiconsumer_group_rebalance_seconds_total", "multiconsumer_group_lost_partitions_total",
+		"multiconsumer_group_suspended", "multiconsumer_group_last_heard_timestamp_seconds"} {
+		_, ok := value(t, reg, name, nil)
+		assert.False(t, ok, name)
+	}
+	problems, err := testutil.CollectAndLint(col)
+	require.NoError(t, err)
+	assert.Empty(t, problems)
+
+	// Close gives the record held back; the Collector reports the final
+	// state.
+	require.NoError(t, c.Close())
+	compare(t, reg, strings.NewReplacer("L", l).Replace(`
+		multiconsumer_share_released_records_total{L} 1
+		multiconsumer_share_held_records{L} 0
+		multiconsumer_share_accepted_records_total{L} 2
+	`))
 }
 
 // TestAddRemove checks the names, the labels read from the consumer, and
