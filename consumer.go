@@ -406,6 +406,8 @@ type Stats struct {
 	ClientID string // the Dialer's
 	// JoinGroup: the consumer is a group member (group mode).
 	JoinGroup bool
+	// ShareGroup: the consumer is a share-group member (see Share).
+	ShareGroup bool
 	// Closed: Close has begun; nothing changes any more.
 	Closed bool
 
@@ -465,7 +467,7 @@ type Stats struct {
 func (c *MultiConsumer) Stats() Stats {
 	s := Stats{
 		Time: time.Now(), Topic: c.cfg.Topic, Group: c.cfg.Group, ClientID: clientID(c.cfg.Dialer),
-		JoinGroup: c.cfg.JoinGroup, Closed: c.life.isClosed(), Err: c.life.err(),
+		JoinGroup: c.cfg.JoinGroup, ShareGroup: c.cfg.ShareGroup, Closed: c.life.isClosed(), Err: c.life.err(),
 		Workers: c.sess.count(), QueueLen: c.q.len(), QueueSize: c.cfg.QueueSize,
 		Paused: !c.sess.env.unpaused.IsSet(), CommitErrors: c.commits.errs.Load(),
 		Process: c.out.totals.snapshot(),

@@ -79,11 +79,8 @@
 // multiconsumer.group.rebalances (assignments that changed) and
 // multiconsumer.group.join_failures (heartbeats that failed).
 //
-// Stats has no field that tells a share-group member: Metrics takes a
-// consumer for one once its Stats.Share shows an acquisition lock or an
-// acquired record (Share.AcquisitionLock > 0 || Share.Acquired > 0), that
-// is from the member's first ShareFetch answer on. Before it, it observes
-// none of these.
+// They are for share-group members only (Stats.ShareGroup): Metrics observes them
+// from New on.
 //
 // Process:
 //
@@ -405,12 +402,9 @@ func (m *Metrics) observeOne(o metric.Observer, cn consumer, s multiconsumer.Sta
 	}
 }
 
-// shareMember reports whether s is a share-group member's. Stats has no
-// field that says so (Config.ShareGroup is not in it); the broker's lock
-// comes with the member's first ShareFetch answer, and only a share-group
-// member acquires records.
+// shareMember reports whether s is a share-group member's.
 func shareMember(s multiconsumer.Stats) bool {
-	return s.Share.AcquisitionLock > 0 || s.Share.Acquired > 0
+	return s.ShareGroup
 }
 
 // withAttr returns a measurement option with attrs and one more.

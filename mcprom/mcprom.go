@@ -73,11 +73,8 @@
 // multiconsumer_group_rebalances_total (assignments that changed) and
 // multiconsumer_group_join_failures_total (heartbeats that failed).
 //
-// Stats has no field that tells a share-group member: the Collector takes a
-// consumer for one once its Stats.Share shows an acquisition lock or an
-// acquired record (Share.AcquisitionLock > 0 || Share.Acquired > 0), that
-// is from the member's first ShareFetch answer on. Before it, it reports
-// none of these.
+// They are for share-group members only (Stats.ShareGroup): the Collector reports them
+// from New on.
 //
 // Process (counters are totals since the consumer started):
 //
@@ -346,12 +343,9 @@ func (c *Collector) collect(ch chan<- prometheus.Metric, name string, cn consume
 	}
 }
 
-// shareMember reports whether s is a share-group member's. Stats has no
-// field that says so (Config.ShareGroup is not in it); the broker's lock
-// comes with the member's first ShareFetch answer, and only a share-group
-// member acquires records.
+// shareMember reports whether s is a share-group member's.
 func shareMember(s multiconsumer.Stats) bool {
-	return s.Share.AcquisitionLock > 0 || s.Share.Acquired > 0
+	return s.ShareGroup
 }
 
 // handling counts the handlers in hs that have run longer than after at
