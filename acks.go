@@ -300,6 +300,9 @@ func (a *acker) acknowledge(kind AckKind, msgs []kafka.Message) (*ackWait, error
 	if len(bad) > 0 {
 		return nil, errors.Join(bad...)
 	}
+	if kind == AckRenew && !a.renew {
+		return nil, fmt.Errorf("multiconsumer: renew: %w: the broker does not renew acquisition locks (KIP-1222)", errors.ErrUnsupported)
+	}
 	w := newAckWait()
 	for _, m := range msgs {
 		k := recKey{m.Partition, m.Offset}

@@ -150,6 +150,12 @@ func (f *shareFetcher) state(b int) (fetch []int, fetching, closing bool) {
 			fetch = append(fetch, p)
 		}
 	}
+	// A partition whose leader moved to a broker without a session yet
+	// gets one now, even while the old leader's session still settles
+	// what it acquired there.
+	if !f.stopped {
+		f.startLocked()
+	}
 	closing = f.running[b] != nil && f.running[b].closeIt
 	return fetch, !f.stopped && f.env.unpaused.IsSet(), closing
 }
