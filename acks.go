@@ -91,10 +91,12 @@ type AckError struct {
 	Err       error
 }
 
+// Error names the kind, the partition, the offsets and why.
 func (e *AckError) Error() string {
 	return fmt.Sprintf("multiconsumer: %s of %q partition %d offsets %v: %v", e.Kind, e.Topic, e.Partition, e.Offsets, e.Err)
 }
 
+// Unwrap returns Err.
 func (e *AckError) Unwrap() error { return e.Err }
 
 // Errors of share-group acknowledgements.
