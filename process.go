@@ -779,7 +779,9 @@ func (p *processor) giveUp(ctx context.Context, t task, attempts int, err error)
 	if p.pc.OnGiveUp != nil {
 		herr := p.callOnGiveUp(ctx, t.m, gerr)
 		if herr == nil {
+			p.mu.Lock()
 			p.totals.add(func(s *ProcessStats) { s.GivenUp++ })
+			p.mu.Unlock()
 			p.finish(t, completed, nil)
 			return
 		}
@@ -793,7 +795,9 @@ func (p *processor) giveUp(ctx context.Context, t task, attempts int, err error)
 		// A share group: a poison record must not stop each member in
 		// turn. Kafka archives it.
 		p.log.Error("process: giving up; rejecting the record", "partition", t.m.Partition, "offset", t.m.Offset, "err", gerr)
+		p.mu.Lock()
 		p.totals.add(func(s *ProcessStats) { s.GivenUp++ })
+		p.mu.Unlock()
 		p.finish(t, rejected, nil)
 		return
 	}
@@ -927,9 +931,13 @@ func (p *processor) unblock(partition int) {
 
 // stats fills in what runs now, and the age of each partition's oldest
 // incomplete message.
+//
+// The counters are read under p.mu too, under which the processor updates
+// them: a completion is counted in Handled and leaves InFlight in one step.
 func (p *processor) stats(s *Stats, now time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	s.Process = p.totals.snapshot()
 	s.Process.Running, s.Process.InFlight, s.Process.Waiting = true, p.running, p.waiting
 	oldest := make(map[int]time.Time)
 	older := func(part int, t time.Time) {
