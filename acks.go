@@ -325,7 +325,7 @@ func (a *acker) acknowledge(kind AckKind, msgs []kafka.Message) (*ackWait, error
 
 // commit accepts every record of parts (all when none is given) delivered
 // and not settled yet, and returns the wait for their results and those of
-// the acknowledgements decided before and not sent yet.
+// the acknowledgements decided before and not answered yet.
 func (a *acker) commit(parts []int) *ackWait {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -337,7 +337,9 @@ func (a *acker) commit(parts []int) *ackWait {
 		switch {
 		case r.state == recDelivered:
 			a.decideLocked(k, AckAccept, w)
-		case r.state == recDecided && r.wait == nil:
+		case r.state >= recDecided && r.wait == nil:
+			// Decided before, or on the wire (a fetch carries it): its
+			// answer is waited for too.
 			r.wait = w
 			w.n++
 		}
@@ -359,7 +361,7 @@ func (a *acker) releaseAll() *ackWait {
 	for k, r := range a.recs {
 		if r.state < recDecided {
 			a.decideLocked(k, AckRelease, w)
-		} else if r.state == recDecided && r.wait == nil {
+		} else if r.wait == nil {
 			r.wait = w
 			w.n++
 		}

@@ -27,6 +27,9 @@ func startJavaShareConsumer(t *testing.T, java, lib, topic, group string) *javaC
 		"--formatter-property", "print.partition=true",
 		"--formatter-property", "print.offset=true",
 		"--consumer-property", "client.id="+javaClientID,
+		// Acquire a little at a time, as our member does: the two share
+		// the partition's records.
+		"--consumer-property", "max.poll.records=20",
 	)
 	j.cmd = exec.Command(java, args...)
 	j.cmd.Stdout = j
@@ -90,7 +93,10 @@ func TestShareGroupJavaInterop(t *testing.T) {
 		assert.Equal(t, goClientID, mine["CLIENT-ID"])
 		assert.Equal(t, topic+":0", mine["ASSIGNMENT"])
 	}
-	produce(t, topic, 0, 0, n)
+	for i := range 10 { // a stream, not one burst: both members fetch while it comes
+		produce(t, topic, 0, i*n/10, n/10)
+		time.Sleep(50 * time.Millisecond)
+	}
 	javaSeen := func() int { return jv.count() }
 	require.Eventually(t, func() bool {
 		both := s.distinct() + javaSeen()

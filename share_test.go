@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"strconv"
@@ -22,7 +23,11 @@ import (
 
 // shareCfg is a share-group member's Config on topic and group g.
 func shareCfg(topic, g string) Config {
-	return Config{Topic: topic, Group: g, ShareGroup: true, QueueSize: 64}
+	cfg := Config{Topic: topic, Group: g, ShareGroup: true, QueueSize: 64}
+	if os.Getenv("MULTICONSUMER_TEST_LOG") != "" {
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return cfg
 }
 
 // seen counts the records of a share group's members, by partition and
