@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
+	"github.com/twmb/franz-go/pkg/kversion"
 )
 
 // shareCfg is a share-group member's Config on topic and group g.
@@ -542,4 +543,56 @@ func TestShareGroupKilledMember(t *testing.T) {
 	require.ErrorIs(t, <-errc, context.Canceled)
 	assert.Equal(t, n, s.distinct())
 	assert.Empty(t, s.twice())
+}
+
+// A new share group starts where StartOffset says (share.auto.offset.reset
+// latest: the backlog is not read); a group that exists keeps its setting.
+func TestShareGroupStartOffset(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 1, 10)
+	g := group(t)
+	cfg := shareCfg(topic, g)
+	cfg.StartOffset = kafka.LastOffset
+	c := open(t, cfg)
+	// The group's place in the partition is set at its first fetch: wait
+	// for it (the broker's first answer says the lock), then produce.
+	require.Eventually(t, func() bool { return c.Stats().Share.AcquisitionLock > 0 }, 30*time.Second, 5*time.Millisecond)
+	msgs, err := c.GetMessages(testCtx(t), 10, Timeout(300*time.Millisecond))
+	require.NoError(t, err)
+	assert.Empty(t, msgs, "latest: the backlog is not read")
+	produce(t, topic, 0, 10, 5)
+	msgs = drain(t, c, 5, 5)
+	assert.EqualValues(t, 10, msgs[0].Offset)
+
+	// An earliest group keeps reading from the start, whatever a new
+	// member's StartOffset says.
+	g2 := group(t)
+	early := open(t, shareCfg(topic, g2))
+	require.Len(t, drain(t, early, 15, 15), 15)
+	require.NoError(t, early.Commit(testCtx(t)))
+	require.NoError(t, early.Close())
+	cfg.Group = g2
+	again := open(t, cfg)
+	produce(t, topic, 0, 15, 1)
+	got := drain(t, again, 1, 1)
+	assert.EqualValues(t, 15, got[0].Offset, "the group's place, after what was accepted")
+}
+
+// A broker without share groups (Kafka before 4.2): New says what is
+// missing.
+func TestShareGroupUnsupportedBroker(t *testing.T) {
+	t.Parallel()
+	kf, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.MaxVersions(kversion.V3_9_0()))
+	require.NoError(t, err)
+	defer kf.Close()
+	tc, err := kafkatest.Connect(kf.ListenAddrs()...)
+	require.NoError(t, err)
+	defer tc.Close()
+	topic := kafkatest.UniqueName("old")
+	require.NoError(t, tc.CreateTopic(testCtx(t), topic, 1))
+	cfg := shareCfg(topic, "g")
+	cfg.Brokers = kf.ListenAddrs()
+	_, err = New(testCtx(t), cfg)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "ShareGroupHeartbeat (API 76)")
 }
