@@ -14,6 +14,7 @@ import (
 
 	"github.com/multiconsumer/multiconsumer/internal/wire"
 	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kerr"
 )
 
 // This file is the consumer's way to the cluster: the transport and its
@@ -42,6 +43,13 @@ type brokers struct {
 	// connection closes. Nil outside a share group.
 	share      *wire.Client
 	shareConns *connSet
+	// consumer: the member speaks KIP-848's consumer protocol, and
+	// commits with OffsetCommit v9+ (member id and member epoch), which
+	// kafka-go does not send: through wire.
+	consumer bool
+	// topicID is the topic's id (OffsetCommit v10 names topics by id);
+	// set once by the member's start, before any commit.
+	topicID [16]byte
 	// retryConns is set once New has reached the cluster: from then on a
 	// dropped connection is retried. Before, a refused connection fails
 	// New at once (a wrong address).
@@ -58,6 +66,7 @@ func newBrokers(cfg *Config) *brokers {
 		client: &kafka.Client{Addr: addr, Transport: tr},
 		wire:   &wire.Client{Transport: tr, Addr: addr, ClientID: clientID(cfg.Dialer)},
 	}
+	b.consumer = cfg.JoinGroup && cfg.GroupProtocol == GroupProtocolConsumer
 	if cfg.ShareGroup {
 		str, sconns := newTransport(cfg.Dialer, cfg.Topic)
 		str.IdleTimeout = 24 * time.Hour
@@ -114,7 +123,10 @@ func retry(ctx context.Context, conns bool, f func() error) error {
 // late member must not commit over the new owner.
 func stale(err error) bool {
 	return errors.Is(err, kafka.IllegalGeneration) || errors.Is(err, kafka.UnknownMemberId) ||
-		errors.Is(err, kafka.FencedInstanceID) || errors.Is(err, kafka.RebalanceInProgress)
+		errors.Is(err, kafka.FencedInstanceID) || errors.Is(err, kafka.RebalanceInProgress) ||
+		errors.Is(err, kerr.IllegalGeneration) || errors.Is(err, kerr.UnknownMemberID) ||
+		errors.Is(err, kerr.FencedInstanceID) || errors.Is(err, kerr.RebalanceInProgress) ||
+		errors.Is(err, kerr.StaleMemberEpoch) || errors.Is(err, kerr.FencedMemberEpoch)
 }
 
 // retriable reports whether err is worth another try (see retry).
@@ -122,9 +134,13 @@ func retriable(err error, conns bool) bool {
 	if errors.Is(err, kafka.UnknownTopicOrPartition) || stale(err) {
 		return false
 	}
-	var kerr kafka.Error
-	if errors.As(err, &kerr) {
-		return kerr.Temporary()
+	var kgerr kafka.Error
+	if errors.As(err, &kgerr) {
+		return kgerr.Temporary()
+	}
+	var ke *kerr.Error
+	if errors.As(err, &ke) {
+		return ke.Retriable
 	}
 	var nerr net.Error
 	if errors.As(err, &nerr) && nerr.Timeout() {
@@ -379,6 +395,9 @@ func (b *brokers) committedOffsetsOnce(ctx context.Context, partitions []int) (m
 func (b *brokers) offsetCommit(ctx context.Context, l lease, offsets map[int]int64, meta map[int]string) (ok map[int]int64, err error) {
 	ctx, cancel := b.withTimeout(ctx)
 	defer cancel()
+	if b.consumer {
+		return b.offsetCommitV9(ctx, l, offsets, meta)
+	}
 	commits := make([]kafka.OffsetCommit, 0, len(offsets))
 	for p, off := range offsets {
 		commits = append(commits, kafka.OffsetCommit{Partition: p, Offset: off, Metadata: meta[p]})
@@ -401,7 +420,9 @@ func (b *brokers) offsetCommit(ctx context.Context, l lease, offsets map[int]int
 	for _, p := range res.Topics[b.topic] {
 		if p.Error != nil {
 			err := fmt.Errorf("commit offset %d: %w", offsets[p.Partition], p.Error)
-			if l.memberID == "" && stale(p.Error) {
+			// A consumer-protocol group answers an old-version commit
+			// from outside it with UNSUPPORTED_VERSION.
+			if l.memberID == "" && (stale(p.Error) || errors.Is(p.Error, kafka.UnsupportedVersion)) {
 				err = fmt.Errorf("commit offset %d: group %q has members, which own its partitions; a consumer outside the group cannot commit (see Config.JoinGroup): %w",
 					offsets[p.Partition], b.group, p.Error)
 			}

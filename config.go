@@ -12,6 +12,12 @@ import (
 	"github.com/segmentio/kafka-go"
 )
 
+// The group protocols (Config.GroupProtocol).
+const (
+	GroupProtocolClassic  = "classic"
+	GroupProtocolConsumer = "consumer"
+)
+
 // Defaults of the optional Config fields, used where a field is zero.
 const (
 	DefaultNumWorkers       = 1
@@ -121,6 +127,21 @@ type Config struct {
 	// every partition at each rebalance, as kafka-go's group Reader does).
 	// The group uses one that every member offers.
 	Assignors []string
+	// GroupProtocol is the group protocol a member (JoinGroup) speaks:
+	// "classic" (the default: JoinGroup, SyncGroup, Heartbeat, with the
+	// Assignors above) or "consumer" (KIP-848, Kafka 4.0+: the broker
+	// computes the assignment and moves partitions one member at a time,
+	// with no group-wide barrier; ConsumerGroupHeartbeat). Under
+	// "consumer", SessionTimeout, HeartbeatInterval and Assignors are the
+	// broker's (group.consumer.*): New logs once that it ignores them, so
+	// one Config runs under both protocols by flipping this field.
+	// Everything else keeps its meaning: OnAssigned and OnRevoked get only
+	// what changes, Lost, commits fenced by the member epoch, drained
+	// revokes, static membership with InstanceID.
+	GroupProtocol string
+	// ServerAssignor picks the broker's assignor under GroupProtocol
+	// "consumer": "" (the broker's default), "uniform" or "range".
+	ServerAssignor string
 	// OnAssigned is called, in group mode, with the partitions the member
 	// gets, before their first message is delivered; only those that
 	// change. ctx ends when the consumer closes.
@@ -254,6 +275,14 @@ func (c Config) withDefaults() (Config, error) {
 		return bad("InstanceID", c.InstanceID, "not with ShareGroup: share groups have no static membership")
 	case !c.JoinGroup && c.InstanceID != "":
 		return bad("InstanceID", c.InstanceID, "only with JoinGroup")
+	case c.GroupProtocol != "" && c.GroupProtocol != GroupProtocolClassic && c.GroupProtocol != GroupProtocolConsumer:
+		return bad("GroupProtocol", c.GroupProtocol, `must be "classic" or "consumer"`)
+	case c.GroupProtocol == GroupProtocolConsumer && !c.JoinGroup:
+		return bad("GroupProtocol", c.GroupProtocol, "only with JoinGroup")
+	case c.ServerAssignor != "" && c.GroupProtocol != GroupProtocolConsumer:
+		return bad("ServerAssignor", c.ServerAssignor, `only with GroupProtocol "consumer"`)
+	case c.ServerAssignor != "" && c.ServerAssignor != "uniform" && c.ServerAssignor != "range":
+		return bad("ServerAssignor", c.ServerAssignor, `must be "", "uniform" or "range"`)
 	case c.SessionTimeout < 0:
 		return bad("SessionTimeout", c.SessionTimeout, "must not be negative")
 	case c.RebalanceTimeout < 0:
@@ -328,6 +357,9 @@ func (c Config) withDefaults() (Config, error) {
 		}
 	}
 	c.Assignors = slices.Clone(c.Assignors)
+	if c.GroupProtocol == "" {
+		c.GroupProtocol = GroupProtocolClassic
+	}
 	if c.Dialer == nil {
 		c.Dialer = kafka.DefaultDialer
 	}

@@ -89,6 +89,8 @@ func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
 		c.sess.share = newShareFetcher(c.sess.env, c.kc.share, cfg.Group, m.memberID, &m.topicID, c.led.acks, c.lostShare)
 		c.led.acks.wake = c.sess.share.nudge.notify
 		c.src = m
+	case cfg.JoinGroup && cfg.GroupProtocol == GroupProtocolConsumer:
+		c.src = newConsumerMember(cfg, c.log, c.kc, live, groupHost{apply: c.ho.apply, stop: c.stopForGood})
 	case cfg.JoinGroup:
 		c.src = newMember(cfg, c.log, c.kc, live, groupHost{apply: c.ho.apply, stop: c.stopForGood})
 	default:

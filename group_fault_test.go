@@ -39,11 +39,11 @@ func TestGroupCommitNotSentUnderALaterLease(t *testing.T) {
 	require.Eventually(t, func() bool {
 		return b.Stats().Generation > 0 && b.Stats().Generation == a.Stats().Generation
 	}, 30*time.Second, 10*time.Millisecond, "b joins a's group")
-	first := a.Stats().MemberID
+	first, firstGen := a.Stats().MemberID, a.Stats().Generation
 
 	// a's requests to the coordinator fail from now on: its session
 	// expires, b takes the partition and commits past a's offset.
-	f.block(kmsg.OffsetCommit, kmsg.Heartbeat, kmsg.JoinGroup, kmsg.SyncGroup, kmsg.LeaveGroup)
+	f.block(kmsg.OffsetCommit, heartbeatKey(), joinKey(), kmsg.SyncGroup, kmsg.LeaveGroup)
 	res := make(chan error, 1)
 	var wg sync.WaitGroup
 	wg.Go(func() { res <- a.Commit(testCtx(t)) })
@@ -56,10 +56,12 @@ func TestGroupCommitNotSentUnderALaterLease(t *testing.T) {
 
 	// a gets through to the coordinator again, and rejoins under a new
 	// member id; then its commits get through too.
-	f.allow(kmsg.Heartbeat, kmsg.JoinGroup, kmsg.SyncGroup, kmsg.LeaveGroup)
+	f.allow(heartbeatKey(), joinKey(), kmsg.SyncGroup, kmsg.LeaveGroup)
 	require.Eventually(t, func() bool {
 		s := a.Stats()
-		return s.MemberID != "" && s.MemberID != first && s.Generation > 0
+		// Classic: a new member id; consumer protocol: the same member id
+		// (the member makes it), a new epoch.
+		return s.MemberID != "" && (s.MemberID != first || s.Generation != firstGen) && s.Generation > 0
 	}, 40*time.Second, 10*time.Millisecond, "a rejoins")
 	f.clear()
 	err := <-res
@@ -132,7 +134,7 @@ func TestGroupSilentMemberStartsNoHandler(t *testing.T) {
 	require.Eventually(t, func() bool { return started() >= 20 }, 30*time.Second, 10*time.Millisecond)
 
 	held := time.Now()
-	f.hold(kmsg.Heartbeat) // the coordinator hears nothing from a
+	f.hold(heartbeatKey()) // the coordinator hears nothing from a
 	require.Eventually(t, func() bool { return a.Stats().Suspended }, 30*time.Second, 10*time.Millisecond)
 	s := a.Stats()
 	require.False(t, s.LastHeard.After(held), "a heard from the coordinator after its heartbeats stalled")
@@ -175,7 +177,7 @@ func TestGroupSilentMemberDeliversNothing(t *testing.T) {
 	assignedTo(t, 1, a)
 	drain(t, a, 10, 10)
 
-	f.hold(kmsg.Heartbeat)
+	f.hold(heartbeatKey())
 	require.Eventually(t, func() bool { return a.Stats().Suspended }, 30*time.Second, 10*time.Millisecond)
 	msgs, err := a.GetMessages(testCtx(t), 10, Block(false))
 	require.NoError(t, err)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"slices"
@@ -12,17 +13,54 @@ import (
 	"testing"
 	"time"
 
-	"github.com/segmentio/kafka-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 // groupCfg is a group member's config with timeouts short enough for tests
 // (Kafka's group.min.session.timeout.ms is 6s).
 func groupCfg(topic, group string) Config {
-	return Config{
+	cfg := Config{
 		Topic: topic, Group: group, JoinGroup: true,
 		SessionTimeout: 6 * time.Second, RebalanceTimeout: 5 * time.Second, HeartbeatInterval: 100 * time.Millisecond,
+		GroupProtocol: testGroupProtocol,
+	}
+	if os.Getenv("MULTICONSUMER_TEST_LOG") != "" {
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return cfg
+}
+
+// envGroupProtocol runs the group tests under a group protocol:
+// "classic" (the default) or "consumer" (KIP-848). .ci/run runs them under
+// both.
+const envGroupProtocol = "MULTICONSUMER_GROUP_PROTOCOL"
+
+var testGroupProtocol = os.Getenv(envGroupProtocol)
+
+// heartbeatKey is the request by which a member of the tests' protocol
+// heartbeats; joinKey, that by which it joins.
+func heartbeatKey() kmsg.Key {
+	if testGroupProtocol == GroupProtocolConsumer {
+		return kmsg.ConsumerGroupHeartbeat
+	}
+	return kmsg.Heartbeat
+}
+
+func joinKey() kmsg.Key {
+	if testGroupProtocol == GroupProtocolConsumer {
+		return kmsg.ConsumerGroupHeartbeat
+	}
+	return kmsg.JoinGroup
+}
+
+// classicOnly skips a test of the classic protocol's own requests (JoinGroup,
+// SyncGroup, its assignors) when the group tests run under "consumer".
+func classicOnly(t *testing.T) {
+	t.Helper()
+	if testGroupProtocol == GroupProtocolConsumer {
+		t.Skip("a test of the classic protocol's requests; the group tests run under " + envGroupProtocol + "=consumer")
 	}
 }
 
@@ -507,9 +545,7 @@ func TestGroupDefaultClientID(t *testing.T) {
 	a := open(t, groupCfg(topic, g))
 	assignedTo(t, 1, a)
 	assert.Equal(t, DefaultClientID, a.Stats().ClientID)
-	res, err := cluster.Client().DescribeGroups(testCtx(t), &kafka.DescribeGroupsRequest{GroupIDs: []string{g}})
+	ids, err := cluster.GroupMemberClientIDs(testCtx(t), g)
 	require.NoError(t, err)
-	require.Len(t, res.Groups, 1)
-	require.Len(t, res.Groups[0].Members, 1)
-	assert.Equal(t, DefaultClientID, res.Groups[0].Members[0].ClientID)
+	assert.Equal(t, []string{DefaultClientID}, ids)
 }

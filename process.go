@@ -740,22 +740,30 @@ func (p *processor) attempt(ctx context.Context, t task) (a attempted) {
 }
 
 // observeLocked records an attempt of t in the stats. p.mu is held.
-func (p *processor) observeLocked(t task, a *attempted) {
+//
+// handled counts t as handled too: one critical section of the totals per
+// attempt, and no allocation (the hot path of every message).
+func (p *processor) observeLocked(t task, a *attempted, handled bool) {
 	s := &p.slots[t.slot]
 	if s.Started.IsZero() {
 		s.Started = a.start
 	}
-	var pe *PanicError
-	panicked := a.err != nil && errors.As(a.err, &pe)
+	panicked := false
 	if a.err != nil {
 		s.Attempts++
+		var pe *PanicError
+		panicked = errors.As(a.err, &pe)
 	}
-	p.totals.add(func(st *ProcessStats) {
-		st.HandlerDurations.observe(a.took)
-		if panicked {
-			st.Panics++
-		}
-	})
+	tot := p.totals
+	tot.mu.Lock()
+	tot.s.HandlerDurations.observe(a.took)
+	if panicked {
+		tot.s.Panics++
+	}
+	if handled {
+		tot.s.Handled++
+	}
+	tot.mu.Unlock()
 }
 
 // observe records a failed attempt of t, followed by a retry if retry, and
@@ -765,7 +773,7 @@ func (p *processor) observe(t task, a *attempted, retry bool) (bool, <-chan stru
 	interrupt := p.out.interrupted() // before current: a Seek after it closes it
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.observeLocked(t, a)
+	p.observeLocked(t, a, false)
 	current := p.current(t)
 	if retry && current {
 		p.totals.add(func(s *ProcessStats) { s.Retries++ })
@@ -841,7 +849,7 @@ func (p *processor) finish(t task, o outcome, a *attempted) {
 	complete := o == completed
 	p.mu.Lock()
 	if a != nil {
-		p.observeLocked(t, a)
+		p.observeLocked(t, a, complete)
 	}
 	p.running--
 	p.slots[t.slot] = Handling{}
@@ -856,9 +864,6 @@ func (p *processor) finish(t task, o outcome, a *attempted) {
 		case rejected:
 			p.acks.decide(t.m.Partition, t.m.Offset, AckReject)
 		}
-	}
-	if complete && a != nil {
-		p.totals.add(func(s *ProcessStats) { s.Handled++ })
 	}
 	l := t.lane
 	l.running--

@@ -459,8 +459,13 @@ func TestShareGroupDroppedConnections(t *testing.T) {
 		f.allow(kmsg.ShareFetch, kmsg.ShareAcknowledge)
 		time.Sleep(50 * time.Millisecond)
 	}
-	require.Eventually(t, func() bool { return accepted() == n }, 30*time.Second, 10*time.Millisecond,
-		"accepted %d of %d", accepted(), n)
+	if !assert.Eventually(t, func() bool { return accepted() == n }, 30*time.Second, 10*time.Millisecond) {
+		for i, c := range []*MultiConsumer{a, b} {
+			st := c.Stats()
+			t.Logf("member %d: share %+v queue %d process %+v", i, st.Share, st.QueueLen, st.Process)
+		}
+		t.FailNow()
+	}
 	cancel()
 	wg.Wait()
 	assert.Positive(t, f.hits.Load(), "no connection dropped")

@@ -169,6 +169,7 @@ func (s *shareSession) run(ctx context.Context) {
 		nudged := f.nudge.wait()
 		fetch, fetching, closing := f.state(s.broker)
 		now := time.Now()
+
 		if len(s.backlog) > 0 {
 			s.offerBacklog()
 		}
@@ -255,11 +256,26 @@ func nextEpoch(e int32) int32 {
 
 // ended handles the end of the session (its connection dropped, or the
 // broker no longer knows it): the broker released its records.
-func (s *shareSession) ended(why error) {
+//
+// It closes the session first (epoch -1, on a new connection), whether the
+// broker still has it or not: a broker that opened the member's next
+// session before it saw the old connection close would otherwise keep the
+// old session's records acquired by this member until their locks ran out
+// (a member id holds them, not a connection). After the close the broker
+// has released every one of them, so none is settled twice: the member
+// forgets them (their waiters get ErrSessionLost), and lostShare drops
+// what the queue and Process still hold.
+func (s *shareSession) ended(ctx context.Context, why error) {
 	if s.epoch == 0 {
 		return
 	}
 	s.log.Warn("share: session ended; its records were released", "err", why)
+	req := kmsg.NewPtrShareAcknowledgeRequest()
+	req.GroupID, req.MemberID = &s.f.group, &s.f.memberID
+	req.ShareSessionEpoch = -1
+	rctx, cancel := s.f.env.kc.withTimeout(ctx)
+	_, _ = s.f.cl.DoBroker(rctx, int32(s.broker), req) // SHARE_SESSION_NOT_FOUND when the broker closed it already
+	cancel()
 	s.epoch, s.inSession, s.backlog = 0, nil, nil
 	if parts := s.f.acks.sessionLost(s.id); len(parts) > 0 {
 		s.f.lost(parts)
@@ -343,18 +359,18 @@ func (s *shareSession) fetch(ctx context.Context, fetch []int, room int, now tim
 			return nil
 		}
 	}
-	s.failed(items, err)
+	s.failed(ctx, items, err)
 	return err
 }
 
 // failed puts items back after a request that did not go through, and
 // ends the session if err says it is gone.
-func (s *shareSession) failed(items map[int][]ackItem, err error) {
+func (s *shareSession) failed(ctx context.Context, items map[int][]ackItem, err error) {
 	for p, its := range items {
 		s.f.acks.resend(p, its)
 	}
 	if sessionError(err) {
-		s.ended(err)
+		s.ended(ctx, err)
 	}
 }
 
@@ -535,7 +551,7 @@ func (s *shareSession) acknowledge(ctx context.Context, now time.Time) error {
 			return nil
 		}
 	}
-	s.failed(items, err)
+	s.failed(ctx, items, err)
 	return err
 }
 

@@ -71,7 +71,7 @@ func (m *shareMember) setup(ctx context.Context, reset string) error {
 				m.group, k.Name(), k.Int16(), len(vs), maxKey(vs))
 		}
 	}
-	if err := retryKafka(ctx, func() (err error) { m.topicID, err = m.topicIDOf(ctx); return err }); err != nil {
+	if err := retryKafka(ctx, func() (err error) { m.topicID, err = topicIDOf(ctx, m.kc, m.topic); return err }); err != nil {
 		return err
 	}
 	return retryKafka(ctx, func() error { return m.initGroupConfig(ctx, reset) })
@@ -104,33 +104,6 @@ func maxKey(vs map[int16]wire.VersionRange) int16 {
 		k = max(k, key)
 	}
 	return k
-}
-
-// topicIDOf returns the topic's id (Metadata v10+), which share-group
-// requests carry instead of its name.
-func (m *shareMember) topicIDOf(ctx context.Context) ([16]byte, error) {
-	req := kmsg.NewPtrMetadataRequest()
-	t := kmsg.NewMetadataRequestTopic()
-	t.Topic = &m.topic
-	req.Topics = append(req.Topics, t)
-	rctx, cancel := m.kc.withTimeout(ctx)
-	defer cancel()
-	kres, err := m.cl.Do(rctx, req)
-	if err != nil {
-		return [16]byte{}, fmt.Errorf("multiconsumer: topic %q: read its id: %w", m.topic, err)
-	}
-	for _, rt := range kres.(*kmsg.MetadataResponse).Topics {
-		if rt.Topic != nil && *rt.Topic == m.topic {
-			if err := wire.ErrorForCode(rt.ErrorCode); err != nil {
-				return [16]byte{}, fmt.Errorf("multiconsumer: topic %q: %w", m.topic, err)
-			}
-			if rt.TopicID == ([16]byte{}) {
-				return [16]byte{}, fmt.Errorf("multiconsumer: topic %q has no topic id (the broker is older than share groups)", m.topic)
-			}
-			return rt.TopicID, nil
-		}
-	}
-	return [16]byte{}, fmt.Errorf("multiconsumer: topic %q not in the metadata", m.topic)
 }
 
 // initGroupConfig sets share.auto.offset.reset of a share group that does

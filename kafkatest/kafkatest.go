@@ -29,6 +29,14 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
+// TestBrokerConfigs are the broker configs of the embedded cluster Start
+// starts: short group heartbeats and sessions, for tests.
+var TestBrokerConfigs = map[string]string{
+	"group.consumer.heartbeat.interval.ms": "100",
+	"group.consumer.session.timeout.ms":    "6000",
+	"group.share.heartbeat.interval.ms":    "100",
+}
+
 // EnvBrokers is the environment variable that, when set to a comma-separated
 // list of host:port, makes Run use that cluster instead of an embedded one.
 const EnvBrokers = "KAFKA_BROKERS"
@@ -45,9 +53,12 @@ type Cluster struct {
 }
 
 // Start starts an embedded single-broker cluster on a free loopback port.
-// Stop it with Close.
+// Stop it with Close. Its KIP-848 and share groups heartbeat every 100 ms
+// (a member gets its assignment at once), and a KIP-848 member's session
+// lasts 6 s (a killed member's partitions move soon), as
+// scripts/kafka.sh sets a real test broker.
 func Start() (*Cluster, error) {
-	kf, err := kfake.NewCluster(kfake.NumBrokers(1))
+	kf, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.BrokerConfigs(TestBrokerConfigs))
 	if err != nil {
 		return nil, fmt.Errorf("kafkatest: start embedded broker: %w", err)
 	}
@@ -328,6 +339,45 @@ func (c *Cluster) SetGroupConfig(ctx context.Context, group string, configs map[
 		}
 	}
 	return nil
+}
+
+// GroupMemberClientIDs returns the client ids of the members of group, a
+// classic group or a KIP-848 consumer group (ConsumerGroupDescribe), as
+// Kafka's tools list them.
+func (c *Cluster) GroupMemberClientIDs(ctx context.Context, group string) ([]string, error) {
+	res, err := c.client.DescribeGroups(ctx, &kafka.DescribeGroupsRequest{GroupIDs: []string{group}})
+	if err != nil {
+		return nil, fmt.Errorf("kafkatest: describe group %s: %w", group, err)
+	}
+	var ids []string
+	for _, g := range res.Groups {
+		for _, m := range g.Members {
+			ids = append(ids, m.ClientID)
+		}
+	}
+	if len(ids) > 0 {
+		return ids, nil
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.brokers...))
+	if err != nil {
+		return nil, fmt.Errorf("kafkatest: describe group %s: %w", group, err)
+	}
+	defer cl.Close()
+	req := kmsg.NewPtrConsumerGroupDescribeRequest()
+	req.Groups = []string{group}
+	cres, err := req.RequestWith(ctx, cl)
+	if err != nil {
+		return nil, fmt.Errorf("kafkatest: describe consumer group %s: %w", group, err)
+	}
+	for _, g := range cres.Groups {
+		if err := kerr.ErrorForCode(g.ErrorCode); err != nil && !errors.Is(err, kerr.GroupIDNotFound) {
+			return nil, fmt.Errorf("kafkatest: describe consumer group %s: %w", group, err)
+		}
+		for _, m := range g.Members {
+			ids = append(ids, m.ClientID)
+		}
+	}
+	return ids, nil
 }
 
 // produce sends one batch, retrying while the error is temporary: a real

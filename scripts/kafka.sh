@@ -184,6 +184,13 @@ group.initial.rebalance.delay.ms=0
 group.share.heartbeat.interval.ms=500
 group.share.min.heartbeat.interval.ms=100
 group.share.min.record.lock.duration.ms=1000
+# KIP-848 consumer groups: the same short heartbeats, and a 6s session
+# (the classic tests' SessionTimeout), so that a killed member's partitions
+# move soon.
+group.consumer.heartbeat.interval.ms=500
+group.consumer.min.heartbeat.interval.ms=100
+group.consumer.session.timeout.ms=6000
+group.consumer.min.session.timeout.ms=6000
 EOF
   if [[ -n "${KAFKA_EXTRA_PROPS:-}" ]]; then
     printf '%s\n' "$KAFKA_EXTRA_PROPS" >>"$CONF"
