@@ -374,7 +374,15 @@ func TestGroupLateMember(t *testing.T) {
 		assert.NotEqual(t, moved, m.Partition, "a message of a partition a no longer owns")
 	}
 	require.NoError(t, a.Commit(testCtx(t)))
-	assert.Equal(t, map[int]int64{0: 20, 1: 20}, committed(t, topic, g, 2))
+	if testGroupProtocol == GroupProtocolConsumer && !cluster.Embedded() {
+		// Kafka fences a consumer-protocol member that does not revoke
+		// within its rebalance timeout: a lost its other partition too,
+		// and reads it again from its committed offset. The moved
+		// partition's commit, b's, stands.
+		assert.Equal(t, int64(20), committed(t, topic, g, 2)[moved])
+	} else {
+		assert.Equal(t, map[int]int64{0: 20, 1: 20}, committed(t, topic, g, 2))
+	}
 	assert.Equal(t, int64(20), b.Stats().Partitions[moved].Committed)
 }
 

@@ -84,6 +84,7 @@ const (
 // fetches (KAFKA_LIB_DIR, else $KAFKA_HOME_DIR/lib, else .kafka/lib), and
 // java on the PATH (or in JAVA_HOME). Not parallel: it starts JVMs.
 func TestGroupJavaInterop(t *testing.T) {
+	classicOnly(t) // the Java member speaks classic; TestConsumerGroupJavaInterop is the consumer protocol's
 	if cluster.Embedded() {
 		t.Skip("needs a real Apache Kafka: set KAFKA_BROKERS (scripts/kafka.sh start); kfake is not Kafka's group coordinator")
 	}
