@@ -2,8 +2,8 @@ package multiconsumer
 
 import (
 	"bufio"
-	"fmt"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
