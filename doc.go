@@ -56,7 +56,11 @@
 // member that lost its partitions cannot commit over their new owner, even
 // with a retry after it rejoined. A member that has not heard from its
 // coordinator for SessionTimeout delivers nothing new and starts no
-// handler until it does (see Stats.Suspended).
+// handler until it does (see Stats.Suspended). Config.GroupProtocol picks
+// Kafka's classic group protocol (the default) or KIP-848's consumer
+// protocol ("consumer", Kafka 4.0+), where the broker computes the
+// assignment and a commit carries the member epoch; the rest holds under
+// both.
 //
 // # Share groups
 //
