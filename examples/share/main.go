@@ -80,7 +80,10 @@ func run(kf *exampleflags.Flags, members, messages int) error {
 			return err
 		}
 		wg.Go(func() {
-			err := c.Process(ctx, multiconsumer.ProcessConfig{Concurrency: 8}, func(ctx context.Context, m kafka.Message) error {
+			// Unordered: the records have no key, and a share group orders
+			// nothing across members anyway (ByKey, the default, would run a
+			// partition's keyless records one at a time).
+			err := c.Process(ctx, multiconsumer.ProcessConfig{Concurrency: 8, Ordering: multiconsumer.Unordered}, func(ctx context.Context, m kafka.Message) error {
 				time.Sleep(5 * time.Millisecond) // the work
 				if n := counts[i].Add(1); n%100 == 0 {
 					fmt.Printf("%s: %d records handled (the last %s, delivery %d)\n", name, n, m.Value, multiconsumer.DeliveryCount(m))
