@@ -340,6 +340,7 @@ type memberProc struct {
 	stderr  strings.Builder
 
 	ready   chan struct{} // closed on READY
+	readyAt string        // READY's acquired and held records
 	exited  chan struct{} // closed when stdout ends
 	handled atomic.Int64  // the last HANDLED line
 	res     *result       // the RESULT line, once exited
@@ -415,10 +416,19 @@ func (b *bench) shareProcessRun(topic, spec string, members, n, round int) {
 			fail("member %d exited before it was ready: %s", i, lastLines(p.stderr.String(), 5))
 			return
 		case <-deadline:
-			fail("member %d not ready after 60s", i)
+			var held []string
+			for _, p := range procs {
+				held = append(held, p.readyAt)
+			}
+			fail("member %d not ready after 60s (acquired/held per member: %s)", i, strings.Join(held, ", "))
 			return
 		}
 	}
+	var held []string
+	for _, p := range procs {
+		held = append(held, p.readyAt)
+	}
+	logf("share-process r%d %s: all ready, acquired/held per member: %s", round, contender, strings.Join(held, ", "))
 	for _, p := range procs {
 		p.send("go")
 	}
@@ -559,6 +569,7 @@ func (m *memberProc) read(out io.Reader) {
 		line := sc.Text()
 		switch {
 		case strings.HasPrefix(line, "READY"):
+			m.readyAt = strings.TrimSpace(strings.TrimPrefix(line, "READY"))
 			readyOnce()
 		case strings.HasPrefix(line, "HANDLED "):
 			if k, err := strconv.ParseInt(strings.TrimPrefix(line, "HANDLED "), 10, 64); err == nil {
@@ -624,7 +635,8 @@ func shareMemberChild(o options) error {
 		time.Sleep(5 * time.Millisecond)
 	}
 	sr.Ready = time.Since(t0).Seconds()
-	fmt.Println("READY")
+	st := c.Stats().Share
+	fmt.Printf("READY %d %d\n", st.Acquired, st.Held)
 
 	goCh, stopCh := make(chan struct{}), make(chan struct{})
 	go func() {
@@ -691,7 +703,7 @@ func shareMemberChild(o options) error {
 	} else if cerr != nil {
 		res.Err = "close: " + cerr.Error()
 	}
-	st := c.Stats().Share
+	st = c.Stats().Share
 	sr.Stats = &st
 	sr.First, sr.Last, sr.Handled = first.Load(), last.Load(), handled.Load()
 
