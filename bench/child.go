@@ -71,6 +71,11 @@ type result struct {
 	// in seconds; with AllocBytes, Allocs and NumGC (whole process too) in
 	// the io, cpu and pc modes.
 	CPU float64 `json:"cpu_s,omitempty"`
+	// The share suite (share.go): the member's share statistics, or the
+	// process part's figures; the machine's 1-minute load average when
+	// the run started.
+	Share *shareResult `json:"share,omitempty"`
+	Load  float64      `json:"load1,omitempty"`
 }
 
 // allocPerMsg returns the latency mode's bytes and allocations per message
@@ -219,6 +224,10 @@ func runnerFor(s spec) (runner, error) {
 		return runFranz(s), nil
 	case "mc-process":
 		return runMCProcess(s), nil
+	case "mc-share":
+		return runMCShare(s), nil
+	case "franz-share":
+		return runFranzShare(s), nil
 	}
 	return nil, fmt.Errorf("unknown contender %q", s.name)
 }
@@ -460,6 +469,9 @@ func child(o options) error {
 		r.SleepMean = time.Duration(slept.Load() / n).Seconds()
 	}
 	r.CPU = cpuSeconds()
+	if st := shareStats.Load(); st != nil {
+		r.Share = &shareResult{Stats: st}
+	}
 	if o.mode == "io" || o.mode == "cpu" {
 		r.AllocBytes, r.Allocs, r.NumGC = ms.TotalAlloc, ms.Mallocs, ms.NumGC
 	}

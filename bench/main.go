@@ -13,6 +13,13 @@
 // assigned and gave up; with BENCH_GROUP_LOG=lib, MultiConsumer's own log
 // too.
 //
+// Share groups (KIP-932, share.go): the share suite drains the backlog
+// through a share group (mc-share: MultiConsumer with ShareGroup;
+// franz-share: franz-go's share consumer) next to our consumer-group
+// drain, and runs Process members (1, 2, 4 by default), each a child
+// process, on one partition with a 5 ms handler, counting records handled
+// twice.
+//
 // Every contender runs in a child process (the program re-executes itself
 // with -contender) so that its peak RSS is its own; the embedded broker
 // (kfake) runs in a third process (-serve). With -brokers host:port it uses
@@ -36,6 +43,7 @@
 //	go run . -suites rebalance -rounds 3 -out /tmp/r -docs /tmp/r
 //	go run . -suites process                  # Process: pc's table, 1 ms handler, near-empty handler
 //	go run . -suites process -process-parts pc -pc-dist uniform -label kfake-uniform
+//	go run . -suites share -rounds 3 -n 1000000 -sizes 100   # share groups: drain, Process members
 //
 // Its default paths (-out, -docs, the Python venv) are the repository's
 // bench/results, docs and bench/python, whether it runs from bench/ or, as
@@ -87,6 +95,15 @@ type options struct {
 	processConc    string
 	processProfile bool
 
+	// share suite (share.go)
+	shareParts      string
+	shareContenders string
+	shareN          int
+	shareMembers    string
+	shareMember     string
+	shareSleep      time.Duration
+	shareProfile    bool
+
 	out        string
 	docs       string
 	reportFrom string
@@ -100,6 +117,10 @@ type options struct {
 	handlers   int
 	timeout    time.Duration
 
+	// share-member child (share.go)
+	shareGroup   string
+	shareOffsets string
+
 	// broker
 	serve bool
 }
@@ -108,7 +129,7 @@ func main() {
 	var o options
 	flag.StringVar(&o.brokers, "brokers", "", "host:port of a running Kafka; empty: start an embedded kfake broker in a child process")
 	flag.StringVar(&o.label, "label", "", "name of this run in file names (default kfake or kafka)")
-	flag.StringVar(&o.suites, "suites", "drain,latency,io", "suites to run: drain, latency, io, rebalance, pitfall, mem, profile, process")
+	flag.StringVar(&o.suites, "suites", "drain,latency,io", "suites to run: drain, latency, io, rebalance, pitfall, mem, profile, process, share")
 	flag.IntVar(&o.partitions, "partitions", 8, "partitions of each topic")
 	flag.IntVar(&o.n, "n", 1_000_000, "messages in the backlog to drain")
 	flag.StringVar(&o.sizes, "sizes", "100,1024", "message value sizes in bytes, comma-separated")
@@ -133,17 +154,26 @@ func main() {
 	flag.StringVar(&o.pcRows, "pc-rows", "process", "process suite, pc part: process (Process), baseline (the same sleeps scheduled in memory, no Kafka), or process,baseline")
 	flag.StringVar(&o.processConc, "process-c", "1,4,16,64", "process suite, io part: Concurrency (and pool sizes)")
 	flag.BoolVar(&o.processProfile, "process-profile", false, "process suite: also write CPU profiles of the cpu part's contenders (and allocation profiles) and of the io part's at the highest concurrency (one more run each)")
+	flag.StringVar(&o.shareParts, "share-parts", "drain,process", "parts of the share suite: drain (a share group drains -n x -sizes; -share-contenders), process (Process members on one partition)")
+	flag.StringVar(&o.shareContenders, "share-contenders", strings.Join(defaultShareDrain, " "), "share suite, drain part: contenders, space-separated")
+	flag.IntVar(&o.shareN, "share-n", 64_000, "share suite, process part: records on the one partition")
+	flag.StringVar(&o.shareMembers, "share-members", "1,2,4", "share suite, process part: members (one child process each), comma-separated")
+	flag.StringVar(&o.shareMember, "share-member", shareMemberSpec, "share suite, process part: the member, c= Concurrency, q= QueueSize, order=; several, space-separated")
+	flag.DurationVar(&o.shareSleep, "share-sleep", 5*time.Millisecond, "share suite, process part: the handler's sleep per record")
+	flag.BoolVar(&o.shareProfile, "share-profile", false, "share suite, drain part: write a CPU profile of the mc-share contenders' first round")
 	flag.StringVar(&o.out, "out", fromRoot("bench/results"), "directory for the JSON and Markdown results and profiles")
 	flag.StringVar(&o.docs, "docs", fromRoot("docs"), "directory for the PNG charts")
 	flag.StringVar(&o.reportFrom, "report", "", "only write the tables and charts of a results JSON file of an earlier run (give its -suites and -label too, and its -rate if it predates per-result rates)")
 
 	flag.StringVar(&o.contender, "contender", "", "child mode: run this contender and print its result")
-	flag.StringVar(&o.mode, "mode", "drain", "child mode: drain, latency, io, cpu, pc or rebalance")
+	flag.StringVar(&o.mode, "mode", "drain", "child mode: drain, latency, io, cpu, pc, rebalance or share-member")
 	flag.StringVar(&o.topic, "topic", "", "child mode: topic")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "child mode: write a CPU profile")
 	flag.StringVar(&o.memprofile, "memprofile", "", "child mode: write an allocation profile")
 	flag.IntVar(&o.handlers, "handlers", 0, "child io mode: handler goroutines (0: the caller handles each message)")
 	flag.DurationVar(&o.timeout, "timeout", 5*time.Minute, "child mode: give up after this long")
+	flag.StringVar(&o.shareGroup, "share-group", "", "child share-member mode: the share group")
+	flag.StringVar(&o.shareOffsets, "share-offsets", "", "child share-member mode: file for the offsets handled")
 
 	flag.BoolVar(&o.serve, "serve", false, "run an embedded kfake broker, print its address, serve until stdin closes")
 	flag.Parse()
@@ -158,6 +188,8 @@ func main() {
 		err = serve()
 	case o.contender != "" && o.mode == "rebalance":
 		err = rebalanceChild(o)
+	case o.contender != "" && o.mode == "share-member":
+		err = shareMemberChild(o)
 	case o.contender != "":
 		err = child(o)
 	default:

@@ -141,6 +141,8 @@ func orchestrate(o options) error {
 			err = b.pythonSuite()
 		case "process":
 			err = b.processSuite()
+		case "share":
+			err = b.shareSuite()
 		default:
 			err = fmt.Errorf("unknown suite %q", s)
 		}

@@ -152,6 +152,7 @@ func (b *bench) report() error {
 		b.rebalanceTable(&md)
 	}
 	b.processReport(&md)
+	b.shareReport(&md)
 	if b.has("io") {
 		w("### io: each message waits %s; handlers = goroutines doing the wait (1 = the caller itself)\n\n", b.o.ioSleep)
 		w("| contender | handlers | messages | msg/s |\n|---|---:|---:|---:|\n")
