@@ -121,7 +121,11 @@ func (m *consumerMember) run(ctx context.Context) {
 		} else {
 			m.joinedErr(err)
 			switch {
-			case errors.Is(err, kerr.FencedMemberEpoch) || errors.Is(err, kerr.UnknownMemberID):
+			case errors.Is(err, kerr.FencedMemberEpoch) || errors.Is(err, kerr.UnknownMemberID) ||
+				m.epoch > 0 && errors.Is(err, kerr.GroupIDNotFound):
+				// GROUP_ID_NOT_FOUND to a member already in the group: it
+				// was removed, and the group turned classic meanwhile
+				// (a rolling migration back); its join upgrades it again.
 				// Out of the group: what it owned is someone else's now.
 				m.awaitApply()
 				m.lose(ctx, err)
