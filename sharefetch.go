@@ -301,13 +301,12 @@ func (s *shareSession) fetch(ctx context.Context, fetch []int, room int, now tim
 	req.MaxBytes = fetchMaxBytes
 	req.MaxRecords = int32(min(room, math.MaxInt32))
 	req.BatchSize = req.MaxRecords
-	// Batch-optimized (KIP-1206): the broker acquires whole record
-	// batches, so that it does not send a batch again for each part of it
-	// acquired (a record-limit fetch of 1,000 records of a 4,096-record
-	// batch gets the whole batch each time). A fetch may then acquire a
-	// batch's worth past the queue's room: what does not fit waits in the
-	// session's backlog, and the next fetch waits until it is queued.
-	req.ShareAcquireMode = 0
+	// Record limit (KIP-1206, v2+): no more than MaxRecords, so that the
+	// members of a partition each get work. Batch-optimized mode would
+	// spare Kafka sending a batch again for each part of it acquired
+	// (1.5x the drain rate on Kafka), but lets one member acquire a whole
+	// producer batch, however large, and starve the others.
+	req.ShareAcquireMode = 1
 	open := s.epoch == 0
 	if open {
 		s.id = f.sessions.Add(1)
