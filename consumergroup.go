@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/multiconsumer/multiconsumer/internal/wire"
@@ -51,11 +50,7 @@ type consumerMember struct {
 	applying   chan struct{}
 	reconciled []int // set by the reconciliation before it closes applying
 
-	mu           sync.Mutex // guards the counts below, for Stats
-	rebalances   int64
-	rebalancing  time.Duration
-	joinFailures int64
-	joinErr      error
+	counts memberStats
 }
 
 func newConsumerMember(cfg Config, log *slog.Logger, kc *brokers, live *liveness, host groupHost) *consumerMember {
@@ -85,7 +80,7 @@ func (m *consumerMember) start(ctx context.Context, _ []int) error {
 	}
 	m.log.Info(`group: protocol "consumer": the broker's group.consumer.* settings apply; SessionTimeout, HeartbeatInterval and Assignors are not used`,
 		"member", m.memberID, "serverAssignor", m.cfg.ServerAssignor)
-	err = retryKafka(ctx, func() (err error) {
+	err = retry(ctx, true, func() (err error) {
 		m.topicID, err = topicIDOf(ctx, m.kc, m.cfg.Topic)
 		return err
 	})
@@ -115,11 +110,11 @@ func (m *consumerMember) run(ctx context.Context) {
 		if err == nil {
 			backoff = 0
 			m.live.answered()
-			m.joinedOK()
+			m.counts.joined(nil)
 			m.answered(res)
 			m.maybeReconcile(ctx)
 		} else {
-			m.joinedErr(err)
+			m.counts.joined(err)
 			switch {
 			case errors.Is(err, kerr.FencedMemberEpoch) || errors.Is(err, kerr.UnknownMemberID) ||
 				m.epoch > 0 && errors.Is(err, kerr.GroupIDNotFound):
@@ -206,7 +201,7 @@ func (m *consumerMember) maybeReconcile(ctx context.Context) {
 		m.host.apply(ctx, a)
 		m.reconciled = a.owned
 		if len(a.added)+len(a.revoked) > 0 {
-			m.rebalanced(time.Since(start)) // a rebalance of this member: from the assignment to applied
+			m.counts.rebalanced(time.Since(start)) // a rebalance of this member: from the assignment to applied
 		}
 	}()
 }
@@ -317,33 +312,7 @@ func (m *consumerMember) leave(ctx context.Context) error {
 	return nil
 }
 
-func (m *consumerMember) joinedOK() {
-	m.mu.Lock()
-	m.joinErr = nil
-	m.mu.Unlock()
-}
-
-func (m *consumerMember) joinedErr(err error) {
-	m.mu.Lock()
-	m.joinFailures++
-	m.joinErr = err
-	m.mu.Unlock()
-}
-
-func (m *consumerMember) rebalanced(d time.Duration) {
-	m.mu.Lock()
-	m.rebalances++
-	m.rebalancing += d
-	m.mu.Unlock()
-}
-
-func (m *consumerMember) stats(s *Stats) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	s.Rebalances, s.RebalanceTime = m.rebalances, m.rebalancing
-	s.JoinFailures, s.JoinError = m.joinFailures, m.joinErr
-	s.LastHeard, s.Suspended = m.live.lastHeard(), !m.live.alive()
-}
+func (m *consumerMember) stats(s *Stats) { m.counts.fill(s, m.live) }
 
 // topicIDOf returns the topic's id (Metadata v10+), which the consumer and
 // share protocols carry instead of its name.

@@ -45,11 +45,43 @@ type member struct {
 	assignor   assignor
 	coord      net.Addr // the group coordinator, for heartbeats
 
-	mu           sync.Mutex // guards the counts below, for Stats
+	counts memberStats
+}
+
+// memberStats are a group member's counts for Stats, whatever its protocol.
+type memberStats struct {
+	mu           sync.Mutex // guards the fields below
 	rebalances   int64
 	rebalancing  time.Duration
-	joinFailures int64 // joins that failed
-	joinErr      error // of the last join, when it failed
+	joinFailures int64 // joins (or heartbeats) that failed
+	joinErr      error // of the last one, when it failed
+}
+
+// joined records the outcome of a join or heartbeat: its error, or nil.
+func (c *memberStats) joined(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.joinErr = err
+	if err != nil {
+		c.joinFailures++
+	}
+}
+
+// rebalanced counts a rebalance that took d.
+func (c *memberStats) rebalanced(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.rebalances++
+	c.rebalancing += d
+}
+
+// fill fills in s's group counts, and what live says.
+func (c *memberStats) fill(s *Stats, live *liveness) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s.Rebalances, s.RebalanceTime = c.rebalances, c.rebalancing
+	s.JoinFailures, s.JoinError = c.joinFailures, c.joinErr
+	s.LastHeard, s.Suspended = live.lastHeard(), !live.alive()
 }
 
 // groupHost is what a member asks of the consumer it belongs to: apply a
@@ -77,32 +109,11 @@ func (m *member) grew(context.Context, []int) error {
 	return nil
 }
 
-// joined records the outcome of a join: its error, or nil when it
-// succeeded.
-func (m *member) joined(err error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.joinErr = err
-	if err != nil {
-		m.joinFailures++
-	}
-}
+func (m *member) joined(err error) { m.counts.joined(err) }
 
-// rebalanced counts a rebalance that took d.
-func (m *member) rebalanced(d time.Duration) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.rebalances++
-	m.rebalancing += d
-}
+func (m *member) rebalanced(d time.Duration) { m.counts.rebalanced(d) }
 
-func (m *member) stats(s *Stats) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	s.Rebalances, s.RebalanceTime = m.rebalances, m.rebalancing
-	s.JoinFailures, s.JoinError = m.joinFailures, m.joinErr
-	s.LastHeard, s.Suspended = m.live.lastHeard(), !m.live.alive()
-}
+func (m *member) stats(s *Stats) { m.counts.fill(s, m.live) }
 
 // errLost marks a heartbeat that found the member out of the group.
 var errLost = errors.New("member lost its partitions")

@@ -292,6 +292,10 @@ type liveness struct {
 	news    broadcast     // notified when the coordinator answers
 }
 
+// alwaysAlive is the liveness of a member whose session has no such view
+// (a share-group member: its records' locks bound what it holds).
+var alwaysAlive = newLiveness(0)
+
 func newLiveness(timeout time.Duration) *liveness {
 	return &liveness{born: time.Now(), timeout: timeout}
 }

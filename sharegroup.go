@@ -8,7 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/multiconsumer/multiconsumer/internal/wire"
@@ -40,18 +40,17 @@ type shareMember struct {
 	owned    []int
 	interval time.Duration
 
-	mu           sync.Mutex // guards the counts below, for Stats
-	lastEpoch    int32
-	joinFailures int64
-	joinErr      error
-	rebalances   int64
+	counts    memberStats
+	lastEpoch atomic.Int32 // the epoch of the last answer, for Stats
 }
 
 func newShareMember(cfg *Config, log *slog.Logger, kc *brokers, cl *wire.Client, apply func(context.Context, assignment) error, stop func(error)) *shareMember {
 	var id [16]byte
 	_, _ = rand.Read(id[:])
-	return &shareMember{group: cfg.Group, topic: cfg.Topic, memberID: base64.RawURLEncoding.EncodeToString(id[:]),
-		log: log, kc: kc, cl: cl, apply: apply, stop: stop, interval: time.Second, lastEpoch: -1}
+	m := &shareMember{group: cfg.Group, topic: cfg.Topic, memberID: base64.RawURLEncoding.EncodeToString(id[:]),
+		log: log, kc: kc, cl: cl, apply: apply, stop: stop, interval: time.Second}
+	m.lastEpoch.Store(-1) // before the first join
+	return m
 }
 
 // setup reads the topic's id and, for a share group that does not exist
@@ -71,31 +70,10 @@ func (m *shareMember) setup(ctx context.Context, reset string) error {
 				m.group, k.Name(), k.Int16(), len(vs), maxKey(vs))
 		}
 	}
-	if err := retryKafka(ctx, func() (err error) { m.topicID, err = topicIDOf(ctx, m.kc, m.topic); return err }); err != nil {
+	if err := retry(ctx, true, func() (err error) { m.topicID, err = topicIDOf(ctx, m.kc, m.topic); return err }); err != nil {
 		return err
 	}
-	return retryKafka(ctx, func() error { return m.initGroupConfig(ctx, reset) })
-}
-
-// retryKafka calls f until it succeeds, fails with an error a retry cannot
-// mend, or ctx (bounded by the request timeout) ends: a coordinator that
-// is loading or moved (a fresh cluster creates its group topics on first
-// use), a leader not ready, a dropped connection.
-func retryKafka(ctx context.Context, f func() error) error {
-	delay := 20 * time.Millisecond
-	for {
-		err := f()
-		var ke *kerr.Error
-		if err == nil || !(errors.As(err, &ke) && ke.Retriable || connError(err)) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(delay):
-		}
-		delay = min(2*delay, 500*time.Millisecond)
-	}
+	return retry(ctx, true, func() error { return m.initGroupConfig(ctx, reset) })
 }
 
 func maxKey(vs map[int16]wire.VersionRange) int16 {
@@ -158,7 +136,7 @@ func (m *shareMember) initGroupConfig(ctx context.Context, reset string) error {
 func (m *shareMember) start(ctx context.Context, _ []int) error {
 	ctx, cancel := m.kc.withTimeout(ctx)
 	defer cancel()
-	return retryKafka(ctx, func() error { return m.heartbeat(ctx) })
+	return retry(ctx, true, func() error { return m.heartbeat(ctx) })
 }
 
 // run heartbeats until ctx ends.
@@ -223,10 +201,7 @@ func (m *shareMember) heartbeat(ctx context.Context) error {
 		}
 	}
 	err = fmt.Errorf("multiconsumer: share group %q: heartbeat: %w", m.group, err)
-	m.mu.Lock()
-	m.joinFailures++
-	m.joinErr = err
-	m.mu.Unlock()
+	m.counts.joined(err)
 	return err
 }
 
@@ -237,9 +212,8 @@ func (m *shareMember) answered(ctx context.Context, res *kmsg.ShareGroupHeartbea
 	if res.HeartbeatIntervalMillis > 0 {
 		m.interval = time.Duration(res.HeartbeatIntervalMillis) * time.Millisecond
 	}
-	m.mu.Lock()
-	m.lastEpoch, m.joinErr = m.epoch, nil
-	m.mu.Unlock()
+	m.lastEpoch.Store(m.epoch)
+	m.counts.joined(nil)
 	if res.Assignment == nil {
 		return
 	}
@@ -260,9 +234,7 @@ func (m *shareMember) answered(ctx context.Context, res *kmsg.ShareGroupHeartbea
 	m.owned = owned
 	m.log.Info("share: assigned", "epoch", m.epoch, "partitions", owned)
 	_ = m.apply(ctx, a)
-	m.mu.Lock()
-	m.rebalances++
-	m.mu.Unlock()
+	m.counts.rebalanced(0) // the broker assigns at once: nothing to drain
 }
 
 // grew does nothing: the group's coordinator assigns the partitions added
@@ -290,8 +262,6 @@ func (m *shareMember) leave(ctx context.Context) error {
 }
 
 func (m *shareMember) stats(s *Stats) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	s.MemberID, s.Generation = m.memberID, m.lastEpoch
-	s.Rebalances, s.JoinFailures, s.JoinError = m.rebalances, m.joinFailures, m.joinErr
+	s.MemberID, s.Generation = m.memberID, m.lastEpoch.Load()
+	m.counts.fill(s, alwaysAlive)
 }
