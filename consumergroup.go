@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"time"
 
@@ -353,7 +354,7 @@ func (b *brokers) offsetCommitV9(ctx context.Context, l lease, offsets map[int]i
 	}
 	t := kmsg.NewOffsetCommitRequestTopic()
 	t.Topic, t.TopicID = b.topic, b.topicID // v10+ names it by id
-	for _, p := range slices.Sorted(mapKeys(offsets)) {
+	for _, p := range slices.Sorted(maps.Keys(offsets)) {
 		rp := kmsg.NewOffsetCommitRequestTopicPartition()
 		rp.Partition, rp.Offset, rp.LeaderEpoch = int32(p), offsets[p], -1
 		if md, ok := meta[p]; ok {

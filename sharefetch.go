@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"maps"
 	"math"
 	"slices"
 	"strconv"
@@ -510,7 +511,7 @@ func (s *shareSession) acknowledge(ctx context.Context, now time.Time) error {
 	req.ShareSessionEpoch = s.epoch
 	t := kmsg.NewShareAcknowledgeRequestTopic()
 	t.TopicID = *f.topicID
-	for _, p := range slices.Sorted(mapKeys(items)) {
+	for _, p := range slices.Sorted(maps.Keys(items)) {
 		sp := kmsg.NewShareAcknowledgeRequestTopicPartition()
 		sp.Partition = int32(p)
 		for _, b := range ackBatches(items[p]) {
@@ -601,14 +602,4 @@ func ackBatches(items []ackItem) []ackBatch {
 		out = append(out, ackBatch{first: it.off, last: it.off, types: []int8{int8(it.kind)}, renew: it.kind == AckRenew})
 	}
 	return out
-}
-
-func mapKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
-	return func(yield func(K) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
