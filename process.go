@@ -329,10 +329,31 @@ type procTotals struct {
 	s  ProcessStats
 }
 
-func (t *procTotals) add(f func(s *ProcessStats)) {
+// merge adds the counts of a Process that stops.
+func (t *procTotals) merge(l *ProcessStats) {
 	t.mu.Lock()
-	f(&t.s)
-	t.mu.Unlock()
+	defer t.mu.Unlock()
+	addCounts(&t.s, l)
+}
+
+// addCounts adds l's counters and histogram to s.
+func addCounts(s, l *ProcessStats) {
+	s.Handled += l.Handled
+	s.Retries += l.Retries
+	s.GivenUp += l.GivenUp
+	s.Panics += l.Panics
+	s.Skipped += l.Skipped
+	if l.HandlerDurations.Counts != nil {
+		if s.HandlerDurations.Counts == nil {
+			s.HandlerDurations = l.HandlerDurations.clone()
+		} else {
+			for i, n := range l.HandlerDurations.Counts {
+				s.HandlerDurations.Counts[i] += n
+			}
+			s.HandlerDurations.Count += l.HandlerDurations.Count
+			s.HandlerDurations.Sum += l.HandlerDurations.Sum
+		}
+	}
 }
 
 // snapshot returns the counters, with a copy of the histogram.
@@ -355,7 +376,8 @@ type processor struct {
 	out        *delivery     // set once: the queue, the ledger, the token, liveness, the lifecycle
 	log        *slog.Logger  // set once
 	maxBackoff time.Duration // set once
-	totals     *procTotals   // the consumer's; its own lock
+	totals     *procTotals   // the consumer's, since New; its own lock
+	local      ProcessStats  // guarded by mu: this Process's counts, merged into totals when it stops (no second lock per message)
 	acks       *acker        // set once: a share group's, which settles each message; nil otherwise
 	tasks      chan task     // to the handler goroutines; never more than Concurrency in it
 	stop       chan struct{}
@@ -461,6 +483,10 @@ func (p *processor) run(ctx context.Context) error {
 	cancel()
 	p.out.release()
 	handlers.Wait()
+	p.mu.Lock()
+	p.totals.merge(&p.local)
+	p.local = ProcessStats{}
+	p.mu.Unlock()
 	close(p.idle)
 	return err
 }
@@ -526,7 +552,7 @@ func (p *processor) add(b *batch) {
 		return
 	}
 	if skipped > 0 {
-		p.totals.add(func(s *ProcessStats) { s.Skipped += int64(skipped) })
+		p.local.Skipped += int64(skipped)
 		p.out.q.release(b.partition, skipped)
 	}
 }
@@ -741,8 +767,9 @@ func (p *processor) attempt(ctx context.Context, t task) (a attempted) {
 
 // observeLocked records an attempt of t in the stats. p.mu is held.
 //
-// handled counts t as handled too: one critical section of the totals per
-// attempt, and no allocation (the hot path of every message).
+// handled counts t as handled too. The counts are this Process's own,
+// under p.mu, which is held: no second lock and no allocation on the path
+// of every message.
 func (p *processor) observeLocked(t task, a *attempted, handled bool) {
 	s := &p.slots[t.slot]
 	if s.Started.IsZero() {
@@ -754,16 +781,13 @@ func (p *processor) observeLocked(t task, a *attempted, handled bool) {
 		var pe *PanicError
 		panicked = errors.As(a.err, &pe)
 	}
-	tot := p.totals
-	tot.mu.Lock()
-	tot.s.HandlerDurations.observe(a.took)
+	p.local.HandlerDurations.observe(a.took)
 	if panicked {
-		tot.s.Panics++
+		p.local.Panics++
 	}
 	if handled {
-		tot.s.Handled++
+		p.local.Handled++
 	}
-	tot.mu.Unlock()
 }
 
 // observe records a failed attempt of t, followed by a retry if retry, and
@@ -776,7 +800,7 @@ func (p *processor) observe(t task, a *attempted, retry bool) (bool, <-chan stru
 	p.observeLocked(t, a, false)
 	current := p.current(t)
 	if retry && current {
-		p.totals.add(func(s *ProcessStats) { s.Retries++ })
+		p.local.Retries++
 	}
 	return current, interrupt
 }
@@ -788,7 +812,7 @@ func (p *processor) giveUp(ctx context.Context, t task, attempts int, err error)
 		herr := p.callOnGiveUp(ctx, t.m, gerr)
 		if herr == nil {
 			p.mu.Lock()
-			p.totals.add(func(s *ProcessStats) { s.GivenUp++ })
+			p.local.GivenUp++
 			p.mu.Unlock()
 			p.finish(t, completed, nil)
 			return
@@ -804,7 +828,7 @@ func (p *processor) giveUp(ctx context.Context, t task, attempts int, err error)
 		// turn. Kafka archives it.
 		p.log.Error("process: giving up; rejecting the record", "partition", t.m.Partition, "offset", t.m.Offset, "err", gerr)
 		p.mu.Lock()
-		p.totals.add(func(s *ProcessStats) { s.GivenUp++ })
+		p.local.GivenUp++
 		p.mu.Unlock()
 		p.finish(t, rejected, nil)
 		return
@@ -943,6 +967,7 @@ func (p *processor) stats(s *Stats, now time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s.Process = p.totals.snapshot()
+	addCounts(&s.Process, &p.local)
 	s.Process.Running, s.Process.InFlight, s.Process.Waiting = true, p.running, p.waiting
 	oldest := make(map[int]time.Time)
 	older := func(part int, t time.Time) {
