@@ -543,11 +543,15 @@ const (
 	beginBlocked            // the window's metadata has no room for another completion
 )
 
-// begin starts the handling of the message at offset of partition p,
-// taken into window w in epoch.
-func (l *ledger) begin(p int, epoch uint64, w *window, offset int64) beginState {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+// lockBegins locks the ledger for a run of beginLocked calls (a dispatcher
+// starting the handlers it has room for: one critical section for them
+// all, not one per message); unlockBegins ends it.
+func (l *ledger) lockBegins()   { l.mu.Lock() }
+func (l *ledger) unlockBegins() { l.mu.Unlock() }
+
+// beginLocked starts the handling of the message at offset of partition p,
+// taken into window w in epoch. l.mu is held (lockBegins).
+func (l *ledger) beginLocked(p int, epoch uint64, w *window, offset int64) beginState {
 	po, ok := l.b.parts[p]
 	if !ok || po.epoch != epoch || w != nil && po.win != w {
 		return beginStale

@@ -585,6 +585,11 @@ func (p *processor) lane(partition int, key []byte) *lane {
 
 // pump starts handlers for ready lanes while there is room. p.mu is held.
 func (p *processor) pump() {
+	if !(p.running < p.pc.Concurrency && p.ready.len() > 0 && !p.stopped.Load()) {
+		return
+	}
+	p.out.led.lockBegins()
+	defer p.out.led.unlockBegins()
 	for p.running < p.pc.Concurrency && p.ready.len() > 0 && !p.stopped.Load() {
 		l := p.ready.pop()
 		l.inReady = false
@@ -593,13 +598,14 @@ func (p *processor) pump() {
 }
 
 // start starts a handler for the first message of l that is still ours.
-// The messages that leave l leave the queue's bound. p.mu is held.
+// The messages that leave l leave the queue's bound. p.mu is held, and
+// the ledger's (lockBegins).
 func (p *processor) start(l *lane) {
 	released := 0
 	defer func() { p.out.q.release(l.key.partition, released) }()
 	for l.msgs.len() > 0 {
 		t := l.msgs.peek()
-		switch p.out.led.begin(t.m.Partition, t.epoch, t.win, t.m.Offset) {
+		switch p.out.led.beginLocked(t.m.Partition, t.epoch, t.win, t.m.Offset) {
 		case beginStale:
 			l.msgs.pop() // a Seek or a revoke since it was taken
 			p.waiting--
