@@ -296,18 +296,16 @@ func (q *queue) roomChanged() (<-chan struct{}, func()) {
 }
 
 // offer puts b as put does, but does not wait: it reports false, putting
-// nothing, when open is not set or the bound has no room for b (outside
-// Process's fair mode, which takes every batch).
+// nothing, when open is not set or the bound has no room for b. It puts
+// nothing in Process's overflow, whose partitions move into the queue only
+// as their own messages are released: the share fetcher, which offers, keeps
+// what does not fit and offers it again when the queue changes.
 func (q *queue) offer(b batch, open *event) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.open = open
 	if !open.IsSet() {
 		return false
-	}
-	if q.fair {
-		q.putFairLocked(b)
-		return true
 	}
 	n := len(b.msgs)
 	if q.queued+q.lent+n > q.limit && q.queued+q.lent > 0 {
