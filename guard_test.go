@@ -23,7 +23,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/multiconsumer/multiconsumer/kafkatest"
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/sasl/scram"
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"go.uber.org/goleak"
@@ -425,4 +427,50 @@ func TestNewAgainstHTTPSServer(t *testing.T) {
 		newLeavesNothing(t, Config{Brokers: []string{addr}, Topic: "t", Dialer: dialer}, 5*time.Second, "not a Kafka broker?")
 		require.NotZero(t, dials.Load(), "DialFunc was not used")
 	})
+}
+
+// Over TLS and SASL/SCRAM-SHA-256, the requests kafka-go has no type for
+// (KIP-848's heartbeats, OffsetCommit v9, the share-group requests) go on
+// the connections that did TLS and SCRAM first: a consumer-protocol member
+// and a share-group member both consume there.
+func TestGroupProtocolsOverTLSAndSCRAM(t *testing.T) {
+	t.Parallel()
+	cert, pool := selfSigned(t)
+	const topic = "tls-scram"
+	kf, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, topic),
+		kfake.TLS(&tls.Config{Certificates: []tls.Certificate{cert}}),
+		kfake.EnableSASL(), kfake.Superuser("SCRAM-SHA-256", "mc", "secret"),
+		kfake.BrokerConfigs(kafkatest.TestBrokerConfigs))
+	require.NoError(t, err)
+	defer kf.Close()
+	mech, err := scram.Mechanism(scram.SHA256, "mc", "secret")
+	require.NoError(t, err)
+	tlsConfig := &tls.Config{RootCAs: pool}
+	tr := &kafka.Transport{TLS: tlsConfig, SASL: mech}
+	defer tr.CloseIdleConnections()
+	pc := &kafka.Client{Addr: kafka.TCP(kf.ListenAddrs()...), Transport: tr}
+	for p := range 2 {
+		res, err := pc.Produce(testCtx(t), &kafka.ProduceRequest{
+			Topic: topic, Partition: p, RequiredAcks: kafka.RequireAll,
+			Records: kafka.NewRecordReader(kafka.Record{Value: kafka.NewBytes([]byte("secret"))}),
+		})
+		require.NoError(t, err)
+		require.NoError(t, res.Error)
+	}
+	_, port, err := net.SplitHostPort(kf.ListenAddrs()[0])
+	require.NoError(t, err)
+	dialer := &kafka.Dialer{Timeout: 10 * time.Second, TLS: tlsConfig, SASLMechanism: mech}
+	for _, cfg := range []Config{
+		{Group: "g-consumer", JoinGroup: true, GroupProtocol: GroupProtocolConsumer},
+		{Group: "g-share", ShareGroup: true},
+	} {
+		cfg.Brokers = []string{net.JoinHostPort("localhost", port)}
+		cfg.Topic, cfg.Dialer = topic, dialer
+		c, err := New(testCtx(t), cfg)
+		require.NoError(t, err, "%+v", cfg)
+		msgs := drain(t, c, 2, 2)
+		require.Equal(t, "secret", string(msgs[0].Value))
+		require.NoError(t, c.Commit(testCtx(t)), "%+v", cfg)
+		require.NoError(t, c.Close())
+	}
 }
