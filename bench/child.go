@@ -63,6 +63,8 @@ type result struct {
 	Duplicates int64 `json:"duplicates,omitempty"`
 	// The rebalance suite's measurements.
 	Rebalance *rebalanceStats `json:"rebalance,omitempty"`
+	// The cold suite (cold.go).
+	Cold *coldStats `json:"cold,omitempty"`
 	// The process suite's pc part (process.go).
 	Proc *procStats `json:"process,omitempty"`
 	// io mode: the mean measured duration of the handler's wait.

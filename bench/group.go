@@ -66,8 +66,14 @@ func memberFor(s spec) (startMember, bool) {
 func protocolOf(s spec) string {
 	switch s.name {
 	case "mc-group":
+		if s.str("protocol", "") == multiconsumer.GroupProtocolConsumer {
+			return "consumer (KIP-848)"
+		}
 		return s.str("assignor", multiconsumer.DefaultAssignors[0])
 	case "franz":
+		if s.str("protocol", "") == "consumer" {
+			return "consumer (KIP-848)"
+		}
 		return s.str("balancer", "cooperative-sticky")
 	case "kafkago-group":
 		return "range (eager)"
@@ -77,7 +83,11 @@ func protocolOf(s spec) string {
 
 // startMCMember: MultiConsumer with JoinGroup, GetMessages(count) with
 // BlockFor(1) and a 1s timeout in a loop, as mc-get. assignor= sets
-// Config.Assignors (default cooperative-sticky), w= NumWorkers (default 1).
+// Config.Assignors (default cooperative-sticky), w= NumWorkers (default 1),
+// protocol= Config.GroupProtocol (classic, the default, or consumer:
+// KIP-848, where the broker's group.consumer.* settings replace the
+// heartbeat and session timings and the broker assigns; server= sets
+// Config.ServerAssignor).
 func startMCMember(s spec) startMember {
 	return func(ctx context.Context, brokers []string, topic, group string, member int, recv recvFunc, hooks hookFunc) (memberStop, error) {
 		hb, session, rebalance := groupTimings(s)
@@ -85,6 +95,7 @@ func startMCMember(s spec) startMember {
 			Brokers: brokers, Topic: topic, Group: group, JoinGroup: true,
 			NumWorkers: s.int("w", 1), QueueSize: s.int("q", 4096),
 			HeartbeatInterval: hb, SessionTimeout: session, RebalanceTimeout: rebalance,
+			GroupProtocol: s.str("protocol", ""), ServerAssignor: s.str("server", ""),
 		}
 		if a := s.str("assignor", ""); a != "" {
 			cfg.Assignors = []string{a}
@@ -136,13 +147,19 @@ func startMCMember(s spec) startMember {
 
 // startFranzMember: a franz-go group consumer, PollFetches in a loop,
 // autocommit at its defaults; balancer= range or cooperative-sticky (the
-// default, franz-go's own default too).
+// default, franz-go's own default too). protocol=consumer opts into KIP-848
+// (kgo.ServerSideBalancer, which needs the sticky or range balancer: sticky
+// unless balancer=range); the broker then assigns and its group.consumer.*
+// settings replace the heartbeat and session timings.
 func startFranzMember(s spec) startMember {
 	return func(ctx context.Context, brokers []string, topic, group string, member int, recv recvFunc, hooks hookFunc) (memberStop, error) {
 		hb, session, rebalance := groupTimings(s)
 		bal := kgo.CooperativeStickyBalancer()
 		if s.str("balancer", "") == "range" {
 			bal = kgo.RangeBalancer()
+		}
+		if s.str("protocol", "") == "consumer" && s.str("balancer", "") != "range" {
+			bal = kgo.StickyBalancer()
 		}
 		opts := []kgo.Opt{
 			kgo.SeedBrokers(brokers...),
@@ -152,6 +169,9 @@ func startFranzMember(s spec) startMember {
 			kgo.FetchMaxWait(s.dur("maxwait", 5*time.Second)),
 			kgo.Balancers(bal),
 			kgo.HeartbeatInterval(hb), kgo.SessionTimeout(session), kgo.RebalanceTimeout(rebalance),
+		}
+		if s.str("protocol", "") == "consumer" {
+			opts = append(opts, kgo.ServerSideBalancer())
 		}
 		if hooks != nil {
 			// OnPartitionsAssigned only: setting OnPartitionsRevoked (or

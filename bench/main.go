@@ -41,6 +41,7 @@
 //	go run . -suites latency -rate 2000,20000 -latency-rounds 3
 //	go run . -suites pitfall,mem,profile
 //	go run . -suites rebalance -rounds 3 -out /tmp/r -docs /tmp/r
+//	go run . -suites rebalance,cold -rebalance-contenders 'mc-group mc-group?protocol=consumer franz franz?protocol=consumer'
 //	go run . -suites process                  # Process: pc's table, 1 ms handler, near-empty handler
 //	go run . -suites process -process-parts pc -pc-dist uniform -label kfake-uniform
 //	go run . -suites share -rounds 3 -n 1000000 -sizes 100   # share groups: drain, Process members
@@ -64,26 +65,27 @@ import (
 
 type options struct {
 	// orchestrator
-	brokers    string
-	label      string
-	suites     string
-	partitions int
-	n          int
-	sizes      string
-	rounds     int
-	contenders string
-	latency    string
-	rates      string // -rate as given
-	latRates   []int  // -rate parsed; a child gets exactly one
-	latRounds  int
-	latDur     time.Duration
-	rebalance  string
-	rebalRate  int
-	settle     time.Duration
-	ioWorkers  string
-	ioHandlers string
-	ioSleep    time.Duration
-	memN       string
+	brokers     string
+	label       string
+	suites      string
+	partitions  int
+	n           int
+	sizes       string
+	rounds      int
+	contenders  string
+	latency     string
+	rates       string // -rate as given
+	latRates    []int  // -rate parsed; a child gets exactly one
+	latRounds   int
+	latDur      time.Duration
+	rebalance   string
+	rebalRate   int
+	settle      time.Duration
+	coldMembers int
+	ioWorkers   string
+	ioHandlers  string
+	ioSleep     time.Duration
+	memN        string
 
 	// process suite (process.go)
 	processParts   string
@@ -129,7 +131,7 @@ func main() {
 	var o options
 	flag.StringVar(&o.brokers, "brokers", "", "host:port of a running Kafka; empty: start an embedded kfake broker in a child process")
 	flag.StringVar(&o.label, "label", "", "name of this run in file names (default kfake or kafka)")
-	flag.StringVar(&o.suites, "suites", "drain,latency,io", "suites to run: drain, latency, io, rebalance, pitfall, mem, profile, process, share")
+	flag.StringVar(&o.suites, "suites", "drain,latency,io", "suites to run: drain, latency, io, rebalance, cold, pitfall, mem, profile, process, share")
 	flag.IntVar(&o.partitions, "partitions", 8, "partitions of each topic")
 	flag.IntVar(&o.n, "n", 1_000_000, "messages in the backlog to drain")
 	flag.StringVar(&o.sizes, "sizes", "100,1024", "message value sizes in bytes, comma-separated")
@@ -141,6 +143,7 @@ func main() {
 	flag.DurationVar(&o.latDur, "duration", 10*time.Second, "measured produce time of the latency suite")
 	flag.StringVar(&o.rebalance, "rebalance-contenders", strings.Join(defaultRebalance, " "), "contenders of the rebalance suite, space-separated")
 	flag.IntVar(&o.rebalRate, "rebalance-rate", 2000, "produce rate of the rebalance suite, messages/s")
+	flag.IntVar(&o.coldMembers, "cold-members", 3, "cold suite: members that start at once")
 	flag.DurationVar(&o.settle, "settle", 3*time.Second, "rebalance suite: steady time after each member change is observed stable, before the next")
 	flag.StringVar(&o.ioWorkers, "io-workers", "1,2,4,8", "MultiConsumer workers of the io suite")
 	flag.StringVar(&o.ioHandlers, "io-handlers", "1,64", "handler goroutines of the io suite")
@@ -188,6 +191,8 @@ func main() {
 		err = serve()
 	case o.contender != "" && o.mode == "rebalance":
 		err = rebalanceChild(o)
+	case o.contender != "" && o.mode == "cold":
+		err = coldChild(o)
 	case o.contender != "" && o.mode == "share-member":
 		err = shareMemberChild(o)
 	case o.contender != "":

@@ -131,6 +131,8 @@ func orchestrate(o options) error {
 			err = b.ioSuite()
 		case "rebalance":
 			err = b.rebalanceSuite()
+		case "cold":
+			err = b.coldSuite()
 		case "pitfall":
 			err = b.pitfallSuite()
 		case "mem":
@@ -257,6 +259,9 @@ func (b *bench) runChild(suite, contender, mode, topic string, n, size, rate, ro
 	}
 	if mode == "rebalance" {
 		msg = rebalanceLine(r)
+	}
+	if mode == "cold" {
+		msg = coldLine(r)
 	}
 	if r.Duplicates > 0 {
 		msg += fmt.Sprintf(" (%d redelivered, not counted)", r.Duplicates)

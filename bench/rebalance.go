@@ -42,7 +42,9 @@ import (
 // The rebalance suite's contenders: ours with its default cooperative-sticky
 // assignor and with range (eager), franz-go with its cooperative-sticky
 // balancer, kafka-go's group Reader (eager: range) tuned as in the drain
-// suite. All with the group timings of groupTimings (1s/10s/10s).
+// suite. mc-group?protocol=consumer and franz?protocol=consumer run under
+// KIP-848's consumer protocol (not in the default list: they need a broker
+// that serves it, Kafka 4.0+ or kfake). All with the group timings of groupTimings (1s/10s/10s).
 var defaultRebalance = []string{
 	"mc-group", "mc-group?assignor=range", "franz",
 	"kafkago-group?maxwait=250ms&queue=1000&commit=1s",
@@ -66,7 +68,8 @@ const rebalanceNote = "Rebalance table: per round, in one child process, on a fr
 	"rebalance at a heartbeat and, with cooperative assignors, the second rebalance that hands the revoked " +
 	"partitions over (noticed at a heartbeat too). *redelivered*: messages delivered a second time (offset not above " +
 	"one delivered before in its partition), from B's start to B's stop (join) and from B's stop to the end (leave). " +
-	"Group timings alike for every client: heartbeat 1s, session timeout 10s, rebalance timeout 10s. Each figure is " +
+	"Group timings alike for every client: heartbeat 1s, session timeout 10s, rebalance timeout 10s (under " +
+	"protocol=consumer, KIP-848, the broker's group.consumer.* settings instead). Each figure is " +
 	"the median [min-max] over the rounds of the per-round value; \"-\" when no partition was in that class.\n\n"
 
 // delivery is one message received in the rebalance mode.

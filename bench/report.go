@@ -151,6 +151,9 @@ func (b *bench) report() error {
 	if b.has("rebalance") {
 		b.rebalanceTable(&md)
 	}
+	if b.has("cold") {
+		b.coldTable(&md)
+	}
 	b.processReport(&md)
 	b.shareReport(&md)
 	if b.has("io") {
