@@ -2,7 +2,6 @@ package multiconsumer
 
 import (
 	"context"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -43,21 +42,9 @@ func TestConsumerGroupJavaInterop(t *testing.T) {
 	c := open(t, cfg)
 	assignedTo(t, n, c)
 
-	j := &javaConsumer{done: make(chan struct{})}
-	args := append(javaArgs(t, lib), "org.apache.kafka.tools.consumer.ConsoleConsumer",
-		"--bootstrap-server", strings.Join(cluster.Brokers(), ","),
-		"--topic", topic, "--group", g, "--from-beginning",
-		"--formatter-property", "print.partition=true",
-		"--formatter-property", "print.offset=true",
-		"--command-property", "group.protocol=consumer",
-		"--command-property", "client.id="+javaClientID,
-		"--command-property", "auto.commit.interval.ms=500",
-	)
-	j.cmd = exec.Command(java, args...)
-	j.cmd.Stdout, j.cmd.Stderr = j, &j.stderr
-	require.NoError(t, j.cmd.Start())
-	go func() { j.waitErr = j.cmd.Wait(); close(j.done) }()
-	t.Cleanup(func() { j.stop(t) })
+	j := startJavaTool(t, java, lib, "org.apache.kafka.tools.consumer.ConsoleConsumer", "--command-property",
+		[]string{"--topic", topic, "--group", g, "--from-beginning"},
+		"group.protocol=consumer", "client.id="+javaClientID, "auto.commit.interval.ms=500")
 
 	// Both in the group, with disjoint partitions that cover the topic.
 	var members map[string]map[string]string

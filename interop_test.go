@@ -601,27 +601,36 @@ type javaConsumer struct {
 
 var consoleRecord = regexp.MustCompile(`^Partition:(\d+)\tOffset:(\d+)\t(.*)$`)
 
+// startJavaConsumer starts Kafka's console consumer in classic group group
+// on topic, with the cooperative-sticky assignor.
 func startJavaConsumer(t *testing.T, java, lib, topic, group string) *javaConsumer {
 	t.Helper()
-	j := &javaConsumer{done: make(chan struct{})}
-	args := append(javaArgs(t, lib), "org.apache.kafka.tools.consumer.ConsoleConsumer",
-		"--bootstrap-server", strings.Join(cluster.Brokers(), ","),
-		"--topic", topic, "--group", group, "--from-beginning",
-		"--formatter-property", "print.partition=true",
-		"--formatter-property", "print.offset=true",
-	)
-	for _, p := range []string{
+	return startJavaTool(t, java, lib, "org.apache.kafka.tools.consumer.ConsoleConsumer", "--command-property",
+		[]string{"--topic", topic, "--group", group, "--from-beginning"},
 		"partition.assignment.strategy=org.apache.kafka.clients.consumer.CooperativeStickyAssignor",
 		"group.protocol=classic",
-		"client.id=" + javaClientID,
+		"client.id="+javaClientID,
 		"session.timeout.ms=6000",
 		"heartbeat.interval.ms=500",
 		"max.poll.interval.ms=20000", // the group's rebalance timeout is the longest of its members'
 		"auto.commit.interval.ms=500",
-	} {
-		args = append(args, "--command-property", p)
+	)
+}
+
+// startJavaTool starts one of Kafka's console consumers (class) on the test
+// cluster with args, printing each record's partition and offset, and its
+// client properties props (each after the tool's flag for them, propFlag).
+// It is stopped when the test ends.
+func startJavaTool(t *testing.T, java, lib, class, propFlag string, args []string, props ...string) *javaConsumer {
+	t.Helper()
+	j := &javaConsumer{done: make(chan struct{})}
+	all := append(javaArgs(t, lib), class, "--bootstrap-server", strings.Join(cluster.Brokers(), ","))
+	all = append(all, args...)
+	all = append(all, "--formatter-property", "print.partition=true", "--formatter-property", "print.offset=true")
+	for _, p := range props {
+		all = append(all, propFlag, p)
 	}
-	j.cmd = exec.Command(java, args...)
+	j.cmd = exec.Command(java, all...)
 	j.cmd.Stdout = j
 	j.cmd.Stderr = &j.stderr
 	require.NoError(t, j.cmd.Start())

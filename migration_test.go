@@ -12,14 +12,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/multiconsumer/multiconsumer/kafkatest"
 	"github.com/segmentio/kafka-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
-	"github.com/twmb/franz-go/pkg/kversion"
 )
 
 // TestGroupProtocolMigration rolls a group of three classic members to
@@ -521,18 +518,11 @@ func tailLines(s string, n int) string {
 // GroupProtocol "consumer" says what is missing.
 func TestConsumerProtocolUnsupportedBroker(t *testing.T) {
 	t.Parallel()
-	kf, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.MaxVersions(kversion.V3_9_0()))
-	require.NoError(t, err)
-	defer kf.Close()
-	tc, err := kafkatest.Connect(kf.ListenAddrs()...)
-	require.NoError(t, err)
-	defer tc.Close()
-	topic := kafkatest.UniqueName("old")
-	require.NoError(t, tc.CreateTopic(testCtx(t), topic, 1))
+	brokers, topic := oldBroker(t)
 	cfg := groupCfg(topic, "g")
 	cfg.GroupProtocol = GroupProtocolConsumer
-	cfg.Brokers = kf.ListenAddrs()
-	_, err = New(testCtx(t), cfg)
+	cfg.Brokers = brokers
+	_, err := New(testCtx(t), cfg)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "ConsumerGroupHeartbeat")
 	assert.Contains(t, err.Error(), `use "classic"`)

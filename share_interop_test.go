@@ -3,7 +3,6 @@ package multiconsumer
 import (
 	"context"
 	"fmt"
-	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -20,27 +19,13 @@ import (
 // acknowledgement).
 func startJavaShareConsumer(t *testing.T, java, lib, topic, group string) *javaConsumer {
 	t.Helper()
-	j := &javaConsumer{done: make(chan struct{})}
-	args := append(javaArgs(t, lib), "org.apache.kafka.tools.consumer.ConsoleShareConsumer",
-		"--bootstrap-server", strings.Join(cluster.Brokers(), ","),
-		"--topic", topic, "--group", group,
-		"--formatter-property", "print.partition=true",
-		"--formatter-property", "print.offset=true",
-		"--consumer-property", "client.id="+javaClientID,
+	return startJavaTool(t, java, lib, "org.apache.kafka.tools.consumer.ConsoleShareConsumer", "--consumer-property",
+		[]string{"--topic", topic, "--group", group},
+		"client.id="+javaClientID,
 		// Acquire a little at a time, as our member does: the two share
 		// the partition's records.
-		"--consumer-property", "max.poll.records=20",
+		"max.poll.records=20",
 	)
-	j.cmd = exec.Command(java, args...)
-	j.cmd.Stdout = j
-	j.cmd.Stderr = &j.stderr
-	require.NoError(t, j.cmd.Start())
-	go func() {
-		j.waitErr = j.cmd.Wait()
-		close(j.done)
-	}()
-	t.Cleanup(func() { j.stop(t) })
-	return j
 }
 
 // TestShareGroupJavaInterop shares a share group between our member and

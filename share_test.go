@@ -584,17 +584,25 @@ func TestShareGroupStartOffset(t *testing.T) {
 // missing.
 func TestShareGroupUnsupportedBroker(t *testing.T) {
 	t.Parallel()
-	kf, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.MaxVersions(kversion.V3_9_0()))
-	require.NoError(t, err)
-	defer kf.Close()
-	tc, err := kafkatest.Connect(kf.ListenAddrs()...)
-	require.NoError(t, err)
-	defer tc.Close()
-	topic := kafkatest.UniqueName("old")
-	require.NoError(t, tc.CreateTopic(testCtx(t), topic, 1))
+	brokers, topic := oldBroker(t)
 	cfg := shareCfg(topic, "g")
-	cfg.Brokers = kf.ListenAddrs()
-	_, err = New(testCtx(t), cfg)
+	cfg.Brokers = brokers
+	_, err := New(testCtx(t), cfg)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "ShareGroupHeartbeat (API 76)")
+}
+
+// oldBroker starts an embedded Kafka 3.9 (no KIP-848, no share groups) with
+// a topic of one partition, closed when the test ends.
+func oldBroker(t *testing.T) (brokers []string, topic string) {
+	t.Helper()
+	kf, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.MaxVersions(kversion.V3_9_0()))
+	require.NoError(t, err)
+	t.Cleanup(kf.Close)
+	tc, err := kafkatest.Connect(kf.ListenAddrs()...)
+	require.NoError(t, err)
+	t.Cleanup(tc.Close)
+	topic = kafkatest.UniqueName("old")
+	require.NoError(t, tc.CreateTopic(testCtx(t), topic, 1))
+	return kf.ListenAddrs(), topic
 }
