@@ -543,14 +543,15 @@ const (
 	beginBlocked            // the window's metadata has no room for another completion
 )
 
-// lockBegins locks the ledger for a run of beginLocked calls (a dispatcher
-// starting the handlers it has room for: one critical section for them
-// all, not one per message); unlockBegins ends it.
-func (l *ledger) lockBegins()   { l.mu.Lock() }
-func (l *ledger) unlockBegins() { l.mu.Unlock() }
+// lockRuns locks the ledger for a run of beginLocked, unbeginLocked and
+// finishLocked calls (a hand of the dispatcher claiming messages, or
+// settling those it handled: one critical section for them all, not one per
+// message); unlockRuns ends it.
+func (l *ledger) lockRuns()   { l.mu.Lock() }
+func (l *ledger) unlockRuns() { l.mu.Unlock() }
 
 // beginLocked starts the handling of the message at offset of partition p,
-// taken into window w in epoch. l.mu is held (lockBegins).
+// taken into window w in epoch. l.mu is held (lockRuns).
 func (l *ledger) beginLocked(p int, epoch uint64, w *window, offset int64) beginState {
 	po, ok := l.b.parts[p]
 	if !ok || po.epoch != epoch || w != nil && po.win != w {
@@ -569,6 +570,15 @@ func (l *ledger) beginLocked(p int, epoch uint64, w *window, offset int64) begin
 	return begun
 }
 
+// unbeginLocked undoes beginLocked for a message of window w that was not
+// handled after all: the dispatcher gave it back to wait for its turn
+// again. l.mu is held (lockRuns).
+func (l *ledger) unbeginLocked(w *window) {
+	if w != nil {
+		w.inflight--
+	}
+}
+
 // isCurrent reports whether window w, taken in epoch, is still partition
 // p's.
 func (l *ledger) isCurrent(p int, epoch uint64, w *window) bool {
@@ -578,11 +588,10 @@ func (l *ledger) isCurrent(p int, epoch uint64, w *window) bool {
 	return ok && po.epoch == epoch && (w == nil || po.win == w)
 }
 
-// finish ends the handling of the message at offset of partition p in
-// window w: complete, or not. It reports whether a commit is due.
-func (l *ledger) finish(p int, w *window, offset int64, complete bool) (due bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+// finishLocked ends the handling of the message at offset of partition p in
+// window w: complete, or not. It reports whether a commit is due. l.mu is
+// held (lockRuns).
+func (l *ledger) finishLocked(p int, w *window, offset int64, complete bool) (due bool) {
 	if w == nil { // a share group's: settled by the processor
 		l.notifyLocked()
 		return false

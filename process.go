@@ -1,9 +1,11 @@
 package multiconsumer
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"runtime/debug"
 	"slices"
@@ -209,6 +211,12 @@ func (h *Histogram) observe(d time.Duration) {
 	h.Sum += d
 }
 
+// reset counts nothing again, and keeps the buckets.
+func (h *Histogram) reset() {
+	clear(h.Counts)
+	h.Count, h.Sum = 0, 0
+}
+
 // clone returns a copy that shares nothing with h.
 func (h Histogram) clone() Histogram {
 	if h.Counts == nil {
@@ -365,11 +373,19 @@ func (t *procTotals) snapshot() ProcessStats {
 	return s
 }
 
-// processor is a running Process: the dispatcher. It takes batches from
-// the queue (holding the delivery token), puts their messages in lanes,
-// and starts handlers for them. Each message's window (its partition's
-// offsets under Process) is the ledger's: the processor takes, begins and
-// finishes messages through the ledger's methods.
+// processor is a running Process: the dispatcher. The feeder (the Process
+// call's goroutine, holding the delivery token) takes batches from the
+// queue and puts their messages in lanes; Concurrency hands (the handler
+// goroutines) each claim a run of messages from the ready lanes, begun in
+// the ledger, handle them one after another, and settle them: a hand takes
+// the dispatcher's lock, and the ledger's, once per run, not once per
+// message. A run is as long as its handlers take about runBudget, and no
+// longer than its share of the waiting messages: with slow handlers it is
+// one message, as if each message had a hand of its own.
+//
+// Each message's window (its partition's offsets under Process) is the
+// ledger's: the processor takes, begins and finishes messages through the
+// ledger's methods.
 type processor struct {
 	pc         ProcessConfig // set once
 	h          Handler       // set once
@@ -377,70 +393,133 @@ type processor struct {
 	log        *slog.Logger  // set once
 	maxBackoff time.Duration // set once
 	totals     *procTotals   // the consumer's, since New; its own lock
-	local      ProcessStats  // guarded by mu: this Process's counts, merged into totals when it stops (no second lock per message)
 	acks       *acker        // set once: a share group's, which settles each message; nil otherwise
-	tasks      chan task     // to the handler goroutines; never more than Concurrency in it
+	seed       maphash.Seed  // set once: hashes keys to lanes
+	born       time.Time     // set once: what the hands' start times count from
+	hands      []*hand       // set once: Concurrency of them
 	stop       chan struct{}
 	idle       chan struct{} // closed when every handler has returned
 
 	stopped atomic.Bool
-	mu      sync.Mutex // guards the fields below; held while it calls the ledger or the queue
+	mu      sync.Mutex // guards the fields below, and the hands' runs (see hand); held while it calls the ledger or the queue
+	work    sync.Cond  // on mu: an idle hand waits for a ready lane, or the stop
 	err     error      // why Process stops: a message given up on
-	lanes   map[laneKey]*lane
+	local   ProcessStats
+	lanes   map[laneID]*lane
 	ready   ring[*lane]     // lanes with a message that may start now
 	blocked map[int][]*lane // lanes waiting for room in their partition's metadata
 	waiting int             // messages in lanes
-	running int             // handlers started and not finished
-	slots   []Handling      // what runs: Concurrency slots
-	free    []int           // the slots free
-	spare   []*lane         // lanes dropped, for new keys
+	running int             // hands with a run
+	idlers  int             // hands waiting for work
+	perMsg  time.Duration   // a run's time per message, averaged over runs; 0 before the first
+	spare   []*lane         // lanes dropped, for new keys (each with its buffers)
 }
 
-// laneKey names a lane: the messages that are handled one at a time.
-type laneKey struct {
+// Runs: a hand claims at most maxRun messages at once, and about as many as
+// its handlers take runBudget for. A run's messages complete (and move the
+// commit) when it ends; a retried message ends its run at once.
+const (
+	maxRun    = 32
+	runBudget = 200 * time.Microsecond
+	// slowHandler is how long a handler runs before its hand is swept,
+	// every sweepEvery.
+	slowHandler = 2 * time.Millisecond
+	sweepEvery  = time.Millisecond
+)
+
+// laneID names a lane's bucket in processor.lanes: the lanes of keys with
+// the same hash share it (the lanes chain).
+type laneID struct {
 	partition int
 	nilKey    bool
-	key       string
+	hash      uint64 // ByKey: of the key
 }
 
 // lane is a FIFO of messages taken and waiting to start. An exclusive lane
 // (a key, or a partition) runs one at a time; under Unordered a partition's
 // lane starts its messages as fast as there is room.
 type lane struct {
-	key       laneKey
+	id        laneID
+	key       []byte // ByKey: a copy of the key (its buffer is kept when the lane is reused)
+	collide   *lane  // the next lane of the same laneID
+	live      bool   // in lanes
 	exclusive bool
 	msgs      ring[task]
-	running   int // its messages being handled (exclusive: at most 1)
+	running   int // its messages in a hand's run (exclusive: of one run)
 	inReady   bool
 	blocked   bool
 	stuck     bool // exclusive: a message was left incomplete; nothing more starts
 }
 
-// task is a message to handle, with what tells whether it is still ours:
-// the partition's epoch and window when it was taken.
-type task struct {
-	m     kafka.Message
+// taking is what the messages of one batch that Process took share: the
+// partition's epoch and window when they were taken, which tell whether
+// they are still ours, and when.
+type taking struct {
 	epoch uint64
 	win   *window
-	lane  *lane
-	taken time.Time
-	slot  int // in processor.slots, while it runs
+	at    time.Time
 }
+
+// task is a message to handle. m points into its batch, which the queue
+// lent to Process: nothing else uses it.
+type task struct {
+	m    *kafka.Message
+	from *taking
+	lane *lane
+}
+
+// hand is one of the handler goroutines, and its run: the messages it
+// claimed (begun in the ledger), which it handles in order. run[0] left the
+// queue's bound when it was claimed (it starts at once), the others leave
+// it when they are settled, or go back to their lanes.
+//
+// A hand held up by a handler (slowHandler) is swept: what it completed
+// is settled and what it did not start goes back to the lanes, by whoever
+// sweeps, so that one slow or stuck handler holds back neither the commit
+// nor other messages. pos keeps the hand and a sweep apart: the hand starts
+// run[next] only if it moves next past it below limit, a sweep takes
+// run[next:limit] only if it moves limit down to next, each with one
+// compare-and-swap.
+type hand struct {
+	run     []task        // guarded by p.mu; its slice changed only by the hand
+	settled int           // guarded by p.mu: run[:settled] are settled
+	pos     atomic.Uint64 // next<<32 | limit: run[next] starts next; run[limit:] are not the hand's any more
+	// counted is how many of stats.Handled a sweep counted already;
+	// guarded by p.mu.
+	counted int64
+	ends    []outcome // the hand's own: how run[:len(ends)] ended
+	// stats counts the run's completions, the hand's own until they are
+	// settled (under p.mu, at once with the ledger).
+	stats ProcessStats
+	// For Stats, while the hand handles run[next-1]: when its first
+	// attempt began (since p.born, 0: not yet), its failed attempts.
+	began     atomic.Int64
+	attempts  atomic.Int32
+	interrupt <-chan struct{} // read before the run was claimed: a Seek or a revoke since closes it
+	claimed   time.Time       // when the run was claimed, the hand's own
+	released  []partCount     // scratch for settle: guarded by p.mu
+}
+
+func position(next, limit int) uint64      { return uint64(next)<<32 | uint64(limit) }
+func positions(w uint64) (next, limit int) { return int(w >> 32), int(uint32(w)) }
+
+// partCount is a count of messages of a partition.
+type partCount struct{ p, n int }
 
 func newProcessor(pc ProcessConfig, h Handler, out *delivery, log *slog.Logger, maxBackoff time.Duration) *processor {
 	p := &processor{
 		pc: pc, h: h, out: out, log: log, maxBackoff: maxBackoff, totals: &out.totals, acks: out.led.acks,
-		tasks:   make(chan task, pc.Concurrency),
-		lanes:   make(map[laneKey]*lane),
+		seed:    maphash.MakeSeed(),
+		born:    time.Now(),
+		lanes:   make(map[laneID]*lane),
 		blocked: make(map[int][]*lane),
 		stop:    make(chan struct{}, 1),
 		idle:    make(chan struct{}),
-		slots:   make([]Handling, pc.Concurrency),
-		spare:   make([]*lane, 0, 256),
-		free:    make([]int, pc.Concurrency),
+		hands:   make([]*hand, pc.Concurrency),
 	}
-	for i := range p.free {
-		p.free[i] = pc.Concurrency - 1 - i
+	p.work.L = &p.mu
+	for i := range p.hands {
+		p.hands[i] = &hand{}
 	}
 	return p
 }
@@ -450,12 +529,8 @@ func (p *processor) run(ctx context.Context) error {
 	hctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var handlers sync.WaitGroup
-	for range p.pc.Concurrency {
-		handlers.Go(func() {
-			for t := range p.tasks {
-				p.handle(hctx, t)
-			}
-		})
+	for _, hd := range p.hands {
+		handlers.Go(func() { p.serve(hctx, hd) })
 	}
 	err := p.feed(ctx)
 
@@ -464,9 +539,12 @@ func (p *processor) run(ctx context.Context) error {
 	// Close waits for it, then for the handlers, within its timeout.
 	p.mu.Lock()
 	p.stopped.Store(true)
-	close(p.tasks)
-	for _, l := range p.lanes {
-		q.release(l.key.partition, l.msgs.len())
+	p.work.Broadcast()
+	// What the hands completed counts, even behind a handler that ignores
+	// its ctx; what they did not start ends incomplete.
+	due := p.sweep(true)
+	for _, l := range p.allLanes() {
+		q.release(l.id.partition, l.msgs.len())
 		if p.acks != nil {
 			// Taken from the queue and not started: back to the group
 			// (an offsets consumer fetches them again instead, rewind).
@@ -479,6 +557,9 @@ func (p *processor) run(ctx context.Context) error {
 	p.waiting = 0
 	p.lanes, p.ready, p.blocked = nil, ring[*lane]{}, nil
 	p.mu.Unlock()
+	if due {
+		p.out.wake()
+	}
 	q.setFair(false)
 	cancel()
 	p.out.release()
@@ -491,11 +572,18 @@ func (p *processor) run(ctx context.Context) error {
 	return err
 }
 
-// feed takes what the workers queue and hands it to the lanes, until
-// Process must stop.
+// feed takes what the workers queue and hands it to the lanes, and sweeps
+// the hands every sweepEvery, until Process must stop.
 func (p *processor) feed(ctx context.Context) error {
 	q, life := p.out.q, p.out.life
+	tick := time.NewTicker(sweepEvery)
+	defer tick.Stop()
 	for {
+		select {
+		case <-tick.C:
+			p.sweepSlow()
+		default:
+		}
 		p.mu.Lock()
 		err := p.err
 		p.mu.Unlock()
@@ -515,6 +603,8 @@ func (p *processor) feed(ctx context.Context) error {
 		if n, changed := q.pending(); n == 0 {
 			select {
 			case <-changed:
+			case <-tick.C:
+				p.sweepSlow()
 			case <-p.stop:
 			case <-ctx.Done():
 				return ctx.Err()
@@ -528,8 +618,18 @@ func (p *processor) feed(ctx context.Context) error {
 		for i := range taken {
 			p.add(&taken[i])
 		}
-		p.pump()
+		p.wakeLocked()
 		p.mu.Unlock()
+	}
+}
+
+// sweepSlow sweeps the hands held up by a handler.
+func (p *processor) sweepSlow() {
+	p.mu.Lock()
+	due := p.sweep(false)
+	p.mu.Unlock()
+	if due {
+		p.out.wake()
 	}
 }
 
@@ -537,10 +637,15 @@ func (p *processor) feed(ctx context.Context) error {
 // lets the queue have back those it will not handle (stale, or complete
 // already). p.mu is held.
 func (p *processor) add(b *batch) {
-	now := time.Now()
-	_, skipped, ok := p.out.led.takeBatch(b, now, func(m *kafka.Message, w *window) {
-		l := p.lane(b.partition, m.Key)
-		l.msgs.push(task{m: *m, epoch: b.epoch, win: w, lane: l, taken: now})
+	from := &taking{epoch: b.epoch, at: time.Now()}
+	byKey := p.pc.Ordering == ByKey
+	var l *lane
+	_, skipped, ok := p.out.led.takeBatch(b, from.at, func(m *kafka.Message, w *window) {
+		from.win = w
+		if l == nil || byKey { // a batch is one partition's: one lane, unless ByKey
+			l = p.lane(b.partition, m.Key)
+		}
+		l.msgs.push(task{m: m, from: from, lane: l})
 		p.waiting++
 		if l.mayStart() {
 			l.inReady = true
@@ -559,80 +664,81 @@ func (p *processor) add(b *batch) {
 
 // lane returns the lane of a message of partition with key, made if need
 // be. p.mu is held.
+//
+// Lanes are found by a hash of the key, not by the key as a string: a new
+// key's lane (most keys of a backlog have a message or two waiting, and go
+// at once) reuses a dropped lane and its key's buffer, and allocates
+// nothing.
 func (p *processor) lane(partition int, key []byte) *lane {
-	k := laneKey{partition: partition}
-	if p.pc.Ordering == ByKey {
+	id := laneID{partition: partition}
+	byKey := p.pc.Ordering == ByKey
+	if byKey {
 		if key == nil {
-			k.nilKey = true
-		} else if l, ok := p.lanes[laneKey{partition: partition, key: string(key)}]; ok {
-			return l // no string made for a key that has a lane
+			id.nilKey = true
 		} else {
-			k.key = string(key)
+			id.hash = maphash.Bytes(p.seed, key)
 		}
 	}
-	l, ok := p.lanes[k]
-	if !ok {
-		if n := len(p.spare); n > 0 {
-			l, p.spare = p.spare[n-1], p.spare[:n-1]
-		} else {
-			l = &lane{exclusive: p.pc.Ordering != Unordered}
+	first := p.lanes[id]
+	for l := first; l != nil; l = l.collide {
+		if !byKey || key == nil || bytes.Equal(l.key, key) {
+			return l
 		}
-		l.key = k
-		p.lanes[k] = l
 	}
+	var l *lane
+	if n := len(p.spare); n > 0 {
+		l, p.spare = p.spare[n-1], p.spare[:n-1]
+	} else {
+		l = &lane{exclusive: p.pc.Ordering != Unordered}
+	}
+	l.id, l.collide, l.live = id, first, true
+	if byKey && key != nil {
+		l.key = append(l.key[:0], key...)
+	}
+	p.lanes[id] = l
 	return l
 }
 
-// pump starts handlers for ready lanes while there is room. p.mu is held.
-func (p *processor) pump() {
-	if !(p.running < p.pc.Concurrency && p.ready.len() > 0 && !p.stopped.Load()) {
-		return
+// dropLane forgets l, which is empty and idle, and keeps it for the next
+// key. p.mu is held.
+func (p *processor) dropLane(l *lane) {
+	if !l.live {
+		return // dropped already
 	}
-	p.out.led.lockBegins()
-	defer p.out.led.unlockBegins()
-	for p.running < p.pc.Concurrency && p.ready.len() > 0 && !p.stopped.Load() {
-		l := p.ready.pop()
-		l.inReady = false
-		p.start(l)
+	if first := p.lanes[l.id]; first == l {
+		if l.collide == nil {
+			delete(p.lanes, l.id)
+		} else {
+			p.lanes[l.id] = l.collide
+		}
+	} else {
+		for o := first; o != nil; o = o.collide {
+			if o.collide == l {
+				o.collide = l.collide
+				break
+			}
+		}
 	}
+	*l = lane{exclusive: l.exclusive, key: l.key[:0], msgs: ring[task]{buf: l.msgs.buf}}
+	p.spare = append(p.spare, l)
 }
 
-// start starts a handler for the first message of l that is still ours.
-// The messages that leave l leave the queue's bound. p.mu is held, and
-// the ledger's (lockBegins).
-func (p *processor) start(l *lane) {
-	released := 0
-	defer func() { p.out.q.release(l.key.partition, released) }()
-	for l.msgs.len() > 0 {
-		t := l.msgs.peek()
-		switch p.out.led.beginLocked(t.m.Partition, t.epoch, t.win, t.m.Offset) {
-		case beginStale:
-			l.msgs.pop() // a Seek or a revoke since it was taken
-			p.waiting--
-			released++
-			continue
-		case beginBlocked:
-			l.blocked = true
-			p.blocked[t.m.Partition] = append(p.blocked[t.m.Partition], l)
-			return
+// allLanes returns every lane. p.mu is held.
+func (p *processor) allLanes() []*lane {
+	var out []*lane
+	for _, first := range p.lanes {
+		for l := first; l != nil; l = l.collide {
+			out = append(out, l)
 		}
-		l.msgs.pop()
-		p.waiting--
-		released++
-		p.running++
-		t.slot = p.free[len(p.free)-1]
-		p.free = p.free[:len(p.free)-1]
-		p.slots[t.slot] = Handling{Partition: t.m.Partition, Offset: t.m.Offset, Key: t.m.Key, Taken: t.taken}
-		l.running++
-		if !l.exclusive && l.msgs.len() > 0 {
-			l.inReady = true
-			p.ready.push(l)
-		}
-		p.tasks <- t // never blocks: at most Concurrency are in it
-		return
 	}
-	if l.running == 0 {
-		p.dropLane(l)
+	return out
+}
+
+// wakeLocked wakes an idle hand if a lane is ready; a hand that claims and
+// leaves lanes ready wakes the next. p.mu is held.
+func (p *processor) wakeLocked() {
+	if p.idlers > 0 && p.ready.len() > 0 && !p.stopped.Load() {
+		p.work.Signal()
 	}
 }
 
@@ -642,60 +748,437 @@ func (l *lane) mayStart() bool {
 	return !(l.exclusive && l.running > 0) && !l.inReady && !l.blocked && !l.stuck
 }
 
-// dropLane forgets l, which is empty and idle. p.mu is held.
-func (p *processor) dropLane(l *lane) {
-	if p.lanes[l.key] != l {
-		return // dropped already, and the key has a new lane
-	}
-	delete(p.lanes, l.key)
-	// Kept for the next key (most keys of a backlog have a message or
-	// two waiting, and go at once), unless a task still points to it.
-	if l.running == 0 && !l.inReady && len(p.spare) < cap(p.spare) {
-		*l = lane{exclusive: l.exclusive, msgs: ring[task]{buf: l.msgs.buf}}
-		p.spare = append(p.spare, l)
+// serve is a hand: it settles its run, claims the next, handles it, until
+// Process stops.
+func (p *processor) serve(ctx context.Context, hd *hand) {
+	for {
+		p.mu.Lock()
+		due := p.settle(hd)
+		for !p.claim(hd) {
+			if p.stopped.Load() {
+				p.mu.Unlock()
+				if due {
+					p.out.wake()
+				}
+				return
+			}
+			p.idlers++
+			p.work.Wait()
+			p.idlers--
+		}
+		p.mu.Unlock()
+		if due {
+			p.out.wake()
+		}
+		p.handleRun(ctx, hd)
 	}
 }
 
-// handle runs the handler on t until it succeeds, is given up on, or ctx
-// ends, or t's partition moves (a Seek, a revoke).
-func (p *processor) handle(ctx context.Context, t task) {
+// runSize is how many messages a hand claims now. p.mu is held.
+func (p *processor) runSize() int {
+	if p.acks != nil || p.perMsg == 0 {
+		return 1 // a share group settles each record alone; and the handlers' time is not known yet
+	}
+	return max(1, min(maxRun, p.waiting/p.pc.Concurrency, int(runBudget/p.perMsg)))
+}
+
+// claim gives hd a run of messages of the ready lanes, begun in the ledger,
+// and reports whether it did. The messages of an exclusive lane go to one
+// run, in order, and the lane is not ready again until the run settles.
+// p.mu is held.
+func (p *processor) claim(hd *hand) bool {
+	if p.stopped.Load() || p.ready.len() == 0 {
+		return false
+	}
+	n := p.runSize()
+	hd.interrupt = p.out.interrupted() // before begin checks that the messages are current
+	released := hd.released[:0]
+	led := p.out.led
+	led.lockRuns()
+	for len(hd.run) < n && p.ready.len() > 0 {
+		l := p.ready.pop()
+		l.inReady = false
+		stale := 0
+	lane:
+		for l.msgs.len() > 0 && len(hd.run) < n {
+			t := l.msgs.peek()
+			switch led.beginLocked(t.m.Partition, t.from.epoch, t.from.win, t.m.Offset) {
+			case beginStale:
+				l.msgs.pop() // a Seek or a revoke since it was taken
+				p.waiting--
+				stale++
+				continue
+			case beginBlocked:
+				l.blocked = true
+				p.blocked[l.id.partition] = append(p.blocked[l.id.partition], l)
+				break lane
+			}
+			l.msgs.pop()
+			p.waiting--
+			l.running++
+			hd.run = append(hd.run, t)
+		}
+		if stale > 0 {
+			released = append(released, partCount{l.id.partition, stale})
+		}
+		switch {
+		case l.msgs.len() > 0:
+			if l.mayStart() { // Unordered: the rest is for other hands too
+				l.inReady = true
+				p.ready.push(l)
+			}
+		case l.running == 0:
+			p.dropLane(l)
+		}
+	}
+	led.unlockRuns()
+	if len(hd.run) > 0 {
+		released = append(released, partCount{hd.run[0].m.Partition, 1}) // it starts now
+	}
+	for _, r := range released {
+		p.out.q.release(r.p, r.n)
+	}
+	hd.released = released[:0]
+	if len(hd.run) == 0 {
+		return false
+	}
+	p.running++
+	hd.settled = 0
+	hd.pos.Store(position(0, len(hd.run)))
+	hd.began.Store(0)
+	hd.attempts.Store(0)
+	p.wakeLocked()
+	return true
+}
+
+// handleRun handles hd's run, in order, until a message of it does not
+// complete: what comes after it went back to its lanes (park), or, when
+// Process stops, ends incomplete.
+func (p *processor) handleRun(ctx context.Context, hd *hand) {
+	start := time.Now()
+	hd.claimed = start
+	for {
+		w := hd.pos.Load()
+		next, limit := positions(w)
+		if next >= limit {
+			return // done, or the rest went back (a sweep)
+		}
+		if next > 0 {
+			select {
+			case <-hd.interrupt:
+				// A Seek or a revoke: what has not started goes back,
+				// and is checked again as it is claimed again.
+				p.park(hd, false)
+				return
+			default:
+			}
+		}
+		if !hd.pos.CompareAndSwap(w, w+1<<32) {
+			continue // a sweep took the rest
+		}
+		if next > 0 {
+			hd.began.Store(0)
+			hd.attempts.Store(0)
+		}
+		o, end := p.handle(ctx, hd, start)
+		start = end
+		hd.ends = append(hd.ends, o)
+		if o != completed && o != rejected {
+			return
+		}
+	}
+}
+
+// settle ends hd's run: what it handled goes to the ledger (one critical
+// section), the share group's acker, the counts and the queue's bound;
+// what it did not start ends incomplete (Process stops). It reports whether
+// a commit is due. p.mu is held.
+func (p *processor) settle(hd *hand) (due bool) {
+	if len(hd.run) == 0 {
+		return false
+	}
+	_, limit := positions(hd.pos.Load())
+	due = p.settleRange(hd, hd.settled, limit, hd.ends)
+	p.mergeCounts(hd)
+	if n := limit; n > 0 && !hd.claimed.IsZero() {
+		took := time.Since(hd.claimed) / time.Duration(n)
+		if p.perMsg == 0 {
+			p.perMsg = took
+		} else {
+			p.perMsg += (took - p.perMsg) / 8
+		}
+	}
+	clear(hd.run)
+	hd.run, hd.ends, hd.settled = hd.run[:0], hd.ends[:0], 0
+	hd.pos.Store(0)
+	hd.claimed = time.Time{}
+	p.running--
+	return due
+}
+
+// mergeCounts adds the hand's counts to the dispatcher's. p.mu is held, by
+// the hand.
+func (p *processor) mergeCounts(hd *hand) {
+	hd.stats.Handled -= hd.counted // a sweep counted them
+	addCounts(&p.local, &hd.stats)
+	hd.stats.Handled, hd.stats.Panics, hd.counted = 0, 0, 0
+	hd.stats.HandlerDurations.reset()
+}
+
+// settleRange settles hd.run[i:j]: each ended as ends says, completed when
+// ends is nil, incomplete past ends (not started: Process stops). p.mu is
+// held.
+func (p *processor) settleRange(hd *hand, i, j int, ends []outcome) (due bool) {
+	if i >= j {
+		return false
+	}
+	end := func(k int) outcome {
+		switch {
+		case ends == nil:
+			return completed
+		case k < len(ends):
+			return ends[k]
+		}
+		return incomplete
+	}
+	led := p.out.led
+	led.lockRuns()
+	for k := i; k < j; k++ {
+		t := &hd.run[k]
+		if led.finishLocked(t.m.Partition, t.from.win, t.m.Offset, end(k) == completed) {
+			due = true
+		}
+	}
+	led.unlockRuns()
+	if p.acks != nil {
+		for k := i; k < j; k++ {
+			t := &hd.run[k]
+			switch end(k) {
+			case completed:
+				p.acks.decide(t.m.Partition, t.m.Offset, AckAccept)
+			case incomplete:
+				p.acks.decide(t.m.Partition, t.m.Offset, AckRelease) // another member takes it now
+			case rejected:
+				p.acks.decide(t.m.Partition, t.m.Offset, AckReject)
+			}
+		}
+	}
+	// The queue's bound: run[0] left it when it was claimed.
+	released := hd.released[:0]
+	for k := max(i, 1); k < j; k++ {
+		part := hd.run[k].m.Partition
+		if n := len(released); n > 0 && released[n-1].p == part {
+			released[n-1].n++
+		} else {
+			released = append(released, partCount{part, 1})
+		}
+	}
+	for _, r := range released {
+		p.out.q.release(r.p, r.n)
+	}
+	hd.released = released[:0]
+	stopped := p.stopped.Load()
+	for k := i; k < j; k++ {
+		t := &hd.run[k]
+		l := t.lane
+		l.running--
+		if stopped {
+			continue
+		}
+		if l.exclusive && end(k) == incomplete {
+			// A message left incomplete holds its key: the ones after
+			// it must not run before it does (after a restart).
+			l.stuck = true
+		}
+		if k+1 < j && hd.run[k+1].lane == l {
+			continue // the lane's next message in the run: look at the lane once
+		}
+		p.laneIdle(l)
+	}
+	if !stopped && len(p.blocked) > 0 {
+		for k := i; k < j; k++ {
+			p.unblock(hd.run[k].m.Partition)
+		}
+	}
+	return due
+}
+
+// laneIdle makes l ready, or drops it, now that a run has let go of its
+// messages. p.mu is held.
+func (p *processor) laneIdle(l *lane) {
+	if l.msgs.len() > 0 {
+		if l.mayStart() {
+			l.inReady = true
+			p.ready.push(l)
+		}
+	} else if l.running == 0 && !l.inReady {
+		p.dropLane(l)
+	}
+}
+
+// giveBackLocked puts back, at the heads of their lanes, claimed messages
+// that did not start, in order (back holds each lane's in order), and
+// lets the ledger know. p.mu is held.
+func (p *processor) giveBackLocked(back []task) {
+	if len(back) == 0 {
+		return
+	}
+	led := p.out.led
+	led.lockRuns()
+	for k := len(back) - 1; k >= 0; k-- {
+		t := back[k]
+		led.unbeginLocked(t.from.win)
+		t.lane.msgs.pushFront(t)
+		t.lane.running--
+		p.waiting++
+	}
+	led.unlockRuns()
+	for k := range back {
+		p.laneIdle(back[k].lane)
+	}
+	p.wakeLocked()
+}
+
+// park cuts hd's run at the message it handles, which has to wait (a retry,
+// liveness) or must not run (a Seek or a revoke, when keep is false): what
+// ended before it is settled, so that a stuck message holds back no other
+// completion, and what comes after it goes back to its lanes, at their
+// heads, for other hands (their keys' order is kept: the lane of the
+// message kept stays running). Once Process stops, nothing goes back: it
+// ends incomplete as the run settles.
+func (p *processor) park(hd *hand, keep bool) {
+	i := len(hd.ends) // the message handled; never 0 without keep, so run[0] (out of the queue's bound) never goes back
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stopped.Load() {
+		return
+	}
+	_, limit := positions(hd.pos.Load())
+	rest := i
+	if keep {
+		rest = i + 1
+	}
+	if hd.settled >= i && rest >= limit {
+		return // nothing before it, nothing after it
+	}
+	due := p.settleRange(hd, hd.settled, i, nil) // what ended before it completed: it would have ended the run
+	p.mergeCounts(hd)
+	p.giveBackLocked(hd.run[rest:limit])
+	if keep {
+		// What stays: the message handled, at the head of the run.
+		t := hd.run[i]
+		clear(hd.run[1:])
+		hd.run = append(hd.run[:0], t)
+		hd.pos.Store(position(1, 1))
+		if i > 0 {
+			p.out.q.release(t.m.Partition, 1) // it started: it leaves the queue's bound now
+		}
+	} else {
+		clear(hd.run)
+		hd.run = hd.run[:0]
+		hd.pos.Store(0)
+		p.running--
+	}
+	hd.ends, hd.settled = hd.ends[:0], 0
+	if due {
+		defer p.out.wake()
+	}
+}
+
+// sweep settles what hands held up by a handler for slowHandler (all
+// hands, with all) completed, and gives back what they did not start
+// (ends it incomplete once Process stops). p.mu is held.
+func (p *processor) sweep(all bool) (due bool) {
+	now := time.Since(p.born)
+	stopped := p.stopped.Load()
+	for _, hd := range p.hands {
+		if len(hd.run) == 0 {
+			continue
+		}
+		if b := hd.began.Load(); !all && (b == 0 || now-time.Duration(b) < slowHandler) {
+			continue
+		}
+		w := hd.pos.Load()
+		next, limit := positions(w)
+		if next == 0 {
+			continue // not started yet
+		}
+		if next < limit {
+			if !hd.pos.CompareAndSwap(w, position(next, next)) {
+				continue // it moved on
+			}
+			if stopped {
+				// Ends incomplete: nothing goes back.
+				if p.settleRange(hd, next, limit, []outcome{}) {
+					due = true
+				}
+			} else {
+				p.giveBackLocked(hd.run[next:limit])
+			}
+		}
+		// run[next-1] runs: everything before it completed, or the run
+		// would have ended.
+		if cur := next - 1; cur > hd.settled {
+			if p.settleRange(hd, hd.settled, cur, nil) {
+				due = true
+			}
+			n := int64(cur - hd.settled)
+			hd.counted += n
+			p.local.Handled += n
+			hd.settled = cur
+		}
+	}
+	return due
+}
+
+// handle runs the handler on hd's message until it succeeds, is given up
+// on, or ctx ends, or its partition moves (a Seek, a revoke); its first
+// attempt starts at start. It returns how the message ended, and when.
+func (p *processor) handle(ctx context.Context, hd *hand, start time.Time) (outcome, time.Time) {
 	backoff := min(p.pc.RetryBackoff, p.maxBackoff)
+	t := hd.run[len(hd.ends)]
 	for attempt := 1; ; attempt++ {
 		if attempt == 1 {
-			// start checked that t is current, just now:
-			// the first attempt costs no lock.
+			// claim checked that t is current, just now (a Seek or a
+			// revoke since ends the run): the first attempt costs no
+			// lock.
 			if p.stopped.Load() || ctx.Err() != nil {
-				p.finish(t, incomplete, nil)
-				return
+				return incomplete, start
 			}
 		} else if o, ok := p.mayAttempt(ctx, t); !ok {
-			p.finish(t, o, nil)
-			return
+			return o, time.Now()
 		}
 		if !p.out.live.alive() {
+			p.park(hd, true)
 			if o, ok := p.awaitAlive(ctx, t); !ok {
-				p.finish(t, o, nil)
-				return
+				return o, time.Now()
 			}
+			start = time.Now()
 		}
-		a := p.attempt(ctx, t)
+		if attempt == 1 {
+			hd.began.Store(max(1, int64(start.Sub(p.born))))
+		}
+		a := p.attempt(ctx, t, start)
+		end := a.start.Add(a.took)
 		if a.err == nil {
-			p.finish(t, completed, &a)
-			return
+			hd.stats.HandlerDurations.observe(a.took)
+			hd.stats.Handled++
+			return completed, end
 		}
+		hd.attempts.Add(1)
+		// It waits, or ends: what it holds back goes to other hands.
+		p.park(hd, true)
 		if ctx.Err() != nil {
-			p.finish(t, incomplete, &a) // handled again later
-			return
+			p.observe(t, &a, false)
+			return incomplete, end // handled again later
 		}
 		if p.pc.MaxAttempts > 0 && attempt >= p.pc.MaxAttempts {
 			p.observe(t, &a, false)
-			p.giveUp(ctx, t, attempt, a.err)
-			return
+			return p.giveUp(ctx, t, attempt, a.err), time.Now()
 		}
 		current, interrupt := p.observe(t, &a, true)
 		if !current {
-			p.finish(t, moved, nil) // revoked, or moved by Seek: not ours to retry
-			return
+			return moved, end // revoked, or moved by Seek: not ours to retry
 		}
 		p.log.Warn("process: handler failed, retrying", "partition", t.m.Partition, "offset", t.m.Offset,
 			"attempt", attempt, "backoff", backoff, "err", a.err)
@@ -709,6 +1192,7 @@ func (p *processor) handle(ctx context.Context, t task) {
 		}
 		timer.Stop()
 		backoff = min(2*backoff, p.maxBackoff)
+		start = time.Now()
 	}
 }
 
@@ -745,7 +1229,7 @@ func (p *processor) awaitAlive(ctx context.Context, t task) (outcome, bool) {
 
 // current reports whether t's partition is still where t was taken.
 func (p *processor) current(t task) bool {
-	return p.out.led.isCurrent(t.m.Partition, t.epoch, t.win)
+	return p.out.led.isCurrent(t.m.Partition, t.from.epoch, t.from.win)
 }
 
 // attempted is one handler attempt.
@@ -755,9 +1239,11 @@ type attempted struct {
 	err   error
 }
 
-// attempt runs the handler once, turning a panic into a *PanicError.
-func (p *processor) attempt(ctx context.Context, t task) (a attempted) {
-	a.start = time.Now()
+// attempt runs the handler once from start (now, or the end of the
+// hand's previous message: one clock read per message), turning a panic
+// into a *PanicError.
+func (p *processor) attempt(ctx context.Context, t task, start time.Time) (a attempted) {
+	a.start = start
 	defer func() {
 		if v := recover(); v != nil {
 			pe := &PanicError{Value: v, Stack: debug.Stack()}
@@ -767,65 +1253,44 @@ func (p *processor) attempt(ctx context.Context, t task) (a attempted) {
 		}
 		a.took = time.Since(a.start)
 	}()
-	a.err = p.h(ctx, t.m)
+	a.err = p.h(ctx, *t.m)
 	return a
-}
-
-// observeLocked records an attempt of t in the stats. p.mu is held.
-//
-// handled counts t as handled too. The counts are this Process's own,
-// under p.mu, which is held: no second lock and no allocation on the path
-// of every message.
-func (p *processor) observeLocked(t task, a *attempted, handled bool) {
-	s := &p.slots[t.slot]
-	if s.Started.IsZero() {
-		s.Started = a.start
-	}
-	panicked := false
-	if a.err != nil {
-		s.Attempts++
-		var pe *PanicError
-		panicked = errors.As(a.err, &pe)
-	}
-	p.local.HandlerDurations.observe(a.took)
-	if panicked {
-		p.local.Panics++
-	}
-	if handled {
-		p.local.Handled++
-	}
 }
 
 // observe records a failed attempt of t, followed by a retry if retry, and
 // reports whether t's partition is still where t was taken, with the
-// channel the next Seek or revoke closes.
+// channel the next Seek or revoke closes. The counts of failures go to
+// the dispatcher's at once (a stuck key shows in Stats).
 func (p *processor) observe(t task, a *attempted, retry bool) (bool, <-chan struct{}) {
 	interrupt := p.out.interrupted() // before current: a Seek after it closes it
+	current := p.current(t)
+	var pe *PanicError
+	panicked := errors.As(a.err, &pe)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.observeLocked(t, a, false)
-	current := p.current(t)
+	p.local.HandlerDurations.observe(a.took)
+	if panicked {
+		p.local.Panics++
+	}
 	if retry && current {
 		p.local.Retries++
 	}
 	return current, interrupt
 }
 
-// giveUp hands t to OnGiveUp, or stops Process.
-func (p *processor) giveUp(ctx context.Context, t task, attempts int, err error) {
+// giveUp hands t to OnGiveUp, or stops Process, and returns how t ends.
+func (p *processor) giveUp(ctx context.Context, t task, attempts int, err error) outcome {
 	gerr := &GiveUpError{Topic: t.m.Topic, Partition: t.m.Partition, Offset: t.m.Offset, Attempts: attempts, Err: err}
 	if p.pc.OnGiveUp != nil {
-		herr := p.callOnGiveUp(ctx, t.m, gerr)
+		herr := p.callOnGiveUp(ctx, *t.m, gerr)
 		if herr == nil {
 			p.mu.Lock()
 			p.local.GivenUp++
 			p.mu.Unlock()
-			p.finish(t, completed, nil)
-			return
+			return completed
 		}
 		if ctx.Err() != nil {
-			p.finish(t, incomplete, nil) // stopped meanwhile: not a failure
-			return
+			return incomplete // stopped meanwhile: not a failure
 		}
 		gerr = &GiveUpError{Topic: gerr.Topic, Partition: gerr.Partition, Offset: gerr.Offset, Attempts: attempts, Err: err, HookErr: herr}
 	}
@@ -836,8 +1301,7 @@ func (p *processor) giveUp(ctx context.Context, t task, attempts int, err error)
 		p.mu.Lock()
 		p.local.GivenUp++
 		p.mu.Unlock()
-		p.finish(t, rejected, nil)
-		return
+		return rejected
 	}
 	p.log.Error("process: giving up", "partition", t.m.Partition, "offset", t.m.Offset, "err", gerr)
 	p.mu.Lock()
@@ -846,12 +1310,13 @@ func (p *processor) giveUp(ctx context.Context, t task, attempts int, err error)
 	}
 	// Start nothing more, of any key: Process stops.
 	p.stopped.Store(true)
+	p.work.Broadcast()
 	p.mu.Unlock()
 	select {
 	case p.stop <- struct{}{}:
 	default:
 	}
-	p.finish(t, incomplete, nil)
+	return incomplete
 }
 
 func (p *processor) callOnGiveUp(ctx context.Context, m kafka.Message, err error) (herr error) {
@@ -873,53 +1338,6 @@ const (
 	rejected           // share group: given up on; the record is rejected and Process goes on
 )
 
-// finish records the end of t's handling, and its last attempt (if a is
-// not nil), and starts what may start now.
-func (p *processor) finish(t task, o outcome, a *attempted) {
-	complete := o == completed
-	p.mu.Lock()
-	if a != nil {
-		p.observeLocked(t, a, complete)
-	}
-	p.running--
-	p.slots[t.slot] = Handling{}
-	p.free = append(p.free, t.slot)
-	due := p.out.led.finish(t.m.Partition, t.win, t.m.Offset, complete)
-	if p.acks != nil {
-		switch o {
-		case completed:
-			p.acks.decide(t.m.Partition, t.m.Offset, AckAccept)
-		case incomplete:
-			p.acks.decide(t.m.Partition, t.m.Offset, AckRelease) // another member takes it now
-		case rejected:
-			p.acks.decide(t.m.Partition, t.m.Offset, AckReject)
-		}
-	}
-	l := t.lane
-	l.running--
-	if !p.stopped.Load() {
-		if l.exclusive {
-			// A message left incomplete holds its key: the ones after
-			// it must not run before it does (after a restart).
-			l.stuck = l.stuck || o == incomplete
-		}
-		if l.msgs.len() > 0 {
-			if l.mayStart() {
-				l.inReady = true
-				p.ready.push(l)
-			}
-		} else if l.running == 0 && !l.inReady {
-			p.dropLane(l)
-		}
-		p.unblock(t.m.Partition)
-		p.pump()
-	}
-	p.mu.Unlock()
-	if due {
-		p.out.wake()
-	}
-}
-
 // purge drops the waiting messages of partitions, which a Seek or a revoke
 // made stale: the queue has their room back at once.
 func (p *processor) purge(partitions []int) {
@@ -930,8 +1348,8 @@ func (p *processor) purge(partitions []int) {
 	}
 	for _, partition := range partitions {
 		p.unblock(partition)
-		for _, l := range p.lanes {
-			if l.key.partition != partition || l.msgs.len() == 0 {
+		for _, l := range p.allLanes() {
+			if l.id.partition != partition || l.msgs.len() == 0 {
 				continue
 			}
 			n := l.msgs.len()
@@ -962,13 +1380,15 @@ func (p *processor) unblock(partition int) {
 			p.ready.push(l)
 		}
 	}
+	p.wakeLocked()
 }
 
 // stats fills in what runs now, and the age of each partition's oldest
 // incomplete message.
 //
 // The counters are read under p.mu too, under which the processor updates
-// them: a completion is counted in Handled and leaves InFlight in one step.
+// them: a completion is counted in Handled and leaves InFlight in one step
+// (as its run settles).
 func (p *processor) stats(s *Stats, now time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -981,18 +1401,29 @@ func (p *processor) stats(s *Stats, now time.Time) {
 			oldest[part] = t
 		}
 	}
-	for _, h := range p.slots {
-		if !h.Taken.IsZero() {
-			h.Key = slices.Clone(h.Key)
-			s.Process.Handling = append(s.Process.Handling, h)
-			older(h.Partition, h.Taken)
+	for _, hd := range p.hands {
+		next, _ := positions(hd.pos.Load())
+		i := next - 1 // the message it handles
+		if i < 0 || i >= len(hd.run) {
+			continue
+		}
+		t := hd.run[i]
+		h := Handling{Partition: t.m.Partition, Offset: t.m.Offset, Key: slices.Clone(t.m.Key), Taken: t.from.at,
+			Attempts: int(hd.attempts.Load())}
+		if b := hd.began.Load(); b > 0 {
+			h.Started = p.born.Add(time.Duration(b))
+		}
+		s.Process.Handling = append(s.Process.Handling, h)
+		_, limit := positions(hd.pos.Load())
+		for _, t := range hd.run[i:max(i, limit)] {
+			older(t.m.Partition, t.from.at)
 		}
 	}
 	slices.SortFunc(s.Process.Handling, func(a, b Handling) int { return a.Taken.Compare(b.Taken) })
-	for _, l := range p.lanes {
+	for _, l := range p.allLanes() {
 		if l.msgs.len() > 0 {
 			if t := l.msgs.peek(); p.current(t) {
-				older(t.m.Partition, t.taken)
+				older(t.m.Partition, t.from.at)
 			}
 		}
 	}
@@ -1013,15 +1444,29 @@ type ring[T any] struct {
 
 func (r *ring[T]) len() int { return r.n }
 
+func (r *ring[T]) grow() {
+	buf := make([]T, max(2, 2*len(r.buf))) // most keys have a message or two waiting
+	for i := range r.n {
+		buf[i] = r.buf[(r.head+i)%len(r.buf)]
+	}
+	r.buf, r.head = buf, 0
+}
+
 func (r *ring[T]) push(v T) {
 	if r.n == len(r.buf) {
-		buf := make([]T, max(2, 2*len(r.buf))) // most keys have a message or two waiting
-		for i := range r.n {
-			buf[i] = r.buf[(r.head+i)%len(r.buf)]
-		}
-		r.buf, r.head = buf, 0
+		r.grow()
 	}
 	r.buf[(r.head+r.n)%len(r.buf)] = v
+	r.n++
+}
+
+// pushFront puts v before the first.
+func (r *ring[T]) pushFront(v T) {
+	if r.n == len(r.buf) {
+		r.grow()
+	}
+	r.head = (r.head - 1 + len(r.buf)) % len(r.buf)
+	r.buf[r.head] = v
 	r.n++
 }
 
