@@ -413,6 +413,7 @@ type processor struct {
 	idlers  int             // hands waiting for work
 	perMsg  time.Duration   // a run's time per message, averaged over runs; 0 before the first
 	spare   []*lane         // lanes dropped, for new keys (each with its buffers)
+	pruneAt int             // how many lanes prune the idle ones
 }
 
 // Runs: a hand claims at most maxRun messages at once, and about as many as
@@ -425,6 +426,8 @@ const (
 	// every sweepEvery.
 	slowHandler = 2 * time.Millisecond
 	sweepEvery  = time.Millisecond
+	// keepLanes is how many lanes (keys) may stay idle: about 250 B each.
+	keepLanes = 16384
 )
 
 // laneID names a lane's bucket in processor.lanes: the lanes of keys with
@@ -513,6 +516,7 @@ func newProcessor(pc ProcessConfig, h Handler, out *delivery, log *slog.Logger, 
 		born:    time.Now(),
 		lanes:   make(map[laneID]*lane),
 		blocked: make(map[int][]*lane),
+		pruneAt: keepLanes,
 		stop:    make(chan struct{}, 1),
 		idle:    make(chan struct{}),
 		hands:   make([]*hand, pc.Concurrency),
@@ -665,10 +669,11 @@ func (p *processor) add(b *batch) {
 // lane returns the lane of a message of partition with key, made if need
 // be. p.mu is held.
 //
-// Lanes are found by a hash of the key, not by the key as a string: a new
-// key's lane (most keys of a backlog have a message or two waiting, and go
-// at once) reuses a dropped lane and its key's buffer, and allocates
-// nothing.
+// Lanes are found by a hash of the key, not by the key as a string: a
+// lane stays when its key has nothing waiting (until prune), and a new
+// key's lane reuses a dropped lane and its key's buffer. Most keys of a
+// backlog have a message or two waiting, and go at once: neither the map
+// nor the heap sees each of their messages.
 func (p *processor) lane(partition int, key []byte) *lane {
 	id := laneID{partition: partition}
 	byKey := p.pc.Ordering == ByKey
@@ -685,6 +690,9 @@ func (p *processor) lane(partition int, key []byte) *lane {
 			return l
 		}
 	}
+	if len(p.lanes) >= p.pruneAt {
+		p.prune()
+	}
 	var l *lane
 	if n := len(p.spare); n > 0 {
 		l, p.spare = p.spare[n-1], p.spare[:n-1]
@@ -699,8 +707,8 @@ func (p *processor) lane(partition int, key []byte) *lane {
 	return l
 }
 
-// dropLane forgets l, which is empty and idle, and keeps it for the next
-// key. p.mu is held.
+// dropLane forgets l, which is idle, and keeps it for the next key. p.mu
+// is held.
 func (p *processor) dropLane(l *lane) {
 	if !l.live {
 		return // dropped already
@@ -721,6 +729,18 @@ func (p *processor) dropLane(l *lane) {
 	}
 	*l = lane{exclusive: l.exclusive, key: l.key[:0], msgs: ring[task]{buf: l.msgs.buf}}
 	p.spare = append(p.spare, l)
+}
+
+// prune drops the idle lanes (no message waiting, none in a run): lanes
+// stay idle so that a key that comes back finds its lane, with no map
+// insert or delete, but no more than about keepLanes of them. p.mu is held.
+func (p *processor) prune() {
+	for _, l := range p.allLanes() {
+		if l.msgs.len() == 0 && l.running == 0 && !l.inReady {
+			p.dropLane(l)
+		}
+	}
+	p.pruneAt = max(keepLanes, 2*len(p.lanes))
 }
 
 // allLanes returns every lane. p.mu is held.
@@ -821,14 +841,9 @@ func (p *processor) claim(hd *hand) bool {
 		if stale > 0 {
 			released = append(released, partCount{l.id.partition, stale})
 		}
-		switch {
-		case l.msgs.len() > 0:
-			if l.mayStart() { // Unordered: the rest is for other hands too
-				l.inReady = true
-				p.ready.push(l)
-			}
-		case l.running == 0:
-			p.dropLane(l)
+		if l.msgs.len() > 0 && l.mayStart() { // Unordered: the rest is for other hands too
+			l.inReady = true
+			p.ready.push(l)
 		}
 	}
 	led.unlockRuns()
@@ -1003,16 +1018,13 @@ func (p *processor) settleRange(hd *hand, i, j int, ends []outcome) (due bool) {
 	return due
 }
 
-// laneIdle makes l ready, or drops it, now that a run has let go of its
-// messages. p.mu is held.
+// laneIdle makes l ready, if it may start, now that a run has let go of
+// its messages. An empty lane stays, idle, until the lanes are pruned.
+// p.mu is held.
 func (p *processor) laneIdle(l *lane) {
-	if l.msgs.len() > 0 {
-		if l.mayStart() {
-			l.inReady = true
-			p.ready.push(l)
-		}
-	} else if l.running == 0 && !l.inReady {
-		p.dropLane(l)
+	if l.msgs.len() > 0 && l.mayStart() {
+		l.inReady = true
+		p.ready.push(l)
 	}
 }
 
@@ -1358,9 +1370,6 @@ func (p *processor) purge(partitions []int) {
 			}
 			p.waiting -= n
 			p.out.q.release(partition, n)
-			if l.running == 0 && !l.inReady {
-				p.dropLane(l)
-			}
 		}
 	}
 }
