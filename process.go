@@ -398,22 +398,24 @@ type processor struct {
 	born       time.Time     // set once: what the hands' start times count from
 	hands      []*hand       // set once: Concurrency of them
 	stop       chan struct{}
+	kick       chan struct{} // the feeder sweeps from now on
 	idle       chan struct{} // closed when every handler has returned
 
-	stopped atomic.Bool
-	mu      sync.Mutex // guards the fields below, and the hands' runs (see hand); held while it calls the ledger or the queue
-	work    sync.Cond  // on mu: an idle hand waits for a ready lane, or the stop
-	err     error      // why Process stops: a message given up on
-	local   ProcessStats
-	lanes   map[laneID]*lane
-	ready   ring[*lane]     // lanes with a message that may start now
-	blocked map[int][]*lane // lanes waiting for room in their partition's metadata
-	waiting int             // messages in lanes
-	running int             // hands with a run
-	idlers  int             // hands waiting for work
-	perMsg  time.Duration   // a run's time per message, averaged over runs; 0 before the first
-	spare   []*lane         // lanes dropped, for new keys (each with its buffers)
-	pruneAt int             // how many lanes prune the idle ones
+	stopped  atomic.Bool
+	mu       sync.Mutex // guards the fields below, and the hands' runs (see hand); held while it calls the ledger or the queue
+	work     sync.Cond  // on mu: an idle hand waits for a ready lane, or the stop
+	err      error      // why Process stops: a message given up on
+	local    ProcessStats
+	lanes    map[laneID]*lane
+	ready    ring[*lane]     // lanes with a message that may start now
+	blocked  map[int][]*lane // lanes waiting for room in their partition's metadata
+	waiting  int             // messages in lanes
+	running  int             // hands with a run
+	idlers   int             // hands waiting for work
+	perMsg   time.Duration   // a run's time per message, averaged over runs; 0 before the first
+	sweeping bool            // the feeder sweeps every sweepEvery
+	spare    []*lane         // lanes dropped, for new keys (each with its buffers)
+	pruneAt  int             // how many lanes prune the idle ones
 }
 
 // Runs: a hand claims at most maxRun messages at once, and about as many as
@@ -518,6 +520,7 @@ func newProcessor(pc ProcessConfig, h Handler, out *delivery, log *slog.Logger, 
 		blocked: make(map[int][]*lane),
 		pruneAt: keepLanes,
 		stop:    make(chan struct{}, 1),
+		kick:    make(chan struct{}, 1),
 		idle:    make(chan struct{}),
 		hands:   make([]*hand, pc.Concurrency),
 	}
@@ -583,14 +586,18 @@ func (p *processor) feed(ctx context.Context) error {
 	tick := time.NewTicker(sweepEvery)
 	defer tick.Stop()
 	for {
+		p.mu.Lock()
+		err := p.err
+		var sweeps <-chan time.Time // only while a hand has a run: an idle Process is not woken every ms
+		if p.sweeping = p.running > 0; p.sweeping {
+			sweeps = tick.C
+		}
+		p.mu.Unlock()
 		select {
-		case <-tick.C:
+		case <-sweeps:
 			p.sweepSlow()
 		default:
 		}
-		p.mu.Lock()
-		err := p.err
-		p.mu.Unlock()
 		if err == nil {
 			err = life.err()
 		}
@@ -607,7 +614,8 @@ func (p *processor) feed(ctx context.Context) error {
 		if n, changed := q.pending(); n == 0 {
 			select {
 			case <-changed:
-			case <-tick.C:
+			case <-p.kick:
+			case <-sweeps:
 				p.sweepSlow()
 			case <-p.stop:
 			case <-ctx.Done():
@@ -858,6 +866,13 @@ func (p *processor) claim(hd *hand) bool {
 		return false
 	}
 	p.running++
+	if !p.sweeping {
+		p.sweeping = true
+		select {
+		case p.kick <- struct{}{}: // the feeder waits without sweeping: it sweeps from now on
+		default:
+		}
+	}
 	hd.settled = 0
 	hd.pos.Store(position(0, len(hd.run)))
 	hd.began.Store(0)
