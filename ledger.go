@@ -26,11 +26,15 @@ type ledger struct {
 	acks     *acker
 	implicit bool
 
-	mu       sync.Mutex // guards b, lease and awaiting
+	mu       sync.Mutex // guards b, lease, awaiting and runP/runPO
 	b        *book
 	lease    lease // what commits are built under; noLease outside group mode and between generations
 	awaiting int   // hand-overs waiting for the caller to come back (awaitHeld): consuming notifies consumed
 	consumed broadcast
+	// Within lockRuns (runPart): the partition looked up last, and its
+	// offsets.
+	runP  int
+	runPO *partOffsets
 }
 
 func newLedger(topic string, everyN int, everyT time.Duration, now time.Time) *ledger {
@@ -547,13 +551,30 @@ const (
 // finishLocked calls (a hand of the dispatcher claiming messages, or
 // settling those it handled: one critical section for them all, not one per
 // message); unlockRuns ends it.
-func (l *ledger) lockRuns()   { l.mu.Lock() }
+func (l *ledger) lockRuns() {
+	l.mu.Lock()
+	l.runPO = nil
+}
+
 func (l *ledger) unlockRuns() { l.mu.Unlock() }
+
+// runPart returns partition p's offsets within lockRuns: the messages of a
+// run are mostly of one partition, looked up once. l.mu is held.
+func (l *ledger) runPart(p int) (*partOffsets, bool) {
+	if l.runPO != nil && l.runP == p {
+		return l.runPO, true
+	}
+	po, ok := l.b.parts[p]
+	if ok {
+		l.runP, l.runPO = p, po
+	}
+	return po, ok
+}
 
 // beginLocked starts the handling of the message at offset of partition p,
 // taken into window w in epoch. l.mu is held (lockRuns).
 func (l *ledger) beginLocked(p int, epoch uint64, w *window, offset int64) beginState {
-	po, ok := l.b.parts[p]
+	po, ok := l.runPart(p)
 	if !ok || po.epoch != epoch || w != nil && po.win != w {
 		return beginStale
 	}
@@ -599,7 +620,7 @@ func (l *ledger) finishLocked(p int, w *window, offset int64, complete bool) (du
 	w.inflight--
 	if complete {
 		w.complete(offset)
-		if po, ok := l.b.parts[p]; ok && po.win == w {
+		if po, ok := l.runPart(p); ok && po.win == w {
 			if !l.movedLocked(po, w) {
 				l.b.sinceCommit++ // completions count for the count trigger
 			}

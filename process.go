@@ -205,7 +205,10 @@ func (h *Histogram) observe(d time.Duration) {
 	if h.Counts == nil {
 		h.Bounds, h.Counts = handlerBounds, make([]int64, len(handlerBounds)+1)
 	}
-	i, _ := slices.BinarySearch(h.Bounds, d)
+	i := 0
+	if d > h.Bounds[0] { // most handlers of a fast stream take less
+		i, _ = slices.BinarySearch(h.Bounds, d)
+	}
 	h.Counts[i]++
 	h.Count++
 	h.Sum += d
@@ -406,16 +409,16 @@ type processor struct {
 	work     sync.Cond  // on mu: an idle hand waits for a ready lane, or the stop
 	err      error      // why Process stops: a message given up on
 	local    ProcessStats
-	lanes    map[laneID]*lane
-	ready    ring[*lane]     // lanes with a message that may start now
-	blocked  map[int][]*lane // lanes waiting for room in their partition's metadata
-	waiting  int             // messages in lanes
-	running  int             // hands with a run
-	idlers   int             // hands waiting for work
-	perMsg   time.Duration   // a run's time per message, averaged over runs; 0 before the first
-	sweeping bool            // the feeder sweeps every sweepEvery
-	spare    []*lane         // lanes dropped, for new keys (each with its buffers)
-	pruneAt  int             // how many lanes prune the idle ones
+	lanes    map[uint64]*lane // by bucket: the lanes of a bucket chain
+	ready    ring[*lane]      // lanes with a message that may start now
+	blocked  map[int][]*lane  // lanes waiting for room in their partition's metadata
+	waiting  int              // messages in lanes
+	running  int              // hands with a run
+	idlers   int              // hands waiting for work
+	perMsg   time.Duration    // a run's time per message, averaged over runs; 0 before the first
+	sweeping bool             // the feeder sweeps every sweepEvery
+	spare    []*lane          // lanes dropped, for new keys (each with its buffers)
+	pruneAt  int              // how many lanes prune the idle ones
 }
 
 // Runs: a hand claims at most maxRun messages at once, and about as many as
@@ -430,23 +433,19 @@ const (
 	sweepEvery  = time.Millisecond
 	// keepLanes is how many lanes (keys) may stay idle: about 250 B each.
 	keepLanes = 16384
+	// aliveEvery is how often a run asks liveness again.
+	aliveEvery = time.Millisecond
 )
-
-// laneID names a lane's bucket in processor.lanes: the lanes of keys with
-// the same hash share it (the lanes chain).
-type laneID struct {
-	partition int
-	nilKey    bool
-	hash      uint64 // ByKey: of the key
-}
 
 // lane is a FIFO of messages taken and waiting to start. An exclusive lane
 // (a key, or a partition) runs one at a time; under Unordered a partition's
 // lane starts its messages as fast as there is room.
 type lane struct {
-	id        laneID
+	partition int
+	nilKey    bool   // ByKey: the lane of the messages without a key
 	key       []byte // ByKey: a copy of the key (its buffer is kept when the lane is reused)
-	collide   *lane  // the next lane of the same laneID
+	bucket    uint64 // in processor.lanes: a hash of the partition and the key
+	collide   *lane  // the next lane of the bucket
 	live      bool   // in lanes
 	exclusive bool
 	msgs      ring[task]
@@ -502,6 +501,7 @@ type hand struct {
 	attempts  atomic.Int32
 	interrupt <-chan struct{} // read before the run was claimed: a Seek or a revoke since closes it
 	claimed   time.Time       // when the run was claimed, the hand's own
+	aliveAt   time.Time       // when the run last found the member alive, the hand's own
 	released  []partCount     // scratch for settle: guarded by p.mu
 }
 
@@ -516,7 +516,7 @@ func newProcessor(pc ProcessConfig, h Handler, out *delivery, log *slog.Logger, 
 		pc: pc, h: h, out: out, log: log, maxBackoff: maxBackoff, totals: &out.totals, acks: out.led.acks,
 		seed:    maphash.MakeSeed(),
 		born:    time.Now(),
-		lanes:   make(map[laneID]*lane),
+		lanes:   make(map[uint64]*lane),
 		blocked: make(map[int][]*lane),
 		pruneAt: keepLanes,
 		stop:    make(chan struct{}, 1),
@@ -551,7 +551,7 @@ func (p *processor) run(ctx context.Context) error {
 	// its ctx; what they did not start ends incomplete.
 	due := p.sweep(true)
 	for _, l := range p.allLanes() {
-		q.release(l.id.partition, l.msgs.len())
+		q.release(l.partition, l.msgs.len())
 		if p.acks != nil {
 			// Taken from the queue and not started: back to the group
 			// (an offsets consumer fetches them again instead, rewind).
@@ -683,18 +683,20 @@ func (p *processor) add(b *batch) {
 // backlog have a message or two waiting, and go at once: neither the map
 // nor the heap sees each of their messages.
 func (p *processor) lane(partition int, key []byte) *lane {
-	id := laneID{partition: partition}
-	byKey := p.pc.Ordering == ByKey
-	if byKey {
-		if key == nil {
-			id.nilKey = true
-		} else {
-			id.hash = maphash.Bytes(p.seed, key)
-		}
+	bucket := uint64(partition) * 0x9e3779b97f4a7c15 // spreads partitions; a collision only chains
+	nilKey := false
+	switch {
+	case p.pc.Ordering != ByKey:
+		key = nil
+	case key == nil:
+		nilKey = true
+		bucket++
+	default:
+		bucket ^= maphash.Bytes(p.seed, key)
 	}
-	first := p.lanes[id]
+	first := p.lanes[bucket]
 	for l := first; l != nil; l = l.collide {
-		if !byKey || key == nil || bytes.Equal(l.key, key) {
+		if l.partition == partition && l.nilKey == nilKey && bytes.Equal(l.key, key) {
 			return l
 		}
 	}
@@ -707,11 +709,9 @@ func (p *processor) lane(partition int, key []byte) *lane {
 	} else {
 		l = &lane{exclusive: p.pc.Ordering != Unordered}
 	}
-	l.id, l.collide, l.live = id, first, true
-	if byKey && key != nil {
-		l.key = append(l.key[:0], key...)
-	}
-	p.lanes[id] = l
+	l.partition, l.nilKey, l.bucket, l.collide, l.live = partition, nilKey, bucket, first, true
+	l.key = append(l.key[:0], key...)
+	p.lanes[bucket] = l
 	return l
 }
 
@@ -721,11 +721,11 @@ func (p *processor) dropLane(l *lane) {
 	if !l.live {
 		return // dropped already
 	}
-	if first := p.lanes[l.id]; first == l {
+	if first := p.lanes[l.bucket]; first == l {
 		if l.collide == nil {
-			delete(p.lanes, l.id)
+			delete(p.lanes, l.bucket)
 		} else {
-			p.lanes[l.id] = l.collide
+			p.lanes[l.bucket] = l.collide
 		}
 	} else {
 		for o := first; o != nil; o = o.collide {
@@ -838,7 +838,7 @@ func (p *processor) claim(hd *hand) bool {
 				continue
 			case beginBlocked:
 				l.blocked = true
-				p.blocked[l.id.partition] = append(p.blocked[l.id.partition], l)
+				p.blocked[l.partition] = append(p.blocked[l.partition], l)
 				break lane
 			}
 			l.msgs.pop()
@@ -847,7 +847,7 @@ func (p *processor) claim(hd *hand) bool {
 			hd.run = append(hd.run, t)
 		}
 		if stale > 0 {
-			released = append(released, partCount{l.id.partition, stale})
+			released = append(released, partCount{l.partition, stale})
 		}
 		if l.msgs.len() > 0 && l.mayStart() { // Unordered: the rest is for other hands too
 			l.inReady = true
@@ -873,7 +873,7 @@ func (p *processor) claim(hd *hand) bool {
 		default:
 		}
 	}
-	hd.settled = 0
+	hd.settled, hd.aliveAt = 0, time.Time{}
 	hd.pos.Store(position(0, len(hd.run)))
 	hd.began.Store(0)
 	hd.attempts.Store(0)
@@ -906,8 +906,7 @@ func (p *processor) handleRun(ctx context.Context, hd *hand) {
 		if !hd.pos.CompareAndSwap(w, w+1<<32) {
 			continue // a sweep took the rest
 		}
-		if next > 0 {
-			hd.began.Store(0)
+		if next > 0 && hd.attempts.Load() != 0 {
 			hd.attempts.Store(0)
 		}
 		o, end := p.handle(ctx, hd, start)
@@ -1175,12 +1174,18 @@ func (p *processor) handle(ctx context.Context, hd *hand, start time.Time) (outc
 		} else if o, ok := p.mayAttempt(ctx, t); !ok {
 			return o, time.Now()
 		}
-		if !p.out.live.alive() {
-			p.park(hd, true)
-			if o, ok := p.awaitAlive(ctx, t); !ok {
-				return o, time.Now()
+		// Liveness is asked before a run's first message, then once per
+		// aliveEvery of the run (a clock read, in group mode), and before
+		// each retry.
+		if attempt > 1 || hd.aliveAt.IsZero() || start.Sub(hd.aliveAt) >= aliveEvery {
+			if !p.out.live.alive() {
+				p.park(hd, true)
+				if o, ok := p.awaitAlive(ctx, t); !ok {
+					return o, time.Now()
+				}
+				start = time.Now()
 			}
-			start = time.Now()
+			hd.aliveAt = start
 		}
 		if attempt == 1 {
 			hd.began.Store(max(1, int64(start.Sub(p.born))))
@@ -1376,7 +1381,7 @@ func (p *processor) purge(partitions []int) {
 	for _, partition := range partitions {
 		p.unblock(partition)
 		for _, l := range p.allLanes() {
-			if l.id.partition != partition || l.msgs.len() == 0 {
+			if l.partition != partition || l.msgs.len() == 0 {
 				continue
 			}
 			n := l.msgs.len()

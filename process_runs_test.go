@@ -120,15 +120,15 @@ func TestProcessLaneChains(t *testing.T) {
 	require.Same(t, p.lane(0, nil), p.lane(0, nil))
 
 	// A key b whose hash collides with a's: the bucket chains them.
-	chain := func(id laneID) (keys []string) {
+	chain := func(id uint64) (keys []string) {
 		for l := p.lanes[id]; l != nil; l = l.collide {
 			keys = append(keys, string(l.key))
 		}
 		return keys
 	}
-	id := a.id // a dropped lane forgets it
-	b := &lane{id: id, key: []byte("b"), collide: a, live: true, exclusive: true}
-	p.lanes[a.id] = b
+	id := a.bucket // a dropped lane forgets it
+	b := &lane{partition: 0, key: []byte("b"), bucket: id, collide: a, live: true, exclusive: true}
+	p.lanes[id] = b
 	require.Same(t, a, p.lane(0, []byte("a")), "a is found past b")
 	p.dropLane(a)
 	require.Equal(t, []string{"b"}, chain(id), "b stays when a goes")
