@@ -625,13 +625,15 @@ func (p *processor) feed(ctx context.Context) error {
 			}
 			continue
 		}
-		taken := q.lend()
-		p.mu.Lock()
-		for i := range taken {
-			p.add(&taken[i])
+		// One batch at a time: the hands settle and claim in between (the
+		// queue lends up to QueueSize messages at once), and start on the
+		// first batch while the next is added.
+		for _, b := range q.lend() {
+			p.mu.Lock()
+			p.add(&b)
+			p.wakeLocked()
+			p.mu.Unlock()
 		}
-		p.wakeLocked()
-		p.mu.Unlock()
 	}
 }
 
