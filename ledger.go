@@ -593,11 +593,13 @@ func (l *ledger) beginLocked(p int, epoch uint64, w *window, offset int64) begin
 
 // unbeginLocked undoes beginLocked for a message of window w that was not
 // handled after all: the dispatcher gave it back to wait for its turn
-// again. l.mu is held (lockRuns).
+// again (a Seek or a revoke interrupted its run, or a message before it
+// waits). l.mu is held (lockRuns).
 func (l *ledger) unbeginLocked(w *window) {
 	if w != nil {
 		w.inflight--
 	}
+	l.notifyLocked() // a revoke waits until its partitions have nothing in flight
 }
 
 // isCurrent reports whether window w, taken in epoch, is still partition
