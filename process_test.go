@@ -508,9 +508,11 @@ func TestProcessCloseWhileRunning(t *testing.T) {
 			below++
 		}
 	}
-	// With 4 handlers at once, at most 3 others were taken with offset
-	// 50 and not run: Close stopped them.
-	assert.GreaterOrEqual(t, below, 47)
+	// With 4 hands at once, the 3 others may each have claimed a run (up
+	// to maxRun messages) and not started all of it when Close stopped
+	// them: what they did not start is neither handled nor committed (the
+	// loop below checks it), and the next Process fetches it again.
+	assert.GreaterOrEqual(t, below, 50-3*maxRun)
 	for p, upTo := range cm {
 		for o := range upTo {
 			assert.True(t, done[[2]int64{int64(p), o}], "partition %d offset %d committed, not handled", p, o)
