@@ -586,26 +586,42 @@ func (w *worker) decode(ctx context.Context, p int, pos *fetchPos, hwm int64, ra
 		return nil
 	}
 	it := newRecordIter(w.env.topic, p, raw)
-	m := kafka.Message{HighWaterMark: hwm}
+	var spare kafka.Message // a record before the position, decoded and dropped
 	for {
-		ok, err := it.next(&m)
+		if run == nil {
+			// No more than the log holds past the position: at a trickle
+			// a response has a message or two, and a run sized for a
+			// backlog (w.batchSize, ~150 B a message) would be most of
+			// what the consumer allocates.
+			run = make([]kafka.Message, 0, min(int64(w.batchSize), max(1, hwm-pos.offset)))
+		}
+		// Decoded in place, in the run's next slot: a message is copied
+		// once, into the run, and no more.
+		m := &spare
+		if len(run) < cap(run) {
+			run = run[:len(run)+1]
+			m = &run[len(run)-1]
+		}
+		m.HighWaterMark = hwm
+		ok, err := it.next(m)
+		if m != &spare && (!ok || err != nil || m.Offset < pos.offset) {
+			// Nothing, or a record of a compressed batch that starts
+			// before the offset asked for.
+			run = run[:len(run)-1]
+		}
 		if err != nil {
 			return got, errors.Join(err, flush())
 		}
 		if !ok {
 			break
 		}
-		if m.Offset < pos.offset {
-			continue // a compressed batch starts before the offset asked for
+		if m == &spare {
+			if m.Offset < pos.offset {
+				continue
+			}
+			run = append(run, *m) // a run sized short of a batch: it grows
 		}
-		if run == nil {
-			// No more than the log holds past the position: at a trickle
-			// a response has a message or two, and a run sized for a
-			// backlog (w.batchSize, ~150 B a message) would be most of
-			// what the consumer allocates.
-			run = make([]kafka.Message, 0, min(int64(w.batchSize), max(1, hwm-m.Offset)))
-		}
-		if run = append(run, m); len(run) == w.batchSize {
+		if len(run) >= w.batchSize {
 			if err := flush(); err != nil {
 				return got, err
 			}
