@@ -65,27 +65,28 @@ import (
 
 type options struct {
 	// orchestrator
-	brokers     string
-	label       string
-	suites      string
-	partitions  int
-	n           int
-	sizes       string
-	rounds      int
-	contenders  string
-	latency     string
-	rates       string // -rate as given
-	latRates    []int  // -rate parsed; a child gets exactly one
-	latRounds   int
-	latDur      time.Duration
-	rebalance   string
-	rebalRate   int
-	settle      time.Duration
-	coldMembers int
-	ioWorkers   string
-	ioHandlers  string
-	ioSleep     time.Duration
-	memN        string
+	brokers           string
+	label             string
+	suites            string
+	partitions        int
+	n                 int
+	sizes             string
+	rounds            int
+	contenders        string
+	latency           string
+	rates             string // -rate as given
+	latRates          []int  // -rate parsed; a child gets exactly one
+	latRounds         int
+	latDur            time.Duration
+	rebalance         string
+	rebalRate         int
+	settle            time.Duration
+	coldMembers       int
+	ioWorkers         string
+	ioHandlers        string
+	ioSleep           time.Duration
+	memN              string
+	profileContenders string
 
 	// process suite (process.go)
 	processParts   string
@@ -148,6 +149,7 @@ func main() {
 	flag.StringVar(&o.ioWorkers, "io-workers", "1,2,4,8", "MultiConsumer workers of the io suite")
 	flag.StringVar(&o.ioHandlers, "io-handlers", "1,64", "handler goroutines of the io suite")
 	flag.DurationVar(&o.ioSleep, "io-sleep", time.Millisecond, "wait per message in the io suite")
+	flag.StringVar(&o.profileContenders, "profile-contenders", "mc-get?w=1 mc-get?w=8 mc-iter?w=8", "contenders of the profile suite (CPU and allocation profiles of a drain of -n messages of the first of -sizes), space-separated")
 	flag.StringVar(&o.memN, "mem-n", "1000000,10000000", "backlogs of the mem suite (100 B messages)")
 	flag.StringVar(&o.processParts, "process-parts", "pc,io,cpu", "parts of the process suite: pc (parallel-consumer's table), io (1 ms handler), cpu (near-empty handler, -n messages)")
 	flag.IntVar(&o.pcN, "pc-n", 10_000, "process suite, pc part: messages")

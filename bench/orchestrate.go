@@ -429,7 +429,8 @@ func (b *bench) memSuite() error {
 // profileSuite writes CPU and allocation profiles of MultiConsumer at 1 and
 // 8 workers draining the backlog (100 B messages).
 func (b *bench) profileSuite() error {
-	topic, err := b.backlog(b.o.n, 100)
+	size := ints(b.o.sizes)[0] // the first of -sizes
+	topic, err := b.backlog(b.o.n, size)
 	if err != nil {
 		return err
 	}
@@ -437,9 +438,9 @@ func (b *bench) profileSuite() error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	for _, c := range []string{"mc-get?w=1", "mc-get?w=8", "mc-iter?w=8"} {
+	for _, c := range strings.Fields(b.o.profileContenders) {
 		name := strings.NewReplacer("?", "-", "=", "", "&", "-").Replace(c)
-		b.runChild("profile", c, "drain", topic, b.o.n, 100, 0, 0,
+		b.runChild("profile", c, "drain", topic, b.o.n, size, 0, 0,
 			"-cpuprofile", filepath.Join(dir, name+".cpu.pprof"),
 			"-memprofile", filepath.Join(dir, name+".alloc.pprof"))
 	}
