@@ -31,13 +31,14 @@ const (
 // an idle partition costs no round trip of its own. A partition that fails
 // backs off on its own; the others go on.
 type worker struct {
-	env       *fetchEnv
-	id        int
-	order     []int // its partitions, in the order the next fetch lists them
-	pos       map[int]*fetchPos
-	wake      *wakeup
-	log       *slog.Logger
-	batchSize int // messages per batch queued
+	env     *fetchEnv
+	id      int
+	order   []int // its partitions, in the order the next fetch lists them
+	pos     map[int]*fetchPos
+	wake    *wakeup
+	log     *slog.Logger
+	feeder  *feeder
+	rewinds []rewind // taken from the feeder, reused
 
 	// Partitions given to the worker, or taken from it, since it last
 	// looked: it takes them in at the start of its next round (applyInbox).
@@ -159,7 +160,7 @@ type fetchEnv struct {
 func newWorker(env *fetchEnv, id int, partitions []int, pos map[int]*fetchPos, wake *wakeup) *worker {
 	w := &worker{env: env, id: id, order: slices.Clone(partitions), pos: pos, wake: wake}
 	w.log = env.log.With("worker", id)
-	w.batchSize = env.batchSize
+	w.feeder = newFeeder(env)
 	return w
 }
 
@@ -204,9 +205,34 @@ func (w *worker) applyInbox() {
 	clear(w.given)
 }
 
+// applyRewinds moves back the partitions whose fetched records the feeder
+// did not queue, to where the queue ends; one that failed backs off.
+func (w *worker) applyRewinds() {
+	w.rewinds = w.feeder.takeRewinds(w.rewinds)
+	for _, r := range w.rewinds {
+		pos, ok := w.pos[r.p]
+		if !ok || pos.epoch != r.epoch {
+			continue // a Seek moved it since, or it was taken away
+		}
+		pos.offset = r.to
+		if r.err != nil {
+			w.fail([]int{r.p}, initialBackoff, r.err)
+		}
+	}
+}
+
 // run fetches until ctx is done. It waits while the consumer is paused, and
 // while every one of its partitions is backing off (a Seek wakes it).
 func (w *worker) run(ctx context.Context) {
+	var feeding sync.WaitGroup
+	feeding.Go(func() { w.feeder.run(ctx) })
+	defer func() {
+		// The positions end where the queue does: the next worker of
+		// these partitions goes on from there.
+		close(w.feeder.in)
+		feeding.Wait()
+		w.applyRewinds()
+	}()
 	idle := time.NewTimer(time.Hour)
 	defer idle.Stop()
 	for {
@@ -215,6 +241,7 @@ func (w *worker) run(ctx context.Context) {
 		}
 		w.wake.clear() // the positions read next cover every Seek so far
 		w.applyInbox()
+		w.applyRewinds()
 		wait, leaderless, full := w.env.led.plan(w.order, w.pos, time.Now(), &w.plan, w.env.meta.leaderMap(), w.env.q.isHungry)
 		if leaderless {
 			// Look again for a leader every second at most; the
@@ -496,6 +523,7 @@ func (w *worker) fetchFrom(ctx, rctx context.Context, leader int, parts []int, r
 		}
 		return
 	}
+	var feeds []feed // the feeder's from here on
 	for _, rt := range res.Topics {
 		if rt.Topic != topic {
 			continue
@@ -506,7 +534,7 @@ func (w *worker) fetchFrom(ctx, rctx context.Context, leader int, parts []int, r
 			if !mine || !slices.Contains(parts, p) {
 				continue
 			}
-			got, err := w.handle(ctx, &rt.Partitions[i])
+			fd, err := w.handle(ctx, &rt.Partitions[i])
 			if err != nil {
 				if ctx.Err() != nil {
 					return
@@ -520,10 +548,26 @@ func (w *worker) fetchFrom(ctx, rctx context.Context, leader int, parts []int, r
 				continue
 			}
 			pos.backoff, pos.retryAt = 0, time.Time{}
-			if got {
+			if fd.to == fd.from {
+				continue // nothing new
+			}
+			if fd.raw != nil {
 				r.served = append(r.served, p)
 			}
+			feeds = append(feeds, fd)
 		}
+	}
+	if len(feeds) == 0 {
+		return
+	}
+	select {
+	case w.feeder.in <- feeds:
+	case <-ctx.Done():
+		return
+	}
+	// The feeder has them: fetch what follows.
+	for _, fd := range feeds {
+		w.pos[fd.p].offset = fd.to
 	}
 }
 
@@ -542,112 +586,26 @@ func metadataError(err error) bool {
 		errors.Is(err, kafka.ReplicaNotAvailable)
 }
 
-// handle queues the records of one partition of a fetch response, and
-// reports whether there were any.
-func (w *worker) handle(ctx context.Context, rp *kmsg.FetchResponseTopicPartition) (bool, error) {
+// handle returns what the feeder is to do with one partition of a fetch
+// response: queue its records, or move past a reset.
+func (w *worker) handle(ctx context.Context, rp *kmsg.FetchResponseTopicPartition) (feed, error) {
 	p := int(rp.Partition)
 	pos := w.pos[p]
+	fd := feed{p: p, epoch: pos.epoch, from: pos.offset, to: pos.offset, hwm: rp.HighWatermark}
 	if rp.ErrorCode != 0 {
-		err := kafka.Error(rp.ErrorCode)
-		if errors.Is(err, kafka.OffsetOutOfRange) {
-			return false, w.reset(ctx, p, pos)
+		if code := kafka.Error(rp.ErrorCode); errors.Is(code, kafka.OffsetOutOfRange) {
+			var err error
+			fd.to, err = w.reset(ctx, p, pos)
+			return fd, err
+		} else {
+			return fd, fmt.Errorf("fetch at offset %d: %w", pos.offset, code)
 		}
-		return false, fmt.Errorf("fetch at offset %d: %w", pos.offset, err)
 	}
 	w.env.led.setHighWatermark(p, rp.HighWatermark)
 	pos.sized(len(rp.RecordBatches), rp.HighWatermark > pos.offset)
-	got, err := w.decode(ctx, p, pos, rp.HighWatermark, rp.RecordBatches)
-	if err != nil {
-		return got, fmt.Errorf("decode records at offset %d: %w", pos.offset, err)
-	}
-	return got, nil
-}
-
-// decode turns the records of a partition at or after pos.offset into
-// messages, and queues them in runs of w.batchSize as it goes, so the
-// caller can take the first messages of a large response while the rest is
-// decoded. pos.offset follows what was queued, and moves past what the
-// records end with that is no message (a transaction's marker, the offsets
-// compaction emptied). It reports whether it queued any message.
-func (w *worker) decode(ctx context.Context, p int, pos *fetchPos, hwm int64, raw []byte) (bool, error) {
-	var run []kafka.Message
-	got := false
-	flush := func() error {
-		if len(run) == 0 {
-			return nil
-		}
-		b := batch{partition: p, epoch: pos.epoch, msgs: run}
-		run = nil
-		if err := w.env.q.put(ctx, b, w.env.unpaused); err != nil {
-			return err
-		}
-		got = true
-		pos.offset = b.msgs[len(b.msgs)-1].Offset + 1
-		return nil
-	}
-	it := newRecordIter(w.env.topic, p, raw)
-	var spare kafka.Message // a record before the position, decoded and dropped
-	for {
-		if run == nil {
-			// No more than the log holds past the position: at a trickle
-			// a response has a message or two, and a run sized for a
-			// backlog (w.batchSize, ~150 B a message) would be most of
-			// what the consumer allocates.
-			run = make([]kafka.Message, 0, min(int64(w.batchSize), max(1, hwm-pos.offset)))
-		}
-		// Decoded in place, in the run's next slot: a message is copied
-		// once, into the run, and no more.
-		m := &spare
-		if len(run) < cap(run) {
-			run = run[:len(run)+1]
-			m = &run[len(run)-1]
-		}
-		m.HighWaterMark = hwm
-		ok, err := it.next(m)
-		if m != &spare && (!ok || err != nil || m.Offset < pos.offset) {
-			// Nothing, or a record of a compressed batch that starts
-			// before the offset asked for.
-			run = run[:len(run)-1]
-		}
-		if err != nil {
-			return got, errors.Join(err, flush())
-		}
-		if !ok {
-			break
-		}
-		if m == &spare {
-			if m.Offset < pos.offset {
-				continue
-			}
-			run = append(run, *m) // a run sized short of a batch: it grows
-		}
-		if len(run) >= w.batchSize {
-			if err := flush(); err != nil {
-				return got, err
-			}
-		}
-	}
-	if err := flush(); err != nil {
-		return got, err
-	}
-	if it.seen+1 > pos.offset {
-		// The records ended with offsets that are no messages: skip them,
-		// here and in the bookkeeping (Offsets, Pending, Lag).
-		if err := w.skip(ctx, p, pos, it.seen+1); err != nil {
-			return got, err
-		}
-	}
-	return got, nil
-}
-
-// skip moves partition p to offset to, here and, through a marker queued
-// behind its messages, in the controller's bookkeeping.
-func (w *worker) skip(ctx context.Context, p int, pos *fetchPos, to int64) error {
-	if err := w.env.q.put(ctx, batch{partition: p, epoch: pos.epoch, advance: to}, w.env.unpaused); err != nil {
-		return err
-	}
-	pos.offset = to
-	return nil
+	fd.raw = rp.RecordBatches
+	fd.to = batchesEnd(fd.raw, pos.offset)
+	return fd, nil
 }
 
 // fullParts returns the partitions that wait for room in the queue: while
@@ -667,12 +625,12 @@ func (w *worker) fullParts() []int {
 // append never writes into it.
 var empty = []byte{}
 
-// reset moves a partition whose fetch offset is no longer in the log
-// (retention deleted it) to StartOffset.
-func (w *worker) reset(ctx context.Context, p int, pos *fetchPos) error {
+// reset returns where a partition whose fetch offset is no longer in the
+// log (retention deleted it) goes: StartOffset.
+func (w *worker) reset(ctx context.Context, p int, pos *fetchPos) (int64, error) {
 	b, err := w.env.kc.logBounds(ctx, []int{p})
 	if err != nil {
-		return err
+		return pos.offset, err
 	}
 	to := b[p].first
 	if w.env.startOffset == kafka.LastOffset {
@@ -681,8 +639,8 @@ func (w *worker) reset(ctx context.Context, p int, pos *fetchPos) error {
 	if to == pos.offset {
 		// The log says the offset is there, the fetch says it is not: a
 		// failure, retried with backoff, not a reset.
-		return fmt.Errorf("fetch at offset %d: %w (log is [%d, %d])", pos.offset, kafka.OffsetOutOfRange, b[p].first, b[p].last)
+		return pos.offset, fmt.Errorf("fetch at offset %d: %w (log is [%d, %d])", pos.offset, kafka.OffsetOutOfRange, b[p].first, b[p].last)
 	}
 	w.log.Warn("offset out of range, resetting", "partition", p, "offset", pos.offset, "reset_to", to)
-	return w.skip(ctx, p, pos, to)
+	return to, nil
 }
