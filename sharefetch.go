@@ -472,11 +472,12 @@ func (s *shareSession) acquired(p int, rp *kmsg.ShareFetchResponseTopicPartition
 	slices.SortFunc(ars, func(x, y kmsg.ShareFetchResponseTopicPartitionAcquiredRecord) int {
 		return cmp.Compare(x.FirstOffset, y.FirstOffset)
 	})
-	ranges := make([]offsetRange, 0, len(ars))
-	for _, ar := range ars {
-		if ar.LastOffset >= ar.FirstOffset {
-			ranges = append(ranges, offsetRange{ar.FirstOffset, ar.LastOffset})
-		}
+	ars = slices.DeleteFunc(ars, func(ar kmsg.ShareFetchResponseTopicPartitionAcquiredRecord) bool {
+		return ar.LastOffset < ar.FirstOffset
+	})
+	ranges := make([]offsetRange, len(ars)) // ranges[i] is ars[i]'s
+	for i, ar := range ars {
+		ranges[i] = offsetRange{ar.FirstOffset, ar.LastOffset}
 	}
 	f.acks.acquired(p, s.id, ranges, now)
 	epoch, _ := f.env.led.epochOf(p)
