@@ -43,6 +43,10 @@ type recordIter struct {
 	partition int
 	raw       []byte // batches not opened yet
 
+	// keep, when set, says which offsets to return: the others are walked
+	// past without a message built (a share group's unacquired records).
+	keep func(offset int64) bool
+
 	// seen is the last offset walked past, records or not: a control batch
 	// (a transaction's marker) and the offsets a batch covers beyond its
 	// records (compaction) count once the whole batch is read. -1: none.
@@ -73,7 +77,11 @@ func newRecordIter(topic string, partition int, raw []byte) recordIter {
 func (it *recordIter) next(m *kafka.Message) (bool, error) {
 	for {
 		if it.left > 0 {
-			return true, it.record(m)
+			kept, err := it.record(m)
+			if err != nil || kept {
+				return err == nil, err
+			}
+			continue
 		}
 		if it.recs != nil {
 			// The batch is read: the offsets it covers are behind.
@@ -81,11 +89,15 @@ func (it *recordIter) next(m *kafka.Message) (bool, error) {
 			it.recs = nil
 		}
 		if len(it.old) > 0 {
-			hwm := m.HighWaterMark
-			*m = it.old[0]
-			m.HighWaterMark = hwm
+			old := &it.old[0]
 			it.old = it.old[1:]
-			it.seen = max(it.seen, m.Offset)
+			it.seen = max(it.seen, old.Offset)
+			if it.keep != nil && !it.keep(old.Offset) {
+				continue
+			}
+			hwm := m.HighWaterMark
+			*m = *old
+			m.HighWaterMark = hwm
 			return true, nil
 		}
 		if ok, err := it.open(); !ok || err != nil {
@@ -170,44 +182,50 @@ func (it *recordIter) openV2(b []byte) error {
 	return nil
 }
 
-// record decodes the next record of the batch v2 being read into m:
+// record decodes the next record of the batch v2 being read into m, and
+// reports whether it was kept (m is left as it was if not):
 //
 //	length varint, attributes int8, timestampDelta varlong,
 //	offsetDelta varint, key (varint length, -1 null), value (likewise),
 //	headers count varint, each header: key (varint length), value
-func (it *recordIter) record(m *kafka.Message) error {
+func (it *recordIter) record(m *kafka.Message) (bool, error) {
 	it.left--
 	length, n := binary.Varint(it.recs)
 	if n <= 0 || length < 0 || int64(len(it.recs)-n) < length {
-		return it.bad("length")
+		return false, it.bad("length")
 	}
 	r := it.recs[n : n+int(length)]
 	it.recs = it.recs[n+int(length):]
 	if len(r) < 1 {
-		return it.bad("attributes")
+		return false, it.bad("attributes")
 	}
 	r = r[1:] // attributes: unused
 	tsDelta, n := binary.Varint(r)
 	if n <= 0 {
-		return it.bad("timestamp")
+		return false, it.bad("timestamp")
 	}
 	r = r[n:]
 	offDelta, n := binary.Varint(r)
 	if n <= 0 {
-		return it.bad("offset")
+		return false, it.bad("offset")
 	}
 	r = r[n:]
+	off := it.base + offDelta
+	it.seen = max(it.seen, off)
+	if it.keep != nil && !it.keep(off) {
+		return false, nil
+	}
 	var key, value []byte
 	var ok bool
 	if key, r, ok = varBytes(r); !ok {
-		return it.bad("key")
+		return false, it.bad("key")
 	}
 	if value, r, ok = varBytes(r); !ok {
-		return it.bad("value")
+		return false, it.bad("value")
 	}
 	nh, n := binary.Varint(r)
 	if n <= 0 || nh < 0 || nh > int64(len(r)) {
-		return it.bad("headers")
+		return false, it.bad("headers")
 	}
 	r = r[n:]
 	var headers []kafka.Header
@@ -216,10 +234,10 @@ func (it *recordIter) record(m *kafka.Message) error {
 		for i := range headers {
 			var hk, hv []byte
 			if hk, r, ok = varBytes(r); !ok || hk == nil {
-				return it.bad("header key")
+				return false, it.bad("header key")
 			}
 			if hv, r, ok = varBytes(r); !ok {
-				return it.bad("header value")
+				return false, it.bad("header value")
 			}
 			headers[i] = kafka.Header{Key: string(hk), Value: hv}
 		}
@@ -228,13 +246,11 @@ func (it *recordIter) record(m *kafka.Message) error {
 	if it.logTime {
 		ts = it.maxTS
 	}
-	off := it.base + offDelta
-	it.seen = max(it.seen, off)
 	*m = kafka.Message{
 		Topic: it.topic, Partition: it.partition, Offset: off, HighWaterMark: m.HighWaterMark,
 		Key: key, Value: value, Headers: headers, Time: unixMilli(ts),
 	}
-	return nil
+	return true, nil
 }
 
 func (it *recordIter) bad(field string) error {
@@ -367,20 +383,20 @@ func int32Bytes(b []byte) (v, rest []byte, ok bool) {
 }
 
 // decodeBatches decodes the records of raw (record batches of topic's
-// partition) whose offsets keep accepts, calling each with the message.
-// Control batches (transaction markers) are skipped. A batch cut at the end
-// of raw (a response's size limit) ends the decoding without an error.
+// partition) whose offsets keep accepts, calling each with the message;
+// the others cost no message. Control batches (transaction markers) are
+// skipped. A batch cut at the end of raw (a response's size limit) ends the
+// decoding without an error.
 func decodeBatches(topic string, partition int, raw []byte, keep func(offset int64) bool, each func(m kafka.Message)) error {
 	it := newRecordIter(topic, partition, raw)
+	it.keep = keep
 	var m kafka.Message
 	for {
 		ok, err := it.next(&m)
 		if err != nil || !ok {
 			return err
 		}
-		if keep(m.Offset) {
-			each(m)
-		}
+		each(m)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"hash/crc32"
 	"fmt"
 	"log/slog"
 	"os"
@@ -633,11 +634,13 @@ func rawBatch(base int64, deltas ...int64) []byte {
 	b[16] = 2
 	binary.BigEndian.PutUint32(b[23:], uint32(deltas[len(deltas)-1]))
 	binary.BigEndian.PutUint32(b[57:], uint32(len(deltas)))
-	return append(b, recs...)
+	b = append(b, recs...)
+	binary.BigEndian.PutUint32(b[17:], crc32.Checksum(b[21:], castagnoli))
+	return b
 }
 
-// What eachAcquiredBatch hands to decode is what was acquired (and, where
-// the header could not move, a few records before it), never less.
+// What eachAcquiredBatch hands to decode holds what was acquired, never
+// less, and no batch without an acquired record.
 func TestEachAcquiredBatch(t *testing.T) {
 	seq := func(n int) []int64 {
 		out := make([]int64, n)

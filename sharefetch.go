@@ -575,22 +575,19 @@ func (s *shareSession) acquired(p int, rp *kmsg.ShareFetchResponseTopicPartition
 
 // Where the fields of a record batch (v2) are.
 const (
-	batchLengthAt     = 8
-	batchMagicAt      = 16
-	batchAttributesAt = 21
-	batchLastDeltaAt  = 23
-	batchCountAt      = 57
-	batchRecordsAt    = 61
+	batchLengthAt    = 8
+	batchMagicAt     = 16
+	batchLastDeltaAt = 23
+	batchRecordsAt   = 61
 )
 
 // eachAcquiredBatch calls decode with the batches of raw that hold
-// acquired offsets (ranges, sorted), until it returns false. In record-limit
-// mode Kafka sends each batch whole, however few of its records it
-// acquired (1,024 of a batch of 4,096, say); an uncompressed batch goes to
-// decode cut to the records from the first acquired to the last, so that
-// the others are not decoded. The cut rewrites the batch's header in raw,
-// over records left out; its CRC is not checked. What it cannot read goes
-// to decode as it is, which reports it.
+// acquired offsets (ranges, sorted), until it returns false: a response
+// may hold batches of which nothing was acquired, and those are not
+// decoded. (In record-limit mode Kafka sends each batch whole, however few
+// of its records it acquired, 1,024 of a batch of 4,096 say; the decoder
+// builds no message for the records decode's keep leaves out.) What it
+// cannot read goes to decode as it is, which reports it.
 func eachAcquiredBatch(raw []byte, ranges []offsetRange, decode func(raw []byte) bool) {
 	ri := 0
 	for len(raw) > 0 {
@@ -616,72 +613,10 @@ func eachAcquiredBatch(raw []byte, ranges []offsetRange, decode func(raw []byte)
 		if ranges[ri].first > last {
 			continue // nothing acquired in this batch
 		}
-		lo, hi := max(base, ranges[ri].first), base
-		for rj := ri; rj < len(ranges) && ranges[rj].first <= last; rj++ {
-			hi = min(ranges[rj].last, last)
-		}
-		attrs := binary.BigEndian.Uint16(b[batchAttributesAt:])
-		if attrs&0x27 != 0 || lo == base && hi == last { // compressed, a control batch, or acquired whole
-			if !decode(b) {
-				return
-			}
-			continue
-		}
-		if !decode(cutBatch(b, lo, hi)) {
+		if !decode(b) {
 			return
 		}
 	}
-}
-
-// cutBatch returns batch b (uncompressed) cut to its records of offsets lo
-// to hi, rewriting its header in b; b whole if its records cannot be read.
-func cutBatch(b []byte, lo, hi int64) []byte {
-	base := int64(binary.BigEndian.Uint64(b))
-	n := int(int32(binary.BigEndian.Uint32(b[batchCountAt:])))
-	recs := b[batchRecordsAt:]
-	pos, from, to, first, kept := 0, -1, -1, 0, 0
-	for i := 0; i < n; i++ {
-		length, ln := binary.Varint(recs[pos:])
-		if ln <= 0 || length < 3 || int64(len(recs)-pos-ln) < length {
-			return b
-		}
-		rec := recs[pos+ln : pos+ln+int(length)]
-		_, tn := binary.Varint(rec[1:]) // after the attributes: the timestamp delta
-		if tn <= 0 {
-			return b
-		}
-		delta, dn := binary.Varint(rec[1+tn:])
-		if dn <= 0 {
-			return b
-		}
-		end := pos + ln + int(length)
-		if off := base + delta; off >= lo && off <= hi {
-			if from < 0 {
-				from, first = pos, i
-			}
-			to = end
-			kept = i + 1 - first
-		} else if off > hi {
-			break
-		}
-		pos = end
-	}
-	if from < 0 {
-		return b[:0]
-	}
-	if from < batchRecordsAt {
-		// Too little left out before to put the header there: keep the
-		// records before, cut after.
-		from, kept = 0, first+kept
-	}
-	at := from // where the header goes: just before the first record kept
-	if from > 0 {
-		copy(b[at:batchRecordsAt+from], b[:batchRecordsAt]) // no overlap: from >= batchRecordsAt
-	}
-	out := b[at : batchRecordsAt+to]
-	binary.BigEndian.PutUint32(out[batchLengthAt:], uint32(len(out)-12))
-	binary.BigEndian.PutUint32(out[batchCountAt:], uint32(kept))
-	return out
 }
 
 // roomNow reports whether the queue has room now for what the session
