@@ -179,8 +179,9 @@ func (w *window) add(a, b int64) {
 // metadata writes the shorter of the two, as parallel-consumer does (its
 // run-length and bitset encodings): the bitset costs a bit an offset, the
 // runs a byte or a few a span, so the bitset wins when the spans are
-// dense (every other offset complete: 12,000 spans fit) and the runs when
-// they are sparse. base64 over a denser alphabet (ascii85 gives 4 bytes in 5
+// dense (every other offset complete: 12,000 spans fit, if what was taken
+// reaches no further than 24,000 offsets) and the runs when they are
+// sparse (3,000 spans up to 64 offsets apart). base64 over a denser alphabet (ascii85 gives 4 bytes in 5
 // characters, base64 3 in 4: 7% more) is not worth it: base64 has no quote
 // or backslash to escape wherever offsets are shown, and ASCII is one byte
 // and one Java char, so the length Kafka checks (in chars) is the length
@@ -208,8 +209,10 @@ const (
 // size (runBytes) and the ones in flight at their worst: a completion adds
 // at most one span (a run of its distance and one of its length, each at
 // most the window's width), or lengthens one (a run of its length), sets
-// only bits the bitset covers already (it ends before reach), and moves
-// the commit (in the header) at most up to reach.
+// bits below reach only, and moves the commit (in the header) at most up
+// to reach. The bitset is priced up to reach, past the last span: the
+// window counts the messages in flight, it does not know which they are,
+// so any message taken might complete.
 func (w *window) room() bool {
 	r := w.reach()
 	n := w.inflight + 1
