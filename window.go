@@ -148,19 +148,16 @@ func (w *window) add(a, b int64) {
 	}
 	// The runs that change: the spans merged into [a, b), and the one
 	// after them, whose distance from the span before changes.
-	for k := i; k <= j && k < len(w.done); k++ {
-		w.runBytes -= w.runLen(k)
-	}
+	w.runBytes -= w.runsLen(i, min(j+1, len(w.done)))
 	w.done = slices.Replace(w.done, i, j, span{a, b})
 	if w.done[0].start <= w.commit {
 		// Only the new span can start at the commit: i is 0.
 		w.commit = max(w.commit, w.done[0].end)
 		w.done = slices.Delete(w.done, 0, 1)
-		i--
+		w.runBytes += w.runsLen(0, min(1, len(w.done)))
+		return
 	}
-	for k := max(i, 0); k <= i+1 && k < len(w.done); k++ {
-		w.runBytes += w.runLen(k)
-	}
+	w.runBytes += w.runsLen(i, min(i+2, len(w.done)))
 }
 
 // Commit metadata, "mc2:" then, base64 (standard, unpadded), a byte saying
@@ -201,6 +198,9 @@ const (
 	// with longer metadata is refused.
 	maxMetadata = 4096
 	maxMetaRaw  = (maxMetadata - len(metaPrefix)) * 3 / 4
+	// maxBitsetWidth is how many offsets from the commit a bitset holds
+	// with the longest header (the kind, the commit and the count).
+	maxBitsetWidth = int64(8 * (maxMetaRaw - 1 - 2*binary.MaxVarintLen64))
 )
 
 // room reports whether one more handler may start on the partition: even
@@ -215,6 +215,9 @@ const (
 // so any message taken might complete.
 func (w *window) room() bool {
 	r := w.reach()
+	if r-w.commit <= maxBitsetWidth {
+		return true // the common case: even every offset complete fits
+	}
 	n := w.inflight + 1
 	head := 1 + uvarintLen(uint64(max(r, 0))) + uvarintLen(uint64(len(w.done)+n))
 	width := uint64(max(r-w.commit, 0))
@@ -231,17 +234,26 @@ func (w *window) reach() int64 {
 	return r
 }
 
-// runLen is the size of span k of done in the run-length encoding.
-func (w *window) runLen(k int) int {
+// runsLen is the size of spans [from, to) of done in the run-length
+// encoding.
+func (w *window) runsLen(from, to int) int {
+	if from >= to {
+		return 0
+	}
 	prev := w.commit
-	if k > 0 {
-		prev = w.done[k-1].end
+	if from > 0 {
+		prev = w.done[from-1].end
 	}
-	s := w.done[k]
-	if s.end-s.start == 1 {
-		return uvarintLen(uint64(s.start-prev-1) << 1)
+	n := 0
+	for _, s := range w.done[from:to] {
+		if s.end-s.start == 1 {
+			n += uvarintLen(uint64(s.start-prev-1) << 1)
+		} else {
+			n += uvarintLen(uint64(s.start-prev-1)<<1|1) + uvarintLen(uint64(s.end-s.start-2))
+		}
+		prev = s.end
 	}
-	return uvarintLen(uint64(s.start-prev-1)<<1|1) + uvarintLen(uint64(s.end-s.start-2))
+	return n
 }
 
 // appendRun appends the run of span s, after the end prev of the one
@@ -261,7 +273,10 @@ func bitsetLen(commit, end int64) int {
 }
 
 func uvarintLen(x uint64) int {
-	return (bits.Len64(x|1) + 6) / 7
+	if x < 1<<7 {
+		return 1 // most runs
+	}
+	return (bits.Len64(x) + 6) / 7
 }
 
 // metadata encodes the spans of done for a commit at w.commit; "" when
@@ -279,7 +294,7 @@ func (w *window) metadata() string {
 	if head+runs > maxMetaRaw {
 		runs = 0
 		for k := range w.done {
-			n := w.runLen(k)
+			n := w.runsLen(k, k+1)
 			if head+runs+n > maxMetaRaw {
 				nRuns = k
 				break
@@ -373,9 +388,7 @@ func restoreWindow(commit int64, metadata string) (*window, error) {
 		return w, errMeta
 	}
 	w.done = done
-	for k := range done {
-		w.runBytes += w.runLen(k)
-	}
+	w.runBytes = w.runsLen(0, len(done))
 	return w, nil
 }
 
