@@ -35,7 +35,7 @@ type window struct {
 	next   int64
 	done   []span // sorted, disjoint, not adjacent, all above commit
 	// runBytes is the size of done in the run-length encoding of the
-	// metadata (runLen of each span): add keeps it, so that room, called
+	// metadata (runsLen of all of it): add keeps it, so that room, called
 	// for every handler started, does not walk done.
 	runBytes int
 	pending  int // taken, not complete

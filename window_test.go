@@ -303,9 +303,9 @@ func TestWindowMetaCapacity(t *testing.T) {
 		kind byte
 	}{
 		{"every other offset", 1, metaBits},
-		{"every 16th", 16, metaRuns},
-		{"every 1000th", 1000, metaRuns},
-		{"every 2^21st", 1 << 21, metaRuns},
+		{"16 offsets apart", 16, metaRuns},
+		{"1000 offsets apart", 1000, metaRuns},
+		{"2^21 offsets apart", 1 << 21, metaRuns},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			const start = 1 << 40 // long varints, and a long header
