@@ -408,5 +408,20 @@ func decompress(c compress.Compression, src []byte) ([]byte, error) {
 	}
 	r := codec.NewReader(bytes.NewReader(src))
 	defer r.Close()
-	return io.ReadAll(r)
+	// Records compress a few times over: start there, not at io.ReadAll's
+	// 512 bytes doubling (a fetch's batches are up to a megabyte).
+	out := make([]byte, 0, max(256, 4*len(src)))
+	for {
+		if len(out) == cap(out) {
+			out = append(out, 0)[:len(out)] // grow
+		}
+		n, err := r.Read(out[len(out):cap(out)])
+		out = out[:len(out)+n]
+		if err == io.EOF {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
 }

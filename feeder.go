@@ -30,9 +30,10 @@ type feeder struct {
 	env *fetchEnv
 	in  chan []feed // unbuffered; the worker closes it when it stops
 
-	// next is where what the feeder queued ends, per partition and epoch;
-	// only the feeder's goroutine touches it.
-	next map[int]fedTo
+	// feeding is held while feeds are queued, by the feeder's goroutine or
+	// by the worker feeding a small response itself (feedNow).
+	feeding sync.Mutex
+	next    map[int]fedTo // guarded by feeding: where what was queued ends, per partition and epoch
 
 	mu      sync.Mutex
 	rewinds []rewind // guarded by mu; taken by the worker
@@ -72,10 +73,29 @@ func newFeeder(env *fetchEnv) *feeder {
 // that the worker's positions end where the queue does.
 func (f *feeder) run(ctx context.Context) {
 	for feeds := range f.in {
+		f.feeding.Lock()
 		for _, fd := range feeds {
 			f.feed(ctx, fd)
 		}
+		f.feeding.Unlock()
 	}
+}
+
+// feedNow queues feeds in the caller's goroutine if the feeder is idle, and
+// reports whether it did. A worker does so with a small response (a
+// trickle), where the hand-off would cost the message one more goroutine
+// switch and overlap nothing. The feeder idle, nothing of these partitions
+// waits for it: the worker hands a partition's responses over one at a
+// time, so their order holds.
+func (f *feeder) feedNow(ctx context.Context, feeds []feed) bool {
+	if !f.feeding.TryLock() {
+		return false
+	}
+	defer f.feeding.Unlock()
+	for _, fd := range feeds {
+		f.feed(ctx, fd)
+	}
+	return true
 }
 
 func (f *feeder) feed(ctx context.Context, fd feed) {

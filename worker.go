@@ -23,6 +23,7 @@ const (
 	fetchMaxBytes          = 16 << 20
 	fetchPartitionMaxBytes = 1 << 20
 	fetchFirstBytes        = 32 << 10 // a partition's first limit: see fetchPos.sized
+	feedNowMax             = 16 << 10 // a response up to this is queued by the worker itself (feeder.feedNow)
 	initialBackoff         = time.Second
 )
 
@@ -524,6 +525,7 @@ func (w *worker) fetchFrom(ctx, rctx context.Context, leader int, parts []int, r
 		return
 	}
 	var feeds []feed // the feeder's from here on
+	size := 0        // their records' bytes
 	for _, rt := range res.Topics {
 		if rt.Topic != topic {
 			continue
@@ -555,15 +557,18 @@ func (w *worker) fetchFrom(ctx, rctx context.Context, leader int, parts []int, r
 				r.served = append(r.served, p)
 			}
 			feeds = append(feeds, fd)
+			size += len(fd.raw)
 		}
 	}
 	if len(feeds) == 0 {
 		return
 	}
-	select {
-	case w.feeder.in <- feeds:
-	case <-ctx.Done():
-		return
+	if size > feedNowMax || !w.feeder.feedNow(ctx, feeds) {
+		select {
+		case w.feeder.in <- feeds:
+		case <-ctx.Done():
+			return
+		}
 	}
 	// The feeder has them: fetch what follows.
 	for _, fd := range feeds {

@@ -87,6 +87,7 @@ type options struct {
 	ioSleep           time.Duration
 	memN              string
 	profileContenders string
+	latProfile        bool
 
 	// process suite (process.go)
 	processParts   string
@@ -141,6 +142,7 @@ func main() {
 	flag.StringVar(&o.latency, "latency-contenders", strings.Join(defaultLatency, " "), "contenders of the latency suite, space-separated")
 	flag.StringVar(&o.rates, "rate", "2000,20000", "produce rates of the latency suite, messages/s, comma-separated; the suite runs each")
 	flag.IntVar(&o.latRounds, "latency-rounds", 3, "rounds of the latency suite at each rate; contenders alternate within each round")
+	flag.BoolVar(&o.latProfile, "latency-profile", false, "latency suite: write CPU and allocation profiles of each child")
 	flag.DurationVar(&o.latDur, "duration", 10*time.Second, "measured produce time of the latency suite")
 	flag.StringVar(&o.rebalance, "rebalance-contenders", strings.Join(defaultRebalance, " "), "contenders of the rebalance suite, space-separated")
 	flag.IntVar(&o.rebalRate, "rebalance-rate", 2000, "produce rate of the rebalance suite, messages/s")

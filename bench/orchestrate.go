@@ -348,7 +348,16 @@ func (b *bench) latencySuite() error {
 				if err := b.cluster.CreateTopic(context.Background(), topic, b.o.partitions); err != nil {
 					return err
 				}
-				b.runChild("latency", c, "latency", topic, 0, 100, rate, round)
+				var extra []string
+				if b.o.latProfile {
+					dir := filepath.Join(b.o.out, "pprof-"+b.o.label)
+					if err := os.MkdirAll(dir, 0o755); err != nil {
+						return err
+					}
+					name := fmt.Sprintf("latency-%s-%d-r%d", strings.NewReplacer("?", "-", "=", "", "&", "-").Replace(c), rate, round)
+					extra = append(extra, "-cpuprofile", filepath.Join(dir, name+".cpu.pprof"), "-memprofile", filepath.Join(dir, name+".alloc.pprof"))
+				}
+				b.runChild("latency", c, "latency", topic, 0, 100, rate, round, extra...)
 				b.deleteTopic(topic)
 			}
 		}
