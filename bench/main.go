@@ -87,6 +87,7 @@ type options struct {
 	ioSleep           time.Duration
 	memN              string
 	profileContenders string
+	batch             int
 	latProfile        bool
 
 	// process suite (process.go)
@@ -136,6 +137,7 @@ func main() {
 	flag.StringVar(&o.suites, "suites", "drain,latency,io", "suites to run: drain, latency, io, rebalance, cold, pitfall, mem, profile, process, share")
 	flag.IntVar(&o.partitions, "partitions", 8, "partitions of each topic")
 	flag.IntVar(&o.n, "n", 1_000_000, "messages in the backlog to drain")
+	flag.IntVar(&o.batch, "batch", 4096, "records per record batch in the backlogs produced (at most 512 KiB a batch); the Java producer's default batch.size, 16 KiB, is 160 records of 100 B")
 	flag.StringVar(&o.sizes, "sizes", "100,1024", "message value sizes in bytes, comma-separated")
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds of the drain suite; contenders alternate within each round")
 	flag.StringVar(&o.contenders, "contenders", strings.Join(defaultDrain, " "), "contenders of the drain suite, space-separated")

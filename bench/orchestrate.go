@@ -184,8 +184,8 @@ func (b *bench) backlog(n, size int) (string, error) {
 		value[i] = byte('a' + i%26)
 	}
 	// At most ~512 KiB per produce request: kfake's and Kafka's default
-	// message.max.bytes is 1 MB.
-	chunk := max(1, min(4096, (512<<10)/size))
+	// message.max.bytes is 1 MB. Each request is one record batch.
+	chunk := max(1, min(b.o.batch, (512<<10)/size))
 	msgs := make([]kafka.Message, chunk)
 	for i := range msgs {
 		msgs[i].Value = value
