@@ -164,10 +164,19 @@ type acker struct {
 	recs      map[recKey]*shareRec
 	decided   map[int]int // per partition: records decided and not sent
 	delivered []recKey    // delivered and not consumed yet: accepted when the caller comes back
-	lock      time.Duration
-	renew     bool // the broker takes renewals (KIP-1222)
-	noted     bool // the log said the broker does not
-	stats     ShareStats
+	// toSend lists, per share session, the records decided since its last
+	// take (and some settled or taken since: take and pending skip what is
+	// not decided any more), so that the session's loop looks at what it
+	// may send, not at every record held.
+	toSend map[uint64][]recKey
+	// renewAt is, per share session, no later than when its first record
+	// is due for renewal (a record settled since may make it early: take
+	// then finds nothing due and sets it anew); absent when none is held.
+	renewAt map[uint64]time.Time
+	lock    time.Duration
+	renew   bool // the broker takes renewals (KIP-1222)
+	noted   bool // the log said the broker does not
+	stats   ShareStats
 }
 
 // logger is the part of *slog.Logger the acker uses.
@@ -177,7 +186,7 @@ type logger interface {
 
 func newAcker(topic string, log logger, wake func()) *acker {
 	return &acker{topic: topic, log: log, wake: wake, recs: map[recKey]*shareRec{}, decided: map[int]int{},
-		lock: 30 * time.Second}
+		toSend: map[uint64][]recKey{}, renewAt: map[uint64]time.Time{}, lock: 30 * time.Second}
 }
 
 // setLock records the broker's acquisition lock and whether it takes
@@ -197,14 +206,31 @@ func (a *acker) setLock(lock time.Duration, renew bool) {
 	a.stats.AcquisitionLock = a.lock
 }
 
-// acquired records offs of partition p, acquired in session at now.
-func (a *acker) acquired(p int, session uint64, offs []int64, now time.Time) {
+// offsetRange is the offsets first to last, both included.
+type offsetRange struct{ first, last int64 }
+
+// acquired records the offsets in ranges of partition p, acquired in
+// session at now.
+func (a *acker) acquired(p int, session uint64, ranges []offsetRange, now time.Time) {
+	n := 0
+	for _, r := range ranges {
+		n += int(r.last - r.first + 1)
+	}
+	recs := make([]shareRec, n) // one allocation for the lot
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for _, off := range offs {
-		a.recs[recKey{p, off}] = &shareRec{session: session, deadline: now.Add(a.lock)}
+	i := 0
+	for _, r := range ranges {
+		for off := r.first; off <= r.last; off++ {
+			recs[i] = shareRec{session: session, deadline: now.Add(a.lock)}
+			a.recs[recKey{p, off}] = &recs[i]
+			i++
+		}
 	}
-	a.stats.Acquired += int64(len(offs))
+	if _, ok := a.renewAt[session]; !ok && n > 0 {
+		a.renewAt[session] = now.Add(a.lock / 2) // the records held before are due no later
+	}
+	a.stats.Acquired += int64(n)
 }
 
 // deliver marks msgs (of one partition) delivered to the caller; with
@@ -270,6 +296,7 @@ func (a *acker) decideLocked(k recKey, kind AckKind, w *ackWait) bool {
 	}
 	r.state, r.kind, r.wait = recDecided, kind, w
 	a.decided[k.p]++
+	a.toSend[r.session] = append(a.toSend[r.session], k)
 	if w != nil {
 		w.n++
 	}
@@ -311,6 +338,7 @@ func (a *acker) acknowledge(kind AckKind, msgs []kafka.Message) (*ackWait, error
 		if kind == AckRenew {
 			r := a.recs[k]
 			r.deadline = time.Time{} // due for renewal now
+			a.renewAt[r.session] = r.deadline.Add(-a.lock / 2)
 			continue
 		}
 		a.decideLocked(k, kind, w)
@@ -396,8 +424,8 @@ func (a *acker) await(ctx context.Context, w *ackWait) error {
 func (a *acker) pending(session uint64) (any, urgent bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for _, r := range a.recs {
-		if r.session == session && r.state == recDecided {
+	for _, k := range a.toSend[session] {
+		if r, ok := a.recs[k]; ok && r.session == session && r.state == recDecided {
 			any = true
 			if r.wait != nil {
 				return true, true
@@ -430,29 +458,54 @@ func (a *acker) take(session uint64, now time.Time, renew bool) map[int][]ackIte
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	out := map[int][]ackItem{}
+	cands := a.toSend[session]
 	solo := map[int]int64{} // partition -> the lowest solo offset
-	for k, r := range a.recs {
-		if r.state == recDecided && r.solo && r.session == session {
+	for _, k := range cands {
+		if r, ok := a.recs[k]; ok && r.state == recDecided && r.solo && r.session == session {
 			if o, ok := solo[k.p]; !ok || k.off < o {
 				solo[k.p] = k.off
 			}
 		}
 	}
-	for k, r := range a.recs {
-		if r.session != session {
+	var kept []recKey // decided and held back: solo records after the first
+	for _, k := range cands {
+		r, ok := a.recs[k]
+		if !ok || r.session != session || r.state != recDecided {
+			continue // settled, or listed twice
+		}
+		if o, ok := solo[k.p]; ok && o != k.off {
+			kept = append(kept, k) // its partition sends one solo record at a time
 			continue
 		}
-		switch {
-		case r.state == recDecided:
-			if o, ok := solo[k.p]; ok && o != k.off {
-				continue // its partition sends one solo record at a time
+		r.state = recSent
+		a.decided[k.p]--
+		out[k.p] = append(out[k.p], ackItem{k.off, r.kind})
+	}
+	if len(kept) > 0 {
+		a.toSend[session] = kept
+	} else {
+		delete(a.toSend, session)
+	}
+	if at, ok := a.renewAt[session]; renew && a.renew && ok && !now.Before(at) {
+		// Due: look at every record of the session, and note when the
+		// next one is due.
+		var next time.Time
+		for k, r := range a.recs {
+			if r.session != session || r.state >= recDecided {
+				continue
 			}
-			r.state = recSent
-			a.decided[k.p]--
-			out[k.p] = append(out[k.p], ackItem{k.off, r.kind})
-		case renew && a.renew && r.state < recDecided && now.After(r.deadline.Add(-a.lock/2)):
-			out[k.p] = append(out[k.p], ackItem{k.off, AckRenew})
-			r.deadline = now.Add(a.lock) // not again before its next half-lock
+			if now.After(r.deadline.Add(-a.lock / 2)) {
+				out[k.p] = append(out[k.p], ackItem{k.off, AckRenew})
+				r.deadline = now.Add(a.lock) // not again before its next half-lock
+			}
+			if due := r.deadline.Add(-a.lock / 2); next.IsZero() || due.Before(next) {
+				next = due
+			}
+		}
+		if next.IsZero() {
+			delete(a.renewAt, session)
+		} else {
+			a.renewAt[session] = next
 		}
 	}
 	for _, items := range out {
@@ -466,18 +519,10 @@ func (a *acker) take(session uint64, now time.Time, renew bool) map[int][]ackIte
 func (a *acker) nextRenewal(session uint64) time.Time {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	var next time.Time
 	if !a.renew {
-		return next
+		return time.Time{}
 	}
-	for _, r := range a.recs {
-		if r.state < recDecided && r.session == session {
-			if due := r.deadline.Add(-a.lock / 2); next.IsZero() || due.Before(next) {
-				next = due
-			}
-		}
-	}
-	return next
+	return a.renewAt[session]
 }
 
 // settled records the broker's answer to items of partition p: err nil
@@ -510,6 +555,7 @@ func (a *acker) settled(p int, items []ackItem, err error, now time.Time) {
 		if retry && !r.solo {
 			r.state, r.solo = recDecided, true
 			a.decided[p]++
+			a.toSend[r.session] = append(a.toSend[r.session], k)
 			continue
 		}
 		if err == nil {
@@ -561,9 +607,11 @@ func (a *acker) resend(p int, items []ackItem) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, it := range items {
-		if r, ok := a.recs[recKey{p, it.off}]; ok && r.state == recSent && it.kind != AckRenew {
+		k := recKey{p, it.off}
+		if r, ok := a.recs[k]; ok && r.state == recSent && it.kind != AckRenew {
 			r.state = recDecided
 			a.decided[p]++
+			a.toSend[r.session] = append(a.toSend[r.session], k)
 		}
 	}
 }
@@ -586,6 +634,8 @@ func (a *acker) sessionLost(session uint64) []int {
 		a.finishLocked(k, r, r.kind, ErrSessionLost)
 	}
 	a.delivered = slices.DeleteFunc(a.delivered, func(k recKey) bool { return a.recs[k] == nil })
+	delete(a.toSend, session)
+	delete(a.renewAt, session)
 	return slices.Sorted(maps.Keys(parts))
 }
 

@@ -162,9 +162,10 @@ type Config struct {
 	// ceil(len(partitions)/PartitionsPerWorker) workers.
 	PartitionsPerWorker int
 	// QueueSize bounds the messages fetched and queued for delivery.
-	// Default 1024. Besides the queue, each worker holds at most one fetch
-	// response per leader broker of its partitions, and a GetMessages call
-	// what it has taken so far (up to its count).
+	// Default 1024. Besides the queue, each worker holds at most two fetch
+	// responses per leader broker of its partitions (the one it queues, and
+	// the next), and a GetMessages call what it has taken so far (up to its
+	// count).
 	QueueSize int
 
 	// ManualCommit turns auto-commit off: offsets are committed only by

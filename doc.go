@@ -97,10 +97,14 @@
 // # Memory
 //
 // The queue holds at most Config.QueueSize messages. Besides it, each worker
-// holds one fetch response (at most 16 MiB) per leader broker of its
-// partitions, and a GetMessages call what it has taken so far. Keys and values of small messages are copied into shared
-// 32 KiB blocks: a message kept for long keeps its block alive, so copy the
-// bytes of the few messages you keep.
+// holds two fetch responses (at most 16 MiB each, 1 MiB a partition) per
+// leader broker of its partitions: the one it is queueing, and the next,
+// fetched meanwhile; and a GetMessages call what it has taken so far. A
+// partition's first fetches ask for 32 KiB, and the next ones for four
+// times as much, up to 1 MiB, while it has a backlog. A message's Key and
+// Value are slices of its fetch response (of the decompressed batch, when
+// compressed), not copies: a message kept for long keeps that response in
+// memory, so copy the bytes of the few messages you keep.
 //
 // # Transactions
 //

@@ -215,6 +215,9 @@ func (l *ledger) consumeCounting() bool {
 // fetched. n is their count.
 func (l *ledger) deliverBatches(taken []batch, n int) []kafka.Message {
 	var out []kafka.Message
+	if len(taken) > 1 {
+		out = make([]kafka.Message, 0, n) // one copy each, not one per doubling
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, b := range taken {

@@ -743,11 +743,15 @@ func TestProcessStats(t *testing.T) {
 // through (the metadata fits), and once a's message completes everything
 // does.
 func TestProcessBackpressureWhenMetadataFull(t *testing.T) {
-	const n = 3000
+	// Every other offset complete: the runs hold about 3,050 spans (a byte
+	// each), the bitset 12,000 while the messages taken reach no further
+	// than 24,000 offsets (room prices the bitset up to the last one
+	// taken). b stalls between the two, before its 15,000.
+	const n = 30000
 	topic := cluster.Topic(t, 1)
 	keyed(t, topic, 0, 0, n, 2) // a: k0 at even offsets, b: k1 at odd
 	g := group(t)
-	c := open(t, Config{Topic: topic, Group: g, QueueSize: 4096, AutoCommitEveryT: 20 * time.Millisecond})
+	c := open(t, Config{Topic: topic, Group: g, QueueSize: 32768, AutoCommitEveryT: 20 * time.Millisecond})
 	release := make(chan struct{})
 	h := newHandled(n)
 	stop := runProcess(t, c, ProcessConfig{}, func(ctx context.Context, m kafka.Message) error {
@@ -772,7 +776,7 @@ func TestProcessBackpressureWhenMetadataFull(t *testing.T) {
 		return s.Partitions[0].Delivered == n && s.Process.InFlight == 1
 	}, 30*time.Second, time.Millisecond)
 	t.Logf("b stalled after %d messages", stalled)
-	assert.Greater(t, stalled, int64(200), "hundreds of spans fit")
+	assert.Greater(t, stalled, int64(2*761), "twice the spans mc1 held")
 	assert.Less(t, stalled, int64(n/2), "b stalled before its end")
 	// The commit with the fullest metadata went through.
 	require.Eventually(t, func() bool {

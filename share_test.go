@@ -2,11 +2,15 @@ package multiconsumer
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
+	"hash/crc32"
 	"log/slog"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -605,4 +609,81 @@ func oldBroker(t *testing.T) (brokers []string, topic string) {
 	topic = kafkatest.UniqueName("old")
 	require.NoError(t, tc.CreateTopic(testCtx(t), topic, 1))
 	return kf.ListenAddrs(), topic
+}
+
+// rawBatch is an uncompressed record batch (v2) of the offsets base+deltas,
+// each record's value its offset in decimal.
+func rawBatch(base int64, deltas ...int64) []byte {
+	var recs []byte
+	for _, d := range deltas {
+		var r []byte
+		r = append(r, 0)               // attributes
+		r = binary.AppendVarint(r, 0)  // timestamp delta
+		r = binary.AppendVarint(r, d)  // offset delta
+		r = binary.AppendVarint(r, -1) // no key
+		v := strconv.AppendInt(nil, base+d, 10)
+		r = binary.AppendVarint(r, int64(len(v)))
+		r = append(r, v...)
+		r = binary.AppendVarint(r, 0) // no headers
+		recs = binary.AppendVarint(recs, int64(len(r)))
+		recs = append(recs, r...)
+	}
+	b := make([]byte, 61, 61+len(recs))
+	binary.BigEndian.PutUint64(b, uint64(base))
+	binary.BigEndian.PutUint32(b[8:], uint32(49+len(recs)))
+	b[16] = 2
+	binary.BigEndian.PutUint32(b[23:], uint32(deltas[len(deltas)-1]))
+	binary.BigEndian.PutUint32(b[57:], uint32(len(deltas)))
+	b = append(b, recs...)
+	binary.BigEndian.PutUint32(b[17:], crc32.Checksum(b[21:], castagnoli))
+	return b
+}
+
+// What eachAcquiredBatch hands to decode holds what was acquired, never
+// less, and no batch without an acquired record.
+func TestEachAcquiredBatch(t *testing.T) {
+	seq := func(n int) []int64 {
+		out := make([]int64, n)
+		for i := range out {
+			out[i] = int64(i)
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name   string
+		raw    [][]byte
+		ranges []offsetRange
+	}{
+		{"whole", [][]byte{rawBatch(0, seq(10)...)}, []offsetRange{{0, 9}}},
+		{"middle", [][]byte{rawBatch(0, seq(100)...)}, []offsetRange{{40, 59}}},
+		{"head", [][]byte{rawBatch(0, seq(100)...)}, []offsetRange{{0, 10}}},
+		{"near the head", [][]byte{rawBatch(0, seq(100)...)}, []offsetRange{{2, 10}}},
+		{"tail", [][]byte{rawBatch(0, seq(100)...)}, []offsetRange{{90, 99}}},
+		{"two ranges", [][]byte{rawBatch(0, seq(100)...)}, []offsetRange{{20, 29}, {70, 79}}},
+		{"across batches", [][]byte{rawBatch(0, seq(50)...), rawBatch(50, seq(50)...), rawBatch(100, seq(50)...)}, []offsetRange{{30, 120}}},
+		{"second batch only", [][]byte{rawBatch(0, seq(50)...), rawBatch(50, seq(50)...)}, []offsetRange{{60, 70}}},
+		{"gaps in the batch", [][]byte{rawBatch(0, 0, 5, 10, 50, 51, 90)}, []offsetRange{{5, 51}}},
+		{"none", [][]byte{rawBatch(0, seq(50)...)}, []offsetRange{{60, 70}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			raw := bytes.Join(tc.raw, nil)
+			var want []int64
+			require.NoError(t, decodeBatches("t", 0, slices.Clone(raw), func(o int64) bool {
+				return slices.ContainsFunc(tc.ranges, func(r offsetRange) bool { return o >= r.first && o <= r.last })
+			}, func(m kafka.Message) { want = append(want, m.Offset) }))
+			var got, decoded []int64
+			eachAcquiredBatch(raw, tc.ranges, func(b []byte) bool {
+				require.NoError(t, decodeBatches("t", 0, b, func(int64) bool { return true }, func(m kafka.Message) {
+					decoded = append(decoded, m.Offset)
+					assert.Equal(t, strconv.FormatInt(m.Offset, 10), string(m.Value))
+					if slices.ContainsFunc(tc.ranges, func(r offsetRange) bool { return m.Offset >= r.first && m.Offset <= r.last }) {
+						got = append(got, m.Offset)
+					}
+				}))
+				return true
+			})
+			assert.Equal(t, want, got)
+			t.Logf("decoded %d records for %d acquired", len(decoded), len(want))
+		})
+	}
 }

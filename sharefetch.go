@@ -1,7 +1,9 @@
 package multiconsumer
 
 import (
+	"cmp"
 	"context"
+	"encoding/binary"
 	"errors"
 	"log/slog"
 	"maps"
@@ -179,7 +181,7 @@ func (s *shareSession) run(ctx context.Context) {
 		renewDue := !renewAt.IsZero() && !now.Before(renewAt)
 		room := 0
 		if fetching && len(s.backlog) == 0 {
-			room = f.env.q.free()
+			room = f.fetchRoom()
 		}
 		var err error
 		switch {
@@ -213,7 +215,7 @@ func (s *shareSession) run(ctx context.Context) {
 				unpaused = f.env.unpaused.Done()
 			}
 			roomCh, done := f.env.q.roomChanged()
-			if fetching && len(fetch) > 0 && f.env.q.free() > 0 {
+			if fetching && len(fetch) > 0 && s.roomNow() {
 				roomCh = closedChan // room came meanwhile
 			}
 			select {
@@ -245,6 +247,19 @@ func (s *shareSession) run(ctx context.Context) {
 		}
 		backoff = 0
 	}
+}
+
+// fetchRoom returns how many records a session may acquire now: the
+// queue's free room, once that is a batch at least (a quarter of the
+// queue, up to 512) or the queue is empty. Kafka sends a whole producer
+// batch for any part of it acquired, so that a fetch for a sliver of room
+// costs about what a full one does.
+func (f *shareFetcher) fetchRoom() int {
+	room := f.env.q.free()
+	if room < f.env.batchSize && f.env.q.len() > 0 {
+		return 0
+	}
+	return room
 }
 
 // nextEpoch returns the session epoch after e.
@@ -453,42 +468,165 @@ func (s *shareSession) acquired(p int, rp *kmsg.ShareFetchResponseTopicPartition
 		return
 	}
 	f := s.f
-	count := map[int64]int16{}
-	var offs []int64
-	for _, ar := range rp.AcquiredRecords {
-		for o := ar.FirstOffset; o <= ar.LastOffset; o++ {
-			count[o] = ar.DeliveryCount
-			offs = append(offs, o)
-		}
+	ars := slices.Clone(rp.AcquiredRecords)
+	slices.SortFunc(ars, func(x, y kmsg.ShareFetchResponseTopicPartitionAcquiredRecord) int {
+		return cmp.Compare(x.FirstOffset, y.FirstOffset)
+	})
+	ars = slices.DeleteFunc(ars, func(ar kmsg.ShareFetchResponseTopicPartitionAcquiredRecord) bool {
+		return ar.LastOffset < ar.FirstOffset
+	})
+	ranges := make([]offsetRange, len(ars)) // ranges[i] is ars[i]'s
+	for i, ar := range ars {
+		ranges[i] = offsetRange{ar.FirstOffset, ar.LastOffset}
 	}
-	f.acks.acquired(p, s.id, offs, now)
+	f.acks.acquired(p, s.id, ranges, now)
 	epoch, _ := f.env.led.epochOf(p)
-	var msgs []kafka.Message
-	err := decodeBatches(f.env.topic, p, rp.Records, func(o int64) bool { _, ok := count[o]; return ok },
-		func(m kafka.Message) {
-			m.Headers = append(m.Headers, kafka.Header{Key: DeliveryCountHeader, Value: strconv.AppendInt(nil, int64(count[m.Offset]), 10)})
-			delete(count, m.Offset)
+
+	// Offsets come in order, batch after batch: a cursor over the ranges
+	// finds each one's range (and its delivery count).
+	var (
+		msgs   []kafka.Message
+		counts []int16
+		ri     int
+		last   int64 = -1
+		count  int16
+	)
+	keep := func(o int64) bool {
+		if o < last {
+			ri = 0 // out of order: look from the start
+		}
+		last = o
+		for ri < len(ranges) && ranges[ri].last < o {
+			ri++
+		}
+		if ri < len(ranges) && o >= ranges[ri].first {
+			count = ars[ri].DeliveryCount
+			return true
+		}
+		return false
+	}
+	var err error
+	eachAcquiredBatch(rp.Records, ranges, func(raw []byte) bool {
+		err = decodeBatches(f.env.topic, p, raw, keep, func(m kafka.Message) {
 			msgs = append(msgs, m)
+			counts = append(counts, count)
 		})
+		return err == nil
+	})
 	if err != nil {
 		s.log.Warn("share: cannot decode records; releasing them", "partition", p, "err", err)
+	}
+	if !slices.IsSortedFunc(msgs, func(x, y kafka.Message) int { return cmp.Compare(x.Offset, y.Offset) }) {
+		idx := make([]int, len(msgs))
+		for i := range idx {
+			idx[i] = i
+		}
+		slices.SortFunc(idx, func(x, y int) int { return cmp.Compare(msgs[x].Offset, msgs[y].Offset) })
+		ms, cs := make([]kafka.Message, len(msgs)), make([]int16, len(msgs))
+		for i, j := range idx {
+			ms[i], cs[i] = msgs[j], counts[j]
+		}
+		msgs, counts = ms, cs
 	}
 	// Acquired and not in the records (a control record, a record cut
 	// from the response, a batch not decoded): nothing to deliver; a gap
 	// settles a record that is not there, a release one that is.
-	for o := range count {
-		kind := ackGap
-		if err != nil {
-			kind = AckRelease
-		}
-		f.acks.decide(p, o, kind)
+	kind := ackGap
+	if err != nil {
+		kind = AckRelease
 	}
-	if len(msgs) > 0 {
-		b := batch{partition: p, epoch: epoch, msgs: msgs}
-		if !f.env.q.offer(b, f.env.unpaused) {
-			s.backlog = append(s.backlog, b)
+	j := 0
+	for _, r := range ranges {
+		for o := r.first; o <= r.last; o++ {
+			for j < len(msgs) && msgs[j].Offset < o {
+				j++ // listed twice
+			}
+			if j < len(msgs) && msgs[j].Offset == o {
+				j++
+				continue
+			}
+			f.acks.decide(p, o, kind)
 		}
 	}
+	msgs = slices.CompactFunc(msgs, func(x, y kafka.Message) bool { return x.Offset == y.Offset })
+	if len(msgs) == 0 {
+		return
+	}
+	// The delivery count header: the values and the header slices of
+	// records without headers of their own come from one allocation each.
+	vals := make([]byte, 0, 2*len(msgs))
+	hdrs := make([]kafka.Header, len(msgs))
+	for i := range msgs {
+		n := len(vals)
+		vals = strconv.AppendInt(vals, int64(counts[i]), 10)
+		h := kafka.Header{Key: DeliveryCountHeader, Value: vals[n:len(vals):len(vals)]}
+		if msgs[i].Headers == nil {
+			hdrs[i] = h
+			msgs[i].Headers = hdrs[i : i+1 : i+1]
+		} else {
+			msgs[i].Headers = append(msgs[i].Headers, h)
+		}
+	}
+	b := batch{partition: p, epoch: epoch, msgs: msgs}
+	if !f.env.q.offer(b, f.env.unpaused) {
+		s.backlog = append(s.backlog, b)
+	}
+}
+
+// Where the fields of a record batch (v2) are.
+const (
+	batchLengthAt    = 8
+	batchMagicAt     = 16
+	batchLastDeltaAt = 23
+	batchRecordsAt   = 61
+)
+
+// eachAcquiredBatch calls decode with the batches of raw that hold
+// acquired offsets (ranges, sorted), until it returns false: a response
+// may hold batches of which nothing was acquired, and those are not
+// decoded. (In record-limit mode Kafka sends each batch whole, however few
+// of its records it acquired, 1,024 of a batch of 4,096 say; the decoder
+// builds no message for the records decode's keep leaves out.) What it
+// cannot read goes to decode as it is, which reports it.
+func eachAcquiredBatch(raw []byte, ranges []offsetRange, decode func(raw []byte) bool) {
+	ri := 0
+	for len(raw) > 0 {
+		if len(raw) < batchRecordsAt {
+			decode(raw) // a cut header: decode says what it is
+			return
+		}
+		size := int(int32(binary.BigEndian.Uint32(raw[batchLengthAt:])))
+		if size < batchRecordsAt-12 || len(raw) < 12+size || raw[batchMagicAt] != 2 {
+			decode(raw)
+			return
+		}
+		b := raw[:12+size]
+		raw = raw[12+size:]
+		base := int64(binary.BigEndian.Uint64(b))
+		last := base + int64(int32(binary.BigEndian.Uint32(b[batchLastDeltaAt:])))
+		for ri < len(ranges) && ranges[ri].last < base {
+			ri++
+		}
+		if ri == len(ranges) {
+			return // nothing acquired here or later
+		}
+		if ranges[ri].first > last {
+			continue // nothing acquired in this batch
+		}
+		if !decode(b) {
+			return
+		}
+	}
+}
+
+// roomNow reports whether the queue has room now for what the session
+// would put in it next: its backlog's first batch, or a fetch.
+func (s *shareSession) roomNow() bool {
+	q := s.f.env.q
+	if len(s.backlog) > 0 {
+		return q.free() >= len(s.backlog[0].msgs) || q.len() == 0
+	}
+	return s.f.fetchRoom() > 0
 }
 
 // offerBacklog moves what did not fit in the queue into it, as room comes.

@@ -4,15 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/segmentio/kafka-go"
-	"github.com/segmentio/kafka-go/protocol"
-	fetchAPI "github.com/segmentio/kafka-go/protocol/fetch"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/multiconsumer/multiconsumer/internal/wire"
 )
 
 // Fetch limits. A short MaxWait keeps an idle worker responsive (kafka-go's
@@ -22,6 +22,8 @@ const (
 	fetchMaxWait           = 250 * time.Millisecond
 	fetchMaxBytes          = 16 << 20
 	fetchPartitionMaxBytes = 1 << 20
+	fetchFirstBytes        = 32 << 10 // a partition's first limit: see fetchPos.sized
+	feedNowMax             = 16 << 10 // a response up to this is queued by the worker itself (feeder.feedNow)
 	initialBackoff         = time.Second
 )
 
@@ -30,14 +32,14 @@ const (
 // an idle partition costs no round trip of its own. A partition that fails
 // backs off on its own; the others go on.
 type worker struct {
-	env       *fetchEnv
-	id        int
-	order     []int // its partitions, in the order the next fetch lists them
-	pos       map[int]*fetchPos
-	wake      *wakeup
-	log       *slog.Logger
-	batchSize int     // messages per batch queued
-	arenas    []arena // one per leader fetched from in a round
+	env     *fetchEnv
+	id      int
+	order   []int // its partitions, in the order the next fetch lists them
+	pos     map[int]*fetchPos
+	wake    *wakeup
+	log     *slog.Logger
+	feeder  *feeder
+	rewinds []rewind // taken from the feeder, reused
 
 	// Partitions given to the worker, or taken from it, since it last
 	// looked: it takes them in at the start of its next round (applyInbox).
@@ -92,7 +94,7 @@ type fetchPos struct {
 	synced  bool
 	retryAt time.Time     // zero: not backing off
 	backoff time.Duration // the last wait after a failure; 0 after a success
-	probe   *probe        // non-nil: finding the end of an empty batch at offset
+	limit   int32         // the partition's byte limit in the next fetch; 0: fetchFirstBytes
 }
 
 // failed schedules the partition's next fetch after its backoff, and doubles
@@ -115,12 +117,25 @@ func (fp *fetchPos) capBackoff(now time.Time, most time.Duration) {
 	}
 }
 
-// fetchOffset is the offset to ask for: the position, or the next probe.
-func (fp *fetchPos) fetchOffset() int64 {
-	if fp.probe != nil {
-		return fp.probe.next()
+// maxBytes is the partition's byte limit in the next fetch request.
+func (fp *fetchPos) maxBytes() int32 {
+	if fp.limit == 0 {
+		return fetchFirstBytes
 	}
-	return fp.offset
+	return fp.limit
+}
+
+// sized grows the partition's byte limit when a response brought n bytes
+// of it, half its limit or more, or none while the log has more (behind)
+// and the limit may be smaller than its next batch: a backlog. A partition
+// starts small (and again after a Seek), so that the first messages of a
+// backlog come after a small response, not a whole 16 MiB one read and
+// decoded, and then grows, four times a response, to
+// fetchPartitionMaxBytes.
+func (fp *fetchPos) sized(n int, behind bool) {
+	if lim := fp.maxBytes(); lim < fetchPartitionMaxBytes && (n >= int(lim)/2 || n == 0 && behind) {
+		fp.limit = min(4*lim, fetchPartitionMaxBytes)
+	}
 }
 
 // leaderBackoff is the first wait of a partition whose leader moved: short,
@@ -146,7 +161,7 @@ type fetchEnv struct {
 func newWorker(env *fetchEnv, id int, partitions []int, pos map[int]*fetchPos, wake *wakeup) *worker {
 	w := &worker{env: env, id: id, order: slices.Clone(partitions), pos: pos, wake: wake}
 	w.log = env.log.With("worker", id)
-	w.batchSize = env.batchSize
+	w.feeder = newFeeder(env)
 	return w
 }
 
@@ -191,9 +206,34 @@ func (w *worker) applyInbox() {
 	clear(w.given)
 }
 
+// applyRewinds moves back the partitions whose fetched records the feeder
+// did not queue, to where the queue ends; one that failed backs off.
+func (w *worker) applyRewinds() {
+	w.rewinds = w.feeder.takeRewinds(w.rewinds)
+	for _, r := range w.rewinds {
+		pos, ok := w.pos[r.p]
+		if !ok || pos.epoch != r.epoch {
+			continue // a Seek moved it since, or it was taken away
+		}
+		pos.offset = r.to
+		if r.err != nil {
+			w.fail([]int{r.p}, initialBackoff, r.err)
+		}
+	}
+}
+
 // run fetches until ctx is done. It waits while the consumer is paused, and
 // while every one of its partitions is backing off (a Seek wakes it).
 func (w *worker) run(ctx context.Context) {
+	var feeding sync.WaitGroup
+	feeding.Go(func() { w.feeder.run(ctx) })
+	defer func() {
+		// The positions end where the queue does: the next worker of
+		// these partitions goes on from there.
+		close(w.feeder.in)
+		feeding.Wait()
+		w.applyRewinds()
+	}()
 	idle := time.NewTimer(time.Hour)
 	defer idle.Stop()
 	for {
@@ -202,6 +242,7 @@ func (w *worker) run(ctx context.Context) {
 		}
 		w.wake.clear() // the positions read next cover every Seek so far
 		w.applyInbox()
+		w.applyRewinds()
 		wait, leaderless, full := w.env.led.plan(w.order, w.pos, time.Now(), &w.plan, w.env.meta.leaderMap(), w.env.q.isHungry)
 		if leaderless {
 			// Look again for a leader every second at most; the
@@ -236,7 +277,7 @@ func (w *worker) run(ctx context.Context) {
 			doneWaiting()
 			continue
 		}
-		refresh := w.round(ctx, groups)
+		refresh := w.round(ctx, w.plan.leaders, groups)
 		if ctx.Err() != nil {
 			return
 		}
@@ -393,10 +434,7 @@ type roundResult struct {
 // of the next. A Seek cancels the round's fetches. It leaves in w.results
 // the partitions that got records, and reports whether the metadata must
 // be read again.
-func (w *worker) round(ctx context.Context, groups [][]int) (refresh bool) {
-	for len(w.arenas) < len(groups) {
-		w.arenas = append(w.arenas, arena{})
-	}
+func (w *worker) round(ctx context.Context, leaders []int, groups [][]int) (refresh bool) {
 	for len(w.results) < len(groups) {
 		w.results = append(w.results, roundResult{})
 	}
@@ -404,22 +442,22 @@ func (w *worker) round(ctx context.Context, groups [][]int) (refresh bool) {
 	for i := range w.results {
 		w.results[i] = roundResult{served: w.results[i].served[:0]}
 	}
-	// kafka-go bounds a request's socket reads only by the context's
-	// deadline: without one, a broker that stops answering would hold the
-	// worker (and a kafka-go goroutine) forever.
+	// A request's socket reads are bounded only by the context's deadline:
+	// without one, a broker that stops answering would hold the worker
+	// (and a kafka-go goroutine) forever.
 	rctx, cancel := context.WithTimeout(ctx, fetchMaxWait+w.env.kc.requestTimeout())
 	defer cancel()
 	if !w.wake.arm(cancel) {
 		return false // a Seek: sync the positions first
 	}
 	if len(groups) == 1 {
-		w.fetchFrom(ctx, rctx, groups[0], &w.arenas[0], &w.results[0])
+		w.fetchFrom(ctx, rctx, leaders[0], groups[0], &w.results[0])
 	} else {
-		// The fetches touch disjoint partitions (positions), arenas and
-		// results; the worker waits for them before its next round.
+		// The fetches touch disjoint partitions (positions) and results;
+		// the worker waits for them before its next round.
 		var wg sync.WaitGroup
 		for i, parts := range groups {
-			wg.Go(func() { w.fetchFrom(ctx, rctx, parts, &w.arenas[i], &w.results[i]) })
+			wg.Go(func() { w.fetchFrom(ctx, rctx, leaders[i], parts, &w.results[i]) })
 		}
 		wg.Wait()
 	}
@@ -430,39 +468,45 @@ func (w *worker) round(ctx context.Context, groups [][]int) (refresh bool) {
 	return refresh
 }
 
-// fetchFrom fetches parts, which share a leader, in one request bounded by
-// rctx, and queues what comes back (a wait for room in the queue is bounded
-// by ctx), copying keys and values into a. It records in r what it did.
-func (w *worker) fetchFrom(ctx, rctx context.Context, parts []int, a *arena, r *roundResult) {
+// fetchVersion is the Fetch version asked for at most: v12 is the last
+// that names topics (v13 on name them by id) and has every field we use.
+const fetchVersion = 12
+
+// fetchFrom fetches parts from their leader in one request bounded by rctx,
+// and queues what comes back (a wait for room in the queue is bounded by
+// ctx). It records in r what it did.
+func (w *worker) fetchFrom(ctx, rctx context.Context, leader int, parts []int, r *roundResult) {
 	topic := w.env.topic
-	reqParts := make([]fetchAPI.RequestPartition, len(parts))
+	req := kmsg.NewPtrFetchRequest()
+	req.MaxWaitMillis = int32(fetchMaxWait / time.Millisecond)
+	req.MinBytes = 1
+	req.MaxBytes = 0
+	req.SessionID, req.SessionEpoch = 0, -1 // a full fetch, no fetch session
+	rt := kmsg.NewFetchRequestTopic()
+	rt.Topic = topic
+	rt.Partitions = make([]kmsg.FetchRequestTopicPartition, len(parts))
 	for i, p := range parts {
-		reqParts[i] = fetchAPI.RequestPartition{
-			Partition:          int32(p),
-			CurrentLeaderEpoch: -1,
-			FetchOffset:        w.pos[p].fetchOffset(),
-			LogStartOffset:     -1,
-			PartitionMaxBytes:  fetchPartitionMaxBytes,
-		}
+		rp := &rt.Partitions[i]
+		rp.Default()
+		rp.Partition = int32(p)
+		rp.FetchOffset = w.pos[p].offset
+		rp.PartitionMaxBytes = w.pos[p].maxBytes()
+		req.MaxBytes = min(fetchMaxBytes, req.MaxBytes+rp.PartitionMaxBytes)
 	}
-	m, err := w.env.kc.transport.RoundTrip(rctx, w.env.kc.client.Addr, &fetchAPI.Request{
-		ReplicaID:    -1,
-		MaxWaitTime:  int32(fetchMaxWait / time.Millisecond),
-		MinBytes:     1,
-		MaxBytes:     fetchMaxBytes,
-		SessionID:    -1,
-		SessionEpoch: -1,
-		Topics:       []fetchAPI.RequestTopic{{Topic: topic, Partitions: reqParts}},
-	})
-	if err == nil && m.(*fetchAPI.Response).ErrorCode != 0 {
-		err = kafka.Error(m.(*fetchAPI.Response).ErrorCode)
+	req.Topics = []kmsg.FetchRequestTopic{rt}
+	kres, err := w.env.kc.wire.DoBroker(rctx, int32(leader), wire.AtMost(req, fetchVersion))
+	var res *kmsg.FetchResponse
+	if err == nil {
+		res = kres.(*kmsg.FetchResponse)
+		if res.ErrorCode != 0 {
+			err = kafka.Error(res.ErrorCode)
+		}
 	}
 	if err != nil {
 		switch {
 		case ctx.Err() != nil, rctx.Err() != nil && w.wake.woken():
 		case routingError(err):
-			// The transport's metadata lacks the topic, a partition or a
-			// leader, or has them on other brokers than we grouped by.
+			// The transport's metadata lacks the leader we grouped by.
 			w.failStale(parts, fmt.Errorf("fetch partitions %v: %w", parts, err))
 			r.refresh = true
 		default:
@@ -480,7 +524,9 @@ func (w *worker) fetchFrom(ctx, rctx context.Context, parts []int, a *arena, r *
 		}
 		return
 	}
-	for _, rt := range m.(*fetchAPI.Response).Topics {
+	var feeds []feed // the feeder's from here on
+	size := 0        // their records' bytes
+	for _, rt := range res.Topics {
 		if rt.Topic != topic {
 			continue
 		}
@@ -490,7 +536,7 @@ func (w *worker) fetchFrom(ctx, rctx context.Context, parts []int, a *arena, r *
 			if !mine || !slices.Contains(parts, p) {
 				continue
 			}
-			got, err := w.handle(ctx, &rt.Partitions[i], a)
+			fd, err := w.handle(ctx, &rt.Partitions[i])
 			if err != nil {
 				if ctx.Err() != nil {
 					return
@@ -504,19 +550,36 @@ func (w *worker) fetchFrom(ctx, rctx context.Context, parts []int, a *arena, r *
 				continue
 			}
 			pos.backoff, pos.retryAt = 0, time.Time{}
-			if got {
+			if fd.to == fd.from {
+				continue // nothing new
+			}
+			if fd.raw != nil {
 				r.served = append(r.served, p)
 			}
+			feeds = append(feeds, fd)
+			size += len(fd.raw)
 		}
+	}
+	if len(feeds) == 0 {
+		return
+	}
+	if size > feedNowMax || !w.feeder.feedNow(ctx, feeds) {
+		select {
+		case w.feeder.in <- feeds:
+		case <-ctx.Done():
+			return
+		}
+	}
+	// The feeder has them: fetch what follows.
+	for _, fd := range feeds {
+		w.pos[fd.p].offset = fd.to
 	}
 }
 
 // routingError reports whether a fetch failed before it was sent because
-// the transport could not route it: its metadata lacks the topic, a
-// partition or its leader, or puts the partitions on different leaders.
+// the transport could not route it: its metadata lacks the leader.
 func routingError(err error) bool {
-	var ferr *fetchAPI.Error
-	return errors.As(err, &ferr)
+	return errors.Is(err, wire.ErrUnknownBroker)
 }
 
 // metadataError reports whether a partition's fetch error means the
@@ -528,205 +591,26 @@ func metadataError(err error) bool {
 		errors.Is(err, kafka.ReplicaNotAvailable)
 }
 
-// handle queues the records of one partition of a fetch response, and
-// reports whether there were any.
-func (w *worker) handle(ctx context.Context, rp *fetchAPI.ResponsePartition, a *arena) (bool, error) {
+// handle returns what the feeder is to do with one partition of a fetch
+// response: queue its records, or move past a reset.
+func (w *worker) handle(ctx context.Context, rp *kmsg.FetchResponseTopicPartition) (feed, error) {
 	p := int(rp.Partition)
 	pos := w.pos[p]
+	fd := feed{p: p, epoch: pos.epoch, from: pos.offset, to: pos.offset, hwm: rp.HighWatermark}
 	if rp.ErrorCode != 0 {
-		err := kafka.Error(rp.ErrorCode)
-		if errors.Is(err, kafka.OffsetOutOfRange) {
-			pos.probe = nil
-			return false, w.reset(ctx, p, pos)
+		if code := kafka.Error(rp.ErrorCode); errors.Is(code, kafka.OffsetOutOfRange) {
+			var err error
+			fd.to, err = w.reset(ctx, p, pos)
+			return fd, err
+		} else {
+			return fd, fmt.Errorf("fetch at offset %d: %w", pos.offset, code)
 		}
-		return false, fmt.Errorf("fetch at offset %d: %w", pos.fetchOffset(), err)
 	}
 	w.env.led.setHighWatermark(p, rp.HighWatermark)
-	if pos.probe != nil {
-		return false, w.probed(ctx, p, pos, rp.RecordSet.Records)
-	}
-	got, err := w.decode(ctx, p, pos, rp.HighWatermark, rp.RecordSet.Records, a)
-	if err != nil {
-		return got, fmt.Errorf("decode records at offset %d: %w", pos.offset, err)
-	}
-	return got, nil
-}
-
-// decode turns the records of a partition at or after pos.offset into
-// messages, leaving out control records (transaction markers), and queues
-// them in runs of w.batchSize as it goes, so the caller can take the first
-// messages of a large response while the rest is decoded. pos.offset
-// follows what was queued. It reports whether it queued any message.
-func (w *worker) decode(ctx context.Context, p int, pos *fetchPos, hwm int64, rr protocol.RecordReader, a *arena) (bool, error) {
-	var run []kafka.Message
-	got := false
-	seen := int64(-1)    // the last offset passed, messages or not
-	emptyAt := int64(-1) // base offset of the last batch, when it was empty
-	flush := func() error {
-		if len(run) == 0 {
-			return nil
-		}
-		b := batch{partition: p, epoch: pos.epoch, msgs: run}
-		run = nil
-		if err := w.env.q.put(ctx, b, w.env.unpaused); err != nil {
-			return err
-		}
-		got = true
-		pos.offset = b.msgs[len(b.msgs)-1].Offset + 1
-		return nil
-	}
-	var walk func(rr protocol.RecordReader) error
-	walk = func(rr protocol.RecordReader) error {
-		emptyAt = -1
-		switch r := rr.(type) {
-		case nil:
-			return nil
-		case *protocol.ControlBatch:
-			// A transaction marker takes an offset but is no message: read
-			// past it, or a marker at the end of the log would be fetched
-			// again and again.
-			seen = max(seen, r.BaseOffset-1)
-			for {
-				rec, err := r.ReadRecord()
-				if err != nil {
-					return nil
-				}
-				seen = max(seen, rec.Offset)
-				closeBytes(rec)
-			}
-		case *protocol.RecordStream:
-			for _, sub := range r.Records {
-				if err := walk(sub); err != nil {
-					return err
-				}
-			}
-			return nil
-		case *protocol.RecordBatch:
-			// Offsets before a batch hold nothing: they were compacted
-			// away, with the batches that held them.
-			seen = max(seen, r.BaseOffset-1)
-		}
-		n := 0
-		for ; ; n++ {
-			rec, err := rr.ReadRecord()
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				return err
-			}
-			seen = max(seen, rec.Offset)
-			if rec.Offset < pos.offset {
-				// A compressed batch starts before the offset asked for.
-				closeBytes(rec)
-				continue
-			}
-			if run == nil {
-				// No more than the log holds past the position: at a
-				// trickle a response has a message or two, and a run
-				// sized for a backlog (w.batchSize, ~150 B a message) would
-				// be most of what the consumer allocates.
-				run = make([]kafka.Message, 0, min(int64(w.batchSize), max(1, hwm-rec.Offset)))
-			}
-			m := kafka.Message{
-				Topic:         w.env.topic,
-				Partition:     p,
-				Offset:        rec.Offset,
-				HighWaterMark: hwm,
-				Time:          rec.Time,
-				Headers:       rec.Headers, // decoded into fresh memory per record
-			}
-			if m.Key, err = a.read(rec.Key); err == nil {
-				m.Value, err = a.read(rec.Value)
-			}
-			closeBytes(rec)
-			if err != nil {
-				return err
-			}
-			if run = append(run, m); len(run) == w.batchSize {
-				if err := flush(); err != nil {
-					return err
-				}
-			}
-		}
-		if rb, ok := rr.(*protocol.RecordBatch); ok && n == 0 {
-			// Compaction keeps a batch whose records are all gone for
-			// an idempotent producer's sake. kafka-go drops its last
-			// offset; if nothing follows it here, probe for its end.
-			emptyAt = rb.BaseOffset
-		}
-		return nil
-	}
-	if err := walk(rr); err != nil {
-		return got, errors.Join(err, flush())
-	}
-	if err := flush(); err != nil {
-		return got, err
-	}
-	if seen+1 > pos.offset {
-		// The response ended with records that are no messages: skip them,
-		// here and in the bookkeeping (Offsets, Pending, Lag).
-		if err := w.skip(ctx, p, pos, seen+1); err != nil {
-			return got, err
-		}
-	}
-	if emptyAt >= 0 {
-		pos.probe = newProbe(emptyAt, pos.offset, hwm)
-		w.log.Info("empty record batch at the end of a response, probing for its end", "partition", p, "offset", emptyAt)
-		return got, w.probeDone(ctx, p, pos)
-	}
-	return got, nil
-}
-
-// probed takes the answer to a probe fetch: whether the first batch of the
-// response is still the empty batch. The records of a different batch are
-// not delivered from here: a probe may have jumped past whole batches, which
-// the fetch after the probe, at the empty batch's end, returns.
-func (w *worker) probed(ctx context.Context, p int, pos *fetchPos, rr protocol.RecordReader) error {
-	for {
-		rs, ok := rr.(*protocol.RecordStream)
-		if !ok {
-			break
-		}
-		if len(rs.Records) == 0 {
-			return nil // no batch came back (the response was full): ask again
-		}
-		rr = rs.Records[0]
-	}
-	if rr == nil {
-		return nil
-	}
-	same := false
-	if rb, ok := rr.(*protocol.RecordBatch); ok && rb.BaseOffset == pos.probe.base {
-		rec, err := rb.ReadRecord()
-		if err == nil {
-			closeBytes(rec)
-		}
-		same = err == io.EOF
-	}
-	pos.probe.answer(pos.probe.next(), same)
-	return w.probeDone(ctx, p, pos)
-}
-
-// probeDone moves partition p past its empty batch once the probe has
-// found where it ends.
-func (w *worker) probeDone(ctx context.Context, p int, pos *fetchPos) error {
-	end, ok := pos.probe.end()
-	if !ok {
-		return nil
-	}
-	pos.probe = nil
-	return w.skip(ctx, p, pos, end)
-}
-
-// skip moves partition p to offset to, here and, through a marker queued
-// behind its messages, in the controller's bookkeeping.
-func (w *worker) skip(ctx context.Context, p int, pos *fetchPos, to int64) error {
-	if err := w.env.q.put(ctx, batch{partition: p, epoch: pos.epoch, advance: to}, w.env.unpaused); err != nil {
-		return err
-	}
-	pos.offset = to
-	return nil
+	pos.sized(len(rp.RecordBatches), rp.HighWatermark > pos.offset)
+	fd.raw = rp.RecordBatches
+	fd.to = batchesEnd(fd.raw, pos.offset)
+	return fd, nil
 }
 
 // fullParts returns the partitions that wait for room in the queue: while
@@ -741,55 +625,17 @@ func (w *worker) fullParts() []int {
 	return out
 }
 
-// arenaSize is the size of the blocks that keys and values are copied into:
-// one allocation for many small messages instead of two per message.
-const arenaSize = 32 << 10
-
 // empty is what an empty key or value reads as: not nil, which would make
 // an empty value look like a tombstone. Its capacity is 0, so a caller's
 // append never writes into it.
 var empty = []byte{}
 
-// arena is what is left of the block keys and values are copied into.
-type arena []byte
-
-// read copies b into the arena (nil stays nil, empty stays empty).
-func (a *arena) read(b protocol.Bytes) ([]byte, error) {
-	if b == nil {
-		return nil, nil
-	}
-	n := b.Len()
-	if n == 0 {
-		return empty, nil
-	}
-	if n > len(*a) {
-		if n > arenaSize/4 {
-			return protocol.ReadAll(b) // large values get their own
-		}
-		*a = make([]byte, arenaSize)
-	}
-	out := (*a)[:n:n]
-	*a = (*a)[n:]
-	_, err := io.ReadFull(b, out)
-	return out, err
-}
-
-// closeBytes returns the record's key and value buffers to kafka-go's pool.
-func closeBytes(rec *protocol.Record) {
-	if rec.Key != nil {
-		rec.Key.Close()
-	}
-	if rec.Value != nil {
-		rec.Value.Close()
-	}
-}
-
-// reset moves a partition whose fetch offset is no longer in the log
-// (retention deleted it) to StartOffset.
-func (w *worker) reset(ctx context.Context, p int, pos *fetchPos) error {
+// reset returns where a partition whose fetch offset is no longer in the
+// log (retention deleted it) goes: StartOffset.
+func (w *worker) reset(ctx context.Context, p int, pos *fetchPos) (int64, error) {
 	b, err := w.env.kc.logBounds(ctx, []int{p})
 	if err != nil {
-		return err
+		return pos.offset, err
 	}
 	to := b[p].first
 	if w.env.startOffset == kafka.LastOffset {
@@ -798,8 +644,8 @@ func (w *worker) reset(ctx context.Context, p int, pos *fetchPos) error {
 	if to == pos.offset {
 		// The log says the offset is there, the fetch says it is not: a
 		// failure, retried with backoff, not a reset.
-		return fmt.Errorf("fetch at offset %d: %w (log is [%d, %d])", pos.offset, kafka.OffsetOutOfRange, b[p].first, b[p].last)
+		return pos.offset, fmt.Errorf("fetch at offset %d: %w (log is [%d, %d])", pos.offset, kafka.OffsetOutOfRange, b[p].first, b[p].last)
 	}
 	w.log.Warn("offset out of range, resetting", "partition", p, "offset", pos.offset, "reset_to", to)
-	return w.skip(ctx, p, pos, to)
+	return to, nil
 }

@@ -65,27 +65,30 @@ import (
 
 type options struct {
 	// orchestrator
-	brokers     string
-	label       string
-	suites      string
-	partitions  int
-	n           int
-	sizes       string
-	rounds      int
-	contenders  string
-	latency     string
-	rates       string // -rate as given
-	latRates    []int  // -rate parsed; a child gets exactly one
-	latRounds   int
-	latDur      time.Duration
-	rebalance   string
-	rebalRate   int
-	settle      time.Duration
-	coldMembers int
-	ioWorkers   string
-	ioHandlers  string
-	ioSleep     time.Duration
-	memN        string
+	brokers           string
+	label             string
+	suites            string
+	partitions        int
+	n                 int
+	sizes             string
+	rounds            int
+	contenders        string
+	latency           string
+	rates             string // -rate as given
+	latRates          []int  // -rate parsed; a child gets exactly one
+	latRounds         int
+	latDur            time.Duration
+	rebalance         string
+	rebalRate         int
+	settle            time.Duration
+	coldMembers       int
+	ioWorkers         string
+	ioHandlers        string
+	ioSleep           time.Duration
+	memN              string
+	profileContenders string
+	batch             int
+	latProfile        bool
 
 	// process suite (process.go)
 	processParts   string
@@ -134,12 +137,14 @@ func main() {
 	flag.StringVar(&o.suites, "suites", "drain,latency,io", "suites to run: drain, latency, io, rebalance, cold, pitfall, mem, profile, process, share")
 	flag.IntVar(&o.partitions, "partitions", 8, "partitions of each topic")
 	flag.IntVar(&o.n, "n", 1_000_000, "messages in the backlog to drain")
+	flag.IntVar(&o.batch, "batch", 4096, "records per record batch in the backlogs produced (at most 512 KiB a batch); the Java producer's default batch.size, 16 KiB, is 160 records of 100 B")
 	flag.StringVar(&o.sizes, "sizes", "100,1024", "message value sizes in bytes, comma-separated")
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds of the drain suite; contenders alternate within each round")
 	flag.StringVar(&o.contenders, "contenders", strings.Join(defaultDrain, " "), "contenders of the drain suite, space-separated")
 	flag.StringVar(&o.latency, "latency-contenders", strings.Join(defaultLatency, " "), "contenders of the latency suite, space-separated")
 	flag.StringVar(&o.rates, "rate", "2000,20000", "produce rates of the latency suite, messages/s, comma-separated; the suite runs each")
 	flag.IntVar(&o.latRounds, "latency-rounds", 3, "rounds of the latency suite at each rate; contenders alternate within each round")
+	flag.BoolVar(&o.latProfile, "latency-profile", false, "latency suite: write CPU and allocation profiles of each child")
 	flag.DurationVar(&o.latDur, "duration", 10*time.Second, "measured produce time of the latency suite")
 	flag.StringVar(&o.rebalance, "rebalance-contenders", strings.Join(defaultRebalance, " "), "contenders of the rebalance suite, space-separated")
 	flag.IntVar(&o.rebalRate, "rebalance-rate", 2000, "produce rate of the rebalance suite, messages/s")
@@ -148,6 +153,7 @@ func main() {
 	flag.StringVar(&o.ioWorkers, "io-workers", "1,2,4,8", "MultiConsumer workers of the io suite")
 	flag.StringVar(&o.ioHandlers, "io-handlers", "1,64", "handler goroutines of the io suite")
 	flag.DurationVar(&o.ioSleep, "io-sleep", time.Millisecond, "wait per message in the io suite")
+	flag.StringVar(&o.profileContenders, "profile-contenders", "mc-get?w=1 mc-get?w=8 mc-iter?w=8", "contenders of the profile suite (CPU and allocation profiles of a drain of -n messages of the first of -sizes), space-separated")
 	flag.StringVar(&o.memN, "mem-n", "1000000,10000000", "backlogs of the mem suite (100 B messages)")
 	flag.StringVar(&o.processParts, "process-parts", "pc,io,cpu", "parts of the process suite: pc (parallel-consumer's table), io (1 ms handler), cpu (near-empty handler, -n messages)")
 	flag.IntVar(&o.pcN, "pc-n", 10_000, "process suite, pc part: messages")

@@ -184,8 +184,8 @@ func (b *bench) backlog(n, size int) (string, error) {
 		value[i] = byte('a' + i%26)
 	}
 	// At most ~512 KiB per produce request: kfake's and Kafka's default
-	// message.max.bytes is 1 MB.
-	chunk := max(1, min(4096, (512<<10)/size))
+	// message.max.bytes is 1 MB. Each request is one record batch.
+	chunk := max(1, min(b.o.batch, (512<<10)/size))
 	msgs := make([]kafka.Message, chunk)
 	for i := range msgs {
 		msgs[i].Value = value
@@ -348,7 +348,16 @@ func (b *bench) latencySuite() error {
 				if err := b.cluster.CreateTopic(context.Background(), topic, b.o.partitions); err != nil {
 					return err
 				}
-				b.runChild("latency", c, "latency", topic, 0, 100, rate, round)
+				var extra []string
+				if b.o.latProfile {
+					dir := filepath.Join(b.o.out, "pprof-"+b.o.label)
+					if err := os.MkdirAll(dir, 0o755); err != nil {
+						return err
+					}
+					name := fmt.Sprintf("latency-%s-%d-r%d", strings.NewReplacer("?", "-", "=", "", "&", "-").Replace(c), rate, round)
+					extra = append(extra, "-cpuprofile", filepath.Join(dir, name+".cpu.pprof"), "-memprofile", filepath.Join(dir, name+".alloc.pprof"))
+				}
+				b.runChild("latency", c, "latency", topic, 0, 100, rate, round, extra...)
 				b.deleteTopic(topic)
 			}
 		}
@@ -429,7 +438,8 @@ func (b *bench) memSuite() error {
 // profileSuite writes CPU and allocation profiles of MultiConsumer at 1 and
 // 8 workers draining the backlog (100 B messages).
 func (b *bench) profileSuite() error {
-	topic, err := b.backlog(b.o.n, 100)
+	size := ints(b.o.sizes)[0] // the first of -sizes
+	topic, err := b.backlog(b.o.n, size)
 	if err != nil {
 		return err
 	}
@@ -437,9 +447,9 @@ func (b *bench) profileSuite() error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	for _, c := range []string{"mc-get?w=1", "mc-get?w=8", "mc-iter?w=8"} {
+	for _, c := range strings.Fields(b.o.profileContenders) {
 		name := strings.NewReplacer("?", "-", "=", "", "&", "-").Replace(c)
-		b.runChild("profile", c, "drain", topic, b.o.n, 100, 0, 0,
+		b.runChild("profile", c, "drain", topic, b.o.n, size, 0, 0,
 			"-cpuprofile", filepath.Join(dir, name+".cpu.pprof"),
 			"-memprofile", filepath.Join(dir, name+".alloc.pprof"))
 	}

@@ -274,6 +274,11 @@ func (r *Request) RawExchange(rw io.ReadWriter) (protocol.Message, error) {
 	return &Response{Resp: res}, nil
 }
 
+// exactRead is the largest response frame read into a buffer allocated at
+// once; a larger one (a size garbled, or beyond any fetch limit) is read as
+// it arrives.
+const exactRead = 64 << 20
+
 // readResponse reads one response frame for req, which was sent with
 // correlation id id: int32 size, int32 correlation id, the header's tagged
 // fields when the response is flexible, and the body.
@@ -287,10 +292,21 @@ func readResponse(rd io.Reader, req kmsg.Request, id int32) (kmsg.Response, erro
 	if n < 4 {
 		return nil, fmt.Errorf("read %s response: frame size %d", name, n)
 	}
-	// ReadAll grows the buffer as bytes arrive, so a garbled size cannot
-	// make us allocate gigabytes up front.
-	body, err := io.ReadAll(io.LimitReader(rd, int64(n)))
-	if err != nil {
+	var body []byte
+	var err error
+	if n <= exactRead {
+		// One allocation of the right size: a fetch response of
+		// megabytes would otherwise be copied as it grows.
+		body = make([]byte, n)
+		var got int
+		got, err = io.ReadFull(rd, body)
+		body = body[:got]
+	} else {
+		// ReadAll grows the buffer as bytes arrive, so a garbled size
+		// cannot make us allocate gigabytes up front.
+		body, err = io.ReadAll(io.LimitReader(rd, int64(n)))
+	}
+	if err != nil && err != io.ErrUnexpectedEOF {
 		return nil, fmt.Errorf("read %s response: %w", name, err)
 	}
 	if len(body) < int(n) {
@@ -375,10 +391,30 @@ type brokerRequest struct {
 func (b *brokerRequest) Broker(c protocol.Cluster) (protocol.Broker, error) {
 	br, ok := c.Brokers[b.id]
 	if !ok {
-		return protocol.Broker{}, fmt.Errorf("broker %d is not in the cluster's metadata", b.id)
+		return protocol.Broker{}, fmt.Errorf("broker %d: %w", b.id, ErrUnknownBroker)
 	}
 	return br, nil
 }
+
+// ErrUnknownBroker is returned by DoBroker when the Transport's metadata has
+// no broker of that id (it moved, or the metadata is older than the
+// caller's).
+var ErrUnknownBroker = errors.New("broker is not in the cluster's metadata")
+
+// AtMost returns req capped at version max: Client picks the highest version
+// both the broker and kmsg know, and no higher than max. Use it where a
+// newer version changes what the caller must fill in (Fetch v13 names
+// topics by id).
+func AtMost(req kmsg.Request, max int16) kmsg.Request {
+	return &capped{req, max}
+}
+
+type capped struct {
+	kmsg.Request
+	max int16
+}
+
+func (c *capped) MaxVersion() int16 { return min(c.Request.MaxVersion(), c.max) }
 
 var (
 	_ protocol.RawExchanger  = (*Request)(nil)
