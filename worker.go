@@ -23,7 +23,7 @@ const (
 	fetchMaxBytes          = 16 << 20
 	fetchPartitionMaxBytes = 1 << 20
 	fetchFirstBytes        = 32 << 10 // a partition's first limit: see fetchPos.sized
-	feedNowMax             = 16 << 10 // a response up to this is queued by the worker itself (feeder.feedNow)
+	unpackNowMax           = 16 << 10 // a response up to this is queued by the worker itself (unpacker.unpackNow)
 	initialBackoff         = time.Second
 )
 
@@ -32,14 +32,14 @@ const (
 // an idle partition costs no round trip of its own. A partition that fails
 // backs off on its own; the others go on.
 type worker struct {
-	env     *fetchEnv
-	id      int
-	order   []int // its partitions, in the order the next fetch lists them
-	pos     map[int]*fetchPos
-	wake    *wakeup
-	log     *slog.Logger
-	feeder  *feeder
-	rewinds []rewind // taken from the feeder, reused
+	env      *fetchEnv
+	id       int
+	order    []int // its partitions, in the order the next fetch lists them
+	pos      map[int]*fetchPos
+	wake     *wakeup
+	log      *slog.Logger
+	unpacker *unpacker
+	rewinds  []rewind // taken from the unpacker, reused
 
 	// Partitions given to the worker, or taken from it, since it last
 	// looked: it takes them in at the start of its next round (applyInbox).
@@ -161,7 +161,7 @@ type fetchEnv struct {
 func newWorker(env *fetchEnv, id int, partitions []int, pos map[int]*fetchPos, wake *wakeup) *worker {
 	w := &worker{env: env, id: id, order: slices.Clone(partitions), pos: pos, wake: wake}
 	w.log = env.log.With("worker", id)
-	w.feeder = newFeeder(env)
+	w.unpacker = newUnpacker(env)
 	return w
 }
 
@@ -206,10 +206,10 @@ func (w *worker) applyInbox() {
 	clear(w.given)
 }
 
-// applyRewinds moves back the partitions whose fetched records the feeder
+// applyRewinds moves back the partitions whose fetched records the unpacker
 // did not queue, to where the queue ends; one that failed backs off.
 func (w *worker) applyRewinds() {
-	w.rewinds = w.feeder.takeRewinds(w.rewinds)
+	w.rewinds = w.unpacker.takeRewinds(w.rewinds)
 	for _, r := range w.rewinds {
 		pos, ok := w.pos[r.p]
 		if !ok || pos.epoch != r.epoch {
@@ -225,13 +225,13 @@ func (w *worker) applyRewinds() {
 // run fetches until ctx is done. It waits while the consumer is paused, and
 // while every one of its partitions is backing off (a Seek wakes it).
 func (w *worker) run(ctx context.Context) {
-	var feeding sync.WaitGroup
-	feeding.Go(func() { w.feeder.run(ctx) })
+	var unpacking sync.WaitGroup
+	unpacking.Go(func() { w.unpacker.run(ctx) })
 	defer func() {
 		// The positions end where the queue does: the next worker of
 		// these partitions goes on from there.
-		close(w.feeder.in)
-		feeding.Wait()
+		close(w.unpacker.in)
+		unpacking.Wait()
 		w.applyRewinds()
 	}()
 	idle := time.NewTimer(time.Hour)
@@ -524,7 +524,7 @@ func (w *worker) fetchFrom(ctx, rctx context.Context, leader int, parts []int, r
 		}
 		return
 	}
-	var feeds []feed // the feeder's from here on
+	var feeds []feed // the unpacker's from here on
 	size := 0        // their records' bytes
 	for _, rt := range res.Topics {
 		if rt.Topic != topic {
@@ -563,14 +563,14 @@ func (w *worker) fetchFrom(ctx, rctx context.Context, leader int, parts []int, r
 	if len(feeds) == 0 {
 		return
 	}
-	if size > feedNowMax || !w.feeder.feedNow(ctx, feeds) {
+	if size > unpackNowMax || !w.unpacker.unpackNow(ctx, feeds) {
 		select {
-		case w.feeder.in <- feeds:
+		case w.unpacker.in <- feeds:
 		case <-ctx.Done():
 			return
 		}
 	}
-	// The feeder has them: fetch what follows.
+	// The unpacker has them: fetch what follows.
 	for _, fd := range feeds {
 		w.pos[fd.p].offset = fd.to
 	}
@@ -591,7 +591,7 @@ func metadataError(err error) bool {
 		errors.Is(err, kafka.ReplicaNotAvailable)
 }
 
-// handle returns what the feeder is to do with one partition of a fetch
+// handle returns what the unpacker is to do with one partition of a fetch
 // response: queue its records, or move past a reset.
 func (w *worker) handle(ctx context.Context, rp *kmsg.FetchResponseTopicPartition) (feed, error) {
 	p := int(rp.Partition)

@@ -9,7 +9,7 @@ import (
 	"github.com/segmentio/kafka-go"
 )
 
-// feeder decodes the fetch responses its worker received and queues their
+// unpacker decodes the fetch responses its worker received and queues their
 // messages, in the order received, while the worker fetches the next ones:
 // a worker's round trip to the broker overlaps the decoding and queueing
 // of the response before it, where one after the other the broker would
@@ -17,23 +17,23 @@ import (
 //
 // A worker moves a partition's fetch position past a response as soon as
 // it hands the response over (to batchesEnd of its records), so its next
-// fetch asks for what follows. The feeder keeps, per partition, where what
+// fetch asks for what follows. The unpacker keeps, per partition, where what
 // it queued ends, and queues a response only if it starts there: anything
-// else (a response fetched ahead of one the feeder could not queue, after
-// a decode error or a stop) is dropped, and the feeder tells the worker to
+// else (a response fetched ahead of one the unpacker could not queue, after
+// a decode error or a stop) is dropped, and the unpacker tells the worker to
 // go back to where the queue ends (a rewind). So a message is never
 // skipped, and none is queued twice in one epoch.
 //
-// A worker holds at most two responses per leader: the one the feeder
-// works on, and the next, which waits until the feeder takes it.
-type feeder struct {
+// A worker holds at most two responses per leader: the one the unpacker
+// works on, and the next, which waits until the unpacker takes it.
+type unpacker struct {
 	env *fetchEnv
 	in  chan []feed // unbuffered; the worker closes it when it stops
 
-	// feeding is held while feeds are queued, by the feeder's goroutine or
-	// by the worker feeding a small response itself (feedNow).
-	feeding sync.Mutex
-	next    map[int]fedTo // guarded by feeding: where what was queued ends, per partition and epoch
+	// busy is held while feeds are queued, by the unpacker's goroutine or
+	// by the worker busy a small response itself (unpackNow).
+	busy sync.Mutex
+	next map[int]fedTo // guarded by busy: where what was queued ends, per partition and epoch
 
 	mu      sync.Mutex
 	rewinds []rewind // guarded by mu; taken by the worker
@@ -64,41 +64,41 @@ type rewind struct {
 	err   error
 }
 
-func newFeeder(env *fetchEnv) *feeder {
-	return &feeder{env: env, in: make(chan []feed), next: make(map[int]fedTo)}
+func newUnpacker(env *fetchEnv) *unpacker {
+	return &unpacker{env: env, in: make(chan []feed), next: make(map[int]fedTo)}
 }
 
 // run queues what the worker hands over until in is closed. Once ctx is
 // done nothing more is queued, but every feed is still accounted for, so
 // that the worker's positions end where the queue does.
-func (f *feeder) run(ctx context.Context) {
+func (f *unpacker) run(ctx context.Context) {
 	for feeds := range f.in {
-		f.feeding.Lock()
+		f.busy.Lock()
 		for _, fd := range feeds {
 			f.feed(ctx, fd)
 		}
-		f.feeding.Unlock()
+		f.busy.Unlock()
 	}
 }
 
-// feedNow queues feeds in the caller's goroutine if the feeder is idle, and
+// unpackNow queues feeds in the caller's goroutine if the unpacker is idle, and
 // reports whether it did. A worker does so with a small response (a
 // trickle), where the hand-off would cost the message one more goroutine
-// switch and overlap nothing. The feeder idle, nothing of these partitions
+// switch and overlap nothing. The unpacker idle, nothing of these partitions
 // waits for it: the worker hands a partition's responses over one at a
 // time, so their order holds.
-func (f *feeder) feedNow(ctx context.Context, feeds []feed) bool {
-	if !f.feeding.TryLock() {
+func (f *unpacker) unpackNow(ctx context.Context, feeds []feed) bool {
+	if !f.busy.TryLock() {
 		return false
 	}
-	defer f.feeding.Unlock()
+	defer f.busy.Unlock()
 	for _, fd := range feeds {
 		f.feed(ctx, fd)
 	}
 	return true
 }
 
-func (f *feeder) feed(ctx context.Context, fd feed) {
+func (f *unpacker) feed(ctx context.Context, fd feed) {
 	st, ok := f.next[fd.p]
 	if !ok || st.epoch != fd.epoch {
 		st = fedTo{epoch: fd.epoch, next: fd.from} // a new position: a Seek, a partition given
@@ -118,14 +118,14 @@ func (f *feeder) feed(ctx context.Context, fd feed) {
 	}
 }
 
-func (f *feeder) rewind(r rewind) {
+func (f *unpacker) rewind(r rewind) {
 	f.mu.Lock()
 	f.rewinds = append(f.rewinds, r)
 	f.mu.Unlock()
 }
 
 // takeRewinds returns the rewinds posted since the last call, in order.
-func (f *feeder) takeRewinds(into []rewind) []rewind {
+func (f *unpacker) takeRewinds(into []rewind) []rewind {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	into = append(into[:0], f.rewinds...)
@@ -139,7 +139,7 @@ func (f *feeder) takeRewinds(into []rewind) []rewind {
 // queues a move to fd.to past what the records end with that is no
 // message (a transaction's marker, the offsets compaction emptied). It
 // returns where what it queued ends.
-func (f *feeder) queue(ctx context.Context, fd feed) (int64, error) {
+func (f *unpacker) queue(ctx context.Context, fd feed) (int64, error) {
 	if fd.raw == nil {
 		// A reset: the fetch offset is no longer in the log.
 		err := f.env.q.put(ctx, batch{partition: fd.p, epoch: fd.epoch, advance: fd.to}, f.env.unpaused)
@@ -234,7 +234,7 @@ func batchesEnd(raw []byte, from int64) int64 {
 		last := base
 		if raw[16] == 2 {
 			if size < 49 {
-				break // corrupt: the feeder's decoding says how
+				break // corrupt: the unpacker's decoding says how
 			}
 			last = base + int64(int32(binary.BigEndian.Uint32(raw[23:27])))
 		}
