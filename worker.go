@@ -41,6 +41,11 @@ type worker struct {
 	unpacker *unpacker
 	rewinds  []rewind // taken from the unpacker, reused
 
+	// The rounds' context (roundContext), its deadline and cancel.
+	rctx      context.Context
+	rdeadline time.Time
+	rcancel   context.CancelFunc
+
 	// Partitions given to the worker, or taken from it, since it last
 	// looked: it takes them in at the start of its next round (applyInbox).
 	inboxMu sync.Mutex // guards given and dropped
@@ -228,6 +233,9 @@ func (w *worker) run(ctx context.Context) {
 	var unpacking sync.WaitGroup
 	unpacking.Go(func() { w.unpacker.run(ctx) })
 	defer func() {
+		if w.rcancel != nil {
+			w.rcancel()
+		}
 		// The positions end where the queue does: the next worker of
 		// these partitions goes on from there.
 		close(w.unpacker.in)
@@ -427,6 +435,7 @@ func (w *worker) failStale(parts []int, err error) {
 type roundResult struct {
 	served  []int
 	refresh bool
+	req     *kmsg.FetchRequest // to reuse in the next round, if any
 }
 
 // round fetches each group of partitions from its leader, at the same time:
@@ -440,13 +449,9 @@ func (w *worker) round(ctx context.Context, leaders []int, groups [][]int) (refr
 	}
 	w.results = w.results[:len(groups)]
 	for i := range w.results {
-		w.results[i] = roundResult{served: w.results[i].served[:0]}
+		w.results[i] = roundResult{served: w.results[i].served[:0], req: w.results[i].req}
 	}
-	// A request's socket reads are bounded only by the context's deadline:
-	// without one, a broker that stops answering would hold the worker
-	// (and a kafka-go goroutine) forever.
-	rctx, cancel := context.WithTimeout(ctx, fetchMaxWait+w.env.kc.requestTimeout())
-	defer cancel()
+	rctx, cancel := w.roundContext(ctx)
 	if !w.wake.arm(cancel) {
 		return false // a Seek: sync the positions first
 	}
@@ -468,6 +473,25 @@ func (w *worker) round(ctx context.Context, leaders []int, groups [][]int) (refr
 	return refresh
 }
 
+// roundContext returns the context a round's fetches run under. A
+// request's socket reads are bounded only by the context's deadline:
+// without one, a broker that stops answering would hold the worker (and a
+// kafka-go goroutine) forever. The deadline is at least a long poll and a
+// request timeout away, at most twice that: one context serves the rounds
+// until then, or until a Seek cancels it, rather than a context and a
+// timer for each round (at a trickle, one each per message).
+func (w *worker) roundContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	need := fetchMaxWait + w.env.kc.requestTimeout()
+	if w.rctx == nil || w.rctx.Err() != nil || time.Until(w.rdeadline) < need {
+		if w.rcancel != nil {
+			w.rcancel()
+		}
+		w.rdeadline = time.Now().Add(2 * need)
+		w.rctx, w.rcancel = context.WithDeadline(ctx, w.rdeadline)
+	}
+	return w.rctx, w.rcancel
+}
+
 // fetchVersion is the Fetch version asked for at most: v12 is the last
 // that names topics (v13 on name them by id) and has every field we use.
 const fetchVersion = 12
@@ -477,14 +501,22 @@ const fetchVersion = 12
 // ctx). It records in r what it did.
 func (w *worker) fetchFrom(ctx, rctx context.Context, leader int, parts []int, r *roundResult) {
 	topic := w.env.topic
-	req := kmsg.NewPtrFetchRequest()
-	req.MaxWaitMillis = int32(fetchMaxWait / time.Millisecond)
-	req.MinBytes = 1
+	// The request of the slot's last round, when that round trip ended
+	// cleanly (a cancelled one may still be being written): at a trickle a
+	// round is a message, and its request what the collector chases.
+	req := r.req
+	r.req = nil
+	if req == nil {
+		req = kmsg.NewPtrFetchRequest()
+		req.MaxWaitMillis = int32(fetchMaxWait / time.Millisecond)
+		req.MinBytes = 1
+		req.SessionID, req.SessionEpoch = 0, -1 // a full fetch, no fetch session
+		req.Topics = []kmsg.FetchRequestTopic{kmsg.NewFetchRequestTopic()}
+	}
 	req.MaxBytes = 0
-	req.SessionID, req.SessionEpoch = 0, -1 // a full fetch, no fetch session
-	rt := kmsg.NewFetchRequestTopic()
+	rt := &req.Topics[0]
 	rt.Topic = topic
-	rt.Partitions = make([]kmsg.FetchRequestTopicPartition, len(parts))
+	rt.Partitions = slices.Grow(rt.Partitions[:0], len(parts))[:len(parts)]
 	for i, p := range parts {
 		rp := &rt.Partitions[i]
 		rp.Default()
@@ -493,10 +525,10 @@ func (w *worker) fetchFrom(ctx, rctx context.Context, leader int, parts []int, r
 		rp.PartitionMaxBytes = w.pos[p].maxBytes()
 		req.MaxBytes = min(fetchMaxBytes, req.MaxBytes+rp.PartitionMaxBytes)
 	}
-	req.Topics = []kmsg.FetchRequestTopic{rt}
 	kres, err := w.env.kc.wire.DoBroker(rctx, int32(leader), wire.AtMost(req, fetchVersion))
 	var res *kmsg.FetchResponse
 	if err == nil {
+		r.req = req
 		res = kres.(*kmsg.FetchResponse)
 		if res.ErrorCode != 0 {
 			err = kafka.Error(res.ErrorCode)
