@@ -242,6 +242,12 @@ func (r *Request) Required(versions map[protocol.ApiKey]int16) bool {
 	return true
 }
 
+// framePool holds the buffers request frames are built in; one larger than
+// maxPooledFrame is left to the collector.
+var framePool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+const maxPooledFrame = 64 << 10
+
 // correlationID numbers the frames this package writes. kafka-go's own
 // counter lives in its unexported Conn; since a kafka-go connection carries
 // one request at a time, any number the answer echoes will do.
@@ -263,8 +269,16 @@ func (r *Request) RawExchange(rw io.ReadWriter) (protocol.Message, error) {
 	if r.ClientID != "" {
 		opts = append(opts, kmsg.FormatterClientID(r.ClientID))
 	}
-	frame := kmsg.NewRequestFormatter(opts...).AppendRequest(nil, r.Req, id)
-	if _, err := rw.Write(frame); err != nil {
+	// The frame goes into a pooled buffer: written, it is not needed any
+	// more, and a fetch at a trickle sends one per message.
+	bp := framePool.Get().(*[]byte)
+	frame := kmsg.NewRequestFormatter(opts...).AppendRequest((*bp)[:0], r.Req, id)
+	_, err := rw.Write(frame)
+	if cap(frame) <= maxPooledFrame {
+		*bp = frame
+		framePool.Put(bp)
+	}
+	if err != nil {
 		return nil, err
 	}
 	res, err := readResponse(rw, r.Req, id)
