@@ -646,6 +646,27 @@ func TestCompressedBatches(t *testing.T) {
 	checkOrder(t, got, map[int]int64{0: 50, 1: 50, 2: 50, 3: 50})
 }
 
+// An aborted transaction's records are delivered, as kafka-go's Reader
+// (read uncommitted, its default) delivers them, and its abort marker is
+// not: the messages after it follow.
+func TestAbortedTransaction(t *testing.T) {
+	t.Parallel()
+	topic := backlog(t, 1, 0)
+	endTransaction(t, topic, 3, kgo.TryAbort) // offsets 0-2, the marker at 3
+	c := open(t, Config{Topic: topic})
+	got := drain(t, c, 3, 3)
+	for i, m := range got {
+		assert.Equal(t, int64(i), m.Offset)
+		assert.Equal(t, fmt.Sprintf("0-%d", i), string(m.Value))
+	}
+	require.NoError(t, cluster.Produce(testCtx(t), topic, 0, kafka.Message{Value: []byte("after")}))
+	got = drain(t, c, 1, 1)
+	assert.Equal(t, "after", string(got[0].Value))
+	// Kafka writes the marker after EndTransaction returns: the message may
+	// land before it (offset 3) or after it (offset 4).
+	assert.Contains(t, []int64{3, 4}, got[0].Offset)
+}
+
 // A transaction marker right behind a full Iter batch, or alone in a fetch,
 // is applied without waiting for another message.
 func TestIterTransactionMarker(t *testing.T) {
@@ -955,6 +976,13 @@ func TestAutoCommitRetried(t *testing.T) {
 // partition 0 of topic; its commit marker takes the offset after them.
 func produceTransaction(t *testing.T, topic string, n int) {
 	t.Helper()
+	endTransaction(t, topic, n, kgo.TryCommit)
+}
+
+// endTransaction produces a transaction of n messages ("0-i") to partition
+// 0 of topic and ends it with how (kgo.TryCommit or kgo.TryAbort).
+func endTransaction(t *testing.T, topic string, n int, how kgo.TransactionEndTry) {
+	t.Helper()
 	cl, err := kgo.NewClient(kgo.SeedBrokers(cluster.Brokers()...), kgo.TransactionalID(kafkatest.UniqueName("tx")),
 		kgo.DefaultProduceTopic(topic), kgo.RecordPartitioner(kgo.ManualPartitioner()))
 	require.NoError(t, err)
@@ -966,7 +994,7 @@ func produceTransaction(t *testing.T, topic string, n int) {
 		recs[i] = &kgo.Record{Partition: 0, Value: fmt.Appendf(nil, "0-%d", i)}
 	}
 	require.NoError(t, cl.ProduceSync(ctx, recs...).FirstErr())
-	require.NoError(t, cl.EndTransaction(ctx, kgo.TryCommit))
+	require.NoError(t, cl.EndTransaction(ctx, how))
 }
 
 // injectFailures makes the embedded broker close the connection on the
