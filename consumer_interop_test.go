@@ -22,17 +22,7 @@ import (
 // once, by the member that owns its partition. It needs a real Kafka
 // (KAFKA_BROKERS), the Kafka jars and java, as TestGroupJavaInterop does.
 func TestConsumerGroupJavaInterop(t *testing.T) {
-	if cluster.Embedded() {
-		t.Skip("needs a real Apache Kafka: set KAFKA_BROKERS (scripts/kafka.sh start)")
-	}
-	lib, err := kafkaLibDir()
-	if err != nil {
-		t.Skipf("needs the Kafka jars (scripts/kafka.sh fetch): %v", err)
-	}
-	java, err := javaBinary()
-	if err != nil {
-		t.Skipf("needs java: %v", err)
-	}
+	java, lib := needJavaKafka(t, "")
 	const n = interopPartitions
 	topic := backlog(t, n, 0)
 	g := group(t)

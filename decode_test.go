@@ -350,17 +350,7 @@ func withRecordCount(batch []byte, n int32) []byte {
 // its ConsoleProducer) with each codec decode as produced: keys, values,
 // headers, and one message per line. Real Kafka only: it needs the jars.
 func TestJavaProducerBatches(t *testing.T) {
-	if cluster.Embedded() {
-		t.Skip("needs a real Apache Kafka and its jars: set KAFKA_BROKERS (scripts/kafka.sh start)")
-	}
-	lib, err := kafkaLibDir()
-	if err != nil {
-		t.Skipf("needs the Kafka jars (scripts/kafka.sh fetch): %v", err)
-	}
-	java, err := javaBinary()
-	if err != nil {
-		t.Skipf("needs java: %v", err)
-	}
+	java, lib := needJavaKafka(t, "")
 	codecs := []string{"none", "gzip", "snappy", "lz4", "zstd"}
 	const n = 300
 	topic := backlog(t, len(codecs), 0)

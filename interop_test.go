@@ -85,17 +85,7 @@ const (
 // java on the PATH (or in JAVA_HOME). Not parallel: it starts JVMs.
 func TestGroupJavaInterop(t *testing.T) {
 	classicOnly(t) // the Java member speaks classic; TestConsumerGroupJavaInterop is the consumer protocol's
-	if cluster.Embedded() {
-		t.Skip("needs a real Apache Kafka: set KAFKA_BROKERS (scripts/kafka.sh start); kfake is not Kafka's group coordinator")
-	}
-	lib, err := kafkaLibDir()
-	if err != nil {
-		t.Skipf("needs the Kafka jars (scripts/kafka.sh fetch): %v", err)
-	}
-	java, err := javaBinary()
-	if err != nil {
-		t.Skipf("needs java: %v", err)
-	}
+	java, lib := needJavaKafka(t, "kfake is not Kafka's group coordinator")
 	t.Logf("kafka jars: %s, java: %s", lib, java)
 	for _, javaFirst := range []bool{false, true} {
 		name := "GoFirst"
@@ -908,6 +898,30 @@ func waitGroup(t *testing.T, cl *kgo.Client, j *javaConsumer, group, what string
 // kafkaLibDir finds the Kafka jars scripts/kafka.sh fetches: KAFKA_LIB_DIR,
 // else $KAFKA_HOME_DIR/lib (relative to the repository root, where tests
 // run), else .kafka/lib.
+// needJavaKafka skips t unless it runs against a real Kafka (KAFKA_BROKERS)
+// with Kafka's jars (scripts/kafka.sh fetches them) and java at hand, and
+// returns java's path and the jars' folder. why says what kfake lacks, if
+// more than the jars.
+func needJavaKafka(t *testing.T, why string) (java, lib string) {
+	t.Helper()
+	if cluster.Embedded() {
+		msg := "needs a real Apache Kafka and its jars: set KAFKA_BROKERS (scripts/kafka.sh start)"
+		if why != "" {
+			msg += "; " + why
+		}
+		t.Skip(msg)
+	}
+	lib, err := kafkaLibDir()
+	if err != nil {
+		t.Skipf("needs the Kafka jars (scripts/kafka.sh fetch): %v", err)
+	}
+	java, err = javaBinary()
+	if err != nil {
+		t.Skipf("needs java: %v", err)
+	}
+	return java, lib
+}
+
 func kafkaLibDir() (string, error) {
 	dir, from := filepath.Join(".kafka", "lib"), "default"
 	if d := os.Getenv("KAFKA_LIB_DIR"); d != "" {

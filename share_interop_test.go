@@ -35,17 +35,7 @@ func startJavaShareConsumer(t *testing.T, java, lib, topic, group string) *javaC
 // id and partition. It needs a real Kafka (KAFKA_BROKERS), the Kafka jars
 // and java, as TestGroupJavaInterop does.
 func TestShareGroupJavaInterop(t *testing.T) {
-	if cluster.Embedded() {
-		t.Skip("needs a real Apache Kafka: set KAFKA_BROKERS (scripts/kafka.sh start)")
-	}
-	lib, err := kafkaLibDir()
-	if err != nil {
-		t.Skipf("needs the Kafka jars (scripts/kafka.sh fetch): %v", err)
-	}
-	java, err := javaBinary()
-	if err != nil {
-		t.Skipf("needs java: %v", err)
-	}
+	java, lib := needJavaKafka(t, "")
 	const n = 3000
 	topic := backlog(t, 1, 0)
 	g := group(t)
