@@ -161,16 +161,23 @@ func (m *consumerMember) answered(res *kmsg.ConsumerGroupHeartbeatResponse) {
 	if res.Assignment == nil {
 		return
 	}
-	var target []int
-	for _, t := range res.Assignment.Topics {
-		if t.TopicID == m.topicID {
+	m.target = assignedPartitions(m.topicID, res.Assignment.Topics)
+}
+
+// assignedPartitions returns, sorted, the partitions of the topic with id
+// among the topics of a KIP-848 or a share-group assignment (the two
+// heartbeats answer with the same shape under two names).
+func assignedPartitions[T kmsg.ConsumerGroupHeartbeatResponseAssignmentTopic | kmsg.ShareGroupHeartbeatResponseAssignmentTopicPartition](id [16]byte, topics []T) []int {
+	var out []int
+	for _, t := range topics {
+		if t := kmsg.ConsumerGroupHeartbeatResponseAssignmentTopic(t); t.TopicID == id {
 			for _, p := range t.Partitions {
-				target = append(target, int(p))
+				out = append(out, int(p))
 			}
 		}
 	}
-	slices.Sort(target)
-	m.target = target
+	slices.Sort(out)
+	return out
 }
 
 // maybeReconcile starts applying the broker's assignment, unless a

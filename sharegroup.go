@@ -217,15 +217,7 @@ func (m *shareMember) answered(ctx context.Context, res *kmsg.ShareGroupHeartbea
 	if res.Assignment == nil {
 		return
 	}
-	var owned []int
-	for _, tp := range res.Assignment.TopicPartitions {
-		if tp.TopicID == m.topicID {
-			for _, p := range tp.Partitions {
-				owned = append(owned, int(p))
-			}
-		}
-	}
-	slices.Sort(owned)
+	owned := assignedPartitions(m.topicID, res.Assignment.TopicPartitions)
 	if slices.Equal(owned, m.owned) {
 		return
 	}
