@@ -614,21 +614,26 @@ func (l *ledger) isCurrent(p int, epoch uint64, w *window) bool {
 	return ok && po.epoch == epoch && (w == nil || po.win == w)
 }
 
-// finishLocked ends the handling of the message at offset of partition p in
-// window w: complete, or not. It reports whether a commit is due. l.mu is
-// held (lockRuns).
-func (l *ledger) finishLocked(p int, w *window, offset int64, complete bool) (due bool) {
+// finishLocked ends the handling of n messages of partition p in window w,
+// at offset(0) to offset(n-1): complete, or not. It reports whether a
+// commit is due. l.mu is held (lockRuns).
+func (l *ledger) finishLocked(p int, w *window, n int, offset func(int) int64, complete bool) (due bool) {
 	if w == nil { // a share group's: settled by the processor
 		l.notifyLocked()
 		return false
 	}
-	w.inflight--
+	w.inflight -= n
 	if complete {
-		w.complete(offset)
+		c := completing{w: w}
+		for i := range n {
+			c.complete(offset(i))
+		}
+		c.flush()
 		if po, ok := l.runPart(p); ok && po.win == w {
-			if !l.movedLocked(po, w) {
-				l.b.sinceCommit++ // completions count for the count trigger
+			if l.movedLocked(po, w) {
+				n-- // the commit moved: counted once, as each completion is
 			}
+			l.b.sinceCommit += n // completions count for the count trigger
 			due = l.b.countDue()
 		}
 	}

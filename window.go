@@ -93,16 +93,48 @@ func (w *window) advance(o int64) {
 
 // complete records that the pending message at offset o is complete.
 func (w *window) complete(o int64) {
-	if o < w.commit || o >= w.next || w.isDone(o) {
+	c := completing{w: w}
+	c.complete(o)
+	c.flush()
+}
+
+// completing records the completions of a run of messages of one window:
+// adjacent ones (a partition's messages handled in order, the common case)
+// make one span, added to done at once, not one add each.
+type completing struct {
+	w    *window
+	a, b int64 // the stretch [a, b) gathered, not added yet; empty if a == b
+}
+
+// complete records that the pending message at offset o is complete; flush
+// adds what it gathered.
+func (c *completing) complete(o int64) {
+	w := c.w
+	if o < w.commit || o >= w.next || (o >= c.a && o < c.b) || w.isDone(o) {
 		return // not pending: already complete
 	}
 	w.pending--
 	end := o + 1
-	if g, ok := w.gaps[o]; ok {
-		end = g
-		delete(w.gaps, o)
+	if len(w.gaps) > 0 {
+		if g, ok := w.gaps[o]; ok {
+			end = g
+			delete(w.gaps, o)
+		}
 	}
-	w.add(o, end)
+	if o == c.b && c.a < c.b {
+		c.b = end
+		return
+	}
+	c.flush()
+	c.a, c.b = o, end
+}
+
+// flush adds the stretch gathered to done.
+func (c *completing) flush() {
+	if c.a < c.b {
+		c.w.add(c.a, c.b)
+	}
+	c.a, c.b = 0, 0
 }
 
 // rewind forgets what was taken and not complete: it is taken again from
