@@ -513,6 +513,7 @@ type hand struct {
 	// For Stats, while the hand handles run[next-1]: when its first
 	// attempt began (since p.born, 0: not yet), its failed attempts.
 	began     atomic.Int64
+	beganAt   int64 // the hand's own copy of began
 	attempts  atomic.Int32
 	interrupt <-chan struct{} // read before the run was claimed: a Seek or a revoke since closes it
 	claimed   time.Time       // when the run was claimed, the hand's own
@@ -900,6 +901,7 @@ func (p *processor) claim(hd *hand) bool {
 	hd.timeEach = p.perMsg == 0 || p.perMsg > fastHandler
 	hd.pos.Store(position(0, len(hd.run)))
 	hd.began.Store(0)
+	hd.beganAt = 0
 	hd.attempts.Store(0)
 	p.wakeLocked()
 	return true
@@ -1108,6 +1110,13 @@ func (p *processor) laneIdle(l *lane) {
 // giveBackLocked puts back, at the heads of their lanes, claimed messages
 // that did not start, in order (back holds each lane's in order), and
 // lets the ledger know. p.mu is held.
+//
+// A lane given back to is not blocked any more: its head was begun once,
+// and may be the lowest incomplete message of its partition, which always
+// begins. A lane that found no room waits for a completion of its
+// partition (unblock); the message given back is no longer in flight, so
+// if nothing else of the partition was, no completion would ever come.
+// Claimed again, its head asks for room again.
 func (p *processor) giveBackLocked(back []task) {
 	if len(back) == 0 {
 		return
@@ -1119,6 +1128,7 @@ func (p *processor) giveBackLocked(back []task) {
 		led.unbeginLocked(t.from.win)
 		t.lane.msgs.pushFront(t)
 		t.lane.running--
+		t.lane.blocked = false // still in p.blocked: unblock passes over it
 		p.waiting++
 	}
 	led.unlockRuns()
@@ -1252,7 +1262,10 @@ func (p *processor) handle(ctx context.Context, hd *hand, start time.Time) (outc
 			hd.aliveAt = start
 		}
 		if attempt == 1 {
-			hd.began.Store(max(1, int64(start.Sub(p.born))))
+			if b := max(1, int64(start.Sub(p.born))); b != hd.beganAt {
+				hd.beganAt = b // untimed messages share their start: one store
+				hd.began.Store(b)
+			}
 		}
 		err := p.attempt(ctx, t)
 		if err == nil && attempt == 1 && !hd.timeEach && hd.untimed+1 < clockEvery {
