@@ -516,14 +516,17 @@ func (l *ledger) takeBatch(b *batch, now time.Time, take func(m *kafka.Message, 
 		l.movedLocked(po, w)
 		return w, 0, true
 	}
-	l.b.count(b.partition, len(b.msgs), msgBytes(b.msgs))
+	var size int64
 	for i := range b.msgs {
-		if !w.take(b.msgs[i].Offset) {
+		m := &b.msgs[i]
+		size += int64(len(m.Key) + len(m.Value))
+		if !w.take(m.Offset) {
 			skipped++
 			continue
 		}
-		take(&b.msgs[i], w)
+		take(m, w)
 	}
+	l.b.count(b.partition, len(b.msgs), size)
 	l.movedLocked(po, w)
 	return w, skipped, true
 }

@@ -145,6 +145,9 @@ func (w *window) rewind() {
 
 // isDone reports whether done holds o.
 func (w *window) isDone(o int64) bool {
+	if n := len(w.done); n == 0 || o < w.done[0].start || o >= w.done[n-1].end {
+		return false // the common case: nothing done around o
+	}
 	_, found := slices.BinarySearchFunc(w.done, o, func(s span, o int64) int {
 		switch {
 		case s.end <= o:
