@@ -91,14 +91,15 @@ type options struct {
 	latProfile        bool
 
 	// process suite (process.go)
-	processParts   string
-	pcN            int
-	pcSeed         uint64
-	pcDist         string
-	pcKeys         string
-	pcRows         string
-	processConc    string
-	processProfile bool
+	processParts         string
+	processCPUContenders string
+	pcN                  int
+	pcSeed               uint64
+	pcDist               string
+	pcKeys               string
+	pcRows               string
+	processConc          string
+	processProfile       bool
 
 	// share suite (share.go)
 	shareParts      string
@@ -156,6 +157,7 @@ func main() {
 	flag.StringVar(&o.profileContenders, "profile-contenders", "mc-get?w=1 mc-get?w=8 mc-iter?w=8", "contenders of the profile suite (CPU and allocation profiles of a drain of -n messages of the first of -sizes), space-separated")
 	flag.StringVar(&o.memN, "mem-n", "1000000,10000000", "backlogs of the mem suite (100 B messages)")
 	flag.StringVar(&o.processParts, "process-parts", "pc,io,cpu", "parts of the process suite: pc (parallel-consumer's table), io (1 ms handler), cpu (near-empty handler, -n messages)")
+	flag.StringVar(&o.processCPUContenders, "process-cpu-contenders", "", "process suite, cpu part: contenders, space-separated, GetMessages first (the reference of the ratios); empty: "+strings.Join(cpuContenders, " "))
 	flag.IntVar(&o.pcN, "pc-n", 10_000, "process suite, pc part: messages")
 	flag.Uint64Var(&o.pcSeed, "pc-seed", 1, "process suite, pc part: seed of the sleeps")
 	flag.StringVar(&o.pcDist, "pc-dist", "ms", "process suite, pc part: sleeps, ms (whole ms 0-4, as parallel-consumer's test) or uniform (0-5 ms in us)")

@@ -605,6 +605,14 @@ var cpuContenders = []string{
 	"mc-process?w=8&order=unordered&c=1",
 }
 
+// cpuContenders are -process-cpu-contenders, or the default ones.
+func (b *bench) cpuContenders() []string {
+	if b.o.processCPUContenders != "" {
+		return strings.Fields(b.o.processCPUContenders)
+	}
+	return cpuContenders
+}
+
 // processCPU: the cpu part, on -n messages over 8 partitions, 100 B
 // values, key i mod 1,000 in each partition.
 func (b *bench) processCPU() error {
@@ -623,9 +631,9 @@ func (b *bench) processCPU() error {
 	defer b.deleteTopic(topic)
 	n := b.o.n / partitions * partitions
 	for round := range b.o.rounds {
-		order := cpuContenders
+		order := b.cpuContenders()
 		if round%2 == 1 {
-			order = reversed(cpuContenders)
+			order = reversed(order)
 		}
 		for _, c := range order {
 			b.runChild("process-cpu", c, "cpu", topic, n, size, 0, round)
@@ -636,7 +644,7 @@ func (b *bench) processCPU() error {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return err
 		}
-		for _, c := range cpuContenders {
+		for _, c := range b.cpuContenders() {
 			// process- keeps them apart from the profile suite's files.
 			name := "process-" + strings.NewReplacer("?", "-", "=", "", "&", "-").Replace(c)
 			b.runChild("process-profile", c, "cpu", topic, n, size, 0, 0,
