@@ -9,12 +9,15 @@ import (
 	"hash/crc32"
 	"io"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/snappy"
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/compress"
+	kgsnappy "github.com/segmentio/kafka-go/compress/snappy"
 	"github.com/segmentio/kafka-go/protocol"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -114,6 +117,58 @@ func TestDecodeControlAndEmptyBatches(t *testing.T) {
 
 // Bytes that are not record batches give an error that says so, never a
 // panic, and never records invented.
+// TestUnsnappy: our snappy decoding gives what kafka-go's codec reader
+// gives, framed (xerial: the Java client, kafka-go) in one block or many,
+// and unframed (franz-go), and refuses corrupt input with an error.
+func TestUnsnappy(t *testing.T) {
+	data := bytes.Repeat([]byte("records compress a few times over; "), 4000) // 140 KB: several xerial blocks
+	for _, framing := range []kgsnappy.Framing{kgsnappy.Framed, kgsnappy.Unframed} {
+		var buf bytes.Buffer
+		w := (&kgsnappy.Codec{Framing: framing}).NewWriter(&buf)
+		for chunk := range slices.Chunk(data, 50_000) {
+			_, err := w.Write(chunk)
+			require.NoError(t, err)
+		}
+		require.NoError(t, w.Close())
+		if framing == kgsnappy.Unframed {
+			buf.Reset()
+			buf.Write(snappy.Encode(nil, data)) // kafka-go frames anyway once it writes more than once
+		}
+		got, err := unsnappy(buf.Bytes())
+		require.NoError(t, err, "framing %d", framing)
+		assert.Equal(t, data, got, "framing %d", framing)
+
+		r := compress.Snappy.Codec().NewReader(bytes.NewReader(buf.Bytes()))
+		want, err := io.ReadAll(r)
+		require.NoError(t, err)
+		assert.Equal(t, want, got, "as kafka-go's reader, framing %d", framing)
+	}
+
+	framed := func(blocks ...[]byte) []byte {
+		out := append(append([]byte{}, xerialMagic...), 0, 0, 0, 1, 0, 0, 0, 1)
+		for _, b := range blocks {
+			out = binary.BigEndian.AppendUint32(out, uint32(len(b)))
+			out = append(out, b...)
+		}
+		return out
+	}
+	block := snappy.Encode(nil, []byte("hello, hello, hello"))
+	for name, in := range map[string][]byte{
+		"a claim of 4 GB":           {0xff, 0xff, 0xff, 0xff, 0x0f, 0x00},
+		"a claim past the ratio":    binary.AppendUvarint(nil, 1<<20),
+		"a block cut short":         block[:len(block)-2],
+		"a frame size past the end": framed(block)[:20],
+		"a frame size cut short":    framed(block)[:18],
+		"a framed block corrupt":    framed([]byte{0x05, 0xff, 0xff}),
+	} {
+		_, err := unsnappy(in)
+		assert.Error(t, err, name)
+	}
+	got, err := unsnappy(framed(block, block))
+	require.NoError(t, err)
+	assert.Equal(t, "hello, hello, hellohello, hello, hello", string(got))
+}
+
 func TestDecodeCorrupt(t *testing.T) {
 	t.Parallel()
 	good := recordBatch(0, 1, map[int32]string{0: "a", 1: "b"})
