@@ -379,6 +379,15 @@ func (q *queue) release(p, n int) {
 	was := q.isHungryLocked(p)
 	q.countLocked(p, -n)
 	q.refillLocked(p)
+	// The others' overflow too: a partition whose messages went to its
+	// overflow while the bound was full of others' (queued before Process
+	// made the queue fair) has nothing of its own lent, so no release of
+	// its own would ever move them.
+	for o := range q.over {
+		if o != p {
+			q.refillLocked(o)
+		}
+	}
 	if q.hungry > 0 && !was && q.isHungryLocked(p) {
 		q.signalLocked() // p became hungry
 		return

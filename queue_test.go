@@ -450,6 +450,35 @@ func TestQueuePutCancel(t *testing.T) {
 // While Process runs, each partition gets a share of the bound; what
 // Process holds counts until released; a worker waiting for a partition
 // to be hungry is woken when one falls to half its share.
+// TestQueueFairOverflowOfAnIdlePartition: messages queued before Process
+// made the queue fair can fill the bound with one partition's; another
+// partition's put then goes to its overflow, while it has nothing queued
+// or lent. As the first partition's messages are released, the other's
+// overflow moves into the queue: no release of its own would ever come.
+// (A benchmark of Process without a broker stalled so: half the
+// partitions never delivered a message.)
+func TestQueueFairOverflowOfAnIdlePartition(t *testing.T) {
+	q := newQueue(8)
+	q.setPartitions(2)
+	open := newEvent(true)
+	ctx := context.Background()
+	require.NoError(t, q.put(ctx, mkBatch(0, 1, 0, 8), open)) // not fair yet: the whole bound
+	q.setFair(true)
+	require.NoError(t, q.put(ctx, mkBatch(1, 1, 0, 3), open)) // the bound is full: overflow
+	assert.Equal(t, 8, q.len()-3, "partition 1's 3 wait in its overflow")
+	assert.False(t, q.isHungry(1))
+
+	held := q.lend()
+	require.Len(t, held, 1)
+	assert.Equal(t, 0, held[0].partition)
+	q.release(0, 4)
+	got := q.lend()
+	require.Len(t, got, 1, "partition 1's overflow moved into the queue")
+	assert.Equal(t, 1, got[0].partition)
+	assert.Len(t, got[0].msgs, 3)
+	assert.Zero(t, q.len(), "no overflow left")
+}
+
 func TestQueueFairShares(t *testing.T) {
 	q := newQueue(100)
 	q.setPartitions(4)

@@ -1,0 +1,139 @@
+package multiconsumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"github.com/stretchr/testify/require"
+)
+
+// dispatch runs Process's parts without a broker: batches go into the
+// queue as the unpackers put them (partitions of 1,000 keys each, 500
+// messages a batch, all of them put at once, so that much waits in the
+// partitions' overflow), and a near-empty handler counts them until all n
+// are handled. It returns the CPU time the process spent from the first
+// put to the last message.
+func dispatch(tb testing.TB, order Ordering, partitions, n int, timeout time.Duration) time.Duration {
+	const batchSize, keysPerPart = 500, 1000
+	keys := make([][]byte, keysPerPart)
+	for i := range keys {
+		keys[i] = fmt.Appendf(nil, "key-%d", i)
+	}
+	value := make([]byte, 100)
+
+	led := newLedger("t", 0, 0, time.Now())
+	for p := range partitions {
+		led.start(p, 0, noOffset, "")
+	}
+	q := newQueue(DefaultQueueSize)
+	q.setPartitions(partitions)
+	d := newDelivery(q, led, alwaysAlive, newLifecycle(), func() {})
+	pc, err := ProcessConfig{Ordering: order}.withDefaults()
+	require.NoError(tb, err)
+	ctx, cancel := context.WithTimeoutCause(context.Background(), timeout, errors.New("not all handled in time"))
+	defer cancel()
+	var handled atomic.Int64
+	done := make(chan struct{})
+	p := newProcessor(pc, func(_ context.Context, m kafka.Message) error {
+		if handled.Add(1) == int64(n) {
+			close(done)
+		}
+		return nil
+	}, d, slog.New(slog.DiscardHandler), time.Second)
+
+	// The unpackers: one a partition, each putting its share, made
+	// before the clock starts.
+	open := newEvent(true)
+	var puts sync.WaitGroup
+	start := make(chan struct{})
+	for part := range partitions {
+		led.mu.Lock()
+		epoch := led.b.parts[part].epoch
+		led.mu.Unlock()
+		share := n / partitions
+		if part < n%partitions {
+			share++
+		}
+		msgs := make([]kafka.Message, share)
+		for o := range msgs {
+			msgs[o] = kafka.Message{Topic: "t", Partition: part, Offset: int64(o), Key: keys[o%keysPerPart], Value: value}
+		}
+		puts.Go(func() {
+			<-start
+			for off := 0; off < share; off += batchSize {
+				if q.put(ctx, batch{partition: part, epoch: epoch, msgs: msgs[off:min(off+batchSize, share)]}, open) != nil {
+					return
+				}
+			}
+		})
+	}
+	if b, ok := tb.(*testing.B); ok {
+		b.ReportAllocs()
+		b.ResetTimer()
+	}
+	cpu0 := cpuTime()
+	close(start)
+	pctx, stop := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-done:
+		case <-ctx.Done():
+		}
+		stop()
+	}()
+	ran, err := d.process(pctx, p)
+	cpu := cpuTime() - cpu0
+	stop()
+	puts.Wait()
+	require.True(tb, ran)
+	require.ErrorIs(tb, err, context.Canceled)
+	require.NoError(tb, context.Cause(ctx), "handled %d of %d", handled.Load(), n)
+	return cpu
+}
+
+// TestProcessDispatchDrains: Process's parts, without a broker, hand every
+// message to a handler under each ordering, with most of each partition
+// waiting in its overflow. A lost wake-up would stall it: this one once
+// did (a partition's overflow filled while the bound was full of
+// another's, see TestQueueFairOverflowOfAnIdlePartition).
+func TestProcessDispatchDrains(t *testing.T) {
+	for _, order := range []Ordering{Unordered, ByPartition, ByKey} {
+		t.Run(order.String(), func(t *testing.T) {
+			for range 3 {
+				dispatch(t, order, 8, 100_000, 30*time.Second)
+			}
+		})
+	}
+}
+
+// BenchmarkProcessDispatch measures Process's own cost a message, without
+// a broker (see dispatch), 8 partitions: ns/op is wall time on all cores,
+// cpu-ns/op the process's CPU time. Use -benchtime Nx (150 B a message
+// is made up front). The bench program's -suites process measures the
+// whole consumer against a broker; this isolates the dispatcher, the
+// lanes, the hands and the ledger, for profiles.
+func BenchmarkProcessDispatch(b *testing.B) {
+	for _, order := range []Ordering{Unordered, ByPartition, ByKey} {
+		b.Run(order.String(), func(b *testing.B) {
+			cpu := dispatch(b, order, 8, b.N, 5*time.Minute)
+			b.ReportMetric(float64(cpu)/float64(b.N), "cpu-ns/op")
+		})
+	}
+}
+
+// cpuTime is the process's CPU time (user and system) so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
