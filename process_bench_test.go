@@ -18,10 +18,10 @@ import (
 // dispatch runs Process's parts without a broker: batches go into the
 // queue as the unpackers put them (partitions of 1,000 keys each, 500
 // messages a batch, all of them put at once, so that much waits in the
-// partitions' overflow), and a near-empty handler counts them until all n
-// are handled. It returns the CPU time the process spent from the first
-// put to the last message.
-func dispatch(tb testing.TB, order Ordering, partitions, n int, timeout time.Duration) time.Duration {
+// partitions' overflow), and a handler calls work (if not nil) and counts
+// the messages it completes until all n are. It returns the CPU time the
+// process spent from the first put to the last message.
+func dispatch(tb testing.TB, pc ProcessConfig, partitions, n int, timeout time.Duration, work func(m *kafka.Message) error) time.Duration {
 	const batchSize, keysPerPart = 500, 1000
 	keys := make([][]byte, keysPerPart)
 	for i := range keys {
@@ -36,13 +36,18 @@ func dispatch(tb testing.TB, order Ordering, partitions, n int, timeout time.Dur
 	q := newQueue(DefaultQueueSize)
 	q.setPartitions(partitions)
 	d := newDelivery(q, led, alwaysAlive, newLifecycle(), func() {})
-	pc, err := ProcessConfig{Ordering: order}.withDefaults()
+	pc, err := pc.withDefaults()
 	require.NoError(tb, err)
 	ctx, cancel := context.WithTimeoutCause(context.Background(), timeout, errors.New("not all handled in time"))
 	defer cancel()
 	var handled atomic.Int64
 	done := make(chan struct{})
 	p := newProcessor(pc, func(_ context.Context, m kafka.Message) error {
+		if work != nil {
+			if err := work(&m); err != nil {
+				return err
+			}
+		}
 		if handled.Add(1) == int64(n) {
 			close(done)
 		}
@@ -101,16 +106,54 @@ func dispatch(tb testing.TB, order Ordering, partitions, n int, timeout time.Dur
 
 // TestProcessDispatchDrains: Process's parts, without a broker, hand every
 // message to a handler under each ordering, with most of each partition
-// waiting in its overflow. A lost wake-up would stall it: this one once
-// did (a partition's overflow filled while the bound was full of
-// another's, see TestQueueFairOverflowOfAnIdlePartition).
+// waiting in its overflow; with handlers that now and then hold a hand up
+// past slowHandler (a sweep gives the rest of its run back), or fail once
+// (the run is parked, the message retried), or both, with few hands and
+// many. A lost wake-up would stall it: this one once did (a partition's
+// overflow filled while the bound was full of another's, see
+// TestQueueFairOverflowOfAnIdlePartition).
 func TestProcessDispatchDrains(t *testing.T) {
-	for _, order := range []Ordering{Unordered, ByPartition, ByKey} {
-		t.Run(order.String(), func(t *testing.T) {
-			for range 3 {
-				dispatch(t, order, 8, 100_000, 30*time.Second)
+	type handler struct {
+		name string
+		work func(m *kafka.Message) error
+	}
+	failedOnce := func() func(m *kafka.Message) error {
+		var mu sync.Mutex
+		failed := map[[2]int64]bool{}
+		return func(m *kafka.Message) error {
+			if m.Offset%997 != 0 {
+				return nil
 			}
-		})
+			mu.Lock()
+			defer mu.Unlock()
+			k := [2]int64{int64(m.Partition), m.Offset}
+			if failed[k] {
+				return nil
+			}
+			failed[k] = true
+			return errors.New("once")
+		}
+	}
+	slow := func(m *kafka.Message) error {
+		if m.Offset%4999 == 0 {
+			time.Sleep(3 * slowHandler / 2)
+		}
+		return nil
+	}
+	for _, order := range []Ordering{Unordered, ByPartition, ByKey} {
+		for _, conc := range []int{1, 16} {
+			fail, fail2 := failedOnce(), failedOnce()
+			hs := []handler{{"fast", nil}, {"slow", slow}, {"failing", fail}, {"slow and failing", func(m *kafka.Message) error {
+				_ = slow(m)
+				return fail2(m)
+			}}}
+			for _, h := range hs {
+				t.Run(fmt.Sprintf("%v/c=%d/%s", order, conc, h.name), func(t *testing.T) {
+					pc := ProcessConfig{Ordering: order, Concurrency: conc, RetryBackoff: time.Millisecond}
+					dispatch(t, pc, 8, 50_000, 60*time.Second, h.work)
+				})
+			}
+		}
 	}
 }
 
@@ -123,7 +166,7 @@ func TestProcessDispatchDrains(t *testing.T) {
 func BenchmarkProcessDispatch(b *testing.B) {
 	for _, order := range []Ordering{Unordered, ByPartition, ByKey} {
 		b.Run(order.String(), func(b *testing.B) {
-			cpu := dispatch(b, order, 8, b.N, 5*time.Minute)
+			cpu := dispatch(b, ProcessConfig{Ordering: order}, 8, b.N, 5*time.Minute, nil)
 			b.ReportMetric(float64(cpu)/float64(b.N), "cpu-ns/op")
 		})
 	}
