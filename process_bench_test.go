@@ -21,7 +21,7 @@ import (
 // partitions' overflow), and a handler calls work (if not nil) and counts
 // the messages it completes until all n are. It returns the CPU time the
 // process spent from the first put to the last message.
-func dispatch(tb testing.TB, pc ProcessConfig, partitions, n int, timeout time.Duration, work func(m *kafka.Message) error) time.Duration {
+func dispatch(tb testing.TB, pc ProcessConfig, partitions, n int, timeout time.Duration, work func(partition int, offset int64) error) time.Duration {
 	const batchSize, keysPerPart = 500, 1000
 	keys := make([][]byte, keysPerPart)
 	for i := range keys {
@@ -44,7 +44,7 @@ func dispatch(tb testing.TB, pc ProcessConfig, partitions, n int, timeout time.D
 	done := make(chan struct{})
 	p := newProcessor(pc, func(_ context.Context, m kafka.Message) error {
 		if work != nil {
-			if err := work(&m); err != nil {
+			if err := work(m.Partition, m.Offset); err != nil {
 				return err
 			}
 		}
@@ -115,18 +115,18 @@ func dispatch(tb testing.TB, pc ProcessConfig, partitions, n int, timeout time.D
 func TestProcessDispatchDrains(t *testing.T) {
 	type handler struct {
 		name string
-		work func(m *kafka.Message) error
+		work func(partition int, offset int64) error
 	}
-	failedOnce := func() func(m *kafka.Message) error {
+	failedOnce := func() func(partition int, offset int64) error {
 		var mu sync.Mutex
 		failed := map[[2]int64]bool{}
-		return func(m *kafka.Message) error {
-			if m.Offset%997 != 0 {
+		return func(partition int, offset int64) error {
+			if offset%997 != 0 {
 				return nil
 			}
 			mu.Lock()
 			defer mu.Unlock()
-			k := [2]int64{int64(m.Partition), m.Offset}
+			k := [2]int64{int64(partition), offset}
 			if failed[k] {
 				return nil
 			}
@@ -134,8 +134,8 @@ func TestProcessDispatchDrains(t *testing.T) {
 			return errors.New("once")
 		}
 	}
-	slow := func(m *kafka.Message) error {
-		if m.Offset%4999 == 0 {
+	slow := func(_ int, offset int64) error {
+		if offset%4999 == 0 {
 			time.Sleep(3 * slowHandler / 2)
 		}
 		return nil
@@ -143,9 +143,9 @@ func TestProcessDispatchDrains(t *testing.T) {
 	for _, order := range []Ordering{Unordered, ByPartition, ByKey} {
 		for _, conc := range []int{1, 16} {
 			fail, fail2 := failedOnce(), failedOnce()
-			hs := []handler{{"fast", nil}, {"slow", slow}, {"failing", fail}, {"slow and failing", func(m *kafka.Message) error {
-				_ = slow(m)
-				return fail2(m)
+			hs := []handler{{"fast", nil}, {"slow", slow}, {"failing", fail}, {"slow and failing", func(partition int, offset int64) error {
+				_ = slow(partition, offset)
+				return fail2(partition, offset)
 			}}}
 			for _, h := range hs {
 				t.Run(fmt.Sprintf("%v/c=%d/%s", order, conc, h.name), func(t *testing.T) {
