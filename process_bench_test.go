@@ -22,7 +22,13 @@ import (
 // the messages it completes until all n are. It returns the CPU time the
 // process spent from the first put to the last message.
 func dispatch(tb testing.TB, pc ProcessConfig, partitions, n int, timeout time.Duration, work func(partition int, offset int64) error) time.Duration {
-	const batchSize, keysPerPart = 500, 1000
+	return dispatchKeys(tb, pc, DefaultQueueSize, partitions, 1000, n, timeout, work)
+}
+
+// dispatchKeys is dispatch with a queue of queueSize and keysPerPart keys
+// a partition (message i of a partition has key i mod keysPerPart).
+func dispatchKeys(tb testing.TB, pc ProcessConfig, queueSize, partitions, keysPerPart, n int, timeout time.Duration, work func(partition int, offset int64) error) time.Duration {
+	const batchSize = 500
 	keys := make([][]byte, keysPerPart)
 	for i := range keys {
 		keys[i] = fmt.Appendf(nil, "key-%d", i)
@@ -33,7 +39,7 @@ func dispatch(tb testing.TB, pc ProcessConfig, partitions, n int, timeout time.D
 	for p := range partitions {
 		led.start(p, 0, noOffset, "")
 	}
-	q := newQueue(DefaultQueueSize)
+	q := newQueue(queueSize)
 	q.setPartitions(partitions)
 	d := newDelivery(q, led, alwaysAlive, newLifecycle(), func() {})
 	pc, err := pc.withDefaults()
@@ -155,6 +161,49 @@ func TestProcessDispatchDrains(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestProcessDispatchMetadataFull: ByKey on one partition, two keys
+// interleaved, key 0's first message held up for a while: key 1's
+// completions are a span each, until the commit metadata has no room and
+// key 1's lane waits (blocked), while other hands are swept now and then
+// (a slow message) and give their runs back. Once key 0's message
+// completes, everything must (a lane left blocked with nothing of its
+// partition in flight would stall: see TestProcessGiveBackUnblocksTheLane).
+func TestProcessDispatchMetadataFull(t *testing.T) {
+	release := make(chan struct{})
+	var once sync.Once
+	var count, atRelease atomic.Int64
+	work := func(_ int, offset int64) error {
+		if offset == 0 {
+			select {
+			case <-release:
+			case <-time.After(30 * time.Second): // no hang: dispatch fails the test
+				t.Errorf("key 0 waited 30s: key 1 handled %d", count.Load())
+			}
+		}
+		if offset%2 == 1 && offset%3001 == 0 {
+			time.Sleep(3 * slowHandler / 2) // a sweep takes the rest of the run
+		}
+		if count.Add(1) == 1000 {
+			// Key 1 runs on until the metadata is full (about 3,000
+			// spans), then waits; key 0's first message completes later.
+			once.Do(func() {
+				time.AfterFunc(300*time.Millisecond, func() {
+					atRelease.Store(count.Load())
+					close(release)
+				})
+			})
+		}
+		return nil
+	}
+	pc := ProcessConfig{Ordering: ByKey, Concurrency: 4}
+	// A queue that lends them all at once: key 0's waiting messages
+	// do not fill the bound (they would, with a small one, before the
+	// metadata does: a stuck key holds back its partition at the bound).
+	dispatchKeys(t, pc, 65536, 1, 2, 60_000, 60*time.Second, work)
+	t.Logf("key 1 handled %d before key 0's first message completed", atRelease.Load())
+	require.Less(t, atRelease.Load(), int64(29_000), "key 1 waited for room in the metadata")
 }
 
 // BenchmarkProcessDispatch measures Process's own cost a message, without
