@@ -271,30 +271,63 @@ func nextEpoch(e int32) int32 {
 }
 
 // ended handles the end of the session (its connection dropped, or the
-// broker no longer knows it): the broker released its records.
+// broker no longer knows it): the broker released its records, or will
+// once the session is closed.
 //
-// It closes the session first (epoch -1, on a new connection), whether the
-// broker still has it or not: a broker that opened the member's next
-// session before it saw the old connection close would otherwise keep the
-// old session's records acquired by this member until their locks ran out
-// (a member id holds them, not a connection). After the close the broker
-// has released every one of them, so none is settled twice: the member
-// forgets them (their waiters get ErrSessionLost), and lostShare drops
-// what the queue and Process still hold.
+// The member forgets them first (their waiters get ErrSessionLost), and
+// lostShare drops what the queue and Process still hold: none is settled
+// twice. Then it closes the session (epoch -1), whether the broker still
+// has it or not, before a new one opens: Kafka ties a share session to the
+// member id and remembers one connection of it, and releases its records
+// when that connection closes, or at the final epoch. A new session (epoch
+// 0) replaces an old one without releasing anything, so if the connection
+// that dropped was not the one Kafka remembered, or the broker has not
+// seen it close yet, the old session's records would stay acquired by
+// this member until their locks ran out (30 s by default), and nobody
+// would handle them meanwhile.
 func (s *shareSession) ended(ctx context.Context, why error) {
 	if s.epoch == 0 {
 		return
 	}
-	s.log.Warn("share: session ended; its records were released", "err", why)
-	req := kmsg.NewPtrShareAcknowledgeRequest()
-	req.GroupID, req.MemberID = &s.f.group, &s.f.memberID
-	req.ShareSessionEpoch = -1
-	rctx, cancel := s.f.env.kc.withTimeout(ctx)
-	_, _ = s.f.cl.DoBroker(rctx, int32(s.broker), req) // SHARE_SESSION_NOT_FOUND when the broker closed it already
-	cancel()
-	s.epoch, s.inSession, s.backlog = 0, nil, nil
+	s.log.Warn("share: session ended; releasing its records", "err", why)
 	if parts := s.f.acks.sessionLost(s.id); len(parts) > 0 {
 		s.f.lost(parts)
+	}
+	s.epoch, s.inSession, s.backlog = 0, nil, nil
+	s.release(ctx)
+}
+
+// release closes the member's share session with the broker (epoch -1),
+// which releases what the session acquired, retrying until the broker
+// answers or ctx ends. SHARE_SESSION_NOT_FOUND is an answer too: the
+// broker closed the session already (its connection closed, or a close
+// whose answer was lost), and released its records then.
+func (s *shareSession) release(ctx context.Context) {
+	backoff := time.Duration(0)
+	for {
+		req := kmsg.NewPtrShareAcknowledgeRequest()
+		req.GroupID, req.MemberID = &s.f.group, &s.f.memberID
+		req.ShareSessionEpoch = -1
+		rctx, cancel := s.f.env.kc.withTimeout(ctx)
+		kres, err := s.f.cl.DoBroker(rctx, int32(s.broker), req)
+		cancel()
+		if err == nil {
+			err = wire.ErrorForCode(kres.(*kmsg.ShareAcknowledgeResponse).ErrorCode)
+			if err != nil && !errors.Is(err, kerr.ShareSessionNotFound) {
+				s.log.Info("share: closing the session", "err", err)
+			}
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		backoff = min(max(2*backoff, 50*time.Millisecond), time.Second)
+		s.log.Info("share: closing the session: retrying", "err", err, "backoff", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
 	}
 }
 
@@ -705,14 +738,7 @@ func (s *shareSession) closeSession(ctx context.Context) {
 	if s.epoch == 0 {
 		return
 	}
-	req := kmsg.NewPtrShareAcknowledgeRequest()
-	req.GroupID, req.MemberID = &s.f.group, &s.f.memberID
-	req.ShareSessionEpoch = -1
-	rctx, cancel := s.f.env.kc.withTimeout(ctx)
-	defer cancel()
-	if _, err := s.f.cl.DoBroker(rctx, int32(s.broker), req); err != nil {
-		s.log.Info("share: closing the session", "err", err)
-	}
+	s.release(ctx)
 	s.epoch = 0
 	s.f.acks.sessionLost(s.id)
 }
