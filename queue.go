@@ -2,6 +2,7 @@ package multiconsumer
 
 import (
 	"context"
+	"slices"
 	"sync"
 
 	"github.com/segmentio/kafka-go"
@@ -55,15 +56,18 @@ type queue struct {
 	changed broadcast       // notified on every change waiters wait for; its own lock (a leaf)
 	fair    bool            // Process runs: partitions get a share of the bound each
 	nparts  int             // partitions consumed, which share the bound
-	parts   map[int]int     // messages of each partition queued or lent
+	parts   []int           // messages of each partition queued or lent, by partition (partOf)
 	hungry  int             // workers waiting for a partition to be hungry (see waitRoom)
-	over    map[int][]batch // fair: each partition's overflow, in order
+	over    [][]batch       // fair: each partition's overflow, in order, by partition (overOf)
 	overN   int             // messages in over
+	// overflowing lists the partitions with overflow (in no order): a
+	// release walks them, not every partition.
+	overflowing []int
 	open    *event          // the workers' open event, from put: overflow moves only while set
 }
 
 func newQueue(limit int) *queue {
-	return &queue{limit: limit, parts: make(map[int]int), over: make(map[int][]batch)}
+	return &queue{limit: limit}
 }
 
 // setFair turns the partitions' shares on or off. Off, the overflow moves
@@ -94,8 +98,61 @@ func (q *queue) refill() {
 }
 
 func (q *queue) refillAllLocked() {
-	for p := range q.over {
-		q.refillLocked(p)
+	q.refillOthersLocked(-1)
+}
+
+// refillOthersLocked refills the overflowing partitions other than p.
+func (q *queue) refillOthersLocked(p int) {
+	// Backwards: a refill that empties o's overflow moves the last of
+	// the list, seen already, into o's place.
+	for i := len(q.overflowing) - 1; i >= 0; i-- {
+		if i < len(q.overflowing) && q.overflowing[i] != p {
+			q.refillLocked(q.overflowing[i])
+		}
+	}
+}
+
+// partOf returns the messages of partition p queued or lent.
+func (q *queue) partOf(p int) int {
+	if p < len(q.parts) {
+		return q.parts[p]
+	}
+	return 0
+}
+
+// overOf returns partition p's overflow.
+func (q *queue) overOf(p int) []batch {
+	if p < len(q.over) {
+		return q.over[p]
+	}
+	return nil
+}
+
+// addOver appends b to partition p's overflow.
+func (q *queue) addOver(p int, b batch) {
+	if p >= len(q.over) {
+		q.over = append(q.over, make([][]batch, p+1-len(q.over))...)
+	}
+	if len(q.over[p]) == 0 {
+		q.overflowing = append(q.overflowing, p)
+	}
+	q.over[p] = append(q.over[p], b)
+	q.overN += len(b.msgs)
+}
+
+// setOver sets partition p's overflow to bs (what is left of it).
+func (q *queue) setOver(p int, bs []batch) {
+	if len(bs) > 0 {
+		q.over[p] = bs
+		return
+	}
+	if p < len(q.over) && q.over[p] != nil {
+		q.over[p] = nil // let the backing array go
+		if i := slices.Index(q.overflowing, p); i >= 0 {
+			last := len(q.overflowing) - 1
+			q.overflowing[i] = q.overflowing[last]
+			q.overflowing = q.overflowing[:last]
+		}
 	}
 }
 
@@ -103,15 +160,16 @@ func (q *queue) refillAllLocked() {
 // share allows (all of it when the queue is not fair), once p has no more
 // than half its share, unless paused.
 func (q *queue) refillLocked(p int) {
-	if q.fair && q.parts[p] > q.shareLocked()/2 {
+	over := q.overOf(p)
+	if len(over) == 0 || q.fair && q.partOf(p) > q.shareLocked()/2 {
 		return // not yet: move half a share at a time, not a message at a time
 	}
 	moved := false
-	for len(q.over[p]) > 0 && q.open != nil && q.open.IsSet() {
-		b := &q.over[p][0]
+	for len(over) > 0 && q.open != nil && q.open.IsSet() {
+		b := &over[0]
 		k := len(b.msgs)
 		if q.fair {
-			k = min(k, max(0, q.shareLocked()-q.parts[p]))
+			k = min(k, max(0, q.shareLocked()-q.partOf(p)))
 			if k == 0 && len(b.msgs) > 0 {
 				break
 			}
@@ -121,8 +179,8 @@ func (q *queue) refillLocked(p int) {
 			head.msgs = b.msgs[:k:k]
 			b.msgs = b.msgs[k:]
 		} else {
-			q.over[p][0] = batch{}
-			q.over[p] = q.over[p][1:]
+			over[0] = batch{}
+			over = over[1:]
 		}
 		q.batches = append(q.batches, head)
 		q.queued += k
@@ -130,9 +188,7 @@ func (q *queue) refillLocked(p int) {
 		q.countLocked(p, k)
 		moved = true
 	}
-	if len(q.over[p]) == 0 {
-		delete(q.over, p)
-	}
+	q.setOver(p, over)
 	if moved {
 		q.signalLocked()
 	}
@@ -151,10 +207,10 @@ func (q *queue) roomLocked(p int) int {
 	if !q.fair {
 		return -1
 	}
-	if len(q.over[p]) > 0 {
+	if len(q.overOf(p)) > 0 {
 		return 0 // its overflow goes first
 	}
-	return max(0, q.shareLocked()-q.parts[p])
+	return max(0, q.shareLocked()-q.partOf(p))
 }
 
 func (q *queue) shareLocked() int { return max(1, q.limit/max(1, q.nparts)) }
@@ -169,7 +225,7 @@ func (q *queue) isHungry(p int) bool {
 }
 
 func (q *queue) isHungryLocked(p int) bool {
-	return len(q.over[p]) == 0 && (!q.fair || q.parts[p] <= q.shareLocked()/2)
+	return len(q.overOf(p)) == 0 && (!q.fair || q.partOf(p) <= q.shareLocked()/2)
 }
 
 // waitRoom returns a channel closed when one of parts becomes hungry (or
@@ -203,11 +259,10 @@ func (q *queue) countLocked(p, n int) {
 	if n == 0 {
 		return
 	}
-	if c := q.parts[p] + n; c > 0 {
-		q.parts[p] = c
-	} else {
-		delete(q.parts, p)
+	if p >= len(q.parts) {
+		q.parts = append(q.parts, make([]int, p+1-len(q.parts))...)
 	}
+	q.parts[p] = max(0, q.parts[p]+n)
 }
 
 // signalLocked wakes every waiter; q.mu is held.
@@ -272,8 +327,6 @@ func (q *queue) put(ctx context.Context, b batch, open *event) error {
 	}
 }
 
-// putFairLocked queues what fits in b's partition's share and sends the
-// rest to its overflow: it never waits.
 // free returns how many messages the bound has room for now (a share
 // fetcher asks the broker for no more).
 func (q *queue) free() int {
@@ -318,9 +371,11 @@ func (q *queue) offer(b batch, open *event) bool {
 	return true
 }
 
+// putFairLocked queues what fits in b's partition's share and sends the
+// rest to its overflow: it never waits.
 func (q *queue) putFairLocked(b batch) {
 	p := b.partition
-	if len(q.over[p]) == 0 && q.open.IsSet() {
+	if len(q.overOf(p)) == 0 && q.open.IsSet() {
 		k := min(len(b.msgs), q.roomLocked(p), max(0, q.limit-q.queued-q.lent))
 		if k == len(b.msgs) {
 			q.batches = append(q.batches, b)
@@ -337,8 +392,7 @@ func (q *queue) putFairLocked(b batch) {
 			q.signalLocked()
 		}
 	}
-	q.over[p] = append(q.over[p], b)
-	q.overN += len(b.msgs)
+	q.addOver(p, b)
 }
 
 // barrier returns once every put that started before it has returned or
@@ -383,11 +437,7 @@ func (q *queue) release(p, n int) {
 	// overflow while the bound was full of others' (queued before Process
 	// made the queue fair) has nothing of its own lent, so no release of
 	// its own would ever move them.
-	for o := range q.over {
-		if o != p {
-			q.refillLocked(o)
-		}
-	}
+	q.refillOthersLocked(p)
 	if q.hungry > 0 && !was && q.isHungryLocked(p) {
 		q.signalLocked() // p became hungry
 		return
@@ -466,7 +516,9 @@ func (q *queue) drop(stale func(b *batch) bool) int {
 	clear(q.batches[len(kept):])
 	q.batches = kept
 	q.queued -= n
-	for p, bs := range q.over {
+	for i := len(q.overflowing) - 1; i >= 0; i-- { // backwards: see refillOthersLocked
+		p := q.overflowing[i]
+		bs := q.over[p]
 		keptOver := bs[:0]
 		for i := range bs {
 			if stale(&bs[i]) {
@@ -477,11 +529,7 @@ func (q *queue) drop(stale func(b *batch) bool) int {
 			keptOver = append(keptOver, bs[i])
 		}
 		clear(bs[len(keptOver):])
-		if len(keptOver) == 0 {
-			delete(q.over, p)
-		} else {
-			q.over[p] = keptOver
-		}
+		q.setOver(p, keptOver)
 	}
 	if n > 0 {
 		q.signalLocked()

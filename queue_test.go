@@ -551,7 +551,12 @@ func TestQueueFairShares(t *testing.T) {
 	assert.Equal(t, -1, q.room(0))
 	q.release(0, 12)
 	q.release(1, 5)
-	assert.Empty(t, q.parts, "every message counted out")
-	assert.Empty(t, q.over)
+	for p, n := range q.parts {
+		assert.Zero(t, n, "partition %d: every message counted out", p)
+	}
+	assert.Empty(t, q.overflowing)
+	for p, bs := range q.over {
+		assert.Empty(t, bs, "partition %d's overflow", p)
+	}
 	assert.Zero(t, q.lent)
 }
