@@ -52,18 +52,18 @@ type queue struct {
 	queued  int        // messages in batches
 	lent    int        // messages Process took (lend) and has not released yet: still in the bound
 	limit   int
-	putters int             // puts waiting for room: take wakes waiters only then
-	changed broadcast       // notified on every change waiters wait for; its own lock (a leaf)
-	fair    bool            // Process runs: partitions get a share of the bound each
-	nparts  int             // partitions consumed, which share the bound
-	parts   []int           // messages of each partition queued or lent, by partition (partOf)
-	hungry  int             // workers waiting for a partition to be hungry (see waitRoom)
-	over    [][]batch       // fair: each partition's overflow, in order, by partition (overOf)
-	overN   int             // messages in over
+	putters int       // puts waiting for room: take wakes waiters only then
+	changed broadcast // notified on every change waiters wait for; its own lock (a leaf)
+	fair    bool      // Process runs: partitions get a share of the bound each
+	nparts  int       // partitions consumed, which share the bound
+	parts   []int     // messages of each partition queued or lent, by partition (partOf)
+	hungry  int       // workers waiting for a partition to be hungry (see waitRoom)
+	over    [][]batch // fair: each partition's overflow, in order, by partition (overOf)
+	overN   int       // messages in over
 	// overflowing lists the partitions with overflow (in no order): a
 	// release walks them, not every partition.
 	overflowing []int
-	open    *event          // the workers' open event, from put: overflow moves only while set
+	open        *event // the workers' open event, from put: overflow moves only while set
 }
 
 func newQueue(limit int) *queue {
