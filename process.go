@@ -1556,17 +1556,20 @@ func (p *processor) stats(s *Stats, now time.Time) {
 
 // ring is a FIFO.
 type ring[T any] struct {
-	buf  []T
+	buf  []T // its length a power of two: positions wrap with a mask, not a division
 	head int
 	n    int
 }
 
 func (r *ring[T]) len() int { return r.n }
 
+// at returns the index in buf of position i from the head.
+func (r *ring[T]) at(i int) int { return (r.head + i) & (len(r.buf) - 1) }
+
 func (r *ring[T]) grow() {
 	buf := make([]T, max(2, 2*len(r.buf))) // most keys have a message or two waiting
 	for i := range r.n {
-		buf[i] = r.buf[(r.head+i)%len(r.buf)]
+		buf[i] = r.buf[r.at(i)]
 	}
 	r.buf, r.head = buf, 0
 }
@@ -1575,7 +1578,7 @@ func (r *ring[T]) push(v T) {
 	if r.n == len(r.buf) {
 		r.grow()
 	}
-	r.buf[(r.head+r.n)%len(r.buf)] = v
+	r.buf[r.at(r.n)] = v
 	r.n++
 }
 
@@ -1584,7 +1587,7 @@ func (r *ring[T]) pushFront(v T) {
 	if r.n == len(r.buf) {
 		r.grow()
 	}
-	r.head = (r.head - 1 + len(r.buf)) % len(r.buf)
+	r.head = r.at(len(r.buf) - 1)
 	r.buf[r.head] = v
 	r.n++
 }
@@ -1595,7 +1598,7 @@ func (r *ring[T]) pop() T {
 	var zero T
 	v := r.buf[r.head]
 	r.buf[r.head] = zero
-	r.head = (r.head + 1) % len(r.buf)
+	r.head = r.at(1)
 	r.n--
 	return v
 }
