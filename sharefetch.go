@@ -301,7 +301,8 @@ func (s *shareSession) ended(ctx context.Context, why error) {
 // which releases what the session acquired, retrying until the broker
 // answers or ctx ends. SHARE_SESSION_NOT_FOUND is an answer too: the
 // broker closed the session already (its connection closed, or a close
-// whose answer was lost), and released its records then.
+// whose answer was lost), and released its records then. At Close, ctx
+// ends with Close's timeout.
 func (s *shareSession) release(ctx context.Context) {
 	backoff := time.Duration(0)
 	for {
