@@ -532,6 +532,11 @@ func (q *queue) drop(stale func(b *batch) bool) int {
 		q.setOver(p, keptOver)
 	}
 	if n > 0 {
+		// What was dropped made room: a partition that overflowed while
+		// the bound was full may have nothing of its own queued or lent,
+		// and no release of its own would ever move it (after a Seek,
+		// with nothing lent, none of anyone's would either).
+		q.refillAllLocked()
 		q.signalLocked()
 	}
 	return n

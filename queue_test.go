@@ -3,6 +3,7 @@ package multiconsumer
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -559,4 +560,125 @@ func TestQueueFairShares(t *testing.T) {
 		assert.Empty(t, bs, "partition %d's overflow", p)
 	}
 	assert.Zero(t, q.lent)
+}
+
+// The fair queue under random puts, lends, releases, drops, pauses and
+// changes of the partition count: its counts stay those of what it holds,
+// the list of overflowing partitions is exactly those with overflow, a
+// partition with overflow and nothing queued or lent is never left
+// waiting (nothing of its own would ever move it), and every message put
+// is lent once, in each partition's order, or dropped.
+func TestQueueFairRandomOperations(t *testing.T) {
+	for seed := range uint64(200) {
+		rng := rand.New(rand.NewPCG(seed, 7))
+		q := newQueue(1 + rng.IntN(64))
+		nparts := 1 + rng.IntN(6)
+		q.setPartitions(nparts)
+		open := newEvent(true)
+		q.setFair(true)
+		next := make([]int64, 8)   // per partition: the next offset put
+		lentTo := make([]int64, 8) // per partition: the next offset expected out
+		lentN := make([]int, 8)    // per partition: lent and not released
+		epoch := make([]uint64, 8) // per partition: batches of older epochs are dropped
+		check := func(step int, op string) {
+			t.Helper()
+			q.mu.Lock()
+			defer q.mu.Unlock()
+			over, listed := 0, map[int]bool{}
+			for _, p := range q.overflowing {
+				require.False(t, listed[p], "seed %d step %d (%s): partition %d listed twice", seed, step, op, p)
+				listed[p] = true
+			}
+			for p := range q.over {
+				require.Equal(t, len(q.over[p]) > 0, listed[p], "seed %d step %d (%s): partition %d's overflow and the list", seed, step, op, p)
+				for _, b := range q.over[p] {
+					over += len(b.msgs)
+				}
+			}
+			for p := range listed {
+				require.Less(t, p, len(q.over))
+			}
+			require.Equal(t, over, q.overN, "seed %d step %d (%s): overN", seed, step, op)
+			queued := map[int]int{}
+			n := 0
+			for _, b := range q.batches {
+				queued[b.partition] += len(b.msgs)
+				n += len(b.msgs)
+			}
+			require.Equal(t, n, q.queued, "seed %d step %d (%s): queued", seed, step, op)
+			lent := 0
+			for p := range lentN {
+				lent += lentN[p]
+				require.Equal(t, queued[p]+lentN[p], q.partOf(p), "seed %d step %d (%s): partition %d's count", seed, step, op, p)
+			}
+			require.Equal(t, lent, q.lent, "seed %d step %d (%s): lent", seed, step, op)
+			if q.fair && open.IsSet() {
+				// After a release, a drop or a refill, a partition with
+				// overflow has something of its own queued or lent; and
+				// at any time, if it has not, something else is (a
+				// release to come will move it).
+				strict := op == "release" || op == "drop" || op == "partitions" || op == "resume"
+				for p := range q.over {
+					if len(q.over[p]) > 0 && q.partOf(p) == 0 {
+						require.False(t, strict, "seed %d step %d (%s): partition %d waits in its overflow with nothing of its own to release", seed, step, op, p)
+						require.Positive(t, q.queued+q.lent, "seed %d step %d (%s): partition %d waits in its overflow, and nothing will move it", seed, step, op, p)
+					}
+				}
+			}
+		}
+		for step := range 300 {
+			p := rng.IntN(nparts)
+			var op string
+			switch r := rng.IntN(100); {
+			case r < 40:
+				op = "put"
+				n := rng.IntN(2 * q.limit)
+				b := mkBatch(p, epoch[p], next[p], n)
+				next[p] += int64(n)
+				q.mu.Lock()
+				q.open = open
+				q.putFairLocked(b)
+				q.mu.Unlock()
+			case r < 60:
+				op = "lend"
+				for _, b := range q.lend() {
+					require.Equal(t, epoch[b.partition], b.epoch, "seed %d step %d: a dropped batch lent", seed, step)
+					for _, m := range b.msgs {
+						require.Equal(t, lentTo[b.partition], m.Offset, "seed %d step %d: partition %d out of order", seed, step, b.partition)
+						lentTo[b.partition]++
+					}
+					lentN[b.partition] += len(b.msgs)
+				}
+			case r < 90:
+				op = "nothing to release"
+				if lentN[p] > 0 {
+					op = "release"
+					n := 1 + rng.IntN(lentN[p])
+					lentN[p] -= n
+					q.release(p, n)
+				}
+			case r < 94:
+				op = "nothing to drop"
+				epoch[p]++
+				if q.drop(func(b *batch) bool { return b.partition == p && b.epoch < epoch[p] }) > 0 {
+					op = "drop"
+				}
+				lentTo[p] = next[p] // what was dropped is not expected
+			case r < 97:
+				op = "pause"
+				if open.IsSet() {
+					open.Clear()
+				} else {
+					op = "resume"
+					open.Set()
+					q.refill()
+				}
+			default:
+				op = "partitions"
+				nparts = max(nparts, 1+rng.IntN(6))
+				q.setPartitions(nparts)
+			}
+			check(step, op)
+		}
+	}
 }
