@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -81,6 +82,27 @@ func TestChurnMember(t *testing.T) {
 	defer stop()
 	c, err := New(ctx, cfg)
 	require.NoError(t, err)
+	// Its state every 2s, on stderr: the end of a member's log says where
+	// it stood if the test fails.
+	var state sync.WaitGroup
+	state.Go(func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(2 * time.Second):
+			}
+			st := c.Stats()
+			var b strings.Builder
+			fmt.Fprintf(&b, "state: queue %d, process in flight %d, waiting %d, handled %d; partitions", st.QueueLen, st.Process.InFlight, st.Process.Waiting, st.Process.Handled)
+			for _, p := range slices.Sorted(maps.Keys(st.Partitions)) {
+				ps := st.Partitions[p]
+				fmt.Fprintf(&b, " %d: delivered %d consumed %d committed %d hwm %d incomplete %d oldest %v;", p, ps.Delivered, ps.Consumed, ps.Committed, ps.HighWatermark, ps.Incomplete, ps.OldestIncomplete.Round(time.Millisecond))
+			}
+			fmt.Fprintln(os.Stderr, b.String())
+		}
+	})
+	defer state.Wait()
 	err = c.Process(ctx, ProcessConfig{Ordering: ByKey, Concurrency: 16}, func(ctx context.Context, m kafka.Message) error {
 		time.Sleep(time.Duration(rand.IntN(2000)) * time.Microsecond)
 		emit("%d %d %s\n", m.Partition, m.Offset, m.Key)
