@@ -206,6 +206,14 @@ func (a *acker) setLock(lock time.Duration, renew bool) {
 	a.stats.AcquisitionLock = a.lock
 }
 
+// lockDuration returns the broker's acquisition lock (30 s until a
+// broker says otherwise).
+func (a *acker) lockDuration() time.Duration {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.lock
+}
+
 // offsetRange is the offsets first to last, both included.
 type offsetRange struct{ first, last int64 }
 

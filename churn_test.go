@@ -84,11 +84,14 @@ func TestChurnMember(t *testing.T) {
 	require.NoError(t, err)
 	// Its state every 2s, on stderr: the end of a member's log says where
 	// it stood if the test fails.
+	stateCtx, stopState := context.WithCancel(ctx)
 	var state sync.WaitGroup
+	defer state.Wait()
+	defer stopState()
 	state.Go(func() {
 		for {
 			select {
-			case <-ctx.Done():
+			case <-stateCtx.Done():
 				return
 			case <-time.After(2 * time.Second):
 			}
@@ -102,7 +105,6 @@ func TestChurnMember(t *testing.T) {
 			fmt.Fprintln(os.Stderr, b.String())
 		}
 	})
-	defer state.Wait()
 	err = c.Process(ctx, ProcessConfig{Ordering: ByKey, Concurrency: 16}, func(ctx context.Context, m kafka.Message) error {
 		time.Sleep(time.Duration(rand.IntN(2000)) * time.Microsecond)
 		emit("%d %d %s\n", m.Partition, m.Offset, m.Key)

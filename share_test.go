@@ -8,12 +8,15 @@ import (
 	"fmt"
 	"hash/crc32"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -686,4 +689,76 @@ func TestEachAcquiredBatch(t *testing.T) {
 			t.Logf("decoded %d records for %d acquired", len(decoded), len(want))
 		})
 	}
+}
+
+// downDialer dials brokers until down makes one unreachable: its
+// connections close, and dialing it is refused, as when its machine dies.
+type downDialer struct {
+	mu    sync.Mutex
+	down  map[string]bool
+	conns map[string][]net.Conn
+}
+
+func (d *downDialer) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.down[addr] {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+	}
+	c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+	if err == nil {
+		d.conns[addr] = append(d.conns[addr], c)
+	}
+	return c, err
+}
+
+func (d *downDialer) kill(addr string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.down[addr] = true
+	for _, c := range d.conns[addr] {
+		_ = c.Close()
+	}
+}
+
+// The leader of a share member's partition dies and the partition moves to
+// another broker: the member's session with the dead one ends, its close
+// cannot get through, and the member goes on with the new leader at once
+// (it does not wait on the dead broker), and Close does not wait on it.
+func TestShareGroupLeaderDies(t *testing.T) {
+	t.Parallel()
+	kf, tc, topic := ownCluster(t, 3, 1)
+	ctx := testCtx(t)
+	g := group(t)
+	addrs := kf.ListenAddrs()
+	coord := int(kf.CoordinatorFor(g))
+	leader, next := (coord+1)%3, (coord+2)%3
+	require.NoError(t, kf.MoveTopicPartition(topic, 0, int32(leader)))
+	require.NoError(t, tc.ProduceN(ctx, topic, 1, 50))
+	d := &downDialer{down: map[string]bool{}, conns: map[string][]net.Conn{}}
+	cfg := shareCfg(topic, g)
+	cfg.Dialer = &kafka.Dialer{DialFunc: d.dial, Timeout: 5 * time.Second}
+	c := openOn(t, []string{addrs[coord], addrs[next], addrs[leader]}, cfg)
+	var handled atomic.Int64
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		_ = c.Process(pctx, ProcessConfig{Concurrency: 2}, func(ctx context.Context, m kafka.Message) error {
+			handled.Add(1)
+			return nil
+		})
+	})
+	require.Eventually(t, func() bool { return handled.Load() == 50 }, 20*time.Second, 5*time.Millisecond)
+
+	require.NoError(t, kf.MoveTopicPartition(topic, 0, int32(next)))
+	d.kill(addrs[leader])
+	require.NoError(t, tc.ProduceN(ctx, topic, 1, 50))
+	require.Eventually(t, func() bool { return handled.Load() >= 100 }, 15*time.Second, 5*time.Millisecond,
+		"the member waited on the dead leader")
+	cancel()
+	wg.Wait()
+	start := time.Now()
+	require.NoError(t, c.Close())
+	assert.Less(t, time.Since(start), 3*time.Second, "Close waited on the dead leader")
 }

@@ -285,26 +285,37 @@ func nextEpoch(e int32) int32 {
 // seen it close yet, the old session's records would stay acquired by
 // this member until their locks ran out (30 s by default), and nobody
 // would handle them meanwhile.
+//
+// An opening fetch (epoch 0) that got no answer may have opened a session
+// and acquired records all the same: it is closed too, before the next
+// open replaces it.
 func (s *shareSession) ended(ctx context.Context, why error) {
-	if s.epoch == 0 {
-		return
+	if s.epoch > 0 {
+		s.log.Warn("share: session ended; releasing its records", "err", why)
+		if parts := s.f.acks.sessionLost(s.id); len(parts) > 0 {
+			s.f.lost(parts)
+		}
+		s.epoch, s.inSession, s.backlog = 0, nil, nil
 	}
-	s.log.Warn("share: session ended; releasing its records", "err", why)
-	if parts := s.f.acks.sessionLost(s.id); len(parts) > 0 {
-		s.f.lost(parts)
-	}
-	s.epoch, s.inSession, s.backlog = 0, nil, nil
 	s.release(ctx)
 }
 
 // release closes the member's share session with the broker (epoch -1),
 // which releases what the session acquired, retrying until the broker
-// answers or ctx ends. SHARE_SESSION_NOT_FOUND is an answer too: the
-// broker closed the session already (its connection closed, or a close
-// whose answer was lost), and released its records then. At Close, ctx
-// ends with Close's timeout.
+// answers. SHARE_SESSION_NOT_FOUND is an answer too: the broker closed
+// the session already (its connection closed, or a close whose answer was
+// lost), and released its records then.
+//
+// Between attempts it looks at the world as the session's loop does (a
+// partition whose leader moved gets a session with the new leader
+// meanwhile), and gives up when the answer would not matter any more:
+// this broker leads none of the member's partitions (what it acquired
+// there did not move with the leadership), the fetcher closes (a broker
+// out of reach does not hold Close up), or the records' locks have run
+// out (the broker released them itself).
 func (s *shareSession) release(ctx context.Context) {
 	backoff := time.Duration(0)
+	giveUp := time.Now().Add(s.f.acks.lockDuration())
 	for {
 		req := kmsg.NewPtrShareAcknowledgeRequest()
 		req.GroupID, req.MemberID = &s.f.group, &s.f.memberID
@@ -320,6 +331,12 @@ func (s *shareSession) release(ctx context.Context) {
 			return
 		}
 		if ctx.Err() != nil {
+			return
+		}
+		s.f.env.meta.request()
+		fetch, _, closing := s.f.state(s.broker)
+		if len(fetch) == 0 || closing || !time.Now().Before(giveUp) {
+			s.log.Info("share: closing the session: giving up", "err", err, "leads", fetch, "closing", closing)
 			return
 		}
 		backoff = min(max(2*backoff, 50*time.Millisecond), time.Second)
@@ -414,17 +431,19 @@ func (s *shareSession) fetch(ctx context.Context, fetch []int, room int, now tim
 			return nil
 		}
 	}
-	s.failed(ctx, items, err)
+	s.failed(ctx, items, err, open)
 	return err
 }
 
 // failed puts items back after a request that did not go through, and
-// ends the session if err says it is gone.
-func (s *shareSession) failed(ctx context.Context, items map[int][]ackItem, err error) {
+// ends the session if err says it is gone, or if an opening fetch (open)
+// got no answer from the broker: it may have opened the session anyway.
+func (s *shareSession) failed(ctx context.Context, items map[int][]ackItem, err error, open bool) {
 	for p, its := range items {
 		s.f.acks.resend(p, its)
 	}
-	if sessionError(err) {
+	var answer *kerr.Error
+	if sessionError(err) || open && !errors.As(err, &answer) {
 		s.ended(ctx, err)
 	}
 }
@@ -729,7 +748,7 @@ func (s *shareSession) acknowledge(ctx context.Context, now time.Time) error {
 			return nil
 		}
 	}
-	s.failed(ctx, items, err)
+	s.failed(ctx, items, err, false)
 	return err
 }
 
