@@ -129,6 +129,7 @@ type recKey struct {
 // shareRec is one record the broker acquired for this member.
 type shareRec struct {
 	session  uint64    // the share session it was acquired in
+	epoch    uint64    // its partition's epoch then: its batch is stale once the epoch is renewed
 	deadline time.Time // its lock runs out then (acquired or renewed, plus the lock)
 	state    recState
 	kind     AckKind // when decided or sent
@@ -173,10 +174,14 @@ type acker struct {
 	// is due for renewal (a record settled since may make it early: take
 	// then finds nothing due and sets it anew); absent when none is held.
 	renewAt map[uint64]time.Time
-	lock    time.Duration
-	renew   bool // the broker takes renewals (KIP-1222)
-	noted   bool // the log said the broker does not
-	stats   ShareStats
+	// staleBelow is, per partition, the epoch lostShare renewed it to:
+	// records acquired in an older epoch are in no batch that will be
+	// handled.
+	staleBelow map[int]uint64
+	lock       time.Duration
+	renew      bool // the broker takes renewals (KIP-1222)
+	noted      bool // the log said the broker does not
+	stats      ShareStats
 }
 
 // logger is the part of *slog.Logger the acker uses.
@@ -186,7 +191,7 @@ type logger interface {
 
 func newAcker(topic string, log logger, wake func()) *acker {
 	return &acker{topic: topic, log: log, wake: wake, recs: map[recKey]*shareRec{}, decided: map[int]int{},
-		toSend: map[uint64][]recKey{}, renewAt: map[uint64]time.Time{}, lock: 30 * time.Second}
+		toSend: map[uint64][]recKey{}, renewAt: map[uint64]time.Time{}, staleBelow: map[int]uint64{}, lock: 30 * time.Second}
 }
 
 // setLock records the broker's acquisition lock and whether it takes
@@ -218,20 +223,25 @@ func (a *acker) lockDuration() time.Duration {
 type offsetRange struct{ first, last int64 }
 
 // acquired records the offsets in ranges of partition p, acquired in
-// session at now.
-func (a *acker) acquired(p int, session uint64, ranges []offsetRange, now time.Time) {
+// session at now, to be queued in a batch of the partition's epoch. If
+// that epoch is stale already (see releaseStale), they are released.
+func (a *acker) acquired(p int, session uint64, ranges []offsetRange, now time.Time, epoch uint64) {
 	n := 0
 	for _, r := range ranges {
 		n += int(r.last - r.first + 1)
 	}
 	recs := make([]shareRec, n) // one allocation for the lot
 	a.mu.Lock()
-	defer a.mu.Unlock()
+	stale := epoch < a.staleBelow[p]
 	i := 0
 	for _, r := range ranges {
 		for off := r.first; off <= r.last; off++ {
-			recs[i] = shareRec{session: session, deadline: now.Add(a.lock)}
-			a.recs[recKey{p, off}] = &recs[i]
+			recs[i] = shareRec{session: session, epoch: epoch, deadline: now.Add(a.lock)}
+			k := recKey{p, off}
+			a.recs[k] = &recs[i]
+			if stale {
+				a.decideLocked(k, AckRelease, nil)
+			}
 			i++
 		}
 	}
@@ -239,6 +249,36 @@ func (a *acker) acquired(p int, session uint64, ranges []offsetRange, now time.T
 		a.renewAt[session] = now.Add(a.lock / 2) // the records held before are due no later
 	}
 	a.stats.Acquired += int64(n)
+	a.mu.Unlock()
+	if stale {
+		a.wake()
+	}
+}
+
+// releaseStale releases the records that wait in a batch of an older
+// epoch than epochs gives their partition (lostShare renewed it: the
+// queue, Process and the delivery drop such batches unhandled), and those
+// acquired from now on for such a batch. A share session that ends takes
+// its partitions' batches with it, other sessions' records of the same
+// partitions included (after a leader moved): without this they would
+// stay held, renewed, and never handled.
+func (a *acker) releaseStale(epochs map[int]uint64) {
+	a.mu.Lock()
+	n := 0
+	for p, e := range epochs {
+		a.staleBelow[p] = max(a.staleBelow[p], e)
+	}
+	for k, r := range a.recs {
+		if e, ok := epochs[k.p]; ok && r.state == recQueued && r.epoch < e {
+			if a.decideLocked(k, AckRelease, nil) {
+				n++
+			}
+		}
+	}
+	a.mu.Unlock()
+	if n > 0 {
+		a.wake()
+	}
 }
 
 // deliver marks msgs (of one partition) delivered to the caller; with

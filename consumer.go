@@ -152,6 +152,9 @@ func (c *MultiConsumer) lostShare(parts []int) {
 		e, ok := epochs[b.partition]
 		return ok && b.epoch < e
 	})
+	// What other sessions acquired of these partitions went with the
+	// batches: back to the group.
+	c.led.acks.releaseStale(epochs)
 }
 
 // stopForGood stops the consumer for err: deliveries report it.

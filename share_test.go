@@ -762,3 +762,86 @@ func TestShareGroupLeaderDies(t *testing.T) {
 	require.NoError(t, c.Close())
 	assert.Less(t, time.Since(start), 3*time.Second, "Close waited on the dead leader")
 }
+
+// A share member's partition moves to another broker while the member still
+// holds records it acquired from the old leader; then the old leader dies.
+// The old session ends (its acceptances cannot go), the member drops the
+// partition's queued messages, and every record is handled all the same.
+// (On kfake the old leader's connection closing releases all the member's
+// records of the partition, the new session's too, so this does not show
+// that the new session's are released by the member itself:
+// TestAckerReleasesStaleRecords does.)
+func TestShareGroupOldLeaderDiesAfterAMove(t *testing.T) {
+	t.Parallel()
+	kf, tc, topic := ownCluster(t, 3, 1)
+	ctx := testCtx(t)
+	g := group(t)
+	addrs := kf.ListenAddrs()
+	coord := int(kf.CoordinatorFor(g))
+	old, next := (coord+1)%3, (coord+2)%3
+	require.NoError(t, kf.MoveTopicPartition(topic, 0, int32(old)))
+	require.NoError(t, tc.ProduceN(ctx, topic, 1, 20))
+	d := &downDialer{down: map[string]bool{}, conns: map[string][]net.Conn{}}
+	cfg := shareCfg(topic, g)
+	cfg.Dialer = &kafka.Dialer{DialFunc: d.dial, Timeout: 5 * time.Second}
+	c := openOn(t, []string{addrs[coord], addrs[next], addrs[old]}, cfg)
+	hold := make(chan struct{})
+	var held atomic.Int64
+	s := newSeen()
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		_ = c.Process(pctx, ProcessConfig{Concurrency: 2}, func(ctx context.Context, m kafka.Message) error {
+			if held.Add(1) <= 2 {
+				<-hold // the old leader's records wait in the handlers
+			}
+			s.add(0, m)
+			return nil
+		})
+	})
+	require.Eventually(t, func() bool { return held.Load() >= 2 && c.Stats().Share.Acquired >= 20 }, 20*time.Second, 5*time.Millisecond)
+
+	require.NoError(t, kf.MoveTopicPartition(topic, 0, int32(next)))
+	require.NoError(t, tc.ProduceN(ctx, topic, 1, 20))
+	require.Eventually(t, func() bool { return c.Stats().Share.Acquired >= 40 }, 20*time.Second, 5*time.Millisecond,
+		"the new leader's session acquired the new records")
+	d.kill(addrs[old])
+	close(hold) // their acceptances cannot reach the old leader: its session ends
+	require.Eventually(t, func() bool { return s.distinct() == 40 }, 15*time.Second, 5*time.Millisecond,
+		"records held and never handled: %+v", c.Stats().Share)
+	cancel()
+	wg.Wait()
+}
+
+// When a share session ends, lostShare renews its partitions' epochs and
+// drops their batches, other sessions' records among them: the acker
+// releases the records that waited in a batch of an older epoch (not those
+// delivered or being handled), and those acquired from now on for one.
+func TestAckerReleasesStaleRecords(t *testing.T) {
+	woken := 0
+	a := newAcker("t", slog.New(slog.DiscardHandler), func() { woken++ })
+	now := time.Now()
+	a.acquired(0, 1, []offsetRange{{0, 3}}, now, 5) // partition 0, session 1, epoch 5
+	a.acquired(1, 1, []offsetRange{{0, 1}}, now, 5) // partition 1: not renewed
+	a.handling(0, 0)                                // being handled
+	a.deliverOne(0, 1, false)                       // delivered to the caller
+	a.releaseStale(map[int]uint64{0: 6})
+	assert.Equal(t, 1, woken, "the session sends the releases")
+	kinds := func(session uint64) map[recKey]AckKind {
+		out := map[recKey]AckKind{}
+		for p, its := range a.take(session, now, false) {
+			for _, it := range its {
+				out[recKey{p, it.off}] = it.kind
+			}
+		}
+		return out
+	}
+	assert.Equal(t, map[recKey]AckKind{{0, 2}: AckRelease, {0, 3}: AckRelease}, kinds(1),
+		"queued in a stale batch: released; handled or delivered: not; another partition: not")
+
+	a.acquired(0, 2, []offsetRange{{10, 11}}, now, 5) // for a batch of the stale epoch
+	a.acquired(0, 2, []offsetRange{{12, 12}}, now, 6) // for one of the new epoch
+	assert.Equal(t, 2, woken)
+	assert.Equal(t, map[recKey]AckKind{{0, 10}: AckRelease, {0, 11}: AckRelease}, kinds(2))
+}

@@ -532,8 +532,8 @@ func (s *shareSession) acquired(p int, rp *kmsg.ShareFetchResponseTopicPartition
 	for i, ar := range ars {
 		ranges[i] = offsetRange{ar.FirstOffset, ar.LastOffset}
 	}
-	f.acks.acquired(p, s.id, ranges, now)
-	epoch, _ := f.env.led.epochOf(p)
+	epoch, _ := f.env.led.epochOf(p) // before the acker has them: see releaseStale
+	f.acks.acquired(p, s.id, ranges, now, epoch)
 
 	// Offsets come in order, batch after batch: a cursor over the ranges
 	// finds each one's range (and its delivery count).
