@@ -721,24 +721,51 @@ func (d *downDialer) kill(addr string) {
 	}
 }
 
+// leaderCluster is a 3-broker embedded cluster whose one partition is led
+// by a broker other than the group's coordinator, with n records on it,
+// and a share member whose connections to any broker down can cut.
+type leaderCluster struct {
+	kf           *kfake.Cluster
+	tc           *kafkatest.Cluster
+	topic        string
+	addrs        []string
+	leader, next int // the partition's leader, and the broker it can move to
+	down         *downDialer
+	c            *MultiConsumer
+}
+
+func newLeaderCluster(t *testing.T, n int) *leaderCluster {
+	t.Helper()
+	kf, tc, topic := ownCluster(t, 3, 1)
+	g := group(t)
+	lc := &leaderCluster{kf: kf, tc: tc, topic: topic, addrs: kf.ListenAddrs(),
+		down: &downDialer{down: map[string]bool{}, conns: map[string][]net.Conn{}}}
+	coord := int(kf.CoordinatorFor(g))
+	lc.leader, lc.next = (coord+1)%3, (coord+2)%3
+	require.NoError(t, kf.MoveTopicPartition(topic, 0, int32(lc.leader)))
+	require.NoError(t, tc.ProduceN(testCtx(t), topic, 1, n))
+	cfg := shareCfg(topic, g)
+	cfg.Dialer = &kafka.Dialer{DialFunc: lc.down.dial, Timeout: 5 * time.Second}
+	lc.c = openOn(t, []string{lc.addrs[coord], lc.addrs[lc.next], lc.addrs[lc.leader]}, cfg)
+	return lc
+}
+
+// moveAndKill moves the partition to the other broker and cuts the old
+// leader off.
+func (lc *leaderCluster) moveAndKill(t *testing.T) {
+	t.Helper()
+	require.NoError(t, lc.kf.MoveTopicPartition(lc.topic, 0, int32(lc.next)))
+	lc.down.kill(lc.addrs[lc.leader])
+}
+
 // The leader of a share member's partition dies and the partition moves to
 // another broker: the member's session with the dead one ends, its close
 // cannot get through, and the member goes on with the new leader at once
 // (it does not wait on the dead broker), and Close does not wait on it.
 func TestShareGroupLeaderDies(t *testing.T) {
 	t.Parallel()
-	kf, tc, topic := ownCluster(t, 3, 1)
-	ctx := testCtx(t)
-	g := group(t)
-	addrs := kf.ListenAddrs()
-	coord := int(kf.CoordinatorFor(g))
-	leader, next := (coord+1)%3, (coord+2)%3
-	require.NoError(t, kf.MoveTopicPartition(topic, 0, int32(leader)))
-	require.NoError(t, tc.ProduceN(ctx, topic, 1, 50))
-	d := &downDialer{down: map[string]bool{}, conns: map[string][]net.Conn{}}
-	cfg := shareCfg(topic, g)
-	cfg.Dialer = &kafka.Dialer{DialFunc: d.dial, Timeout: 5 * time.Second}
-	c := openOn(t, []string{addrs[coord], addrs[next], addrs[leader]}, cfg)
+	lc := newLeaderCluster(t, 50)
+	ctx, c := testCtx(t), lc.c
 	var handled atomic.Int64
 	pctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -751,9 +778,8 @@ func TestShareGroupLeaderDies(t *testing.T) {
 	})
 	require.Eventually(t, func() bool { return handled.Load() == 50 }, 20*time.Second, 5*time.Millisecond)
 
-	require.NoError(t, kf.MoveTopicPartition(topic, 0, int32(next)))
-	d.kill(addrs[leader])
-	require.NoError(t, tc.ProduceN(ctx, topic, 1, 50))
+	lc.moveAndKill(t)
+	require.NoError(t, lc.tc.ProduceN(ctx, lc.topic, 1, 50))
 	require.Eventually(t, func() bool { return handled.Load() >= 100 }, 15*time.Second, 5*time.Millisecond,
 		"the member waited on the dead leader")
 	cancel()
@@ -773,18 +799,8 @@ func TestShareGroupLeaderDies(t *testing.T) {
 // TestAckerReleasesStaleRecords does.)
 func TestShareGroupOldLeaderDiesAfterAMove(t *testing.T) {
 	t.Parallel()
-	kf, tc, topic := ownCluster(t, 3, 1)
-	ctx := testCtx(t)
-	g := group(t)
-	addrs := kf.ListenAddrs()
-	coord := int(kf.CoordinatorFor(g))
-	old, next := (coord+1)%3, (coord+2)%3
-	require.NoError(t, kf.MoveTopicPartition(topic, 0, int32(old)))
-	require.NoError(t, tc.ProduceN(ctx, topic, 1, 20))
-	d := &downDialer{down: map[string]bool{}, conns: map[string][]net.Conn{}}
-	cfg := shareCfg(topic, g)
-	cfg.Dialer = &kafka.Dialer{DialFunc: d.dial, Timeout: 5 * time.Second}
-	c := openOn(t, []string{addrs[coord], addrs[next], addrs[old]}, cfg)
+	lc := newLeaderCluster(t, 20)
+	ctx, c := testCtx(t), lc.c
 	hold := make(chan struct{})
 	var held atomic.Int64
 	s := newSeen()
@@ -802,11 +818,11 @@ func TestShareGroupOldLeaderDiesAfterAMove(t *testing.T) {
 	})
 	require.Eventually(t, func() bool { return held.Load() >= 2 && c.Stats().Share.Acquired >= 20 }, 20*time.Second, 5*time.Millisecond)
 
-	require.NoError(t, kf.MoveTopicPartition(topic, 0, int32(next)))
-	require.NoError(t, tc.ProduceN(ctx, topic, 1, 20))
+	require.NoError(t, lc.kf.MoveTopicPartition(lc.topic, 0, int32(lc.next)))
+	require.NoError(t, lc.tc.ProduceN(ctx, lc.topic, 1, 20))
 	require.Eventually(t, func() bool { return c.Stats().Share.Acquired >= 40 }, 20*time.Second, 5*time.Millisecond,
 		"the new leader's session acquired the new records")
-	d.kill(addrs[old])
+	lc.down.kill(lc.addrs[lc.leader])
 	close(hold) // their acceptances cannot reach the old leader: its session ends
 	require.Eventually(t, func() bool { return s.distinct() == 40 }, 15*time.Second, 5*time.Millisecond,
 		"records held and never handled: %+v", c.Stats().Share)
