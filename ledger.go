@@ -491,10 +491,12 @@ func (l *ledger) setProcessing(on bool) {
 }
 
 // takeBatch takes b's messages into partition b.partition's window, if b
-// was fetched in its current epoch, calling take for each message not
-// complete already (in offset order); it returns the window, the count of
-// messages left out (complete already), and false when b is stale.
-func (l *ledger) takeBatch(b *batch, now time.Time, take func(m *kafka.Message, w *window)) (w *window, skipped int, ok bool) {
+// was fetched in its current epoch, calling take for each stretch
+// b.msgs[lo:hi] of messages not complete already (in offset order, one
+// call for the whole batch unless some are); it returns the window, the
+// count of messages left out (complete already), and false when b is
+// stale.
+func (l *ledger) takeBatch(b *batch, now time.Time, take func(lo, hi int, w *window)) (w *window, skipped int, ok bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	po, ok := l.b.parts[b.partition]
@@ -505,8 +507,8 @@ func (l *ledger) takeBatch(b *batch, now time.Time, take func(m *kafka.Message, 
 		// A share group's records come in any order (a released one
 		// comes again), and are settled one by one: no window.
 		l.b.count(b.partition, len(b.msgs), msgBytes(b.msgs))
-		for i := range b.msgs {
-			take(&b.msgs[i], nil)
+		if len(b.msgs) > 0 {
+			take(0, len(b.msgs), nil)
 		}
 		return nil, 0, true
 	}
@@ -517,14 +519,20 @@ func (l *ledger) takeBatch(b *batch, now time.Time, take func(m *kafka.Message, 
 		return w, 0, true
 	}
 	var size int64
+	lo := 0
 	for i := range b.msgs {
 		m := &b.msgs[i]
 		size += int64(len(m.Key) + len(m.Value))
 		if !w.take(m.Offset) {
+			if lo < i {
+				take(lo, i, w)
+			}
+			lo = i + 1
 			skipped++
-			continue
 		}
-		take(m, w)
+	}
+	if lo < len(b.msgs) {
+		take(lo, len(b.msgs), w)
 	}
 	l.b.count(b.partition, len(b.msgs), size)
 	l.movedLocked(po, w)
@@ -577,24 +585,40 @@ func (l *ledger) runPart(p int) (*partOffsets, bool) {
 	return po, ok
 }
 
-// beginLocked starts the handling of the message at offset of partition p,
-// taken into window w in epoch. l.mu is held (lockRuns).
-func (l *ledger) beginLocked(p int, epoch uint64, w *window, offset int64) beginState {
+// beginLocked starts the handling of up to k messages of partition p,
+// taken into window w in epoch, the first at offset (in offset order),
+// and returns how many began: fewer than k when the window's commit
+// metadata has no room for more (beginBlocked; maybe none), none when
+// they are stale. A share group's begin one at a time (each its own
+// record). l.mu is held (lockRuns).
+func (l *ledger) beginLocked(p int, epoch uint64, w *window, offset int64, k int) (int, beginState) {
 	po, ok := l.runPart(p)
 	if !ok || po.epoch != epoch || w != nil && po.win != w {
-		return beginStale
+		return 0, beginStale
 	}
 	if w == nil { // a share group's: no window
 		l.acks.handling(p, offset)
-		return begun
+		return 1, begun
 	}
+	n := 0
 	// The lowest incomplete message always starts: its completion moves
 	// the commit, and frees room.
-	if offset != w.commit && !w.room() {
-		return beginBlocked
+	if offset == w.commit {
+		w.inflight++
+		n++
 	}
-	w.inflight++
-	return begun
+	if n < k && w.roomFor(k-n) {
+		w.inflight += k - n
+		return k, begun
+	}
+	for n < k && w.room() { // not room for all: for as many as fit
+		w.inflight++
+		n++
+	}
+	if n < k {
+		return n, beginBlocked
+	}
+	return n, begun
 }
 
 // unbeginLocked undoes beginLocked for a message of window w that was not

@@ -462,31 +462,94 @@ type lane struct {
 	collide   *lane  // the next lane of the bucket
 	live      bool   // in lanes
 	exclusive bool
-	msgs      ring[task]
-	running   int // its messages in a hand's run (exclusive: of one run)
+	msgs      ring[stretch] // the messages waiting, in order
+	n         int           // how many
+	running   int           // its messages in a hand's run (exclusive: of one run)
 	inReady   bool
 	blocked   bool
 	stuck     bool // exclusive: a message was left incomplete; nothing more starts
 }
 
 // taking is what the messages of one batch that Process took share: the
-// partition's epoch and window when they were taken, which tell whether
-// they are still ours, and when.
+// batch's messages (the queue lent them to Process: nothing else uses
+// them), the partition's epoch and window when they were taken, which tell
+// whether they are still ours, and when.
 type taking struct {
+	msgs      []kafka.Message
 	partition int
 	epoch     uint64
 	win       *window
 	at        time.Time
 }
 
-// task is a message to handle. m points into its batch, which the queue
-// lent to Process: nothing else uses it. off is m's offset, kept beside
-// it: claiming and settling a run read the tasks only, not the messages.
+// stretch is messages of one batch waiting in a lane: from.msgs[lo:hi].
+// A lane holds the messages of a batch as one stretch (ByKey: each
+// message, unless the next is of the same key), not one entry each: a
+// batch is added, and a run claimed, without a push and a pop a message.
+type stretch struct {
+	from   *taking
+	lo, hi int32
+}
+
+// task is a message to handle: m is from.msgs[i]. off is m's offset, kept
+// beside it: settling a run reads the tasks only, not the messages.
 type task struct {
 	m    *kafka.Message
 	off  int64
 	from *taking
 	lane *lane
+	i    int32
+}
+
+// pushRange puts from.msgs[lo:hi] at l's tail, in the tail's stretch if it
+// ends where they begin.
+func (l *lane) pushRange(from *taking, lo, hi int) {
+	l.n += hi - lo
+	if r := &l.msgs; r.n > 0 {
+		if s := &r.buf[r.at(r.n-1)]; s.from == from && int(s.hi) == lo {
+			s.hi = int32(hi)
+			return
+		}
+	}
+	l.msgs.push(stretch{from: from, lo: int32(lo), hi: int32(hi)})
+}
+
+// pushFront puts t's message back at l's head.
+func (l *lane) pushFront(t *task) {
+	l.n++
+	if r := &l.msgs; r.n > 0 {
+		if s := &r.buf[r.head]; s.from == t.from && s.lo == t.i+1 {
+			s.lo--
+			return
+		}
+	}
+	l.msgs.pushFront(stretch{from: t.from, lo: t.i, hi: t.i + 1})
+}
+
+// head returns l's first stretch; l has messages.
+func (l *lane) head() *stretch { return &l.msgs.buf[l.msgs.head] }
+
+// popN drops the first k messages of l's first stretch.
+func (l *lane) popN(k int) {
+	l.n -= k
+	if s := l.head(); int(s.hi-s.lo) > k {
+		s.lo += int32(k)
+	} else {
+		l.msgs.pop()
+	}
+}
+
+// drain drops l's messages, calling each (if not nil) on each, in order.
+func (l *lane) drain(each func(m *kafka.Message)) {
+	for l.msgs.len() > 0 {
+		s := l.msgs.pop()
+		if each != nil {
+			for i := s.lo; i < s.hi; i++ {
+				each(&s.from.msgs[i])
+			}
+		}
+	}
+	l.n = 0
 }
 
 // hand is one of the handler goroutines, and its run: the messages it
@@ -576,14 +639,11 @@ func (p *processor) run(ctx context.Context) error {
 	// its ctx; what they did not start ends incomplete.
 	due := p.sweep(true)
 	for _, l := range p.allLanes() {
-		q.release(l.partition, l.msgs.len())
+		q.release(l.partition, l.n)
 		if p.acks != nil {
 			// Taken from the queue and not started: back to the group
 			// (an offsets consumer fetches them again instead, rewind).
-			for l.msgs.len() > 0 {
-				t := l.msgs.pop()
-				p.acks.decide(t.m.Partition, t.m.Offset, AckRelease)
-			}
+			l.drain(func(m *kafka.Message) { p.acks.decide(m.Partition, m.Offset, AckRelease) })
 		}
 	}
 	p.waiting = 0
@@ -676,19 +736,26 @@ func (p *processor) sweepSlow() {
 // lets the queue have back those it will not handle (stale, or complete
 // already). p.mu is held.
 func (p *processor) add(b *batch) {
-	from := &taking{partition: b.partition, epoch: b.epoch, at: time.Now()}
+	from := &taking{msgs: b.msgs, partition: b.partition, epoch: b.epoch, at: time.Now()}
 	byKey := p.pc.Ordering == ByKey
 	var l *lane
-	_, skipped, ok := p.out.led.takeBatch(b, from.at, func(m *kafka.Message, w *window) {
+	_, skipped, ok := p.out.led.takeBatch(b, from.at, func(lo, hi int, w *window) {
 		from.win = w
-		if l == nil || byKey { // a batch is one partition's: one lane, unless ByKey
-			l = p.lane(b.partition, m.Key)
+		p.waiting += hi - lo
+		if !byKey { // a batch is one partition's: one lane
+			if l == nil {
+				l = p.lane(b.partition, nil)
+			}
+			l.pushRange(from, lo, hi)
+			p.readyLocked(l)
+			return
 		}
-		l.msgs.push(task{m: m, off: m.Offset, from: from, lane: l})
-		p.waiting++
-		if l.mayStart() {
-			l.inReady = true
-			p.ready.push(l)
+		for i := lo; i < hi; i++ {
+			if k := b.msgs[i].Key; l == nil || l.nilKey != (k == nil) || !bytes.Equal(l.key, k) { // the last key's lane, or another
+				l = p.lane(b.partition, k)
+			}
+			l.pushRange(from, i, i+1)
+			p.readyLocked(l)
 		}
 	})
 	if !ok {
@@ -762,7 +829,7 @@ func (p *processor) dropLane(l *lane) {
 			}
 		}
 	}
-	*l = lane{exclusive: l.exclusive, key: l.key[:0], msgs: ring[task]{buf: l.msgs.buf}}
+	*l = lane{exclusive: l.exclusive, key: l.key[:0], msgs: ring[stretch]{buf: l.msgs.buf}}
 	p.spare = append(p.spare, l)
 }
 
@@ -771,7 +838,7 @@ func (p *processor) dropLane(l *lane) {
 // insert or delete, but no more than about keepLanes of them. p.mu is held.
 func (p *processor) prune() {
 	for _, l := range p.allLanes() {
-		if l.msgs.len() == 0 && l.running == 0 && !l.inReady {
+		if l.n == 0 && l.running == 0 && !l.inReady {
 			p.dropLane(l)
 		}
 	}
@@ -794,6 +861,15 @@ func (p *processor) allLanes() []*lane {
 func (p *processor) wakeLocked() {
 	if p.idlers > 0 && p.ready.len() > 0 && !p.stopped.Load() {
 		p.work.Signal()
+	}
+}
+
+// readyLocked puts l, which has messages, in the ready lanes if it may
+// start. p.mu is held.
+func (p *processor) readyLocked(l *lane) {
+	if l.mayStart() {
+		l.inReady = true
+		p.ready.push(l)
 	}
 }
 
@@ -863,29 +939,37 @@ func (p *processor) claim(hd *hand) bool {
 		l := p.ready.pop()
 		l.inReady = false
 		stale := 0
-	lane:
-		for l.msgs.len() > 0 && len(hd.run) < n {
-			t := l.msgs.peek()
-			switch led.beginLocked(t.from.partition, t.from.epoch, t.from.win, t.off) {
-			case beginStale:
-				l.msgs.pop() // a Seek or a revoke since it was taken
-				p.waiting--
-				stale++
+		for l.n > 0 && len(hd.run) < n {
+			s := l.head()
+			from := s.from
+			k := min(n-len(hd.run), int(s.hi-s.lo))
+			begun, state := led.beginLocked(from.partition, from.epoch, from.win, from.msgs[s.lo].Offset, k)
+			if state == beginStale {
+				k = int(s.hi - s.lo) // a Seek or a revoke since it was taken
+				l.popN(k)
+				p.waiting -= k
+				stale += k
 				continue
-			case beginBlocked:
+			}
+			for i := s.lo; i < s.lo+int32(begun); i++ {
+				m := &from.msgs[i]
+				hd.run = append(hd.run, task{m: m, off: m.Offset, from: from, lane: l, i: i})
+			}
+			if begun > 0 {
+				l.popN(begun)
+				p.waiting -= begun
+				l.running += begun
+			}
+			if state == beginBlocked {
 				l.blocked = true
 				p.blocked[l.partition] = append(p.blocked[l.partition], l)
-				break lane
+				break
 			}
-			l.msgs.pop()
-			p.waiting--
-			l.running++
-			hd.run = append(hd.run, t)
 		}
 		if stale > 0 {
 			released = append(released, partCount{l.partition, stale})
 		}
-		if l.msgs.len() > 0 && l.mayStart() { // Unordered: the rest is for other hands too
+		if l.n > 0 && l.mayStart() { // Unordered: the rest is for other hands too
 			l.inReady = true
 			p.ready.push(l)
 		}
@@ -1113,7 +1197,7 @@ func (p *processor) settleRange(hd *hand, i, j int, ends []outcome) (due bool) {
 // its messages. An empty lane stays, idle, until the lanes are pruned.
 // p.mu is held.
 func (p *processor) laneIdle(l *lane) {
-	if l.msgs.len() > 0 && l.mayStart() {
+	if l.n > 0 && l.mayStart() {
 		l.inReady = true
 		p.ready.push(l)
 	}
@@ -1136,9 +1220,9 @@ func (p *processor) giveBackLocked(back []task) {
 	led := p.out.led
 	led.lockRuns()
 	for k := len(back) - 1; k >= 0; k-- {
-		t := back[k]
+		t := &back[k]
 		led.unbeginLocked(t.from.win)
-		t.lane.msgs.pushFront(t)
+		t.lane.pushFront(t)
 		t.lane.running--
 		t.lane.blocked = false // still in p.blocked: unblock passes over it
 		p.waiting++
@@ -1471,13 +1555,11 @@ func (p *processor) purge(partitions []int) {
 	for _, partition := range partitions {
 		p.unblock(partition)
 		for _, l := range p.allLanes() {
-			if l.partition != partition || l.msgs.len() == 0 {
+			if l.partition != partition || l.n == 0 {
 				continue
 			}
-			n := l.msgs.len()
-			for l.msgs.len() > 0 {
-				l.msgs.pop()
-			}
+			n := l.n
+			l.drain(nil)
 			p.waiting -= n
 			p.out.q.release(partition, n)
 		}
@@ -1494,7 +1576,7 @@ func (p *processor) unblock(partition int) {
 	delete(p.blocked, partition)
 	for _, l := range bl {
 		l.blocked = false
-		if l.msgs.len() > 0 && l.mayStart() {
+		if l.n > 0 && l.mayStart() {
 			l.inReady = true
 			p.ready.push(l)
 		}
@@ -1540,9 +1622,9 @@ func (p *processor) stats(s *Stats, now time.Time) {
 	}
 	slices.SortFunc(s.Process.Handling, func(a, b Handling) int { return a.Taken.Compare(b.Taken) })
 	for _, l := range p.allLanes() {
-		if l.msgs.len() > 0 {
-			if t := l.msgs.peek(); p.current(t) {
-				older(t.m.Partition, t.from.at)
+		if l.n > 0 {
+			if f := l.head().from; p.out.led.isCurrent(f.partition, f.epoch, f.win) {
+				older(f.partition, f.at)
 			}
 		}
 	}

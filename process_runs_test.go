@@ -146,7 +146,7 @@ func TestProcessLaneChains(t *testing.T) {
 	require.Same(t, a2, p.lane(0, []byte("a")))
 
 	// Idle lanes are pruned once there are keepLanes; busy ones stay.
-	a2.msgs.push(task{})
+	a2.pushRange(&taking{msgs: make([]kafka.Message, 1)}, 0, 1)
 	for i := range keepLanes + 1 {
 		p.lane(0, fmt.Appendf(nil, "key-%d", i))
 	}

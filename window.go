@@ -248,12 +248,15 @@ const (
 // to reach. The bitset is priced up to reach, past the last span: the
 // window counts the messages in flight, it does not know which they are,
 // so any message taken might complete.
-func (w *window) room() bool {
+func (w *window) room() bool { return w.roomFor(1) }
+
+// roomFor is room for k more messages in flight at once.
+func (w *window) roomFor(k int) bool {
 	r := w.reach()
 	if r-w.commit <= maxBitsetWidth {
 		return true // the common case: even every offset complete fits
 	}
-	n := w.inflight + 1
+	n := w.inflight + k
 	head := 1 + uvarintLen(uint64(max(r, 0))) + uvarintLen(uint64(len(w.done)+n))
 	width := uint64(max(r-w.commit, 0))
 	runs := w.runBytes + n*(uvarintLen(width<<1|1)+uvarintLen(width))
