@@ -1017,6 +1017,20 @@ func (p *processor) handleRun(ctx context.Context, hd *hand) {
 // messages began.
 func (p *processor) handleFrom(ctx context.Context, hd *hand, start time.Time) time.Time {
 	for {
+		if !hd.timeEach {
+			var err error
+			var failed bool
+			if start, err, failed = p.handleFast(ctx, hd, start); failed {
+				// run[len(hd.ends)]'s first attempt failed.
+				o, end := p.handleFailed(ctx, hd, start, err)
+				start = end
+				hd.ends = append(hd.ends, o)
+				if o != completed && o != rejected {
+					return start
+				}
+				continue
+			}
+		}
 		w := hd.pos.Load()
 		next, limit := positions(w)
 		if next >= limit {
@@ -1326,13 +1340,95 @@ func (p *processor) sweep(all bool) (due bool) {
 	return due
 }
 
+// handleFast handles hd's run from where it is, while nothing but fast
+// handlers completing at their first attempt happens (see handleFrom,
+// which does it all one message at a time): no liveness to ask (within
+// aliveEvery of the last ask), no Seek or revoke, Process goes on. It
+// returns when its untimed messages began, and, if a first attempt failed
+// or panicked, its error: that message (run[len(hd.ends)]) is the hand's,
+// handleFailed goes on with it.
+//
+// It is handle's first attempt in a loop, for runs of near-empty handlers:
+// one deferred recover for them all, and the clock, liveness and the start
+// time for Stats looked at once a clock read, not once a message.
+func (p *processor) handleFast(ctx context.Context, hd *hand, start time.Time) (_ time.Time, err error, failed bool) {
+	var t *task
+	defer func() {
+		if v := recover(); v != nil {
+			err, failed = p.panicked(t, v), true
+		}
+	}()
+	fresh := true // start moved: liveness and began are looked at again
+	for {
+		if fresh {
+			if hd.aliveAt.IsZero() || start.Sub(hd.aliveAt) >= aliveEvery {
+				return start, nil, false // handle asks
+			}
+			if b := max(1, int64(start.Sub(p.born))); b != hd.beganAt {
+				hd.beganAt = b
+				hd.began.Store(b)
+			}
+			fresh = false
+		}
+		w := hd.pos.Load()
+		next, limit := positions(w)
+		if next >= limit || p.stopped.Load() || ctx.Err() != nil {
+			return start, nil, false
+		}
+		if next > 0 {
+			select {
+			case <-hd.interrupt:
+				return start, nil, false // handleFrom parks
+			default:
+			}
+		}
+		if !hd.pos.CompareAndSwap(w, w+1<<32) {
+			continue // a sweep took the rest
+		}
+		if next > 0 && hd.attempts.Load() != 0 {
+			hd.attempts.Store(0)
+		}
+		t = &hd.run[next]
+		if err := p.h(ctx, *t.m); err != nil {
+			return start, err, true
+		}
+		hd.stats.Handled++
+		if hd.untimed+1 < clockEvery {
+			hd.untimed++
+		} else {
+			end := time.Now()
+			hd.stats.HandlerDurations.observe(hd.lap(end.Sub(start)))
+			start, fresh = end, true
+		}
+		hd.ends = append(hd.ends, completed)
+	}
+}
+
+// handleFailed goes on with hd's message whose first attempt, begun at
+// start, failed with err (handleFast): as handle does after a failed
+// attempt.
+func (p *processor) handleFailed(ctx context.Context, hd *hand, start time.Time, err error) (outcome, time.Time) {
+	t := hd.run[len(hd.ends)]
+	backoff := min(p.pc.RetryBackoff, p.maxBackoff)
+	end := time.Now()
+	o, again, next := p.failed(ctx, hd, t, 1, attempted{took: hd.lap(end.Sub(start)), err: err}, end, &backoff)
+	if !again {
+		return o, next
+	}
+	return p.handleAt(ctx, hd, t, 2, next, backoff)
+}
+
 // handle runs the handler on hd's message until it succeeds, is given up
 // on, or ctx ends, or its partition moves (a Seek, a revoke); its first
 // attempt starts at start. It returns how the message ended, and when.
 func (p *processor) handle(ctx context.Context, hd *hand, start time.Time) (outcome, time.Time) {
-	backoff := min(p.pc.RetryBackoff, p.maxBackoff)
-	t := hd.run[len(hd.ends)]
-	for attempt := 1; ; attempt++ {
+	return p.handleAt(ctx, hd, hd.run[len(hd.ends)], 1, start, min(p.pc.RetryBackoff, p.maxBackoff))
+}
+
+// handleAt is handle from attempt first (after failed ones, with the
+// backoff before the next retry).
+func (p *processor) handleAt(ctx context.Context, hd *hand, t task, first int, start time.Time, backoff time.Duration) (outcome, time.Time) {
+	for attempt := first; ; attempt++ {
 		if attempt == 1 {
 			// claim checked that t is current, just now (a Seek or a
 			// revoke since ends the run): the first attempt costs no
@@ -1377,35 +1473,46 @@ func (p *processor) handle(ctx context.Context, hd *hand, start time.Time) (outc
 			hd.stats.Handled++
 			return completed, end
 		}
-		hd.attempts.Add(1)
-		// It waits, or ends: what it holds back goes to other hands.
-		p.park(hd, true)
-		if ctx.Err() != nil {
-			p.observe(t, &a, false)
-			return incomplete, end // handled again later
+		o, again, next := p.failed(ctx, hd, t, attempt, a, end, &backoff)
+		if !again {
+			return o, next
 		}
-		if p.pc.MaxAttempts > 0 && attempt >= p.pc.MaxAttempts {
-			p.observe(t, &a, false)
-			return p.giveUp(ctx, t, attempt, a.err), time.Now()
-		}
-		current, interrupt := p.observe(t, &a, true)
-		if !current {
-			return moved, end // revoked, or moved by Seek: not ours to retry
-		}
-		p.log.Warn("process: handler failed, retrying", "partition", t.m.Partition, "offset", t.m.Offset,
-			"attempt", attempt, "backoff", backoff, "err", a.err)
-		// A Seek or a revoke interrupts the wait: the partition may not
-		// be ours any more, and a revoke waits for this handler.
-		timer := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-		case <-interrupt:
-		case <-timer.C:
-		}
-		timer.Stop()
-		backoff = min(2*backoff, p.maxBackoff)
-		start = time.Now()
+		start = next
 	}
+}
+
+// failed follows attempt a of t, which failed and ended at end: t waits
+// for a retry (again, and when the retry starts, after the backoff, which
+// it doubles), or ends (how, and when).
+func (p *processor) failed(ctx context.Context, hd *hand, t task, attempt int, a attempted, end time.Time, backoff *time.Duration) (o outcome, again bool, at time.Time) {
+	hd.attempts.Add(1)
+	// It waits, or ends: what it holds back goes to other hands.
+	p.park(hd, true)
+	if ctx.Err() != nil {
+		p.observe(t, &a, false)
+		return incomplete, false, end // handled again later
+	}
+	if p.pc.MaxAttempts > 0 && attempt >= p.pc.MaxAttempts {
+		p.observe(t, &a, false)
+		return p.giveUp(ctx, t, attempt, a.err), false, time.Now()
+	}
+	current, interrupt := p.observe(t, &a, true)
+	if !current {
+		return moved, false, end // revoked, or moved by Seek: not ours to retry
+	}
+	p.log.Warn("process: handler failed, retrying", "partition", t.m.Partition, "offset", t.m.Offset,
+		"attempt", attempt, "backoff", *backoff, "err", a.err)
+	// A Seek or a revoke interrupts the wait: the partition may not
+	// be ours any more, and a revoke waits for this handler.
+	timer := time.NewTimer(*backoff)
+	select {
+	case <-ctx.Done():
+	case <-interrupt:
+	case <-timer.C:
+	}
+	timer.Stop()
+	*backoff = min(2**backoff, p.maxBackoff)
+	return completed, true, time.Now()
 }
 
 // mayAttempt reports whether t may be attempted again: Process goes on,
@@ -1454,13 +1561,20 @@ type attempted struct {
 func (p *processor) attempt(ctx context.Context, t task) (err error) {
 	defer func() {
 		if v := recover(); v != nil {
-			pe := &PanicError{Value: v, Stack: debug.Stack()}
-			p.log.Error("process: handler panicked", "partition", t.m.Partition, "offset", t.m.Offset,
-				"panic", v, "stack", string(pe.Stack))
-			err = pe
+			err = p.panicked(&t, v)
 		}
 	}()
 	return p.h(ctx, *t.m)
+}
+
+// panicked turns the panic v of t's handler into a *PanicError, and logs
+// it. It is called by the deferred function that recovered v: the stack
+// is the handler's.
+func (p *processor) panicked(t *task, v any) error {
+	pe := &PanicError{Value: v, Stack: debug.Stack()}
+	p.log.Error("process: handler panicked", "partition", t.m.Partition, "offset", t.m.Offset,
+		"panic", v, "stack", string(pe.Stack))
+	return pe
 }
 
 // observe records a failed attempt of t, followed by a retry if retry, and

@@ -114,7 +114,7 @@ func dispatchKeys(tb testing.TB, pc ProcessConfig, queueSize, partitions, keysPe
 // message to a handler under each ordering, with most of each partition
 // waiting in its overflow; with handlers that now and then hold a hand up
 // past slowHandler (a sweep gives the rest of its run back), or fail once
-// (the run is parked, the message retried), or both, with few hands and
+// (the run is parked, the message retried), or both, or panic once, with few hands and
 // many. A lost wake-up would stall it: this one once did (a partition's
 // overflow filled while the bound was full of another's, see
 // TestQueueFairOverflowOfAnIdlePartition).
@@ -148,10 +148,17 @@ func TestProcessDispatchDrains(t *testing.T) {
 	}
 	for _, order := range []Ordering{Unordered, ByPartition, ByKey} {
 		for _, conc := range []int{1, 16} {
-			fail, fail2 := failedOnce(), failedOnce()
+			fail, fail2, fail3 := failedOnce(), failedOnce(), failedOnce()
 			hs := []handler{{"fast", nil}, {"slow", slow}, {"failing", fail}, {"slow and failing", func(partition int, offset int64) error {
 				_ = slow(partition, offset)
 				return fail2(partition, offset)
+			}}, {"panicking", func(partition int, offset int64) error {
+				// Among fast handlers (handleFast): a panic is an
+				// attempt that failed, retried.
+				if err := fail3(partition, offset); err != nil {
+					panic(err)
+				}
+				return nil
 			}}}
 			for _, h := range hs {
 				t.Run(fmt.Sprintf("%v/c=%d/%s", order, conc, h.name), func(t *testing.T) {
