@@ -457,7 +457,6 @@ const (
 type lane struct {
 	partition int
 	nilKey    bool   // ByKey: the lane of the messages without a key
-	key       []byte // ByKey: a copy of the key (its buffer is kept when the lane is reused)
 	bucket    uint64 // in processor.lanes: a hash of the partition and the key
 	collide   *lane  // the next lane of the bucket
 	live      bool   // in lanes
@@ -751,7 +750,8 @@ func (p *processor) add(b *batch) {
 			return
 		}
 		for i := lo; i < hi; i++ {
-			if k := b.msgs[i].Key; l == nil || l.nilKey != (k == nil) || !bytes.Equal(l.key, k) { // the last key's lane, or another
+			// The previous message's lane, if it has the same key.
+			if k := b.msgs[i].Key; i == lo || !sameKey(b.msgs[i-1].Key, k) {
 				l = p.lane(b.partition, k)
 			}
 			l.pushRange(from, i, i+1)
@@ -773,9 +773,15 @@ func (p *processor) add(b *batch) {
 //
 // Lanes are found by a hash of the key, not by the key as a string: a
 // lane stays when its key has nothing waiting (until prune), and a new
-// key's lane reuses a dropped lane and its key's buffer. Most keys of a
-// backlog have a message or two waiting, and go at once: neither the map
-// nor the heap sees each of their messages.
+// key's lane reuses a dropped lane. Most keys of a backlog have a message
+// or two waiting, and go at once: neither the map nor the heap sees each
+// of their messages.
+//
+// A key is its 64-bit hash (seeded for each Process): the lane keeps no
+// copy of the key, and a lookup reads no key but the message's. Two keys
+// of a partition whose hashes are equal (about one pair in 2^64) would
+// share a lane: handled one at a time, each still in order. Partitions
+// never share one: their lanes chain in a bucket.
 func (p *processor) lane(partition int, key []byte) *lane {
 	bucket := uint64(partition) * 0x9e3779b97f4a7c15 // spreads partitions; a collision only chains
 	nilKey := false
@@ -790,7 +796,7 @@ func (p *processor) lane(partition int, key []byte) *lane {
 	}
 	first := p.lanes[bucket]
 	for l := first; l != nil; l = l.collide {
-		if l.partition == partition && l.nilKey == nilKey && bytes.Equal(l.key, key) {
+		if l.partition == partition && l.nilKey == nilKey {
 			return l
 		}
 	}
@@ -804,10 +810,13 @@ func (p *processor) lane(partition int, key []byte) *lane {
 		l = &lane{exclusive: p.pc.Ordering != Unordered}
 	}
 	l.partition, l.nilKey, l.bucket, l.collide, l.live = partition, nilKey, bucket, first, true
-	l.key = append(l.key[:0], key...)
 	p.lanes[bucket] = l
 	return l
 }
+
+// sameKey reports whether a and b are the same key (a nil key is not
+// an empty one).
+func sameKey(a, b []byte) bool { return (a == nil) == (b == nil) && bytes.Equal(a, b) }
 
 // dropLane forgets l, which is idle, and keeps it for the next key. p.mu
 // is held.
@@ -829,7 +838,7 @@ func (p *processor) dropLane(l *lane) {
 			}
 		}
 	}
-	*l = lane{exclusive: l.exclusive, key: l.key[:0], msgs: ring[stretch]{buf: l.msgs.buf}}
+	*l = lane{exclusive: l.exclusive, msgs: ring[stretch]{buf: l.msgs.buf}}
 	p.spare = append(p.spare, l)
 }
 

@@ -111,38 +111,41 @@ func TestProcessRetryHoldsBackOnlyItsKey(t *testing.T) {
 	}
 }
 
-// TestProcessLaneChains: lanes are found by their key's hash; keys whose
-// hashes collide share the bucket, each with its own lane, and dropping
-// one keeps the others. Idle lanes stay until there are keepLanes.
+// TestProcessLaneChains: lanes are found by their key's hash; lanes of
+// other partitions whose buckets collide share the bucket, each its own
+// lane, and dropping one keeps the others. Idle lanes stay until there are
+// keepLanes.
 func TestProcessLaneChains(t *testing.T) {
 	out := &delivery{led: &ledger{}}
 	p := newProcessor(ProcessConfig{Ordering: ByKey, Concurrency: 1}, func(context.Context, kafka.Message) error { return nil },
 		out, slog.New(slog.DiscardHandler), time.Second)
 	a := p.lane(0, []byte("a"))
 	require.Same(t, a, p.lane(0, []byte("a")))
+	require.NotSame(t, a, p.lane(0, []byte("b")), "another key")
 	require.NotSame(t, a, p.lane(1, []byte("a")), "another partition")
 	require.NotSame(t, a, p.lane(0, nil), "a nil key is not a key")
+	require.NotSame(t, p.lane(0, []byte{}), p.lane(0, nil), "nor is an empty one")
 	require.Same(t, p.lane(0, nil), p.lane(0, nil))
 
-	// A key b whose hash collides with a's: the bucket chains them.
-	chain := func(id uint64) (keys []string) {
+	// A lane of partition 1 in a's bucket: the bucket chains them.
+	chain := func(id uint64) (parts []int) {
 		for l := p.lanes[id]; l != nil; l = l.collide {
-			keys = append(keys, string(l.key))
+			parts = append(parts, l.partition)
 		}
-		return keys
+		return parts
 	}
 	id := a.bucket // a dropped lane forgets it
-	b := &lane{partition: 0, key: []byte("b"), bucket: id, collide: a, live: true, exclusive: true}
+	b := &lane{partition: 1, bucket: id, collide: a, live: true, exclusive: true}
 	p.lanes[id] = b
 	require.Same(t, a, p.lane(0, []byte("a")), "a is found past b")
 	p.dropLane(a)
-	require.Equal(t, []string{"b"}, chain(id), "b stays when a goes")
+	require.Equal(t, []int{1}, chain(id), "b stays when a goes")
 	a2 := p.lane(0, []byte("a"))
 	require.NotSame(t, b, a2)
-	require.Equal(t, []string{"a", "b"}, chain(id), "a's new lane goes first")
+	require.Equal(t, []int{0, 1}, chain(id), "a's new lane goes first")
 	p.dropLane(b)
 	p.dropLane(b) // dropped already: nothing
-	require.Equal(t, []string{"a"}, chain(id))
+	require.Equal(t, []int{0}, chain(id))
 	require.Same(t, a2, p.lane(0, []byte("a")))
 
 	// Idle lanes are pruned once there are keepLanes; busy ones stay.
