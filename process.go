@@ -1361,8 +1361,11 @@ func (p *processor) sweep(all bool) (due bool) {
 // one deferred recover for them all, and the clock, liveness and the start
 // time for Stats looked at once a clock read, not once a message.
 func (p *processor) handleFast(ctx context.Context, hd *hand, start time.Time) (_ time.Time, err error, failed bool) {
-	var t *task
+	var t *task // while its handler runs
 	defer func() {
+		if t == nil {
+			return // no handler ran: a panic is not one's, it goes on
+		}
 		if v := recover(); v != nil {
 			err, failed = p.panicked(t, v), true
 		}
@@ -1397,8 +1400,11 @@ func (p *processor) handleFast(ctx context.Context, hd *hand, start time.Time) (
 		if next > 0 && hd.attempts.Load() != 0 {
 			hd.attempts.Store(0)
 		}
-		t = &hd.run[next]
-		if err := p.h(ctx, *t.m); err != nil {
+		cur := &hd.run[next]
+		t = cur
+		err := p.h(ctx, *cur.m)
+		t = nil
+		if err != nil {
 			return start, err, true
 		}
 		hd.stats.Handled++
