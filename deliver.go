@@ -11,13 +11,33 @@ import (
 // GetOption configures one GetMessages call: Block, BlockFor, Timeout. A
 // nil GetOption is ignored.
 type GetOption interface {
-	apply(*getOptions)
+	with(getOptions) getOptions
 }
 
-// getOption is a GetOption.
-type getOption func(*getOptions)
+// The GetOptions are values, not closures: one made in each call of a
+// GetMessages loop allocates nothing (BlockFor(n) for n < 256), and with
+// takes and returns the options by value, so that they stay on get's
+// stack.
+type (
+	blockOpt   bool
+	blockFor   int
+	timeoutOpt time.Duration
+)
 
-func (f getOption) apply(o *getOptions) { f(o) }
+func (b blockOpt) with(o getOptions) getOptions {
+	o.block, o.atLeast = bool(b), -1
+	return o
+}
+
+func (n blockFor) with(o getOptions) getOptions {
+	o.block, o.atLeast = n > 0, int(n)
+	return o
+}
+
+func (d timeoutOpt) with(o getOptions) getOptions {
+	o.timeout = time.Duration(d)
+	return o
+}
 
 type getOptions struct {
 	block   bool
@@ -28,20 +48,20 @@ type getOptions struct {
 // Block sets whether GetMessages waits: true (the default) waits until count
 // messages have arrived or the timeout; false takes only what is queued now.
 func Block(block bool) GetOption {
-	return getOption(func(o *getOptions) { o.block, o.atLeast = block, -1 })
+	return blockOpt(block)
 }
 
 // BlockFor makes GetMessages wait until at least n messages have arrived (or
 // the timeout), then take what is queued, up to count. n <= 0 is
 // Block(false).
 func BlockFor(n int) GetOption {
-	return getOption(func(o *getOptions) { o.block, o.atLeast = n > 0, n })
+	return blockFor(n)
 }
 
 // Timeout bounds how long GetMessages waits. Default 10s; 0 means no
 // timeout: it waits until ctx is done. A negative timeout is an error.
 func Timeout(d time.Duration) GetOption {
-	return getOption(func(o *getOptions) { o.timeout = d })
+	return timeoutOpt(d)
 }
 
 // timers are the stopped timers of GetMessages timeouts, reused: at a
@@ -112,6 +132,7 @@ type delivery struct {
 	wake func()     // set once: the count trigger fired (the committer's)
 
 	token   chan struct{} // cap 1: a token, not guarded
+	taken   []batch       // held with the token: GetMessages's batches, its array reused
 	sending sync.RWMutex  // held (read) by an Iter send; a hand-over waits for it (awaitSends)
 	totals  procTotals    // Process's counters since New; its own lock
 
@@ -194,7 +215,7 @@ func (d *delivery) get(ctx context.Context, count int, opts ...GetOption) ([]kaf
 	o := getOptions{block: true, atLeast: -1, timeout: DefaultTimeout}
 	for _, opt := range opts {
 		if opt != nil {
-			opt.apply(&o)
+			o = opt.with(o)
 		}
 	}
 	switch {
@@ -258,14 +279,17 @@ func (d *delivery) get(ctx context.Context, count int, opts ...GetOption) ([]kaf
 		return nil, err
 	}
 	defer d.release()
-	var taken []batch
-	n := 0
+	taken, n := d.taken[:0], 0
+	defer func() {
+		clear(taken) // the messages are the caller's, or back in the queue
+		d.taken = taken[:0]
+	}()
 	for {
 		if !d.live.alive() {
 			// Probably out of the group (see liveness): nothing new is
 			// delivered until the coordinator answers.
 			d.q.unshift(taken)
-			taken, n = nil, 0
+			taken, n = taken[:0], 0
 			if need == 0 {
 				break
 			}
@@ -286,8 +310,10 @@ func (d *delivery) get(ctx context.Context, count int, opts ...GetOption) ([]kaf
 		}
 		d.reclaim() // a Messages loop's messages come first
 		// else moved by Seek since it was fetched
-		more, m := d.led.keepCurrent(d.q.take(count - n))
-		taken, n = append(taken, more...), n+m
+		had := len(taken)
+		taken = d.q.takeInto(taken, count-n)
+		more, m := d.led.keepCurrent(taken[had:])
+		taken, n = taken[:had+len(more)], n+m
 		if n >= need {
 			if err := ctx.Err(); err != nil {
 				d.q.unshift(taken)

@@ -404,10 +404,13 @@ func (q *queue) barrier() {
 
 // take removes up to max messages from the head of the queue without
 // waiting.
-func (q *queue) take(max int) []batch {
+func (q *queue) take(max int) []batch { return q.takeInto(nil, max) }
+
+// takeInto is take, appending to dst.
+func (q *queue) takeInto(dst []batch, max int) []batch {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.takeLocked(max)
+	return q.takeLocked(dst, max)
 }
 
 // lend takes every queued message, as take does, but they stay in the
@@ -447,18 +450,17 @@ func (q *queue) release(p, n int) {
 	}
 }
 
-func (q *queue) takeLocked(max int) []batch {
-	var out []batch
-	before := q.queued
-	for max > 0 && len(q.batches) > 0 {
-		b := &q.batches[0]
+func (q *queue) takeLocked(out []batch, max int) []batch {
+	before, took := q.queued, len(out)
+	i := 0 // q.batches[:i] are taken
+	for max > 0 && i < len(q.batches) {
+		b := &q.batches[i]
 		if len(b.msgs) <= max {
 			out = append(out, *b)
 			max -= len(b.msgs)
 			q.queued -= len(b.msgs)
 			q.countLocked(b.partition, -len(b.msgs))
-			*b = batch{}
-			q.batches = q.batches[1:]
+			i++
 			continue
 		}
 		out = append(out, batch{partition: b.partition, epoch: b.epoch, msgs: b.msgs[:max:max]})
@@ -469,19 +471,41 @@ func (q *queue) takeLocked(max int) []batch {
 	}
 	// Markers right behind what was taken go too: they cost nothing, and
 	// left at the head they would wait for the next message.
-	for len(q.batches) > 0 && len(q.batches[0].msgs) == 0 && len(out) > 0 {
-		out = append(out, q.batches[0])
-		q.batches[0] = batch{}
-		q.batches = q.batches[1:]
+	for i < len(q.batches) && len(q.batches[i].msgs) == 0 && len(out) > took {
+		out = append(out, q.batches[i])
+		i++
 	}
-	if len(q.batches) == 0 {
-		q.batches = q.batches[:0:0] // let the backing array go
-	}
+	q.shiftLocked(i)
 	if q.queued < before && q.putters > 0 {
 		q.signalLocked()
 	}
 	return out
 }
+
+// shiftLocked drops the first n batches. When few are left, they move to
+// the front of the array, which is kept (a trickle of puts and takes
+// allocates nothing) unless it grew large; else the slice moves past the
+// n, as copying many for a take of few would cost more than it saves.
+func (q *queue) shiftLocked(n int) {
+	if n == 0 {
+		return
+	}
+	clear(q.batches[:n]) // their messages are not the queue's any more
+	rest := len(q.batches) - n
+	if rest > max(n, 8) {
+		q.batches = q.batches[n:]
+		return
+	}
+	copy(q.batches, q.batches[n:])
+	clear(q.batches[rest:])
+	q.batches = q.batches[:rest]
+	if rest == 0 && cap(q.batches) > keepBatches {
+		q.batches = nil // let a large array go
+	}
+}
+
+// keepBatches is the most batches whose array an empty queue keeps.
+const keepBatches = 64
 
 // unshift puts taken batches back at the head of the queue, in order, for a
 // later call.
@@ -495,7 +519,8 @@ func (q *queue) unshift(bs []batch) {
 		q.queued += len(b.msgs)
 		q.countLocked(b.partition, len(b.msgs))
 	}
-	q.batches = append(bs[:len(bs):len(bs)], q.batches...)
+	// A new array: bs's is the caller's (GetMessages reuses it).
+	q.batches = append(append(make([]batch, 0, len(bs)+len(q.batches)), bs...), q.batches...)
 	q.signalLocked()
 }
 
