@@ -145,3 +145,34 @@ func FuzzReadResponse(f *testing.F) {
 		}
 	})
 }
+
+// TestSkipTags: a flexible response header's tagged fields are skipped,
+// whatever they hold; cut ones are an error.
+func TestSkipTags(t *testing.T) {
+	rest := []byte{0xde, 0xad}
+	for _, tc := range []struct {
+		name string
+		in   []byte
+		ok   bool
+	}{
+		{"none", []byte{0}, true},
+		{"one", []byte{1, 5, 2, 'a', 'b'}, true},
+		{"two, one empty", []byte{2, 0, 0, 0x81, 0x01, 1, 'x'}, true}, // tag 129, a two-byte varint
+		{"empty", nil, false},
+		{"cut in the data", []byte{1, 5, 3, 'a'}, false},
+		{"cut before the size", []byte{1, 5}, false},
+		{"more fields than bytes", []byte{3, 1, 0}, false},
+		{"a count past 2^31", []byte{0x80, 0x80, 0x80, 0x80, 0x10}, false},
+	} {
+		got, ok := skipTags(append(bytes.Clone(tc.in), rest...))
+		if !tc.ok {
+			// The rest is read as fields too: a cut is an error only
+			// where it stays one, so check those without the rest.
+			_, ok = skipTags(bytes.Clone(tc.in))
+			assert.False(t, ok, tc.name)
+			continue
+		}
+		require.True(t, ok, tc.name)
+		assert.Equal(t, rest, got, tc.name)
+	}
+}

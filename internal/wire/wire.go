@@ -70,7 +70,7 @@ type VersionRange struct {
 // be writing req: do not reuse req after such a return. A Kafka error code in
 // the response is not an error of Do: check it with ErrorForCode.
 func (c *Client) Do(ctx context.Context, req kmsg.Request) (kmsg.Response, error) {
-	return c.do(ctx, req, func(r *Request) kafka.Request { return r })
+	return c.do(ctx, req, &Request{Req: req, ClientID: c.ClientID})
 }
 
 // DoGroup is Do for requests a group coordinator answers (the group
@@ -78,17 +78,19 @@ func (c *Client) Do(ctx context.Context, req kmsg.Request) (kmsg.Response, error
 // for group's coordinator (FindCoordinator, not cached), then sends req
 // there. group must be the group id req carries.
 func (c *Client) DoGroup(ctx context.Context, group string, req kmsg.Request) (kmsg.Response, error) {
-	return c.do(ctx, req, func(r *Request) kafka.Request { return &groupRequest{r, group} })
+	return c.do(ctx, req, &groupRequest{Request{Req: req, ClientID: c.ClientID}, group})
 }
 
 // DoBroker is Do for requests one broker must answer, such as a partition's
 // leader for ShareFetch and ShareAcknowledge. brokerID is a node id from
 // Metadata; a broker the Transport's metadata does not know yields an error.
 func (c *Client) DoBroker(ctx context.Context, brokerID int32, req kmsg.Request) (kmsg.Response, error) {
-	return c.do(ctx, req, func(r *Request) kafka.Request { return &brokerRequest{r, brokerID} })
+	return c.do(ctx, req, &brokerRequest{Request{Req: req, ClientID: c.ClientID}, brokerID})
 }
 
-func (c *Client) do(ctx context.Context, req kmsg.Request, route func(*Request) kafka.Request) (kmsg.Response, error) {
+// do sets req's version and sends m, which carries req (one allocation a
+// call: the route and the Request are one value).
+func (c *Client) do(ctx context.Context, req kmsg.Request, m kafka.Request) (kmsg.Response, error) {
 	key := req.Key()
 	vr, ok, err := c.version(ctx, key)
 	if err != nil {
@@ -99,7 +101,7 @@ func (c *Client) do(ctx context.Context, req kmsg.Request, route func(*Request) 
 		return nil, unsupported(key, vr, ok, req.MaxVersion())
 	}
 	req.SetVersion(v)
-	return c.roundTrip(ctx, route(&Request{Req: req, ClientID: c.ClientID}))
+	return c.roundTrip(ctx, m)
 }
 
 func (c *Client) roundTrip(ctx context.Context, m kafka.Request) (kmsg.Response, error) {
@@ -248,6 +250,24 @@ var framePool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b
 
 const maxPooledFrame = 64 << 10
 
+// formatters are the request formatters by client id, made once each (a
+// formatter only reads its settings).
+var formatters sync.Map // string -> *kmsg.RequestFormatter
+
+func formatter(clientID string) *kmsg.RequestFormatter {
+	if f, ok := formatters.Load(clientID); ok {
+		return f.(*kmsg.RequestFormatter)
+	}
+	var f *kmsg.RequestFormatter
+	if clientID == "" {
+		f = kmsg.NewRequestFormatter() // a null client id
+	} else {
+		f = kmsg.NewRequestFormatter(kmsg.FormatterClientID(clientID))
+	}
+	got, _ := formatters.LoadOrStore(clientID, f)
+	return got.(*kmsg.RequestFormatter)
+}
+
 // correlationID numbers the frames this package writes. kafka-go's own
 // counter lives in its unexported Conn; since a kafka-go connection carries
 // one request at a time, any number the answer echoes will do.
@@ -265,14 +285,10 @@ func (r *Request) RawExchange(rw io.ReadWriter) (protocol.Message, error) {
 		}
 	}
 	id := correlationID.Add(1)
-	var opts []kmsg.RequestFormatterOpt
-	if r.ClientID != "" {
-		opts = append(opts, kmsg.FormatterClientID(r.ClientID))
-	}
 	// The frame goes into a pooled buffer: written, it is not needed any
 	// more, and a fetch at a trickle sends one per message.
 	bp := framePool.Get().(*[]byte)
-	frame := kmsg.NewRequestFormatter(opts...).AppendRequest((*bp)[:0], r.Req, id)
+	frame := formatter(r.ClientID).AppendRequest((*bp)[:0], r.Req, id)
 	_, err := rw.Write(frame)
 	if cap(frame) <= maxPooledFrame {
 		*bp = frame
@@ -335,12 +351,10 @@ func readResponse(rd io.Reader, req kmsg.Request, id int32) (kmsg.Response, erro
 	// ApiVersions answers with a non-flexible header at every version, so
 	// that a client can read it before it knows what the broker speaks.
 	if res.IsFlexible() && req.Key() != 18 {
-		tr := tagReader{src: body}
-		kmsg.SkipTags(&tr)
-		if tr.bad {
+		var ok bool
+		if body, ok = skipTags(body); !ok {
 			return nil, fmt.Errorf("read %s response header: %w", name, io.ErrUnexpectedEOF)
 		}
-		body = tr.src
 	}
 	if err := res.ReadFrom(body); err != nil {
 		return nil, fmt.Errorf("decode %s v%d response: %w", name, req.GetVersion(), err)
@@ -348,34 +362,36 @@ func readResponse(rd io.Reader, req kmsg.Request, id int32) (kmsg.Response, erro
 	return res, nil
 }
 
-// tagReader is the kmsg.TagReader over a byte slice that kmsg.SkipTags needs
-// for the response header; kmsg's own reader is internal.
-type tagReader struct {
-	src []byte
-	bad bool
-}
-
-func (t *tagReader) Uvarint() uint32 {
-	v, n := binary.Uvarint(t.src)
-	if n <= 0 || v > 1<<31 {
-		t.bad, t.src = true, nil
-		return 0
+// skipTags skips the tagged fields at the head of b (a flexible response
+// header: a count, then each field's tag, size and bytes), and reports
+// whether they were whole.
+func skipTags(b []byte) ([]byte, bool) {
+	uvarint := func() (uint64, bool) {
+		v, n := binary.Uvarint(b)
+		if n <= 0 || v > 1<<31 {
+			return 0, false
+		}
+		b = b[n:]
+		return v, true
 	}
-	t.src = t.src[n:]
-	return uint32(v)
-}
-
-func (t *tagReader) Span(n int) []byte {
-	if n < 0 || n > len(t.src) {
-		t.bad, t.src = true, nil
-		return nil
+	count, ok := uvarint()
+	for ; ok && count > 0; count-- {
+		if _, ok = uvarint(); !ok { // the tag
+			break
+		}
+		var size uint64
+		if size, ok = uvarint(); ok && size > uint64(len(b)) {
+			ok = false
+		}
+		if ok {
+			b = b[size:]
+		}
 	}
-	s := t.src[:n]
-	t.src = t.src[n:]
-	return s
+	if !ok {
+		return nil, false
+	}
+	return b, true
 }
-
-func (t *tagReader) Ok() bool { return !t.bad }
 
 // Response is the protocol.Message a Request's RawExchange returns to the
 // Transport; Client unwraps it.
@@ -390,7 +406,7 @@ func (r *Response) ApiKey() protocol.ApiKey { return protocol.ApiKey(r.Resp.Key(
 // looks for protocol.GroupMessage. It is a separate type because the
 // Transport checks protocol.BrokerMessage first.
 type groupRequest struct {
-	*Request
+	Request
 	group string
 }
 
@@ -398,7 +414,7 @@ func (g *groupRequest) Group() string { return g.group }
 
 // brokerRequest routes a Request to one broker (protocol.BrokerMessage).
 type brokerRequest struct {
-	*Request
+	Request
 	id int32
 }
 
