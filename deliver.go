@@ -281,7 +281,10 @@ func (d *delivery) get(ctx context.Context, count int, opts ...GetOption) ([]kaf
 	defer d.release()
 	taken, n := d.taken[:0], 0
 	defer func() {
-		clear(taken) // the messages are the caller's, or back in the queue
+		// The messages are the caller's, or back in the queue: none stay
+		// reachable from here, past len too (what unshift put back, or
+		// keepCurrent dropped).
+		clear(taken[:cap(taken)])
 		d.taken = taken[:0]
 	}()
 	for {

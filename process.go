@@ -1360,14 +1360,14 @@ func (p *processor) sweep(all bool) (due bool) {
 // It is handle's first attempt in a loop, for runs of near-empty handlers:
 // one deferred recover for them all, and the clock, liveness and the start
 // time for Stats looked at once a clock read, not once a message.
-func (p *processor) handleFast(ctx context.Context, hd *hand, start time.Time) (_ time.Time, err error, failed bool) {
+func (p *processor) handleFast(ctx context.Context, hd *hand, start time.Time) (at time.Time, err error, failed bool) {
 	var t *task // while its handler runs
 	defer func() {
 		if t == nil {
 			return // no handler ran: a panic is not one's, it goes on
 		}
 		if v := recover(); v != nil {
-			err, failed = p.panicked(t, v), true
+			at, err, failed = start, p.panicked(t, v), true // when the untimed messages began, as a return says
 		}
 	}()
 	fresh := true // start moved: liveness and began are looked at again

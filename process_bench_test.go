@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -20,14 +21,15 @@ import (
 // messages a batch, all of them put at once, so that much waits in the
 // partitions' overflow), and a handler calls work (if not nil) and counts
 // the messages it completes until all n are. It returns the CPU time the
-// process spent from the first put to the last message.
-func dispatch(tb testing.TB, pc ProcessConfig, partitions, n int, timeout time.Duration, work func(partition int, offset int64) error) time.Duration {
+// process spent from the first put to the last message, and Process's
+// counters.
+func dispatch(tb testing.TB, pc ProcessConfig, partitions, n int, timeout time.Duration, work func(partition int, offset int64) error) (time.Duration, ProcessStats) {
 	return dispatchKeys(tb, pc, DefaultQueueSize, partitions, 1000, n, timeout, work)
 }
 
 // dispatchKeys is dispatch with a queue of queueSize and keysPerPart keys
 // a partition (message i of a partition has key i mod keysPerPart).
-func dispatchKeys(tb testing.TB, pc ProcessConfig, queueSize, partitions, keysPerPart, n int, timeout time.Duration, work func(partition int, offset int64) error) time.Duration {
+func dispatchKeys(tb testing.TB, pc ProcessConfig, queueSize, partitions, keysPerPart, n int, timeout time.Duration, work func(partition int, offset int64) error) (time.Duration, ProcessStats) {
 	const batchSize = 500
 	keys := make([][]byte, keysPerPart)
 	for i := range keys {
@@ -107,7 +109,7 @@ func dispatchKeys(tb testing.TB, pc ProcessConfig, queueSize, partitions, keysPe
 	require.True(tb, ran)
 	require.ErrorIs(tb, err, context.Canceled)
 	require.NoError(tb, context.Cause(ctx), "handled %d of %d", handled.Load(), n)
-	return cpu
+	return cpu, d.totals.snapshot()
 }
 
 // TestProcessDispatchDrains: Process's parts, without a broker, hand every
@@ -163,7 +165,20 @@ func TestProcessDispatchDrains(t *testing.T) {
 			for _, h := range hs {
 				t.Run(fmt.Sprintf("%v/c=%d/%s", order, conc, h.name), func(t *testing.T) {
 					pc := ProcessConfig{Ordering: order, Concurrency: conc, RetryBackoff: time.Millisecond}
-					dispatch(t, pc, 8, 50_000, 60*time.Second, h.work)
+					began := time.Now()
+					_, st := dispatch(t, pc, 8, 50_000, 60*time.Second, h.work)
+					// The handlers' durations are sane: a failed or
+					// panicking attempt among untimed ones counts from
+					// when they began (once, a panic counted from the
+					// zero time: 292 years, Sum negative).
+					hd := st.HandlerDurations
+					require.Positive(t, hd.Count)
+					assert.LessOrEqual(t, hd.Sum, time.Duration(conc)*time.Since(began), "Sum of %d durations", hd.Count)
+					assert.GreaterOrEqual(t, hd.Sum, time.Duration(0))
+					assert.Zero(t, hd.Counts[len(hd.Counts)-1], "durations over 30s")
+					if h.name == "panicking" {
+						assert.Positive(t, st.Panics)
+					}
 				})
 			}
 		}
@@ -222,7 +237,7 @@ func TestProcessDispatchMetadataFull(t *testing.T) {
 func BenchmarkProcessDispatch(b *testing.B) {
 	for _, order := range []Ordering{Unordered, ByPartition, ByKey} {
 		b.Run(order.String(), func(b *testing.B) {
-			cpu := dispatch(b, ProcessConfig{Ordering: order}, 8, b.N, 5*time.Minute, nil)
+			cpu, _ := dispatch(b, ProcessConfig{Ordering: order}, 8, b.N, 5*time.Minute, nil)
 			b.ReportMetric(float64(cpu)/float64(b.N), "cpu-ns/op")
 		})
 	}
