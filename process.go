@@ -525,6 +525,39 @@ func (l *lane) pushFront(t *task) {
 	l.msgs.pushFront(stretch{from: t.from, lo: t.i, hi: t.i + 1})
 }
 
+// putBack puts t's message, which was claimed and did not start, back in
+// l: at its head when l is exclusive (one run at a time holds its
+// messages, given back in order), and in offset order in a partition's
+// lane under Unordered, whose messages several runs may give back, the
+// later first. Either way l's head stays its lowest message: the one that
+// may be its partition's lowest incomplete, which always begins (see
+// giveBackLocked).
+func (l *lane) putBack(t *task) {
+	if l.exclusive {
+		l.pushFront(t)
+		return
+	}
+	l.n++
+	r := &l.msgs
+	first := func(j int) int64 { s := &r.buf[r.at(j)]; return s.from.msgs[s.lo].Offset }
+	for j := range r.n {
+		s := &r.buf[r.at(j)]
+		if first(j) > t.off {
+			if s.from == t.from && s.lo == t.i+1 {
+				s.lo-- // just before s
+			} else {
+				r.insert(j, stretch{from: t.from, lo: t.i, hi: t.i + 1})
+			}
+			return
+		}
+		if s.from == t.from && s.hi == t.i && (j+1 == r.n || first(j+1) > t.off) {
+			s.hi++ // just after s
+			return
+		}
+	}
+	r.push(stretch{from: t.from, lo: t.i, hi: t.i + 1})
+}
+
 // head returns l's first stretch; l has messages.
 func (l *lane) head() *stretch { return &l.msgs.buf[l.msgs.head] }
 
@@ -1226,9 +1259,9 @@ func (p *processor) laneIdle(l *lane) {
 	}
 }
 
-// giveBackLocked puts back, at the heads of their lanes, claimed messages
-// that did not start, in order (back holds each lane's in order), and
-// lets the ledger know. p.mu is held.
+// giveBackLocked puts back in their lanes claimed messages that did not
+// start, in order (back holds each lane's in order; see putBack), and lets
+// the ledger know. p.mu is held.
 //
 // A lane given back to is not blocked any more: its head was begun once,
 // and may be the lowest incomplete message of its partition, which always
@@ -1245,7 +1278,7 @@ func (p *processor) giveBackLocked(back []task) {
 	for k := len(back) - 1; k >= 0; k-- {
 		t := &back[k]
 		led.unbeginLocked(t.from.win)
-		t.lane.pushFront(t)
+		t.lane.putBack(t)
 		t.lane.running--
 		t.lane.blocked = false // still in p.blocked: unblock passes over it
 		p.waiting++
@@ -1791,6 +1824,19 @@ func (r *ring[T]) push(v T) {
 	}
 	r.buf[r.at(r.n)] = v
 	r.n++
+}
+
+// insert puts v at position i from the head (0 <= i <= len).
+func (r *ring[T]) insert(i int, v T) {
+	if i == 0 {
+		r.pushFront(v)
+		return
+	}
+	r.push(v)
+	for k := r.n - 1; k > i; k-- {
+		r.buf[r.at(k)] = r.buf[r.at(k-1)]
+	}
+	r.buf[r.at(i)] = v
 }
 
 // pushFront puts v before the first.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -237,4 +238,121 @@ func TestProcessGiveBackUnblocksTheLane(t *testing.T) {
 	require.True(t, p.claim(hd), "k's first starts again")
 	assert.Equal(t, int64(0), hd.run[0].off)
 	assert.Equal(t, 0, hd.run[0].from.partition)
+}
+
+// TestProcessGiveBackKeepsOffsetOrder: under Unordered, two hands give back
+// messages of one partition, the later first (in sweep order): its lane
+// must still start with the partition's lowest incomplete message. With the
+// commit metadata full and nothing of the partition in flight, a lane
+// headed by a higher offset would find no room, and no completion would
+// ever unblock it.
+func TestProcessGiveBackKeepsOffsetOrder(t *testing.T) {
+	led := newLedger("t", 0, 0, time.Now())
+	for part := range 3 {
+		led.start(part, 0, noOffset, "")
+	}
+	q := newQueue(64)
+	q.setPartitions(3)
+	d := newDelivery(q, led, alwaysAlive, newLifecycle(), func() {})
+	pc, err := ProcessConfig{Ordering: Unordered, Concurrency: 2}.withDefaults()
+	require.NoError(t, err)
+	p := newProcessor(pc, func(context.Context, kafka.Message) error { return nil }, d, slog.New(slog.DiscardHandler), time.Second)
+	p.born = time.Now().Add(-time.Second) // the hands' messages began long ago: they are swept
+
+	batchOf := func(part, n int) batch {
+		led.mu.Lock()
+		epoch := led.b.parts[part].epoch
+		led.mu.Unlock()
+		b := batch{partition: part, epoch: epoch}
+		for i := range n {
+			b.msgs = append(b.msgs, kafka.Message{Partition: part, Offset: int64(i)})
+		}
+		return b
+	}
+	open := newEvent(true)
+	for _, b := range []batch{batchOf(1, 1), batchOf(0, 10), batchOf(2, 1)} {
+		require.NoError(t, q.put(context.Background(), b, open))
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, b := range q.lend() {
+		p.add(&b)
+	}
+
+	// Runs of 2: A takes partition 1's message and partition 0's
+	// offset 0, B partition 2's and partition 0's offset 1.
+	p.perMsg = runBudget / 2
+	a, b := p.hands[0], p.hands[1]
+	require.True(t, p.claim(a))
+	require.True(t, p.claim(b))
+	require.Equal(t, []int64{0, 0}, []int64{a.run[0].off, a.run[1].off})
+	require.Equal(t, []int{1, 0}, []int{a.run[0].from.partition, a.run[1].from.partition})
+	require.Equal(t, []int{2, 0}, []int{b.run[0].from.partition, b.run[1].from.partition})
+	require.Equal(t, int64(1), b.run[1].off)
+
+	// Both start their first message and are held up: the sweep gives
+	// back A's offset 0, then B's offset 1.
+	for _, hd := range []*hand{a, b} {
+		hd.pos.Store(position(1, 2))
+		hd.began.Store(1)
+	}
+	p.sweep(false)
+
+	// Partition 0's metadata is now full for any message but its lowest
+	// incomplete one, and nothing of it is in flight.
+	led.mu.Lock()
+	w := led.b.parts[0].win
+	require.Zero(t, w.inflight)
+	w.add(40000, 40001)
+	for o := int64(100); w.room(); o += 2 {
+		w.add(o, o+1)
+	}
+	led.mu.Unlock()
+
+	for _, hd := range []*hand{a, b} {
+		hd.ends = append(hd.ends, completed)
+		p.settle(hd) // completions of partitions 1 and 2 only
+	}
+	require.True(t, p.claim(a), "partition 0's offset 0 starts")
+	assert.Equal(t, 0, a.run[0].from.partition)
+	assert.Equal(t, int64(0), a.run[0].off)
+}
+
+// TestLanePutBackOrder: messages put back one by one, in any order, into a
+// partition's lane under Unordered end up in offset order, ahead of and
+// among what waits there.
+func TestLanePutBackOrder(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	batchAt := func(from, n int) *taking {
+		tk := &taking{}
+		for i := range n {
+			tk.msgs = append(tk.msgs, kafka.Message{Offset: int64(from + i)})
+		}
+		return tk
+	}
+	for range 300 {
+		a, b := batchAt(0, 10), batchAt(10, 10)
+		l := &lane{}
+		// Waiting: a[7:], b[4:]; given back: a[:7] and b[:4].
+		l.pushRange(a, 7, 10)
+		l.pushRange(b, 4, 10)
+		var back []task
+		for i := range 7 {
+			back = append(back, task{m: &a.msgs[i], off: int64(i), from: a, lane: l, i: int32(i)})
+		}
+		for i := range 4 {
+			back = append(back, task{m: &b.msgs[i], off: int64(10 + i), from: b, lane: l, i: int32(i)})
+		}
+		for _, k := range rng.Perm(len(back)) {
+			l.putBack(&back[k])
+		}
+		require.Equal(t, 20, l.n)
+		var got []int64
+		l.drain(func(m *kafka.Message) { got = append(got, m.Offset) })
+		want := make([]int64, 20)
+		for i := range want {
+			want[i] = int64(i)
+		}
+		require.Equal(t, want, got)
+	}
 }
