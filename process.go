@@ -432,7 +432,7 @@ type processor struct {
 // its handlers take runBudget for. A run's messages complete (and move the
 // commit) when it ends; a retried message ends its run at once.
 const (
-	maxRun    = 32
+	maxRun    = 64
 	runBudget = 200 * time.Microsecond
 	// slowHandler is how long a handler runs before its hand is swept,
 	// every sweepEvery.
