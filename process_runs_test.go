@@ -158,6 +158,55 @@ func TestProcessLaneChains(t *testing.T) {
 	require.Same(t, a2, p.lane(0, []byte("a")), "a lane with a message waiting stays")
 }
 
+// runsRig is a processor over partitions of a ledger and a queue, with no
+// broker, for tests that claim, sweep and settle its hands' runs by hand.
+// Its hands' messages began long ago: a sweep takes them.
+type runsRig struct {
+	t   *testing.T
+	p   *processor
+	led *ledger
+	q   *queue
+}
+
+func newRunsRig(t *testing.T, pc ProcessConfig, partitions int) *runsRig {
+	led := newLedger("t", 0, 0, time.Now())
+	for part := range partitions {
+		led.start(part, 0, noOffset, "")
+	}
+	q := newQueue(64)
+	q.setPartitions(partitions)
+	d := newDelivery(q, led, alwaysAlive, newLifecycle(), func() {})
+	pc, err := pc.withDefaults()
+	require.NoError(t, err)
+	p := newProcessor(pc, func(context.Context, kafka.Message) error { return nil }, d, slog.New(slog.DiscardHandler), time.Second)
+	p.born = time.Now().Add(-time.Second)
+	return &runsRig{t: t, p: p, led: led, q: q}
+}
+
+// batch is a batch of partition part in its current epoch: a message at
+// offsets 0, 1, ... for each key.
+func (r *runsRig) batch(part int, keys ...string) batch {
+	r.led.mu.Lock()
+	epoch := r.led.b.parts[part].epoch
+	r.led.mu.Unlock()
+	b := batch{partition: part, epoch: epoch}
+	for i, k := range keys {
+		b.msgs = append(b.msgs, kafka.Message{Partition: part, Offset: int64(i), Key: []byte(k)})
+	}
+	return b
+}
+
+// add queues bs and adds them to the lanes, in order. p.mu is held.
+func (r *runsRig) add(bs ...batch) {
+	open := newEvent(true)
+	for _, b := range bs {
+		require.NoError(r.t, r.q.put(context.Background(), b, open))
+	}
+	for _, b := range r.q.lend() {
+		r.p.add(&b)
+	}
+}
+
 // TestProcessGiveBackUnblocksTheLane: a message a sweep gives back (its
 // hand is held up by a message of another partition before it) to a lane
 // that found no room in its partition's commit metadata must start again.
@@ -169,37 +218,11 @@ func TestProcessLaneChains(t *testing.T) {
 // end, once in about 35 runs; not reproduced since, so not proven to be
 // that stall.)
 func TestProcessGiveBackUnblocksTheLane(t *testing.T) {
-	led := newLedger("t", 0, 0, time.Now())
-	led.start(0, 0, noOffset, "")
-	led.start(1, 0, noOffset, "")
-	q := newQueue(64)
-	q.setPartitions(2)
-	d := newDelivery(q, led, alwaysAlive, newLifecycle(), func() {})
-	pc, err := ProcessConfig{Ordering: ByKey, Concurrency: 1}.withDefaults()
-	require.NoError(t, err)
-	p := newProcessor(pc, func(context.Context, kafka.Message) error { return nil }, d, slog.New(slog.DiscardHandler), time.Second)
-	p.born = time.Now().Add(-time.Second) // the hand's message began long ago: it is swept
-
-	batchOf := func(part int, keys ...string) batch {
-		led.mu.Lock()
-		epoch := led.b.parts[part].epoch
-		led.mu.Unlock()
-		b := batch{partition: part, epoch: epoch}
-		for i, k := range keys {
-			b.msgs = append(b.msgs, kafka.Message{Partition: part, Offset: int64(i), Key: []byte(k)})
-		}
-		return b
-	}
-	open := newEvent(true)
-	for _, b := range []batch{batchOf(1, "x"), batchOf(0, "k", "k")} {
-		require.NoError(t, q.put(context.Background(), b, open))
-	}
-
+	r := newRunsRig(t, ProcessConfig{Ordering: ByKey, Concurrency: 1}, 2)
+	p, led := r.p, r.led
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for _, b := range q.lend() {
-		p.add(&b)
-	}
+	r.add(r.batch(1, "x"), r.batch(0, "k", "k"))
 	// Partition 0's metadata is full for a second message in flight:
 	// sparse completions far past what was taken.
 	led.mu.Lock()
@@ -247,37 +270,11 @@ func TestProcessGiveBackUnblocksTheLane(t *testing.T) {
 // headed by a higher offset would find no room, and no completion would
 // ever unblock it.
 func TestProcessGiveBackKeepsOffsetOrder(t *testing.T) {
-	led := newLedger("t", 0, 0, time.Now())
-	for part := range 3 {
-		led.start(part, 0, noOffset, "")
-	}
-	q := newQueue(64)
-	q.setPartitions(3)
-	d := newDelivery(q, led, alwaysAlive, newLifecycle(), func() {})
-	pc, err := ProcessConfig{Ordering: Unordered, Concurrency: 2}.withDefaults()
-	require.NoError(t, err)
-	p := newProcessor(pc, func(context.Context, kafka.Message) error { return nil }, d, slog.New(slog.DiscardHandler), time.Second)
-	p.born = time.Now().Add(-time.Second) // the hands' messages began long ago: they are swept
-
-	batchOf := func(part, n int) batch {
-		led.mu.Lock()
-		epoch := led.b.parts[part].epoch
-		led.mu.Unlock()
-		b := batch{partition: part, epoch: epoch}
-		for i := range n {
-			b.msgs = append(b.msgs, kafka.Message{Partition: part, Offset: int64(i)})
-		}
-		return b
-	}
-	open := newEvent(true)
-	for _, b := range []batch{batchOf(1, 1), batchOf(0, 10), batchOf(2, 1)} {
-		require.NoError(t, q.put(context.Background(), b, open))
-	}
+	r := newRunsRig(t, ProcessConfig{Ordering: Unordered, Concurrency: 2}, 3)
+	p, led := r.p, r.led
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for _, b := range q.lend() {
-		p.add(&b)
-	}
+	r.add(r.batch(1, ""), r.batch(0, "", "", "", "", "", "", "", "", "", ""), r.batch(2, ""))
 
 	// Runs of 2: A takes partition 1's message and partition 0's
 	// offset 0, B partition 2's and partition 0's offset 1.
