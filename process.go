@@ -1406,13 +1406,10 @@ func (p *processor) handleFast(ctx context.Context, hd *hand, start time.Time) (
 	fresh := true // start moved: liveness and began are looked at again
 	for {
 		if fresh {
-			if hd.aliveAt.IsZero() || start.Sub(hd.aliveAt) >= aliveEvery {
+			if hd.askAlive(start) {
 				return start, nil, false // handle asks
 			}
-			if b := max(1, int64(start.Sub(p.born))); b != hd.beganAt {
-				hd.beganAt = b
-				hd.began.Store(b)
-			}
+			hd.begin(p.born, start)
 			fresh = false
 		}
 		w := hd.pos.Load()
@@ -1449,6 +1446,22 @@ func (p *processor) handleFast(ctx context.Context, hd *hand, start time.Time) (
 			start, fresh = end, true
 		}
 		hd.ends = append(hd.ends, completed)
+	}
+}
+
+// askAlive reports whether a message starting at start must ask liveness
+// first: the run's first, then once per aliveEvery.
+func (hd *hand) askAlive(start time.Time) bool {
+	return hd.aliveAt.IsZero() || start.Sub(hd.aliveAt) >= aliveEvery
+}
+
+// begin records, for Stats, that the message handled now began at start
+// (born: what the hands' start times count from). Untimed messages share
+// their start: one store for them all.
+func (hd *hand) begin(born, start time.Time) {
+	if b := max(1, int64(start.Sub(born))); b != hd.beganAt {
+		hd.beganAt = b
+		hd.began.Store(b)
 	}
 }
 
@@ -1490,7 +1503,7 @@ func (p *processor) handleAt(ctx context.Context, hd *hand, t task, first int, s
 		// Liveness is asked before a run's first message, then once per
 		// aliveEvery of the run (a clock read, in group mode), and before
 		// each retry.
-		if attempt > 1 || hd.aliveAt.IsZero() || start.Sub(hd.aliveAt) >= aliveEvery {
+		if attempt > 1 || hd.askAlive(start) {
 			if !p.out.live.alive() {
 				hd.lapUntimed(time.Since(start)) // before the counts go to the dispatcher's
 				p.park(hd, true)
@@ -1502,10 +1515,7 @@ func (p *processor) handleAt(ctx context.Context, hd *hand, t task, first int, s
 			hd.aliveAt = start
 		}
 		if attempt == 1 {
-			if b := max(1, int64(start.Sub(p.born))); b != hd.beganAt {
-				hd.beganAt = b // untimed messages share their start: one store
-				hd.began.Store(b)
-			}
+			hd.begin(p.born, start)
 		}
 		err := p.attempt(ctx, t)
 		if err == nil && attempt == 1 && !hd.timeEach && hd.untimed+1 < clockEvery {
