@@ -64,6 +64,11 @@ type queue struct {
 	// release walks them, not every partition.
 	overflowing []int
 	open        *event // the workers' open event, from put: overflow moves only while set
+	// parked marks, by partition, the epoch of records an unpacker holds
+	// undecoded because the partition's share was full (0: none; see
+	// roomFor): the partition is not hungry until the unpacker has queued
+	// them (unpark), so its worker fetches no more of it meanwhile.
+	parked []uint64
 }
 
 func newQueue(limit int) *queue {
@@ -95,6 +100,7 @@ func (q *queue) refill() {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.refillAllLocked()
+	q.signalLocked() // the unpackers' parked records may go on too
 }
 
 func (q *queue) refillAllLocked() {
@@ -216,8 +222,9 @@ func (q *queue) roomLocked(p int) int {
 func (q *queue) shareLocked() int { return max(1, q.limit/max(1, q.nparts)) }
 
 // isHungry reports whether partition p is worth a fetch: the queue is not
-// fair, or p has no more than half its share. Fetching a partition that
-// has room for a message or two would throw most of the response away.
+// fair, or p has no more than half its share, and no unpacker holds
+// records of p it could not queue yet. Fetching a partition that has room
+// for a message or two would throw most of the response away.
 func (q *queue) isHungry(p int) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -225,7 +232,107 @@ func (q *queue) isHungry(p int) bool {
 }
 
 func (q *queue) isHungryLocked(p int) bool {
+	return q.parkedOf(p) == 0 && q.wantsLocked(p)
+}
+
+// wantsLocked reports whether partition p may take more messages: the
+// queue is not fair, or p has no overflow and no more than half its share
+// (room for half a share at a time, not a message at a time).
+func (q *queue) wantsLocked(p int) bool {
 	return len(q.overOf(p)) == 0 && (!q.fair || q.partOf(p) <= q.shareLocked()/2)
+}
+
+// parkedOf returns the epoch partition p is parked in, 0 if none.
+func (q *queue) parkedOf(p int) uint64 {
+	if p < len(q.parked) {
+		return q.parked[p]
+	}
+	return 0
+}
+
+// roomFor returns how many messages of partition p, fetched in epoch, an
+// unpacker may decode and queue now: -1 when the queue is not fair (put
+// waits for room), else what fits in p's share, 0 while paused (open
+// cleared). When it returns 0, p is parked in epoch: the unpacker keeps
+// the rest of its records undecoded (rather than decoded in the overflow)
+// until resumable says it may go on, and the partition is not hungry
+// until unpark.
+func (q *queue) roomFor(p int, epoch uint64, open *event) int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.open = open
+	if !q.fair {
+		return -1
+	}
+	n := 0
+	if open.IsSet() {
+		n = q.roomLocked(p)
+	}
+	if n == 0 {
+		if p >= len(q.parked) {
+			q.parked = append(q.parked, make([]uint64, p+1-len(q.parked))...)
+		}
+		q.parked[p] = epoch
+	}
+	return n
+}
+
+// unpark clears partition p's parked mark, if it is epoch's: the unpacker
+// queued what it held, or let it go.
+func (q *queue) unpark(p int, epoch uint64) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if epoch == 0 || q.parkedOf(p) != epoch {
+		return
+	}
+	q.parked[p] = 0
+	if q.hungry > 0 && q.isHungryLocked(p) {
+		q.signalLocked()
+	}
+}
+
+// parkedRef names a partition an unpacker parked, and in which epoch.
+type parkedRef struct {
+	p     int
+	epoch uint64
+}
+
+// resumableLocked reports whether the unpacker may go on with parked
+// partition r.p: it has room again (see wantsLocked) and the consumer is
+// not paused, or its mark was dropped (the records are stale: a Seek, a
+// revoke), which the unpacker learns from parkedLive.
+func (q *queue) resumableLocked(r parkedRef) bool {
+	if q.parkedOf(r.p) != r.epoch {
+		return true // dropped
+	}
+	return !q.fair || q.open != nil && q.open.IsSet() && q.wantsLocked(r.p)
+}
+
+// parkedLive reports whether partition p's parked mark is still epoch's:
+// false once a drop let its records go (they are stale).
+func (q *queue) parkedLive(p int, epoch uint64) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.parkedOf(p) == epoch
+}
+
+// waitParked returns a channel closed when one of the parked partitions
+// may go on (see resumableLocked), or at another change, and a func to
+// call when done waiting. If one may go on already, the channel is closed.
+func (q *queue) waitParked(parked []parkedRef) (<-chan struct{}, func()) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, r := range parked {
+		if q.resumableLocked(r) {
+			return closedChan, func() {}
+		}
+	}
+	q.hungry++
+	return q.changedLocked(), func() {
+		q.mu.Lock()
+		q.hungry--
+		q.mu.Unlock()
+	}
 }
 
 // waitRoom returns a channel closed when one of parts becomes hungry (or
@@ -433,7 +540,7 @@ func (q *queue) release(p, n int) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.lent -= n
-	was := q.isHungryLocked(p)
+	was := q.wantsLocked(p)
 	q.countLocked(p, -n)
 	q.refillLocked(p)
 	// The others' overflow too: a partition whose messages went to its
@@ -441,8 +548,8 @@ func (q *queue) release(p, n int) {
 	// made the queue fair) has nothing of its own lent, so no release of
 	// its own would ever move them.
 	q.refillOthersLocked(p)
-	if q.hungry > 0 && !was && q.isHungryLocked(p) {
-		q.signalLocked() // p became hungry
+	if q.hungry > 0 && !was && q.wantsLocked(p) {
+		q.signalLocked() // p became hungry, or its parked records may go on
 		return
 	}
 	if q.putters > 0 {
@@ -555,6 +662,12 @@ func (q *queue) drop(stale func(b *batch) bool) int {
 		}
 		clear(bs[len(keptOver):])
 		q.setOver(p, keptOver)
+	}
+	for p, epoch := range q.parked {
+		if epoch != 0 && stale(&batch{partition: p, epoch: epoch}) {
+			q.parked[p] = 0 // the unpacker lets the records go
+			q.signalLocked()
+		}
 	}
 	if n > 0 {
 		// What was dropped made room: a partition that overflowed while

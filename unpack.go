@@ -24,16 +24,28 @@ import (
 // go back to where the queue ends (a rewind). So a message is never
 // skipped, and none is queued twice in one epoch.
 //
+// While Process runs, the queue gives each partition a share of its bound.
+// A partition whose share is full is parked: the unpacker keeps the rest of
+// its records as they came, undecoded, with the partition's later
+// responses behind them, and goes on with the other partitions; it decodes
+// more of them when Process has taken half the share (queue.waitParked).
+// Records wait as bytes, not as decoded messages (a message's struct is
+// larger than a small record), and the worker fetches no more of a parked
+// partition.
+//
 // A worker holds at most two responses per leader: the one the unpacker
 // works on, and the next, which waits until the unpacker takes it.
 type unpacker struct {
-	env *fetchEnv
-	in  chan []feed // unbuffered; the worker closes it when it stops
+	env  *fetchEnv
+	in   chan []feed   // unbuffered; the worker closes it when it stops
+	kick chan struct{} // buffered: unpackNow parked a partition, which the goroutine now watches
 
 	// busy is held while feeds are queued, by the unpacker's goroutine or
 	// by the worker busy a small response itself (unpackNow).
-	busy sync.Mutex
-	next map[int]fedTo // guarded by busy: where what was queued ends, per partition and epoch
+	busy   sync.Mutex
+	next   map[int]fedTo    // guarded by busy: where what was queued ends, per partition and epoch
+	parked map[int]*parking // guarded by busy: the parked partitions
+	refs   []parkedRef      // guarded by busy: reused by run
 
 	mu      sync.Mutex
 	rewinds []rewind // guarded by mu; taken by the worker
@@ -54,6 +66,25 @@ type fedTo struct {
 	next  int64
 }
 
+// unpacking is a feed being queued: its records not decoded yet, and
+// where what was queued of it ends.
+type unpacking struct {
+	fd feed
+	it recordIter
+	at int64
+}
+
+func (f *unpacker) begin(fd feed) unpacking {
+	return unpacking{fd: fd, it: newRecordIter(f.env.topic, fd.p, fd.raw), at: fd.from}
+}
+
+// parking is a parked partition: the feed whose share filled, part
+// queued, and the feeds of the partition that came after it, in order.
+type parking struct {
+	cur   unpacking
+	later []feed
+}
+
 // rewind tells the worker to fetch partition p again from to, in epoch:
 // what it fetched past it was not queued. err is why, if it was an error
 // (a decode error) rather than the worker stopping.
@@ -65,19 +96,47 @@ type rewind struct {
 }
 
 func newUnpacker(env *fetchEnv) *unpacker {
-	return &unpacker{env: env, in: make(chan []feed), next: make(map[int]fedTo)}
+	return &unpacker{env: env, in: make(chan []feed), kick: make(chan struct{}, 1),
+		next: make(map[int]fedTo), parked: make(map[int]*parking)}
 }
 
-// run queues what the worker hands over until in is closed. Once ctx is
-// done nothing more is queued, but every feed is still accounted for, so
-// that the worker's positions end where the queue does.
+// run queues what the worker hands over until in is closed, and the parked
+// partitions' records as they get room. Once ctx is done nothing more is
+// queued, but every feed is still accounted for, so that the worker's
+// positions end where the queue does.
 func (f *unpacker) run(ctx context.Context) {
-	for feeds := range f.in {
+	for {
 		f.busy.Lock()
-		for _, fd := range feeds {
-			f.feed(ctx, fd)
+		resume, doneWaiting := (<-chan struct{})(nil), func() {}
+		if len(f.parked) > 0 {
+			f.refs = f.refs[:0]
+			for p, pk := range f.parked {
+				f.refs = append(f.refs, parkedRef{p: p, epoch: pk.cur.fd.epoch})
+			}
+			resume, doneWaiting = f.env.q.waitParked(f.refs)
 		}
 		f.busy.Unlock()
+		select {
+		case feeds, ok := <-f.in:
+			doneWaiting()
+			f.busy.Lock()
+			if !ok {
+				f.letGo()
+				f.busy.Unlock()
+				return
+			}
+			for _, fd := range feeds {
+				f.feed(ctx, fd)
+			}
+			f.busy.Unlock()
+		case <-resume:
+			doneWaiting()
+			f.busy.Lock()
+			f.resume(ctx)
+			f.busy.Unlock()
+		case <-f.kick:
+			doneWaiting()
+		}
 	}
 }
 
@@ -85,20 +144,49 @@ func (f *unpacker) run(ctx context.Context) {
 // reports whether it did. A worker does so with a small response (a
 // trickle), where the hand-off would cost the message one more goroutine
 // switch and overlap nothing. The unpacker idle, nothing of these partitions
-// waits for it: the worker hands a partition's responses over one at a
-// time, so their order holds.
+// waits for it but what is parked, which feed keeps ahead of them: the
+// worker hands a partition's responses over one at a time, so their order
+// holds.
 func (f *unpacker) unpackNow(ctx context.Context, feeds []feed) bool {
 	if !f.busy.TryLock() {
 		return false
 	}
 	defer f.busy.Unlock()
+	parked := len(f.parked)
 	for _, fd := range feeds {
 		f.feed(ctx, fd)
+	}
+	if len(f.parked) > parked {
+		select {
+		case f.kick <- struct{}{}:
+		default:
+		}
 	}
 	return true
 }
 
+// feed queues fd, or sets it behind its partition's parked records.
 func (f *unpacker) feed(ctx context.Context, fd feed) {
+	if pk := f.parked[fd.p]; pk != nil {
+		if pk.cur.fd.epoch == fd.epoch {
+			pk.later = append(pk.later, fd)
+			return
+		}
+		f.unpark(fd.p, pk) // stale: a Seek or a new assignment since
+	}
+	if !f.starts(fd) {
+		return
+	}
+	u := f.begin(fd)
+	if !f.carry(ctx, &u) {
+		f.parked[fd.p] = &parking{cur: u}
+	}
+}
+
+// starts reports whether fd starts where what was queued of its partition
+// ends (or the partition is at a new position); if not, it has the worker
+// fetch again from there.
+func (f *unpacker) starts(fd feed) bool {
 	st, ok := f.next[fd.p]
 	if !ok || st.epoch != fd.epoch {
 		st = fedTo{epoch: fd.epoch, next: fd.from} // a new position: a Seek, a partition given
@@ -106,18 +194,77 @@ func (f *unpacker) feed(ctx context.Context, fd feed) {
 	if st.next != fd.from {
 		f.next[fd.p] = st
 		f.rewind(rewind{p: fd.p, epoch: fd.epoch, to: st.next})
-		return
+		return false
 	}
-	reached, err := f.queue(ctx, fd)
-	f.next[fd.p] = fedTo{epoch: fd.epoch, next: reached}
-	if err != nil || reached != fd.to {
+	return true
+}
+
+// carry queues what it can of u, and reports whether u is done: false when
+// its partition's share filled first (u is to be parked).
+func (f *unpacker) carry(ctx context.Context, u *unpacking) bool {
+	done, err := f.queue(ctx, u)
+	if !done && err == nil {
+		return false
+	}
+	fd := &u.fd
+	f.next[fd.p] = fedTo{epoch: fd.epoch, next: u.at}
+	if err != nil || u.at != fd.to {
 		if ctx.Err() != nil {
 			err = nil // the worker stops: no failure of the partition
 		}
-		f.rewind(rewind{p: fd.p, epoch: fd.epoch, to: reached, err: err})
+		f.rewind(rewind{p: fd.p, epoch: fd.epoch, to: u.at, err: err})
+	}
+	return true
+}
+
+// resume goes on with the parked partitions that may: their records, then
+// the feeds behind them, until done or parked again. Those whose records a
+// drop let go (stale) are unparked.
+func (f *unpacker) resume(ctx context.Context) {
+	for p, pk := range f.parked {
+		if !f.env.q.parkedLive(p, pk.cur.fd.epoch) {
+			f.unpark(p, pk)
+			continue
+		}
+		for f.carry(ctx, &pk.cur) {
+			if !f.nextOf(pk) {
+				f.unpark(p, pk)
+				break
+			}
+		}
 	}
 }
 
+// nextOf moves pk on to the first of its later feeds that starts where
+// the queue ends, and reports whether there was one.
+func (f *unpacker) nextOf(pk *parking) bool {
+	for len(pk.later) > 0 {
+		fd := pk.later[0]
+		pk.later[0] = feed{}
+		pk.later = pk.later[1:]
+		if f.starts(fd) {
+			pk.cur = f.begin(fd)
+			return true
+		}
+	}
+	return false
+}
+
+// unpark lets partition p's parked records go and clears its mark.
+func (f *unpacker) unpark(p int, pk *parking) {
+	delete(f.parked, p)
+	f.env.q.unpark(p, pk.cur.fd.epoch)
+}
+
+// letGo ends what is parked when the worker stops: its positions go back
+// to where the queue ends.
+func (f *unpacker) letGo() {
+	for p, pk := range f.parked {
+		f.next[p] = fedTo{epoch: pk.cur.fd.epoch, next: pk.cur.at}
+		f.rewind(rewind{p: p, epoch: pk.cur.fd.epoch, to: pk.cur.at})
+		f.unpark(p, pk)
+	}
+}
 func (f *unpacker) rewind(r rewind) {
 	f.mu.Lock()
 	f.rewinds = append(f.rewinds, r)
@@ -133,46 +280,64 @@ func (f *unpacker) takeRewinds(into []rewind) []rewind {
 	return into
 }
 
-// queue turns the records of fd at or after fd.from into messages, and
-// queues them in runs of batchSize as it goes, so the caller can take the
-// first messages of a large response while the rest is decoded; then it
-// queues a move to fd.to past what the records end with that is no
-// message (a transaction's marker, the offsets compaction emptied). It
-// returns where what it queued ends.
-func (f *unpacker) queue(ctx context.Context, fd feed) (int64, error) {
+// queue turns the records of u at or after where it is into messages,
+// and queues them in runs of batchSize as it goes, so the caller can take
+// the first messages of a large response while the rest is decoded; then
+// it queues a move to the feed's end past what the records end with that
+// is no message (a transaction's marker, the offsets compaction emptied).
+// u.at is where what it queued ends. It reports false, with no error, when
+// the partition's share of a fair queue is full (roomFor): u is parked
+// there, to go on later.
+func (f *unpacker) queue(ctx context.Context, u *unpacking) (bool, error) {
+	fd := &u.fd
+	q := f.env.q
 	if fd.raw == nil {
 		// A reset: the fetch offset is no longer in the log.
-		err := f.env.q.put(ctx, batch{partition: fd.p, epoch: fd.epoch, advance: fd.to}, f.env.unpaused)
+		err := q.put(ctx, batch{partition: fd.p, epoch: fd.epoch, advance: fd.to}, f.env.unpaused)
 		if err != nil {
-			return fd.from, err
+			return false, err
 		}
-		return fd.to, nil
+		u.at = fd.to
+		return true, nil
 	}
-	at := fd.from
 	batchSize := f.env.batchSize
-	var run []kafka.Message
-	flush := func() error {
-		if len(run) == 0 {
-			return nil
-		}
-		b := batch{partition: fd.p, epoch: fd.epoch, msgs: run}
-		run = nil
-		if err := f.env.q.put(ctx, b, f.env.unpaused); err != nil {
-			return err
-		}
-		at = b.msgs[len(b.msgs)-1].Offset + 1
-		return nil
-	}
-	it := newRecordIter(f.env.topic, fd.p, fd.raw)
-	var spare kafka.Message // a record before the position, decoded and dropped
 	for {
-		if run == nil {
-			// No more than the log holds past the position: at a trickle
-			// a response has a message or two, and a run sized for a
-			// backlog (batchSize, ~150 B a message) would be most of
-			// what the consumer allocates.
-			run = make([]kafka.Message, 0, min(int64(batchSize), max(1, fd.hwm-at)))
+		n := batchSize
+		if room := q.roomFor(fd.p, fd.epoch, f.env.unpaused); room == 0 {
+			return false, nil
+		} else if room > 0 {
+			n = min(n, room)
 		}
+		end, err := f.decodeRun(ctx, u, n)
+		if err != nil {
+			return false, err
+		}
+		if end {
+			break
+		}
+	}
+	if fd.to > u.at {
+		// The records ended with offsets that are no messages: move past
+		// them, in the bookkeeping too (Offsets, Pending, Lag).
+		if err := q.put(ctx, batch{partition: fd.p, epoch: fd.epoch, advance: fd.to}, f.env.unpaused); err != nil {
+			return false, err
+		}
+		u.at = fd.to
+	}
+	return true, nil
+}
+
+// decodeRun decodes up to n messages of u and queues them as one batch. It
+// reports whether u's records ended.
+func (f *unpacker) decodeRun(ctx context.Context, u *unpacking, n int) (end bool, err error) {
+	fd := &u.fd
+	// No more than the log holds past the position: at a trickle a
+	// response has a message or two, and a run sized for a backlog
+	// (batchSize, ~150 B a message) would be most of what the consumer
+	// allocates.
+	run := make([]kafka.Message, 0, min(int64(n), max(1, fd.hwm-u.at)))
+	var spare kafka.Message // a record before the position, decoded and dropped
+	for len(run) < n {
 		// Decoded in place, in the run's next slot: a message is copied
 		// once, into the run, and no more.
 		m := &spare
@@ -181,42 +346,35 @@ func (f *unpacker) queue(ctx context.Context, fd feed) (int64, error) {
 			m = &run[len(run)-1]
 		}
 		m.HighWaterMark = fd.hwm
-		ok, err := it.next(m)
-		if m != &spare && (!ok || err != nil || m.Offset < at) {
+		ok, derr := u.it.next(m)
+		if m != &spare && (!ok || derr != nil || m.Offset < u.at) {
 			// Nothing, or a record of a compressed batch that starts
 			// before the offset asked for.
 			run = run[:len(run)-1]
 		}
-		if err != nil {
-			return at, errors.Join(err, flush())
+		if derr != nil {
+			err, end = derr, true
+			break
 		}
 		if !ok {
+			end = true
 			break
 		}
 		if m == &spare {
-			if m.Offset < at {
+			if m.Offset < u.at {
 				continue
 			}
 			run = append(run, *m) // a run sized short of a batch: it grows
 		}
-		if len(run) >= batchSize {
-			if err := flush(); err != nil {
-				return at, err
-			}
+	}
+	if len(run) > 0 {
+		b := batch{partition: fd.p, epoch: fd.epoch, msgs: run}
+		if perr := f.env.q.put(ctx, b, f.env.unpaused); perr != nil {
+			return true, errors.Join(err, perr)
 		}
+		u.at = run[len(run)-1].Offset + 1
 	}
-	if err := flush(); err != nil {
-		return at, err
-	}
-	if fd.to > at {
-		// The records ended with offsets that are no messages: move past
-		// them, in the bookkeeping too (Offsets, Pending, Lag).
-		if err := f.env.q.put(ctx, batch{partition: fd.p, epoch: fd.epoch, advance: fd.to}, f.env.unpaused); err != nil {
-			return at, err
-		}
-		at = fd.to
-	}
-	return at, nil
+	return end, err
 }
 
 // batchesEnd returns the offset after the last whole batch of raw (record

@@ -1,0 +1,157 @@
+package multiconsumer
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"testing/synctest"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// unpackRig is an unpacker over a fair queue of two partitions, four
+// messages' share each, fed by the test as a worker would.
+type unpackRig struct {
+	t    *testing.T
+	q    *queue
+	open *event
+	f    *unpacker
+	done sync.WaitGroup
+	got  []string // what the test took of the queue, in order
+}
+
+func newUnpackRig(t *testing.T) *unpackRig {
+	r := &unpackRig{t: t, q: newQueue(8), open: newEvent(true)}
+	r.q.setPartitions(2)
+	r.q.setFair(true)
+	r.f = newUnpacker(&fetchEnv{topic: "t", batchSize: 4, q: r.q, unpaused: r.open})
+	r.done.Go(func() { r.f.run(context.Background()) })
+	return r
+}
+
+// records returns a feed of partition p in epoch with values at offsets
+// from to to-1, in one record batch.
+func records(p int, epoch uint64, from, to int64) feed {
+	values := map[int32]string{}
+	for o := from; o < to; o++ {
+		values[int32(o-from)] = fmt.Sprint(o)
+	}
+	return feed{p: p, epoch: epoch, from: from, to: to, hwm: to, raw: recordBatch(from, int32(to-from-1), values)}
+}
+
+// take lends what is queued, releases it, and returns it as flat does;
+// then it waits for the unpacker to be done with what that let in.
+func (r *unpackRig) take() []string {
+	bs := r.q.lend()
+	out := flat(r.t, bs)
+	for _, b := range bs {
+		r.q.release(b.partition, len(b.msgs))
+	}
+	r.got = append(r.got, out...)
+	synctest.Wait()
+	return out
+}
+
+func (r *unpackRig) stop() []rewind {
+	close(r.f.in)
+	r.done.Wait()
+	return r.f.takeRewinds(nil)
+}
+
+func flatRange(p int, epoch uint64, from, to int64) []string {
+	var out []string
+	for o := from; o < to; o++ {
+		out = append(out, fmt.Sprintf("%d/%d:%d", p, epoch, o))
+	}
+	return out
+}
+
+// While Process runs, a partition whose share is full waits in the
+// unpacker as the bytes it came in, not decoded into the overflow; the
+// other partitions go on meanwhile, its worker fetches no more of it, and
+// its later responses wait behind it, in order.
+func TestUnpackerParksAFullPartition(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := newUnpackRig(t)
+		r.f.in <- []feed{records(0, 1, 0, 10), records(1, 1, 0, 3)}
+		r.f.in <- []feed{records(0, 1, 10, 14)}
+		synctest.Wait()
+		assert.Zero(t, r.q.overN, "nothing decoded past the shares")
+		assert.False(t, r.q.isHungry(0), "partition 0 is parked: no fetch of it")
+		assert.Equal(t, uint64(1), r.q.parkedOf(0))
+		assert.Zero(t, r.q.parkedOf(1), "partition 1's response fitted")
+		assert.Equal(t, append(flatRange(0, 1, 0, 4), flatRange(1, 1, 0, 3)...), r.take())
+
+		assert.Equal(t, flatRange(0, 1, 4, 8), r.take(), "its share again, and no more")
+		assert.Zero(t, r.q.overN)
+		assert.False(t, r.q.isHungry(0))
+		assert.Equal(t, flatRange(0, 1, 8, 12), r.take(), "the rest of the response, then the next one")
+		assert.True(t, r.q.isHungry(0), "the last two queued as those were taken: unparked")
+		assert.Equal(t, flatRange(0, 1, 12, 14), r.take())
+		assert.Empty(t, r.take())
+
+		assert.Empty(t, r.stop(), "no rewind: every feed was queued")
+		assert.Equal(t, fedTo{epoch: 1, next: 14}, r.f.next[0])
+	})
+}
+
+// Records parked while paused go on after Resume, in order.
+func TestUnpackerParksWhilePaused(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := newUnpackRig(t)
+		r.open.Clear()
+		r.f.in <- []feed{records(0, 1, 0, 3)}
+		synctest.Wait()
+		assert.Zero(t, r.q.len(), "paused: nothing queued")
+		assert.False(t, r.q.isHungry(0))
+
+		r.open.Set()
+		r.q.refill() // as Resume does
+		synctest.Wait()
+		assert.Equal(t, flatRange(0, 1, 0, 3), r.take())
+		assert.True(t, r.q.isHungry(0))
+		assert.Empty(t, r.stop())
+	})
+}
+
+// A Seek or a revoke drops a parked partition's records with its queued
+// ones: the unpacker lets them go, and the partition is hungry again at
+// once, so that its worker fetches its new position. A feed in a new
+// epoch goes ahead of what was parked in the old.
+func TestUnpackerLetsStaleParkedRecordsGo(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := newUnpackRig(t)
+		r.f.in <- []feed{records(0, 1, 0, 10), records(1, 1, 0, 10)}
+		synctest.Wait()
+		require.False(t, r.q.isHungry(0))
+		require.False(t, r.q.isHungry(1))
+
+		r.q.drop(func(b *batch) bool { return b.partition == 0 && b.epoch < 2 })
+		assert.True(t, r.q.isHungry(0), "its mark went with the drop")
+		synctest.Wait()
+		r.f.in <- []feed{records(1, 2, 50, 52)}
+		synctest.Wait()
+		assert.Equal(t, flatRange(1, 1, 0, 4), r.take(), "partition 0's stale records are gone")
+		assert.Equal(t, flatRange(1, 2, 50, 52), r.take(), "partition 1's new epoch replaced its old")
+		assert.True(t, r.q.isHungry(1))
+		assert.Empty(t, r.take())
+		assert.Empty(t, r.stop())
+	})
+}
+
+// When the worker stops, what is parked goes back: the worker's position
+// ends where the queue does, and the partition is no longer parked.
+func TestUnpackerStopRewindsParked(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := newUnpackRig(t)
+		r.f.in <- []feed{records(0, 1, 0, 10)}
+		r.f.in <- []feed{records(0, 1, 10, 12)}
+		synctest.Wait()
+		assert.Equal(t, flatRange(0, 1, 0, 4), r.take())
+		assert.Equal(t, []rewind{{p: 0, epoch: 1, to: 8}}, r.stop())
+		assert.Zero(t, r.q.parkedOf(0))
+		assert.Equal(t, flatRange(0, 1, 4, 8), flat(t, r.q.lend()), "what was queued stays")
+	})
+}
