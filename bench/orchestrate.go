@@ -225,6 +225,7 @@ func (b *bench) runChild(suite, contender, mode, topic string, n, size, rate, ro
 	args := []string{
 		"-contender", contender, "-mode", mode, "-brokers", b.brokers, "-topic", topic,
 		"-n", strconv.Itoa(n), "-duration", b.o.latDur.String(), "-io-sleep", b.o.ioSleep.String(),
+		"-timeout", b.o.timeout.String(),
 	}
 	if rate > 0 {
 		args = append(args, "-rate", strconv.Itoa(rate))
@@ -271,6 +272,14 @@ func (b *bench) runChild(suite, contender, mode, topic string, n, size, rate, ro
 	}
 	if r.Partial {
 		msg += fmt.Sprintf(" PARTIAL: timed out after %d messages", r.N)
+		if stderr.Len() > 0 {
+			// What the child said of it (a Process stall: its Stats and
+			// goroutines).
+			name := filepath.Join(b.o.out, fmt.Sprintf("stderr-%s-r%d-%d.txt", suite, round, time.Now().Unix()))
+			if err := os.WriteFile(name, stderr.Bytes(), 0o644); err == nil {
+				msg += ", its stderr in " + name
+			}
+		}
 	}
 	logf("%s", msg)
 	b.save()

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/maphash"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -136,6 +138,8 @@ func runMCProcess(s spec) runner {
 			return err
 		}
 		defer c.Close()
+		stopWatch := watchStall(ctx, c)
+		defer stopWatch()
 		pc := multiconsumer.ProcessConfig{Ordering: order, Concurrency: s.int("c", 16)}
 		err = c.Process(ctx, pc, func(_ context.Context, m kafka.Message) error {
 			h(m.Key, m.Value)
@@ -146,6 +150,40 @@ func runMCProcess(s spec) runner {
 		}
 		return err
 	}
+}
+
+// watchStall reports, on stderr, a Process that handled nothing for 10 s
+// while ctx lasts: the consumer's Stats and every goroutine's stack, once.
+// A round that times out then says where it stood.
+func watchStall(ctx context.Context, c *multiconsumer.MultiConsumer) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		last, since := int64(-1), time.Now()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			st := c.Stats()
+			if st.Process.Handled != last {
+				last, since = st.Process.Handled, time.Now()
+				continue
+			}
+			if time.Since(since) < 10*time.Second {
+				continue
+			}
+			js, _ := json.MarshalIndent(st, "", " ")
+			fmt.Fprintf(os.Stderr, "STALL: nothing handled for 10s\n%s\n", js)
+			_ = pprof.Lookup("goroutine").WriteTo(os.Stderr, 1)
+			return
+		}
+	}()
+	return func() { cancel(); <-done }
 }
 
 // hashSeed is the maphash seed of the cpu part's handler.
