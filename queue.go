@@ -38,14 +38,18 @@ type batch struct {
 // While Process runs, the queue is fair: each partition may have only its
 // share of the bound (the limit divided among the partitions consumed)
 // queued or lent, so that one partition's backlog, waiting for its few
-// keys, does not keep the others' messages from the handlers. What a
-// worker puts past a partition's share waits in the partition's overflow,
-// outside the bound, and moves into the queue as Process takes the
-// partition's messages; a partition is not fetched again while it has
-// overflow or more than half its share (isHungry). So a worker never waits
-// for one partition while it holds the others' messages, and the memory
-// past the bound is at most the rest of one fetch response per partition
-// (as a worker waiting for room in GetMessages's queue holds its response).
+// keys, does not keep the others' messages from the handlers. An unpacker
+// decodes a partition's records only as far as its share has room
+// (roomFor), and parks the rest, undecoded, until the partition is down to
+// half its share (waitParked). What a put brings past a partition's share
+// all the same (a put while the bound is full of others' messages) waits
+// in the partition's overflow, outside the bound, and moves into the queue
+// as Process takes messages. A partition is not fetched again while it is
+// parked, has overflow or has more than half its share (isHungry). So a
+// worker never waits for one partition while it holds the others'
+// messages, and the memory past the bound is at most the rest of one fetch
+// response per partition, as bytes (as a worker waiting for room in
+// GetMessages's queue holds its response).
 type queue struct {
 	mu      sync.Mutex // guards the fields below
 	batches []batch    // FIFO
