@@ -416,16 +416,16 @@ type processor struct {
 	work     sync.Cond  // on mu: an idle hand waits for a ready lane, or the stop
 	err      error      // why Process stops: a message given up on
 	local    ProcessStats
-	lanes    map[uint64]*lane // by bucket: the lanes of a bucket chain
-	ready    ring[*lane]      // lanes with a message that may start now
-	blocked  map[int][]*lane  // lanes waiting for room in their partition's metadata
-	waiting  int              // messages in lanes
-	running  int              // hands with a run
-	idlers   int              // hands waiting for work
-	perMsg   time.Duration    // a run's time per message, averaged over runs; 0 before the first
-	sweeping bool             // the feeder sweeps every sweepEvery
-	spare    []*lane          // lanes dropped, for new keys (each with its buffers)
-	pruneAt  int              // how many lanes prune the idle ones
+	lanes    laneTable       // by bucket: the lanes of a bucket chain
+	ready    ring[*lane]     // lanes with a message that may start now
+	blocked  map[int][]*lane // lanes waiting for room in their partition's metadata
+	waiting  int             // messages in lanes
+	running  int             // hands with a run
+	idlers   int             // hands waiting for work
+	perMsg   time.Duration   // a run's time per message, averaged over runs; 0 before the first
+	sweeping bool            // the feeder sweeps every sweepEvery
+	spare    []*lane         // lanes dropped, for new keys (each with its buffers)
+	pruneAt  int             // how many lanes prune the idle ones
 }
 
 // Runs: a hand claims at most maxRun messages at once, and about as many as
@@ -636,7 +636,6 @@ func newProcessor(pc ProcessConfig, h Handler, out *delivery, log *slog.Logger, 
 		seed:    maphash.MakeSeed(),
 		procs:   max(1, runtime.GOMAXPROCS(0)),
 		born:    time.Now(),
-		lanes:   make(map[uint64]*lane),
 		blocked: make(map[int][]*lane),
 		pruneAt: keepLanes,
 		stop:    make(chan struct{}, 1),
@@ -679,7 +678,7 @@ func (p *processor) run(ctx context.Context) error {
 		}
 	}
 	p.waiting = 0
-	p.lanes, p.ready, p.blocked = nil, ring[*lane]{}, nil
+	p.lanes, p.ready, p.blocked = laneTable{}, ring[*lane]{}, nil
 	p.mu.Unlock()
 	if due {
 		p.out.wake()
@@ -827,13 +826,13 @@ func (p *processor) lane(partition int, key []byte) *lane {
 	default:
 		bucket ^= maphash.Bytes(p.seed, key)
 	}
-	first := p.lanes[bucket]
+	first := p.lanes.get(bucket)
 	for l := first; l != nil; l = l.collide {
 		if l.partition == partition && l.nilKey == nilKey {
 			return l
 		}
 	}
-	if len(p.lanes) >= p.pruneAt {
+	if p.lanes.len() >= p.pruneAt {
 		p.prune()
 	}
 	var l *lane
@@ -843,7 +842,7 @@ func (p *processor) lane(partition int, key []byte) *lane {
 		l = &lane{exclusive: p.pc.Ordering != Unordered}
 	}
 	l.partition, l.nilKey, l.bucket, l.collide, l.live = partition, nilKey, bucket, first, true
-	p.lanes[bucket] = l
+	p.lanes.set(bucket, l)
 	return l
 }
 
@@ -857,11 +856,11 @@ func (p *processor) dropLane(l *lane) {
 	if !l.live {
 		return // dropped already
 	}
-	if first := p.lanes[l.bucket]; first == l {
+	if first := p.lanes.get(l.bucket); first == l {
 		if l.collide == nil {
-			delete(p.lanes, l.bucket)
+			p.lanes.del(l.bucket)
 		} else {
-			p.lanes[l.bucket] = l.collide
+			p.lanes.set(l.bucket, l.collide)
 		}
 	} else {
 		for o := first; o != nil; o = o.collide {
@@ -884,17 +883,17 @@ func (p *processor) prune() {
 			p.dropLane(l)
 		}
 	}
-	p.pruneAt = max(keepLanes, 2*len(p.lanes))
+	p.pruneAt = max(keepLanes, 2*p.lanes.len())
 }
 
 // allLanes returns every lane. p.mu is held.
 func (p *processor) allLanes() []*lane {
 	var out []*lane
-	for _, first := range p.lanes {
+	p.lanes.all(func(first *lane) {
 		for l := first; l != nil; l = l.collide {
 			out = append(out, l)
 		}
-	}
+	})
 	return out
 }
 

@@ -130,14 +130,14 @@ func TestProcessLaneChains(t *testing.T) {
 
 	// A lane of partition 1 in a's bucket: the bucket chains them.
 	chain := func(id uint64) (parts []int) {
-		for l := p.lanes[id]; l != nil; l = l.collide {
+		for l := p.lanes.get(id); l != nil; l = l.collide {
 			parts = append(parts, l.partition)
 		}
 		return parts
 	}
 	id := a.bucket // a dropped lane forgets it
 	b := &lane{partition: 1, bucket: id, collide: a, live: true, exclusive: true}
-	p.lanes[id] = b
+	p.lanes.set(id, b)
 	require.Same(t, a, p.lane(0, []byte("a")), "a is found past b")
 	p.dropLane(a)
 	require.Equal(t, []int{1}, chain(id), "b stays when a goes")
@@ -154,7 +154,7 @@ func TestProcessLaneChains(t *testing.T) {
 	for i := range keepLanes + 1 {
 		p.lane(0, fmt.Appendf(nil, "key-%d", i))
 	}
-	assert.Less(t, len(p.lanes), keepLanes)
+	assert.Less(t, p.lanes.len(), keepLanes)
 	require.Same(t, a2, p.lane(0, []byte("a")), "a lane with a message waiting stays")
 }
 
