@@ -69,10 +69,7 @@ func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
 	c.meta = newTopicMeta(c.kc, c.log, cfg.MetadataMaxAge)
 	c.sess = newSession(&fetchEnv{
 		topic: cfg.Topic, startOffset: cfg.StartOffset, maxBackoff: cfg.MaxBackoff,
-		// A quarter of the queue: big enough to keep the per-batch costs
-		// low, small enough that a worker finds room before the queue is
-		// empty.
-		batchSize: max(1, min(512, cfg.QueueSize/4)),
+		batchSize: batchSizeOf(cfg.QueueSize),
 		log:       c.log, kc: c.kc, meta: c.meta, q: c.q, unpaused: unpaused, led: c.led,
 	}, c.cfg.numWorkers)
 	c.ho = &handover{cfg: &c.cfg, log: c.log, kc: c.kc, meta: c.meta, led: c.led, sess: c.sess, q: c.q,

@@ -172,7 +172,7 @@ func (d *delivery) next(ctx context.Context, done <-chan struct{}, h *stash, bac
 				continue
 			}
 			m = &b.msgs[0]
-			b.msgs = b.msgs[1:]
+			b.msgs, b.whole = b.msgs[1:], false // m is the caller's: the array is never given back
 			if len(b.msgs) == 0 {
 				// Not left empty at the head: it would be taken for a
 				// marker.

@@ -479,6 +479,10 @@ type taking struct {
 	epoch     uint64
 	win       *window
 	at        time.Time
+	// left counts the messages in lanes or runs not settled yet, while
+	// msgs is a whole array of the queue's (batch.whole); the last to
+	// settle gives the array back (letGo). 0 otherwise. Guarded by p.mu.
+	left int
 }
 
 // stretch is messages of one batch waiting in a lane: from.msgs[lo:hi].
@@ -773,6 +777,7 @@ func (p *processor) add(b *batch) {
 	_, skipped, ok := p.out.led.takeBatch(b, from.at, func(lo, hi int, w *window) {
 		from.win = w
 		p.waiting += hi - lo
+		from.left += hi - lo
 		if !byKey { // a batch is one partition's: one lane
 			if l == nil {
 				l = p.lane(b.partition, nil)
@@ -792,11 +797,30 @@ func (p *processor) add(b *batch) {
 	})
 	if !ok {
 		p.out.q.release(b.partition, len(b.msgs)) // a Seek or a revoke since it was fetched
-		return
 	}
 	if skipped > 0 {
 		p.local.Skipped += int64(skipped)
 		p.out.q.release(b.partition, skipped)
+	}
+	if !b.whole || p.acks != nil {
+		from.left = 0 // its array is not given back
+	} else if from.left == 0 {
+		p.out.q.arrays.put(b.msgs) // nothing of it to handle
+	}
+}
+
+// letGo counts n messages of from settled, or dropped from their lane,
+// and gives from's array back to the queue after the last. Nothing reads
+// a message after it is counted here: its handler had a copy. p.mu is
+// held.
+func (p *processor) letGo(from *taking, n int) {
+	if from.left == 0 {
+		return // not a whole array
+	}
+	if from.left -= n; from.left <= 0 {
+		from.left = 0
+		p.out.q.arrays.put(from.msgs)
+		from.msgs = nil // a use past the last would fail, not read another batch's
 	}
 }
 
@@ -988,6 +1012,7 @@ func (p *processor) claim(hd *hand) bool {
 			if state == beginStale {
 				k = int(s.hi - s.lo) // a Seek or a revoke since it was taken
 				l.popN(k)
+				p.letGo(from, k)
 				p.waiting -= k
 				stale += k
 				continue
@@ -1227,6 +1252,7 @@ func (p *processor) settleRange(hd *hand, i, j int, ends []outcome) (due bool) {
 		t := &hd.run[k]
 		l := t.lane
 		l.running--
+		p.letGo(t.from, 1)
 		if stopped {
 			continue
 		}

@@ -2,6 +2,7 @@ package multiconsumer
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -29,13 +30,19 @@ func dispatch(tb testing.TB, pc ProcessConfig, partitions, n int, timeout time.D
 
 // dispatchKeys is dispatch with a queue of queueSize and keysPerPart keys
 // a partition (message i of a partition has key i mod keysPerPart).
+//
+// Batches are whole arrays of the queue's size (batch.whole), as an
+// unpacker makes them under Process, so Process gives them back as it is
+// done with them; a message's value holds its partition and offset, and
+// a test (not a benchmark) checks each message handled against it: a
+// message read after its array was given back (cleared) would not match.
 func dispatchKeys(tb testing.TB, pc ProcessConfig, queueSize, partitions, keysPerPart, n int, timeout time.Duration, work func(partition int, offset int64) error) (time.Duration, ProcessStats) {
-	const batchSize = 500
 	keys := make([][]byte, keysPerPart)
 	for i := range keys {
 		keys[i] = fmt.Appendf(nil, "key-%d", i)
 	}
-	value := make([]byte, 100)
+	_, check := tb.(*testing.T)
+	var mismatches atomic.Int64
 
 	led := newLedger("t", 0, 0, time.Now())
 	for p := range partitions {
@@ -43,6 +50,7 @@ func dispatchKeys(tb testing.TB, pc ProcessConfig, queueSize, partitions, keysPe
 	}
 	q := newQueue(queueSize)
 	q.setPartitions(partitions)
+	batchSize := q.arrays.size
 	d := newDelivery(q, led, alwaysAlive, newLifecycle(), func() {})
 	pc, err := pc.withDefaults()
 	require.NoError(tb, err)
@@ -50,11 +58,28 @@ func dispatchKeys(tb testing.TB, pc ProcessConfig, queueSize, partitions, keysPe
 	defer cancel()
 	var handled atomic.Int64
 	done := make(chan struct{})
+	var seen [][]atomic.Bool // check: the messages handled, by partition and offset
+	if check {
+		seen = make([][]atomic.Bool, partitions)
+		for part := range seen {
+			seen[part] = make([]atomic.Bool, n/partitions+1)
+		}
+	}
 	p := newProcessor(pc, func(_ context.Context, m kafka.Message) error {
+		if check && (len(m.Value) < 16 || m.Topic != "t" ||
+			int64(binary.BigEndian.Uint64(m.Value)) != int64(m.Partition) || int64(binary.BigEndian.Uint64(m.Value[8:])) != m.Offset) {
+			if mismatches.Add(1) == 1 {
+				tb.Errorf("handled a message not as fetched: partition %d offset %d value %x", m.Partition, m.Offset, m.Value)
+			}
+			return nil
+		}
 		if work != nil {
 			if err := work(m.Partition, m.Offset); err != nil {
 				return err
 			}
+		}
+		if check {
+			seen[m.Partition][m.Offset].Store(true)
 		}
 		if handled.Add(1) == int64(n) {
 			close(done)
@@ -75,17 +100,47 @@ func dispatchKeys(tb testing.TB, pc ProcessConfig, queueSize, partitions, keysPe
 		if part < n%partitions {
 			share++
 		}
-		msgs := make([]kafka.Message, share)
-		for o := range msgs {
-			msgs[o] = kafka.Message{Topic: "t", Partition: part, Offset: int64(o), Key: keys[o%keysPerPart], Value: value}
+		values := make([]byte, 100*share)
+		for o := range share {
+			binary.BigEndian.PutUint64(values[100*o:], uint64(part))
+			binary.BigEndian.PutUint64(values[100*o+8:], uint64(o))
 		}
 		puts.Go(func() {
 			<-start
-			for off := 0; off < share; off += batchSize {
-				if q.put(ctx, batch{partition: part, epoch: epoch, msgs: msgs[off:min(off+batchSize, share)]}, open) != nil {
+			// As an unpacker: a run of what the partition's share has
+			// room for, in an array Process gave back if there is one.
+			for off := 0; off < share; {
+				room := q.roomFor(part, epoch, open)
+				if room == 0 {
+					wait, done := q.waitParked([]parkedRef{{p: part, epoch: epoch}})
+					select {
+					case <-wait:
+					case <-ctx.Done():
+					}
+					done()
+					if ctx.Err() != nil {
+						return
+					}
+					continue
+				}
+				k := min(batchSize, share-off)
+				if room > 0 {
+					k = min(k, room)
+				}
+				msgs := q.arrays.get()
+				if msgs == nil {
+					msgs = make([]kafka.Message, 0, batchSize)
+				}
+				for o := off; o < off+k; o++ {
+					v := values[100*o : 100*o+100 : 100*o+100]
+					msgs = append(msgs, kafka.Message{Topic: "t", Partition: part, Offset: int64(o), Key: keys[o%keysPerPart], Value: v})
+				}
+				if q.put(ctx, batch{partition: part, epoch: epoch, msgs: msgs, whole: true}, open) != nil {
 					return
 				}
+				off += k
 			}
+			q.unpark(part, epoch)
 		})
 	}
 	if b, ok := tb.(*testing.B); ok {
@@ -109,6 +164,17 @@ func dispatchKeys(tb testing.TB, pc ProcessConfig, queueSize, partitions, keysPe
 	require.True(tb, ran)
 	require.ErrorIs(tb, err, context.Canceled)
 	require.NoError(tb, context.Cause(ctx), "handled %d of %d", handled.Load(), n)
+	if check {
+		missed := 0
+		for part := range seen {
+			for o := range seen[part] {
+				if o*partitions+part < n && !seen[part][o].Load() {
+					missed++
+				}
+			}
+		}
+		assert.Zero(tb, missed, "messages never handled (another handled in their place?)")
+	}
 	return cpu, d.totals.snapshot()
 }
 

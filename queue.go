@@ -19,6 +19,10 @@ type batch struct {
 	epoch     uint64
 	msgs      []kafka.Message
 	advance   int64 // markers only
+	// whole: msgs is a whole array of the queue's arrays (see arrays),
+	// which Process gives back once done with every message of it. A
+	// batch split in two is whole no more (the halves share the array).
+	whole bool
 }
 
 // queue is the bounded queue between the workers and the caller. Workers put
@@ -68,6 +72,7 @@ type queue struct {
 	// release walks them, not every partition.
 	overflowing []int
 	open        *event // the workers' open event, from put: overflow moves only while set
+	arrays      arrays // message arrays for the unpackers, given back by Process; its own lock
 	// parked marks, by partition, the epoch of records an unpacker holds
 	// undecoded because the partition's share was full (0: none; see
 	// roomFor): the partition is not hungry until the unpacker has queued
@@ -76,7 +81,56 @@ type queue struct {
 }
 
 func newQueue(limit int) *queue {
-	return &queue{limit: limit}
+	q := &queue{limit: limit}
+	q.arrays.size = batchSizeOf(limit)
+	return q
+}
+
+// batchSizeOf is how many messages an unpacker queues at most in a batch:
+// a quarter of the queue, big enough to keep the per-batch costs low,
+// small enough that a worker finds room before the queue is empty.
+func batchSizeOf(queueSize int) int { return max(1, min(512, queueSize/4)) }
+
+// arrays keeps the message arrays of batches that Process is done with,
+// for the unpackers' next runs. Under Process a batch's array is garbage
+// once its last handler returns (a handler gets a copy of its message):
+// about 150 B a message of a backlog, which the collector would sweep and
+// the unpacker allocate and zero again. Only arrays of size messages are
+// kept, cleared, and no more than keepArrays of them.
+type arrays struct {
+	mu   sync.Mutex
+	size int               // set once, before the first get
+	free [][]kafka.Message // guarded by mu
+}
+
+const keepArrays = 32
+
+// get returns an empty array of a.size messages, or nil if none is kept.
+func (a *arrays) get() []kafka.Message {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n := len(a.free)
+	if n == 0 {
+		return nil
+	}
+	ms := a.free[n-1]
+	a.free[n-1] = nil
+	a.free = a.free[:n-1]
+	return ms
+}
+
+// put keeps ms for a later get: nothing may read or write it any more.
+func (a *arrays) put(ms []kafka.Message) {
+	if a.size == 0 || cap(ms) != a.size {
+		return
+	}
+	ms = ms[:cap(ms)]
+	clear(ms) // let go of the responses its keys and values are slices of
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.free) < keepArrays {
+		a.free = append(a.free, ms[:0])
+	}
 }
 
 // setFair turns the partitions' shares on or off. Off, the overflow moves
@@ -188,6 +242,7 @@ func (q *queue) refillLocked(p int) {
 		if k < len(b.msgs) {
 			head.msgs = b.msgs[:k:k]
 			b.msgs = b.msgs[k:]
+			head.whole, b.whole = false, false
 		} else {
 			over[0] = batch{}
 			over = over[1:]
@@ -499,7 +554,7 @@ func (q *queue) putFairLocked(b batch) {
 			q.batches = append(q.batches, batch{partition: p, epoch: b.epoch, msgs: b.msgs[:k:k]})
 			q.queued += k
 			q.countLocked(p, k)
-			b.msgs = b.msgs[k:]
+			b.msgs, b.whole = b.msgs[k:], false
 			q.signalLocked()
 		}
 	}
@@ -575,7 +630,7 @@ func (q *queue) takeLocked(out []batch, max int) []batch {
 			continue
 		}
 		out = append(out, batch{partition: b.partition, epoch: b.epoch, msgs: b.msgs[:max:max]})
-		b.msgs = b.msgs[max:]
+		b.msgs, b.whole = b.msgs[max:], false
 		q.queued -= max
 		q.countLocked(b.partition, -max)
 		max = 0

@@ -302,13 +302,13 @@ func (f *unpacker) queue(ctx context.Context, u *unpacking) (bool, error) {
 	}
 	batchSize := f.env.batchSize
 	for {
-		n := batchSize
+		n, fair := batchSize, false
 		if room := q.roomFor(fd.p, fd.epoch, f.env.unpaused); room == 0 {
 			return false, nil
 		} else if room > 0 {
-			n = min(n, room)
+			n, fair = min(n, room), true
 		}
-		end, err := f.decodeRun(ctx, u, n)
+		end, err := f.decodeRun(ctx, u, n, fair)
 		if err != nil {
 			return false, err
 		}
@@ -327,15 +327,32 @@ func (f *unpacker) queue(ctx context.Context, u *unpacking) (bool, error) {
 	return true, nil
 }
 
+// wholeAt is the fewest messages a run decodes into one of the queue's
+// arrays under Process: fewer (a trickle) get an array of their own, as
+// small as they are.
+const wholeAt = 16
+
 // decodeRun decodes up to n messages of u and queues them as one batch. It
-// reports whether u's records ended.
-func (f *unpacker) decodeRun(ctx context.Context, u *unpacking, n int) (end bool, err error) {
+// reports whether u's records ended. fair: Process runs, and gives the
+// arrays of whole batches back (queue.arrays).
+func (f *unpacker) decodeRun(ctx context.Context, u *unpacking, n int, fair bool) (end bool, err error) {
 	fd := &u.fd
 	// No more than the log holds past the position: at a trickle a
 	// response has a message or two, and a run sized for a backlog
 	// (batchSize, ~150 B a message) would be most of what the consumer
 	// allocates.
-	run := make([]kafka.Message, 0, min(int64(n), max(1, fd.hwm-u.at)))
+	size := min(int64(n), max(1, fd.hwm-u.at))
+	var run []kafka.Message
+	whole := fair && size >= min(wholeAt, int64(f.env.batchSize)) && f.env.batchSize == f.env.q.arrays.size
+	if whole {
+		// A backlog under Process: an array Process gave back, or one
+		// it will.
+		if run = f.env.q.arrays.get(); run == nil {
+			run = make([]kafka.Message, 0, f.env.batchSize)
+		}
+	} else {
+		run = make([]kafka.Message, 0, size)
+	}
 	var spare kafka.Message // a record before the position, decoded and dropped
 	for len(run) < n {
 		// Decoded in place, in the run's next slot: a message is copied
@@ -368,11 +385,13 @@ func (f *unpacker) decodeRun(ctx context.Context, u *unpacking, n int) (end bool
 		}
 	}
 	if len(run) > 0 {
-		b := batch{partition: fd.p, epoch: fd.epoch, msgs: run}
+		b := batch{partition: fd.p, epoch: fd.epoch, msgs: run, whole: whole && cap(run) == f.env.batchSize}
 		if perr := f.env.q.put(ctx, b, f.env.unpaused); perr != nil {
 			return true, errors.Join(err, perr)
 		}
 		u.at = run[len(run)-1].Offset + 1
+	} else if whole {
+		f.env.q.arrays.put(run)
 	}
 	return end, err
 }
