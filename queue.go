@@ -120,11 +120,12 @@ func (a *arrays) get() []kafka.Message {
 }
 
 // put keeps ms for a later get: nothing may read or write it any more.
+// Past len(ms), an array of the queue's is zero already (get hands out
+// zeroed arrays, and a run fills it from the start).
 func (a *arrays) put(ms []kafka.Message) {
 	if a.size == 0 || cap(ms) != a.size {
 		return
 	}
-	ms = ms[:cap(ms)]
 	clear(ms) // let go of the responses its keys and values are slices of
 	a.mu.Lock()
 	defer a.mu.Unlock()
