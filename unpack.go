@@ -385,11 +385,14 @@ func (f *unpacker) decodeRun(ctx context.Context, u *unpacking, n int, fair bool
 		}
 	}
 	if len(run) > 0 {
+		// Read before the put: once queued, the run is Process's, which
+		// may be done with it and give its array to another run at once.
+		next := run[len(run)-1].Offset + 1
 		b := batch{partition: fd.p, epoch: fd.epoch, msgs: run, whole: whole && cap(run) == f.env.batchSize}
 		if perr := f.env.q.put(ctx, b, f.env.unpaused); perr != nil {
 			return true, errors.Join(err, perr)
 		}
-		u.at = run[len(run)-1].Offset + 1
+		u.at = next
 	} else if whole {
 		f.env.q.arrays.put(run)
 	}
