@@ -58,6 +58,13 @@ func dispatchKeys(tb testing.TB, pc ProcessConfig, queueSize, partitions, keysPe
 	defer cancel()
 	var handled atomic.Int64
 	done := make(chan struct{})
+	var order struct { // check, ByKey and ByPartition: each lane's handler running, and its last offset started
+		sync.Mutex
+		busy map[[2]int64]bool
+		last map[[2]int64]int64
+	}
+	order.busy, order.last = map[[2]int64]bool{}, map[[2]int64]int64{}
+	violations := 0          // guarded by order
 	var seen [][]atomic.Bool // check: the messages handled, by partition and offset
 	if check {
 		seen = make([][]atomic.Bool, partitions)
@@ -72,6 +79,25 @@ func dispatchKeys(tb testing.TB, pc ProcessConfig, queueSize, partitions, keysPe
 				tb.Errorf("handled a message not as fetched: partition %d offset %d value %x", m.Partition, m.Offset, m.Value)
 			}
 			return nil
+		}
+		if check && pc.Ordering != Unordered {
+			// Its key (or partition) runs one message at a time, in
+			// offset order (a retry starts the same offset again).
+			lane := [2]int64{int64(m.Partition), -1}
+			if pc.Ordering == ByKey {
+				lane[1] = m.Offset % int64(keysPerPart)
+			}
+			order.Lock()
+			if order.busy[lane] || m.Offset < order.last[lane] {
+				violations++
+			}
+			order.busy[lane], order.last[lane] = true, m.Offset
+			order.Unlock()
+			defer func() {
+				order.Lock()
+				order.busy[lane] = false
+				order.Unlock()
+			}()
 		}
 		if work != nil {
 			if err := work(m.Partition, m.Offset); err != nil {
@@ -174,6 +200,9 @@ func dispatchKeys(tb testing.TB, pc ProcessConfig, queueSize, partitions, keysPe
 			}
 		}
 		assert.Zero(tb, missed, "messages never handled (another handled in their place?)")
+		order.Lock()
+		assert.Zero(tb, violations, "handlers of one key (%v) at once, or out of offset order", pc.Ordering)
+		order.Unlock()
 	}
 	return cpu, d.totals.snapshot()
 }
