@@ -313,10 +313,10 @@ func (q *queue) parkedOf(p int) uint64 {
 // roomFor returns how many messages of partition p, fetched in epoch, an
 // unpacker may decode and queue now: -1 when the queue is not fair (put
 // waits for room), else what fits in p's share, 0 while paused (open
-// cleared). When it returns 0, p is parked in epoch: the unpacker keeps
-// the rest of its records undecoded (rather than decoded in the overflow)
-// until resumable says it may go on, and the partition is not hungry
-// until unpark.
+// cleared). When it returns 0, p is parked in epoch, unless it is parked
+// in a newer one already: the unpacker keeps the rest of its records
+// undecoded (rather than decoded in the overflow) until resumable says it
+// may go on, and the partition is not hungry until unpark.
 func (q *queue) roomFor(p int, epoch uint64, open *event) int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -328,7 +328,10 @@ func (q *queue) roomFor(p int, epoch uint64, open *event) int {
 	if open.IsSet() {
 		n = q.roomLocked(p)
 	}
-	if n == 0 {
+	if n == 0 && q.parkedOf(p) < epoch {
+		// A newer epoch's mark stays: an older epoch's records (a
+		// worker's response fetched before a revoke, say) are stale,
+		// and must not make the newer's look dropped.
 		if p >= len(q.parked) {
 			q.parked = append(q.parked, make([]uint64, p+1-len(q.parked))...)
 		}

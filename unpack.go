@@ -168,19 +168,32 @@ func (f *unpacker) unpackNow(ctx context.Context, feeds []feed) bool {
 // feed queues fd, or sets it behind its partition's parked records.
 func (f *unpacker) feed(ctx context.Context, fd feed) {
 	if pk := f.parked[fd.p]; pk != nil {
-		if pk.cur.fd.epoch == fd.epoch {
+		switch {
+		case fd.epoch == pk.cur.fd.epoch:
 			pk.later = append(pk.later, fd)
 			return
+		case fd.epoch < pk.cur.fd.epoch:
+			return // older than what is parked: stale (epochs only grow)
 		}
-		f.unpark(fd.p, pk) // stale: a Seek or a new assignment since
+		f.unpark(fd.p, pk) // newer: what is parked is stale (a Seek, a new assignment)
 	}
 	if !f.starts(fd) {
 		return
 	}
 	u := f.begin(fd)
 	if !f.carry(ctx, &u) {
-		f.parked[fd.p] = &parking{cur: u}
+		if f.current(fd.p, fd.epoch) {
+			f.parked[fd.p] = &parking{cur: u}
+		} else {
+			f.env.q.unpark(fd.p, fd.epoch) // stale: nothing to wait for
+		}
 	}
+}
+
+// current reports whether partition p is still in epoch: records of an
+// older one are stale, and are let go rather than parked.
+func (f *unpacker) current(p int, epoch uint64) bool {
+	return f.env.led == nil || f.env.led.current(p, epoch)
 }
 
 // starts reports whether fd starts where what was queued of its partition
@@ -222,8 +235,8 @@ func (f *unpacker) carry(ctx context.Context, u *unpacking) bool {
 // drop let go (stale) are unparked.
 func (f *unpacker) resume(ctx context.Context) {
 	for p, pk := range f.parked {
-		if !f.env.q.parkedLive(p, pk.cur.fd.epoch) {
-			f.unpark(p, pk)
+		if e := pk.cur.fd.epoch; !f.env.q.parkedLive(p, e) || !f.current(p, e) {
+			f.unpark(p, pk) // stale
 			continue
 		}
 		for f.carry(ctx, &pk.cur) {
@@ -327,6 +340,10 @@ func (f *unpacker) queue(ctx context.Context, u *unpacking) (bool, error) {
 	return true, nil
 }
 
+// testHookQueued, if set (by a test), runs right after decodeRun queued a
+// run: where Process may take the run, and give its array back, at once.
+var testHookQueued func()
+
 // wholeAt is the fewest messages a run decodes into one of the queue's
 // arrays under Process: fewer (a trickle) get an array of their own, as
 // small as they are.
@@ -366,7 +383,9 @@ func (f *unpacker) decodeRun(ctx context.Context, u *unpacking, n int, fair bool
 		ok, derr := u.it.next(m)
 		if m != &spare && (!ok || derr != nil || m.Offset < u.at) {
 			// Nothing, or a record of a compressed batch that starts
-			// before the offset asked for.
+			// before the offset asked for. Cleared: an array given back
+			// holds nothing past its length.
+			*m = kafka.Message{}
 			run = run[:len(run)-1]
 		}
 		if derr != nil {
@@ -391,6 +410,9 @@ func (f *unpacker) decodeRun(ctx context.Context, u *unpacking, n int, fair bool
 		b := batch{partition: fd.p, epoch: fd.epoch, msgs: run, whole: whole && cap(run) == f.env.batchSize}
 		if perr := f.env.q.put(ctx, b, f.env.unpaused); perr != nil {
 			return true, errors.Join(err, perr)
+		}
+		if testHookQueued != nil {
+			testHookQueued()
 		}
 		u.at = next
 	} else if whole {

@@ -7,12 +7,15 @@ import (
 	"testing"
 	"testing/synctest"
 
+	"github.com/segmentio/kafka-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
 // unpackRig is an unpacker over a fair queue of two partitions, four
-// messages' share each, fed by the test as a worker would.
+// messages' share each, fed by the test as a worker would; the test
+// takes and releases as Process does, and gives whole batches' arrays
+// back.
 type unpackRig struct {
 	t    *testing.T
 	q    *queue
@@ -26,7 +29,8 @@ func newUnpackRig(t *testing.T) *unpackRig {
 	r := &unpackRig{t: t, q: newQueue(8), open: newEvent(true)}
 	r.q.setPartitions(2)
 	r.q.setFair(true)
-	r.f = newUnpacker(&fetchEnv{topic: "t", batchSize: 4, q: r.q, unpaused: r.open})
+	// Runs of the queue's batch size (2 here): they go into its arrays.
+	r.f = newUnpacker(&fetchEnv{topic: "t", batchSize: r.q.arrays.size, q: r.q, unpaused: r.open})
 	r.done.Go(func() { r.f.run(context.Background()) })
 	return r
 }
@@ -48,6 +52,9 @@ func (r *unpackRig) take() []string {
 	out := flat(r.t, bs)
 	for _, b := range bs {
 		r.q.release(b.partition, len(b.msgs))
+		if b.whole {
+			r.q.arrays.put(b.msgs)
+		}
 	}
 	r.got = append(r.got, out...)
 	synctest.Wait()
@@ -153,5 +160,118 @@ func TestUnpackerStopRewindsParked(t *testing.T) {
 		assert.Equal(t, []rewind{{p: 0, epoch: 1, to: 8}}, r.stop())
 		assert.Zero(t, r.q.parkedOf(0))
 		assert.Equal(t, flatRange(0, 1, 4, 8), flat(t, r.q.lend()), "what was queued stays")
+	})
+}
+
+// Epochs only grow: an unpacker's response of an older epoch of a
+// partition (its worker had the partition before a revoke and a grant to
+// another worker) neither overwrites the newer epoch's parked mark nor is
+// queued; the newer epoch's parked records all go on, in order.
+func TestUnpackerKeepsANewerEpochsMark(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := newUnpackRig(t) // the unpacker of the worker that has partition 0 now
+		old := newUnpacker(&fetchEnv{topic: "t", batchSize: r.q.arrays.size, q: r.q, unpaused: r.open})
+		r.done.Go(func() { old.run(context.Background()) })
+
+		r.f.in <- []feed{records(0, 2, 0, 10)}
+		synctest.Wait()
+		require.Equal(t, uint64(2), r.q.parkedOf(0))
+		old.in <- []feed{records(0, 1, 100, 104)}
+		synctest.Wait()
+		assert.Equal(t, uint64(2), r.q.parkedOf(0), "the older epoch's share is full too, but the mark stays the newer's")
+
+		r.take()
+		r.take()
+		r.take()
+		close(old.in)
+		assert.Empty(t, r.stop())
+		assert.Equal(t, flatRange(0, 2, 0, 10), r.got, "epoch 2's records, in order, and none of epoch 1")
+	})
+}
+
+// A response of an older epoch that comes after the newer epoch's records
+// were parked is stale: the unpacker drops it and keeps what is parked.
+func TestUnpackerIgnoresAnOlderEpoch(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := newUnpackRig(t)
+		r.f.in <- []feed{records(0, 2, 0, 10)}
+		synctest.Wait()
+		r.f.in <- []feed{records(0, 1, 100, 102)}
+		synctest.Wait()
+		assert.Equal(t, uint64(2), r.q.parkedOf(0))
+		r.take()
+		r.take()
+		r.take()
+		assert.Empty(t, r.stop())
+		assert.Equal(t, flatRange(0, 2, 0, 10), r.got)
+	})
+}
+
+// Once a run is queued, Process may take it, be done with it and give its
+// array to another run at once: the unpacker reads nothing of it after
+// the put. Here Process takes each run as it is queued, and another run
+// overwrites the array it gave back, before the unpacker goes on; the
+// unpacker must still know where its run ended.
+func TestUnpackerReadsNoRunAfterQueueing(t *testing.T) {
+	q := newQueue(64)
+	q.setPartitions(2)
+	q.setFair(true)
+	f := newUnpacker(&fetchEnv{topic: "t", batchSize: 16, q: q, unpaused: newEvent(true)})
+	var got []int64
+	testHookQueued = func() {
+		for _, b := range q.lend() {
+			for _, m := range b.msgs {
+				got = append(got, m.Offset)
+			}
+			q.release(b.partition, len(b.msgs))
+			if !b.whole {
+				continue
+			}
+			q.arrays.put(b.msgs)
+			if ms := q.arrays.get(); ms != nil { // another run, of another partition
+				ms = ms[:16]
+				for i := range ms {
+					ms[i] = kafka.Message{Partition: 1, Offset: 5000 + int64(i)}
+				}
+			}
+		}
+	}
+	defer func() { testHookQueued = nil }()
+	u := f.begin(records(0, 1, 0, 64))
+	f.busy.Lock()
+	require.True(t, f.carry(context.Background(), &u))
+	f.busy.Unlock()
+	want := make([]int64, 64)
+	for i := range want {
+		want[i] = int64(i)
+	}
+	assert.Equal(t, want, got)
+	assert.Equal(t, fedTo{epoch: 1, next: 64}, f.next[0])
+	assert.Empty(t, f.takeRewinds(nil))
+}
+
+// A record decoded and not kept (before the position asked for) leaves
+// nothing in the array: an array given back holds no message past its
+// length, which would keep its response in memory.
+func TestUnpackerLeavesNothingPastARun(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := newUnpackRig(t)
+		// A batch over offsets 0-4 with records at 0 and 1 only, fetched
+		// from 2: both are decoded and dropped, and the run is empty.
+		fd := feed{p: 0, epoch: 1, from: 2, to: 5, hwm: 100, raw: recordBatch(0, 4, map[int32]string{0: "a", 1: "b"})}
+		r.f.in <- []feed{fd}
+		synctest.Wait()
+		for _, b := range r.q.lend() {
+			assert.Empty(t, b.msgs, "only a move past the batch is queued")
+		}
+		r.q.arrays.mu.Lock()
+		require.NotEmpty(t, r.q.arrays.free, "the empty run's array is kept")
+		for _, ms := range r.q.arrays.free {
+			for _, m := range ms[:cap(ms)] {
+				assert.Zero(t, m, "a message left in an array given back")
+			}
+		}
+		r.q.arrays.mu.Unlock()
+		assert.Empty(t, r.stop())
 	})
 }
