@@ -385,10 +385,15 @@ func (q *queue) parkedLive(p int, epoch uint64) bool {
 func (q *queue) waitParked(parked []parkedRef) (<-chan struct{}, func()) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	for _, r := range parked {
-		if q.resumableLocked(r) {
-			return closedChan, func() {}
-		}
+	return q.waitHungryLocked(slices.ContainsFunc(parked, q.resumableLocked))
+}
+
+// waitHungryLocked returns a closed channel if ready, else the channel
+// closed at the next change, counted among the hungry waiters (whom a
+// release wakes) until the returned func is called. q.mu is held.
+func (q *queue) waitHungryLocked(ready bool) (<-chan struct{}, func()) {
+	if ready {
+		return closedChan, func() {}
 	}
 	q.hungry++
 	return q.changedLocked(), func() {
@@ -405,17 +410,7 @@ func (q *queue) waitParked(parked []parkedRef) (<-chan struct{}, func()) {
 func (q *queue) waitRoom(parts []int) (<-chan struct{}, func()) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	for _, p := range parts {
-		if q.isHungryLocked(p) {
-			return closedChan, func() {}
-		}
-	}
-	q.hungry++
-	return q.changedLocked(), func() {
-		q.mu.Lock()
-		q.hungry--
-		q.mu.Unlock()
-	}
+	return q.waitHungryLocked(slices.ContainsFunc(parts, q.isHungryLocked))
 }
 
 var closedChan = func() chan struct{} {
