@@ -92,6 +92,120 @@ func TestPartitionsSubset(t *testing.T) {
 	assert.Equal(t, map[int]int64{1: 50, 3: 50}, c.Offsets())
 }
 
+// What GetMessages returns stays the caller's: the queue gives the arrays
+// it copied messages out of to the next runs, never one it handed over
+// whole (a call for exactly a batch), so slices kept until the end still
+// hold what they held.
+func TestGetMessagesKeepsWhatItReturned(t *testing.T) {
+	t.Parallel()
+	const partitions, per = 2, 3000
+	topic := backlog(t, partitions, per)
+	// Batches of 16 (QueueSize/4): a call for 16 takes one whole, most
+	// others copy several.
+	c := open(t, Config{Topic: topic, NumWorkers: 2, QueueSize: 64})
+	var kept [][]kafka.Message
+	n := 0
+	for i := 0; n < partitions*per; i++ {
+		msgs, err := c.GetMessages(testCtx(t), []int{16, 1, 40, 16, 7, 33, 16}[i%7], BlockFor(1), Timeout(30*time.Second))
+		require.NoError(t, err)
+		require.NotEmpty(t, msgs, "no message within 30s after %d", n)
+		kept = append(kept, msgs)
+		n += len(msgs)
+	}
+	var all []kafka.Message
+	for _, msgs := range kept {
+		all = append(all, msgs...)
+	}
+	counts := checkOrder(t, all, zeros(partitions))
+	for p := range partitions {
+		assert.Equal(t, per, counts[p], "partition %d", p)
+	}
+}
+
+// The give-back rule, without a broker: a call that takes one batch whole
+// gets its array, which is not given back; the arrays of the batches a
+// call copies out of are, and the next runs reuse them.
+func TestGetMessagesGivesBackCopiedArrays(t *testing.T) {
+	led := newLedger("t", 0, 0, time.Now())
+	led.start(0, 0, noOffset, "")
+	led.mu.Lock()
+	epoch := led.b.parts[0].epoch
+	led.mu.Unlock()
+	q := newQueue(64)
+	q.setPartitions(1)
+	size := q.arrays.size
+	d := newDelivery(q, led, alwaysAlive, newLifecycle(), func() {})
+	open := newEvent(true)
+	next := int64(0)
+	put := func() []kafka.Message { // a run, as an unpacker decodes it
+		msgs := q.arrays.get()
+		if msgs == nil {
+			msgs = make([]kafka.Message, 0, size)
+		}
+		for range size {
+			msgs = append(msgs, kafka.Message{Topic: "t", Offset: next, Value: fmt.Appendf(nil, "0-%d", next)})
+			next++
+		}
+		require.NoError(t, q.put(testCtx(t), batch{partition: 0, epoch: epoch, msgs: msgs, whole: true}, open))
+		return msgs
+	}
+	free := func() int {
+		q.arrays.mu.Lock()
+		defer q.arrays.mu.Unlock()
+		return len(q.arrays.free)
+	}
+
+	first := put()
+	one, err := d.get(testCtx(t), size)
+	require.NoError(t, err)
+	assert.True(t, sameArray(one, first), "one whole batch is handed over as it is")
+	assert.Zero(t, free(), "the array handed over is the caller's")
+
+	second, third := put(), put()
+	two, err := d.get(testCtx(t), 2*size)
+	require.NoError(t, err)
+	assert.False(t, sameArray(two, second) || sameArray(two, third))
+	assert.Equal(t, 2, free(), "both arrays copied out of are given back")
+	assert.Equal(t, make([]kafka.Message, size), second[:size], "cleared")
+
+	reused := put()
+	assert.True(t, sameArray(reused, third) || sameArray(reused, second), "the next run reuses one")
+	three, err := d.get(testCtx(t), size/2) // a split: half a batch
+	require.NoError(t, err)
+	assert.Equal(t, 1, free(), "a batch split is not given back")
+	rest, err := d.get(testCtx(t), size-size/2)
+	require.NoError(t, err)
+	assert.Equal(t, 1, free(), "nor its rest")
+
+	var all []kafka.Message
+	for _, msgs := range [][]kafka.Message{one, two, three, rest} {
+		all = append(all, msgs...)
+	}
+	checkOrder(t, all, zeros(1))
+	assert.Len(t, all, 4*size)
+}
+
+// Iter's messages are copies: the arrays it sent them from are given back,
+// and what the caller kept stays as it was.
+func TestIterKeepsWhatItSent(t *testing.T) {
+	t.Parallel()
+	const partitions, per = 2, 3000
+	topic := backlog(t, partitions, per)
+	c := open(t, Config{Topic: topic, NumWorkers: 2, QueueSize: 64})
+	ctx, cancel := context.WithCancel(testCtx(t))
+	defer cancel()
+	var got []kafka.Message
+	for m := range c.Iter(ctx) {
+		if got = append(got, m); len(got) == partitions*per {
+			cancel()
+		}
+	}
+	counts := checkOrder(t, got, zeros(partitions))
+	for p := range partitions {
+		assert.Equal(t, per, counts[p], "partition %d", p)
+	}
+}
+
 func TestIter(t *testing.T) {
 	t.Parallel()
 	const partitions, per = 4, 300

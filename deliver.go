@@ -355,7 +355,21 @@ func (d *delivery) get(ctx context.Context, count int, opts ...GetOption) ([]kaf
 		}
 		break
 	}
-	return d.led.deliverBatches(taken, n), nil
+	out := d.led.deliverBatches(taken, n)
+	for _, b := range taken {
+		// The arrays its messages were copied out of (or were stale)
+		// are garbage: the next runs are decoded into them. Not the
+		// one handed over as it is.
+		if b.whole && !sameArray(out, b.msgs) {
+			d.q.arrays.put(b.msgs)
+		}
+	}
+	return out, nil
+}
+
+// sameArray reports whether a and b start at the same element of one array.
+func sameArray(a, b []kafka.Message) bool {
+	return cap(a) > 0 && cap(b) > 0 && &a[:1][0] == &b[:1][0]
 }
 
 // acquire takes the delivery token for a delivery (p nil: which gets
@@ -568,6 +582,11 @@ func (d *delivery) send(ctx context.Context, ch chan<- kafka.Message, taken []ba
 			if due {
 				d.wake()
 			}
+		}
+		if b.whole {
+			// Each message went as a copy, or was stale: the array is
+			// garbage.
+			d.q.arrays.put(b.msgs)
 		}
 	}
 	return nil

@@ -20,8 +20,8 @@ type batch struct {
 	msgs      []kafka.Message
 	advance   int64 // markers only
 	// whole: msgs is a whole array of the queue's arrays (see arrays),
-	// which Process gives back once done with every message of it. A
-	// batch split in two is whole no more (the halves share the array).
+	// which whoever is done with every message of it gives back. A batch
+	// split in two is whole no more (the halves share the array).
 	whole bool
 }
 
@@ -91,12 +91,16 @@ func newQueue(limit int) *queue {
 // small enough that a worker finds room before the queue is empty.
 func batchSizeOf(queueSize int) int { return max(1, min(512, queueSize/4)) }
 
-// arrays keeps the message arrays of batches that Process is done with,
-// for the unpackers' next runs. Under Process a batch's array is garbage
-// once its last handler returns (a handler gets a copy of its message):
-// about 150 B a message of a backlog, which the collector would sweep and
-// the unpacker allocate and zero again. Only arrays of size messages are
-// kept, cleared, and no more than keepArrays of them.
+// arrays keeps the message arrays of batches that the consumer is done
+// with, for the unpackers' next runs. A batch's array is garbage once
+// GetMessages has copied its messages into the caller's slice (not when it
+// hands one batch over as it is), once Iter has sent each, and, under
+// Process, once its last handler returns (a handler gets a copy of its
+// message): about 150 B a message of a backlog, which the collector would
+// sweep and the unpacker allocate and zero again. Only whole batches
+// (batch.whole: not split, nothing of them taken by a Messages loop) give
+// their array back; only arrays of size messages are kept, cleared, and no
+// more than keepArrays of them.
 type arrays struct {
 	mu   sync.Mutex
 	size int               // set once, before the first get

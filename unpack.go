@@ -315,13 +315,13 @@ func (f *unpacker) queue(ctx context.Context, u *unpacking) (bool, error) {
 	}
 	batchSize := f.env.batchSize
 	for {
-		n, fair := batchSize, false
+		n := batchSize
 		if room := q.roomFor(fd.p, fd.epoch, f.env.unpaused); room == 0 {
 			return false, nil
 		} else if room > 0 {
-			n, fair = min(n, room), true
+			n = min(n, room)
 		}
-		end, err := f.decodeRun(ctx, u, n, fair)
+		end, err := f.decodeRun(ctx, u, n)
 		if err != nil {
 			return false, err
 		}
@@ -345,14 +345,15 @@ func (f *unpacker) queue(ctx context.Context, u *unpacking) (bool, error) {
 var testHookQueued func()
 
 // wholeAt is the fewest messages a run decodes into one of the queue's
-// arrays under Process: fewer (a trickle) get an array of their own, as
-// small as they are.
+// arrays: fewer (a trickle) get an array of their own, as small as they
+// are.
 const wholeAt = 16
 
 // decodeRun decodes up to n messages of u and queues them as one batch. It
-// reports whether u's records ended. fair: Process runs, and gives the
-// arrays of whole batches back (queue.arrays).
-func (f *unpacker) decodeRun(ctx context.Context, u *unpacking, n int, fair bool) (end bool, err error) {
+// reports whether u's records ended. A backlog's run goes into one of the
+// queue's arrays, which whoever copies its messages out (GetMessages,
+// Iter) or handles the last of them (Process) gives back (queue.arrays).
+func (f *unpacker) decodeRun(ctx context.Context, u *unpacking, n int) (end bool, err error) {
 	fd := &u.fd
 	// No more than the log holds past the position: at a trickle a
 	// response has a message or two, and a run sized for a backlog
@@ -360,10 +361,9 @@ func (f *unpacker) decodeRun(ctx context.Context, u *unpacking, n int, fair bool
 	// allocates.
 	size := min(int64(n), max(1, fd.hwm-u.at))
 	var run []kafka.Message
-	whole := fair && size >= min(wholeAt, int64(f.env.batchSize)) && f.env.batchSize == f.env.q.arrays.size
+	whole := size >= min(wholeAt, int64(f.env.batchSize)) && f.env.batchSize == f.env.q.arrays.size
 	if whole {
-		// A backlog under Process: an array Process gave back, or one
-		// it will.
+		// A backlog: an array given back, or one that will be.
 		if run = f.env.q.arrays.get(); run == nil {
 			run = make([]kafka.Message, 0, f.env.batchSize)
 		}
