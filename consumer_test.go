@@ -93,15 +93,14 @@ func TestPartitionsSubset(t *testing.T) {
 }
 
 // What GetMessages returns stays the caller's: the queue gives the arrays
-// it copied messages out of to the next runs, never one it handed over
-// whole (a call for exactly a batch), so slices kept until the end still
-// hold what they held.
+// it copied messages out of to the next runs, never the caller's slice,
+// so slices kept until the end still hold what they held.
 func TestGetMessagesKeepsWhatItReturned(t *testing.T) {
 	t.Parallel()
 	const partitions, per = 2, 3000
 	topic := backlog(t, partitions, per)
-	// Batches of 16 (QueueSize/4): a call for 16 takes one whole, most
-	// others copy several.
+	// Batches of 16 (QueueSize/4): a call for 16 may take one whole, most
+	// others take several.
 	c := open(t, Config{Topic: topic, NumWorkers: 2, QueueSize: 64})
 	var kept [][]kafka.Message
 	n := 0
@@ -122,9 +121,11 @@ func TestGetMessagesKeepsWhatItReturned(t *testing.T) {
 	}
 }
 
-// The give-back rule, without a broker: a call that takes one batch whole
-// gets its array, which is not given back; the arrays of the batches a
-// call copies out of are, and the next runs reuse them.
+// The give-back rule, without a broker: the messages of a whole array (a
+// backlog's run) are copied into the caller's slice, of their size, and
+// the array goes back for the next runs; a trickle's batch, in an array
+// its own size, is handed over as it is; a batch split between two calls
+// is not given back.
 func TestGetMessagesGivesBackCopiedArrays(t *testing.T) {
 	led := newLedger("t", 0, 0, time.Now())
 	led.start(0, 0, noOffset, "")
@@ -137,16 +138,20 @@ func TestGetMessagesGivesBackCopiedArrays(t *testing.T) {
 	d := newDelivery(q, led, alwaysAlive, newLifecycle(), func() {})
 	open := newEvent(true)
 	next := int64(0)
-	put := func() []kafka.Message { // a run, as an unpacker decodes it
-		msgs := q.arrays.get()
-		if msgs == nil {
-			msgs = make([]kafka.Message, 0, size)
+	put := func(k int, whole bool) []kafka.Message { // a run, as an unpacker decodes it
+		var msgs []kafka.Message
+		if whole {
+			if msgs = q.arrays.get(); msgs == nil {
+				msgs = make([]kafka.Message, 0, size)
+			}
+		} else {
+			msgs = make([]kafka.Message, 0, k)
 		}
-		for range size {
+		for range k {
 			msgs = append(msgs, kafka.Message{Topic: "t", Offset: next, Value: fmt.Appendf(nil, "0-%d", next)})
 			next++
 		}
-		require.NoError(t, q.put(testCtx(t), batch{partition: 0, epoch: epoch, msgs: msgs, whole: true}, open))
+		require.NoError(t, q.put(testCtx(t), batch{partition: 0, epoch: epoch, msgs: msgs, whole: whole}, open))
 		return msgs
 	}
 	free := func() int {
@@ -154,35 +159,45 @@ func TestGetMessagesGivesBackCopiedArrays(t *testing.T) {
 		defer q.arrays.mu.Unlock()
 		return len(q.arrays.free)
 	}
+	var all []kafka.Message
+	get := func(count int) []kafka.Message {
+		msgs, err := d.get(testCtx(t), count, BlockFor(1))
+		require.NoError(t, err)
+		all = append(all, msgs...)
+		return msgs
+	}
 
-	first := put()
-	one, err := d.get(testCtx(t), size)
-	require.NoError(t, err)
-	assert.True(t, sameArray(one, first), "one whole batch is handed over as it is")
-	assert.Zero(t, free(), "the array handed over is the caller's")
+	trickle := put(3, false)
+	got := get(size)
+	assert.True(t, sameArray(got, trickle), "a trickle's batch is handed over as it is")
+	assert.Zero(t, free(), "and is the caller's")
 
-	second, third := put(), put()
-	two, err := d.get(testCtx(t), 2*size)
-	require.NoError(t, err)
-	assert.False(t, sameArray(two, second) || sameArray(two, third))
-	assert.Equal(t, 2, free(), "both arrays copied out of are given back")
-	assert.Equal(t, make([]kafka.Message, size), second[:size], "cleared")
+	first := put(size-2, true)
+	got = get(size)
+	assert.False(t, sameArray(got, first), "a whole array's messages are copied")
+	assert.Equal(t, size-2, cap(got), "into a slice of their size")
+	assert.Equal(t, 1, free(), "and the array goes back")
+	assert.Equal(t, make([]kafka.Message, size), first[:size], "cleared")
 
-	reused := put()
-	assert.True(t, sameArray(reused, third) || sameArray(reused, second), "the next run reuses one")
-	three, err := d.get(testCtx(t), size/2) // a split: half a batch
-	require.NoError(t, err)
+	second := put(size, true)
+	assert.True(t, sameArray(second, first), "the next run reuses it")
+	third := put(size, true)
+	get(2 * size)
+	assert.Equal(t, 2, free(), "both arrays copied out of go back")
+	assert.True(t, sameArray(put(size, true), third), "last in, first out")
+
+	get(size / 2) // a split: half a batch
 	assert.Equal(t, 1, free(), "a batch split is not given back")
-	rest, err := d.get(testCtx(t), size-size/2)
-	require.NoError(t, err)
+	get(size)
 	assert.Equal(t, 1, free(), "nor its rest")
 
-	var all []kafka.Message
-	for _, msgs := range [][]kafka.Message{one, two, three, rest} {
-		all = append(all, msgs...)
-	}
 	checkOrder(t, all, zeros(1))
-	assert.Len(t, all, 4*size)
+	assert.Len(t, all, int(next))
+}
+
+// sameArray reports whether a and b start at the same element of one array.
+func sameArray(a, b []kafka.Message) bool {
+	return cap(a) > 0 && cap(b) > 0 && &a[:1][0] == &b[:1][0]
 }
 
 // Iter's messages are copies: the arrays it sent them from are given back,

@@ -357,19 +357,14 @@ func (d *delivery) get(ctx context.Context, count int, opts ...GetOption) ([]kaf
 	}
 	out := d.led.deliverBatches(taken, n)
 	for _, b := range taken {
-		// The arrays its messages were copied out of (or were stale)
-		// are garbage: the next runs are decoded into them. Not the
-		// one handed over as it is.
-		if b.whole && !sameArray(out, b.msgs) {
+		// deliverBatches copied the messages of a whole array out (or
+		// they were stale): it is garbage, and the next runs are decoded
+		// into it.
+		if b.whole {
 			d.q.arrays.put(b.msgs)
 		}
 	}
 	return out, nil
-}
-
-// sameArray reports whether a and b start at the same element of one array.
-func sameArray(a, b []kafka.Message) bool {
-	return cap(a) > 0 && cap(b) > 0 && &a[:1][0] == &b[:1][0]
 }
 
 // acquire takes the delivery token for a delivery (p nil: which gets

@@ -233,13 +233,20 @@ func (l *ledger) deliverBatches(taken []batch, n int) []kafka.Message {
 		if l.acks != nil {
 			l.acks.deliver(b.msgs, l.implicit)
 		}
-		if len(b.msgs) == n {
-			// One batch: hand it over as it is, no copy. Nothing else
-			// uses its array past its end (a split in queue.take clips
-			// the head's capacity; a worker drops a run it has queued),
-			// so the caller may append to it.
+		if len(b.msgs) == n && !b.whole {
+			// One batch of an array its own size (a trickle's): hand it
+			// over as it is, no copy. Nothing else uses its array past
+			// its end (a split in queue.take clips the head's capacity;
+			// a worker drops a run it has queued), so the caller may
+			// append to it.
 			out = b.msgs
 			continue
+		}
+		// A whole array (a backlog's run, sized for a full batch) is
+		// copied out of, and goes back to the queue (see arrays): the
+		// caller's slice is as large as what it holds.
+		if out == nil {
+			out = make([]kafka.Message, 0, n)
 		}
 		out = append(out, b.msgs...)
 	}
