@@ -38,6 +38,17 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// brokerFree skips a long test that needs no broker and no group protocol
+// when the suite runs again against a real Kafka (KAFKA_BROKERS) or under
+// the consumer protocol: the embedded broker's run covers it, and its CPU
+// would only slow the tests that run beside it.
+func brokerFree(t *testing.T) {
+	t.Helper()
+	if os.Getenv("KAFKA_BROKERS") != "" || testGroupProtocol == GroupProtocolConsumer {
+		t.Skip("needs no broker: the embedded broker's run covers it")
+	}
+}
+
 func testCtx(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)

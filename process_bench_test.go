@@ -216,6 +216,7 @@ func dispatchKeys(tb testing.TB, pc ProcessConfig, queueSize, partitions, keysPe
 // overflow filled while the bound was full of another's, see
 // TestQueueFairOverflowOfAnIdlePartition).
 func TestProcessDispatchDrains(t *testing.T) {
+	brokerFree(t)
 	type handler struct {
 		name string
 		work func(partition int, offset int64) error
@@ -288,6 +289,7 @@ func TestProcessDispatchDrains(t *testing.T) {
 // completes, everything must (a lane left blocked with nothing of its
 // partition in flight would stall: see TestProcessGiveBackUnblocksTheLane).
 func TestProcessDispatchMetadataFull(t *testing.T) {
+	brokerFree(t)
 	release := make(chan struct{})
 	var once sync.Once
 	var count, atRelease atomic.Int64

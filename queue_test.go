@@ -569,6 +569,7 @@ func TestQueueFairShares(t *testing.T) {
 // waiting (nothing of its own would ever move it), and every message put
 // is lent once, in each partition's order, or dropped.
 func TestQueueFairRandomOperations(t *testing.T) {
+	brokerFree(t)
 	for seed := range uint64(200) {
 		rng := rand.New(rand.NewPCG(seed, 7))
 		q := newQueue(1 + rng.IntN(64))

@@ -331,6 +331,7 @@ func TestWindowMetaCapacity(t *testing.T) {
 // flight, completing in any order, leave metadata that fits and restores
 // exactly.
 func TestWindowRoomWorstCase(t *testing.T) {
+	brokerFree(t)
 	for _, before := range []int64{1, 2, 100, 1 << 14, 1 << 21} {
 		for _, after := range []int64{1, 2, 200, 1 << 14} {
 			for _, k := range []int{1, 3, 16} {
