@@ -124,15 +124,19 @@ func (s *sink) add(key, value []byte) {
 	if s.isDone() {
 		return // a batch handed over past the target
 	}
-	now := time.Now()
+	// The clock is read for the first message, the last and, in the
+	// latency mode, each measured one: not for every message of a drain,
+	// where it cost about 60 ns a message (a fifth of a near-empty
+	// Process's CPU), the same for every contender.
 	if s.first.Load() == 0 {
-		s.first.CompareAndSwap(0, now.UnixNano())
+		s.first.CompareAndSwap(0, time.Now().UnixNano())
 	}
 	if s.latency {
 		// value: 8 bytes of produce time, then 1 byte: 1 for a measured message.
 		if len(value) < 9 || value[8] != 1 {
 			return
 		}
+		now := time.Now()
 		sent := time.Unix(0, int64(binary.BigEndian.Uint64(value)))
 		s.mu.Lock()
 		s.lats = append(s.lats, now.Sub(sent))
@@ -140,6 +144,7 @@ func (s *sink) add(key, value []byte) {
 	}
 	s.bytes.Add(int64(len(key) + len(value)))
 	if s.n.Add(1) == s.target {
+		now := time.Now()
 		if s.latency {
 			runtime.ReadMemStats(&s.memEnd)
 		}
