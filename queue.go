@@ -48,12 +48,13 @@ type batch struct {
 // half its share (waitParked). What a put brings past a partition's share
 // all the same (a put while the bound is full of others' messages) waits
 // in the partition's overflow, outside the bound, and moves into the queue
-// as Process takes messages. A partition is not fetched again while it is
-// parked, has overflow or has more than half its share (isHungry). So a
-// worker never waits for one partition while it holds the others'
-// messages, and the memory past the bound is at most the rest of one fetch
-// response per partition, as bytes (as a worker waiting for room in
-// GetMessages's queue holds its response).
+// as Process takes messages. A partition is not fetched again while it has
+// overflow or more than half its share, or is parked with a response
+// behind its parked records (isHungry). So a worker never waits for one
+// partition while it holds the others' messages, and the memory past the
+// bound is at most the rest of one fetch response per partition and the
+// next one, as bytes (as a worker holds its response while it waits for
+// room in GetMessages's queue, and fetches the next).
 type queue struct {
 	mu      sync.Mutex // guards the fields below
 	batches []batch    // FIFO
@@ -75,9 +76,11 @@ type queue struct {
 	arrays      arrays // message arrays for the unpackers, given back by Process; its own lock
 	// parked marks, by partition, the epoch of records an unpacker holds
 	// undecoded because the partition's share was full (0: none; see
-	// roomFor): the partition is not hungry until the unpacker has queued
-	// them (unpark), so its worker fetches no more of it meanwhile.
+	// roomFor). behind marks those whose unpacker holds a response behind
+	// the parked records too: a parked partition is hungry for one
+	// response ahead of its parked records, no more (see isHungry).
 	parked []uint64
+	behind []bool
 }
 
 func newQueue(limit int) *queue {
@@ -286,9 +289,14 @@ func (q *queue) roomLocked(p int) int {
 func (q *queue) shareLocked() int { return max(1, q.limit/max(1, q.nparts)) }
 
 // isHungry reports whether partition p is worth a fetch: the queue is not
-// fair, or p has no more than half its share, and no unpacker holds
-// records of p it could not queue yet. Fetching a partition that has room
-// for a message or two would throw most of the response away.
+// fair, or p has no more than half its share; or p is parked and its
+// unpacker holds no response behind the parked records. A parked
+// partition fetches one response ahead of what waits undecoded, as a
+// worker does for GetMessages (it fetches the next response while the
+// unpacker queues the last): fetched only once the parked records were
+// queued, the next would come a round trip after the partition's last
+// messages went, and on Kafka the partition would wait for it every
+// response (Process's Unordered drained at 0.81x GetMessages' rate).
 func (q *queue) isHungry(p int) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -296,7 +304,33 @@ func (q *queue) isHungry(p int) bool {
 }
 
 func (q *queue) isHungryLocked(p int) bool {
-	return q.parkedOf(p) == 0 && q.wantsLocked(p)
+	if q.parkedOf(p) != 0 {
+		return !q.behindOf(p)
+	}
+	return q.wantsLocked(p)
+}
+
+// behindOf reports whether partition p's unpacker holds a response behind
+// its parked records.
+func (q *queue) behindOf(p int) bool { return p < len(q.behind) && q.behind[p] }
+
+// setBehind records whether the unpacker of partition p, parked in epoch,
+// holds a response behind the parked records: while it does, p is not
+// hungry. Once it does not, the workers waiting for a hungry partition
+// are woken.
+func (q *queue) setBehind(p int, epoch uint64, behind bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.parkedOf(p) != epoch || q.behindOf(p) == behind {
+		return
+	}
+	if p >= len(q.behind) {
+		q.behind = append(q.behind, make([]bool, p+1-len(q.behind))...)
+	}
+	q.behind[p] = behind
+	if !behind && q.hungry > 0 {
+		q.signalLocked()
+	}
 }
 
 // wantsLocked reports whether partition p may take more messages: the
@@ -340,6 +374,9 @@ func (q *queue) roomFor(p int, epoch uint64, open *event) int {
 			q.parked = append(q.parked, make([]uint64, p+1-len(q.parked))...)
 		}
 		q.parked[p] = epoch
+		if p < len(q.behind) {
+			q.behind[p] = false // what is behind is the unpacker's to tell
+		}
 	}
 	return n
 }
@@ -353,6 +390,9 @@ func (q *queue) unpark(p int, epoch uint64) {
 		return
 	}
 	q.parked[p] = 0
+	if p < len(q.behind) {
+		q.behind[p] = false
+	}
 	if q.hungry > 0 && q.isHungryLocked(p) {
 		q.signalLocked()
 	}
@@ -728,6 +768,9 @@ func (q *queue) drop(stale func(b *batch) bool) int {
 	for p, epoch := range q.parked {
 		if epoch != 0 && stale(&batch{partition: p, epoch: epoch}) {
 			q.parked[p] = 0 // the unpacker lets the records go
+			if p < len(q.behind) {
+				q.behind[p] = false
+			}
 			q.signalLocked()
 		}
 	}

@@ -30,8 +30,8 @@ import (
 // responses behind them, and goes on with the other partitions; it decodes
 // more of them when Process has taken half the share (queue.waitParked).
 // Records wait as bytes, not as decoded messages (a message's struct is
-// larger than a small record), and the worker fetches no more of a parked
-// partition.
+// larger than a small record), and the worker fetches one response of a
+// parked partition ahead of its parked records, no more (setBehind).
 //
 // A worker holds at most two responses per leader: the one the unpacker
 // works on, and the next, which waits until the unpacker takes it.
@@ -171,6 +171,7 @@ func (f *unpacker) feed(ctx context.Context, fd feed) {
 		switch {
 		case fd.epoch == pk.cur.fd.epoch:
 			pk.later = append(pk.later, fd)
+			f.env.q.setBehind(fd.p, fd.epoch, true) // the partition fetches no more
 			return
 		case fd.epoch < pk.cur.fd.epoch:
 			return // older than what is parked: stale (epochs only grow)
@@ -249,7 +250,8 @@ func (f *unpacker) resume(ctx context.Context) {
 }
 
 // nextOf moves pk on to the first of its later feeds that starts where
-// the queue ends, and reports whether there was one.
+// the queue ends, and reports whether there was one. Once none is left
+// behind it, the partition may fetch the next response (setBehind).
 func (f *unpacker) nextOf(pk *parking) bool {
 	for len(pk.later) > 0 {
 		fd := pk.later[0]
@@ -257,6 +259,9 @@ func (f *unpacker) nextOf(pk *parking) bool {
 		pk.later = pk.later[1:]
 		if f.starts(fd) {
 			pk.cur = f.begin(fd)
+			if len(pk.later) == 0 {
+				f.env.q.setBehind(fd.p, fd.epoch, false)
+			}
 			return true
 		}
 	}

@@ -77,8 +77,9 @@ func flatRange(p int, epoch uint64, from, to int64) []string {
 
 // While Process runs, a partition whose share is full waits in the
 // unpacker as the bytes it came in, not decoded into the overflow; the
-// other partitions go on meanwhile, its worker fetches no more of it, and
-// its later responses wait behind it, in order.
+// other partitions go on meanwhile, its worker fetches one response ahead
+// of what is parked and no more, and its later responses wait behind it,
+// in order.
 func TestUnpackerParksAFullPartition(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		r := newUnpackRig(t)
@@ -86,21 +87,27 @@ func TestUnpackerParksAFullPartition(t *testing.T) {
 		r.f.in <- []feed{records(0, 1, 10, 14)}
 		synctest.Wait()
 		assert.Zero(t, r.q.overN, "nothing decoded past the shares")
-		assert.False(t, r.q.isHungry(0), "partition 0 is parked: no fetch of it")
+		assert.False(t, r.q.isHungry(0), "partition 0 is parked with a response behind: no fetch of it")
 		assert.Equal(t, uint64(1), r.q.parkedOf(0))
 		assert.Zero(t, r.q.parkedOf(1), "partition 1's response fitted")
 		assert.Equal(t, append(flatRange(0, 1, 0, 4), flatRange(1, 1, 0, 3)...), r.take())
 
 		assert.Equal(t, flatRange(0, 1, 4, 8), r.take(), "its share again, and no more")
 		assert.Zero(t, r.q.overN)
-		assert.False(t, r.q.isHungry(0))
+		assert.Equal(t, uint64(1), r.q.parkedOf(0), "parked in the second response")
+		assert.True(t, r.q.isHungry(0), "nothing behind it: the next response may be fetched")
+		r.f.in <- []feed{records(0, 1, 14, 15)}
+		synctest.Wait()
+		assert.False(t, r.q.isHungry(0), "one behind it: no more")
 		assert.Equal(t, flatRange(0, 1, 8, 12), r.take(), "the rest of the response, then the next one")
-		assert.True(t, r.q.isHungry(0), "the last two queued as those were taken: unparked")
-		assert.Equal(t, flatRange(0, 1, 12, 14), r.take())
+		assert.Zero(t, r.q.parkedOf(0), "the last three queued as those were taken: unparked")
+		assert.False(t, r.q.isHungry(0), "three of its share of four queued: more than half")
+		assert.Equal(t, flatRange(0, 1, 12, 15), r.take())
+		assert.True(t, r.q.isHungry(0))
 		assert.Empty(t, r.take())
 
 		assert.Empty(t, r.stop(), "no rewind: every feed was queued")
-		assert.Equal(t, fedTo{epoch: 1, next: 14}, r.f.next[0])
+		assert.Equal(t, fedTo{epoch: 1, next: 15}, r.f.next[0])
 	})
 }
 
@@ -112,7 +119,7 @@ func TestUnpackerParksWhilePaused(t *testing.T) {
 		r.f.in <- []feed{records(0, 1, 0, 3)}
 		synctest.Wait()
 		assert.Zero(t, r.q.len(), "paused: nothing queued")
-		assert.False(t, r.q.isHungry(0))
+		assert.Equal(t, uint64(1), r.q.parkedOf(0))
 
 		r.open.Set()
 		r.q.refill() // as Resume does
@@ -132,8 +139,8 @@ func TestUnpackerLetsStaleParkedRecordsGo(t *testing.T) {
 		r := newUnpackRig(t)
 		r.f.in <- []feed{records(0, 1, 0, 10), records(1, 1, 0, 10)}
 		synctest.Wait()
-		require.False(t, r.q.isHungry(0))
-		require.False(t, r.q.isHungry(1))
+		require.Equal(t, uint64(1), r.q.parkedOf(0))
+		require.Equal(t, uint64(1), r.q.parkedOf(1))
 
 		r.q.drop(func(b *batch) bool { return b.partition == 0 && b.epoch < 2 })
 		assert.True(t, r.q.isHungry(0), "its mark went with the drop")
