@@ -73,7 +73,7 @@ type queue struct {
 	// release walks them, not every partition.
 	overflowing []int
 	open        *event // the workers' open event, from put: overflow moves only while set
-	arrays      arrays // message arrays for the unpackers, given back by Process; its own lock
+	arrays      arrays // message arrays for the unpackers, given back; its own lock
 	// parked marks, by partition, the epoch of records an unpacker holds
 	// undecoded because the partition's share was full (0: none; see
 	// roomFor). behind marks those whose unpacker holds a response behind
@@ -96,8 +96,8 @@ func batchSizeOf(queueSize int) int { return max(1, min(512, queueSize/4)) }
 
 // arrays keeps the message arrays of batches that the consumer is done
 // with, for the unpackers' next runs. A batch's array is garbage once
-// GetMessages has copied its messages into the caller's slice (not when it
-// hands one batch over as it is), once Iter has sent each, and, under
+// GetMessages has copied its messages into the caller's slice, once Iter
+// has sent each, and, under
 // Process, once its last handler returns (a handler gets a copy of its
 // message): about 150 B a message of a backlog, which the collector would
 // sweep and the unpacker allocate and zero again. Only whole batches
@@ -389,12 +389,18 @@ func (q *queue) unpark(p int, epoch uint64) {
 	if epoch == 0 || q.parkedOf(p) != epoch {
 		return
 	}
+	q.unmarkLocked(p)
+	if q.hungry > 0 && q.isHungryLocked(p) {
+		q.signalLocked()
+	}
+}
+
+// unmarkLocked clears partition p's parked mark, and what was behind it.
+// q.mu is held.
+func (q *queue) unmarkLocked(p int) {
 	q.parked[p] = 0
 	if p < len(q.behind) {
 		q.behind[p] = false
-	}
-	if q.hungry > 0 && q.isHungryLocked(p) {
-		q.signalLocked()
 	}
 }
 
@@ -767,10 +773,7 @@ func (q *queue) drop(stale func(b *batch) bool) int {
 	}
 	for p, epoch := range q.parked {
 		if epoch != 0 && stale(&batch{partition: p, epoch: epoch}) {
-			q.parked[p] = 0 // the unpacker lets the records go
-			if p < len(q.behind) {
-				q.behind[p] = false
-			}
+			q.unmarkLocked(p) // the unpacker lets the records go
 			q.signalLocked()
 		}
 	}
