@@ -426,6 +426,7 @@ type processor struct {
 	sweeping bool            // the feeder sweeps every sweepEvery
 	spare    []*lane         // lanes dropped, for new keys (each with its buffers)
 	pruneAt  int             // how many lanes prune the idle ones
+	spans    [][2]int        // add's scratch: the stretches of a batch taken
 }
 
 // Runs: a hand claims at most maxRun messages at once, and about as many as
@@ -770,21 +771,33 @@ func (p *processor) sweepSlow() {
 // add puts the messages of b, which the queue holds, in their lanes, and
 // lets the queue have back those it will not handle (stale, or complete
 // already). p.mu is held.
+//
+// The ledger's lock is held only while the window takes the offsets, not
+// while the lanes are looked up (ByKey: a key hashed and a table probed
+// for every message), so that a worker asking the ledger whether to
+// fetch, and a hand beginning a run, do not wait for them. Nothing is
+// lost in between: a message waiting in a lane is not in flight, and its
+// run checks that it is still current when it begins.
 func (p *processor) add(b *batch) {
 	from := &taking{msgs: b.msgs, partition: b.partition, epoch: b.epoch, at: time.Now()}
-	byKey := p.pc.Ordering == ByKey
-	var l *lane
+	spans := p.spans[:0]
 	_, skipped, ok := p.out.led.takeBatch(b, from.at, func(lo, hi int, w *window) {
 		from.win = w
+		spans = append(spans, [2]int{lo, hi})
+	})
+	p.spans = spans[:0]
+	var l *lane
+	for _, sp := range spans {
+		lo, hi := sp[0], sp[1]
 		p.waiting += hi - lo
 		from.left += hi - lo
-		if !byKey { // a batch is one partition's: one lane
+		if p.pc.Ordering != ByKey { // a batch is one partition's: one lane
 			if l == nil {
 				l = p.lane(b.partition, nil)
 			}
 			l.pushRange(from, lo, hi)
 			p.readyLocked(l)
-			return
+			continue
 		}
 		for i := lo; i < hi; i++ {
 			// The previous message's lane, if it has the same key.
@@ -794,7 +807,7 @@ func (p *processor) add(b *batch) {
 			l.pushRange(from, i, i+1)
 			p.readyLocked(l)
 		}
-	})
+	}
 	if !ok {
 		p.out.q.release(b.partition, len(b.msgs)) // a Seek or a revoke since it was fetched
 	}

@@ -430,6 +430,9 @@ func child(o options) error {
 		defer pprof.StopCPUProfile()
 	}
 
+	if o.mutexprofile != "" {
+		runtime.SetMutexProfileFraction(1)
+	}
 	var peakHeap atomic.Uint64
 	stopSampling := sampleHeap(&peakHeap)
 
@@ -459,6 +462,17 @@ func child(o options) error {
 			return err
 		}
 		if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+			return err
+		}
+		f.Close()
+	}
+
+	if o.mutexprofile != "" {
+		f, err := os.Create(o.mutexprofile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.Lookup("mutex").WriteTo(f, 0); err != nil {
 			return err
 		}
 		f.Close()

@@ -115,13 +115,14 @@ type options struct {
 	reportFrom string
 
 	// child
-	contender  string
-	mode       string
-	topic      string
-	cpuprofile string
-	memprofile string
-	handlers   int
-	timeout    time.Duration
+	contender    string
+	mode         string
+	topic        string
+	cpuprofile   string
+	memprofile   string
+	mutexprofile string
+	handlers     int
+	timeout      time.Duration
 
 	// share-member child (share.go)
 	shareGroup   string
@@ -164,7 +165,7 @@ func main() {
 	flag.StringVar(&o.pcKeys, "pc-keys", "1,2,5,10,20,50,100,1000,10000", "process suite, pc part: the ByKey rows' numbers of keys")
 	flag.StringVar(&o.pcRows, "pc-rows", "process", "process suite, pc part: process (Process), baseline (the same sleeps scheduled in memory, no Kafka), or process,baseline")
 	flag.StringVar(&o.processConc, "process-c", "1,4,16,64", "process suite, io part: Concurrency (and pool sizes)")
-	flag.BoolVar(&o.processProfile, "process-profile", false, "process suite: also write CPU profiles of the cpu part's contenders (and allocation profiles) and of the io part's at the highest concurrency (one more run each)")
+	flag.BoolVar(&o.processProfile, "process-profile", false, "process suite: also write CPU profiles of the cpu part's contenders (and allocation and mutex profiles) and of the io part's at the highest concurrency (one more run each)")
 	flag.StringVar(&o.shareParts, "share-parts", "drain,process", "parts of the share suite: drain (a share group drains -n x -sizes; -share-contenders), process (Process members on one partition)")
 	flag.StringVar(&o.shareContenders, "share-contenders", strings.Join(defaultShareDrain, " "), "share suite, drain part: contenders, space-separated")
 	flag.IntVar(&o.shareN, "share-n", 64_000, "share suite, process part: records on the one partition")
@@ -181,6 +182,7 @@ func main() {
 	flag.StringVar(&o.topic, "topic", "", "child mode: topic")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "child mode: write a CPU profile")
 	flag.StringVar(&o.memprofile, "memprofile", "", "child mode: write an allocation profile")
+	flag.StringVar(&o.mutexprofile, "mutexprofile", "", "child mode: write a mutex contention profile (every contention event)")
 	flag.IntVar(&o.handlers, "handlers", 0, "child io mode: handler goroutines (0: the caller handles each message)")
 	flag.DurationVar(&o.timeout, "timeout", 5*time.Minute, "child mode: give up after this long")
 	flag.StringVar(&o.shareGroup, "share-group", "", "child share-member mode: the share group")

@@ -687,7 +687,8 @@ func (b *bench) processCPU() error {
 			name := "process-" + strings.NewReplacer("?", "-", "=", "", "&", "-").Replace(c)
 			b.runChild("process-profile", c, "cpu", topic, n, size, 0, 0,
 				"-cpuprofile", filepath.Join(dir, name+".cpu.pprof"),
-				"-memprofile", filepath.Join(dir, name+".alloc.pprof"))
+				"-memprofile", filepath.Join(dir, name+".alloc.pprof"),
+				"-mutexprofile", filepath.Join(dir, name+".mutex.pprof"))
 		}
 	}
 	return nil
