@@ -627,6 +627,13 @@ type hand struct {
 	untimed  int
 	aliveAt  time.Time   // when the run last found the member alive, the hand's own
 	released []partCount // scratch for settle: guarded by p.mu
+	spans    []stretchOf // scratch for claim: guarded by p.mu
+}
+
+// stretchOf is a stretch of lane's, claimed.
+type stretchOf struct {
+	stretch
+	lane *lane
 }
 
 func position(next, limit int) uint64      { return uint64(next)<<32 | uint64(limit) }
@@ -1012,15 +1019,19 @@ func (p *processor) claim(hd *hand) bool {
 	hd.interrupt = p.out.interrupted() // before begin checks that the messages are current
 	released := hd.released[:0]
 	led := p.out.led
+	// Under the ledger's lock, only the stretches begun are noted: the
+	// run's tasks are written after (one a message), so that a worker
+	// asking the ledger whether to fetch waits for less.
+	spans, taken := hd.spans[:0], 0
 	led.lockRuns()
-	for len(hd.run) < n && p.ready.len() > 0 {
+	for taken < n && p.ready.len() > 0 {
 		l := p.ready.pop()
 		l.inReady = false
 		stale := 0
-		for l.n > 0 && len(hd.run) < n {
+		for l.n > 0 && taken < n {
 			s := l.head()
 			from := s.from
-			k := min(n-len(hd.run), int(s.hi-s.lo))
+			k := min(n-taken, int(s.hi-s.lo))
 			begun, state := led.beginLocked(from.partition, from.epoch, from.win, from.msgs[s.lo].Offset, k)
 			if state == beginStale {
 				k = int(s.hi - s.lo) // a Seek or a revoke since it was taken
@@ -1030,11 +1041,9 @@ func (p *processor) claim(hd *hand) bool {
 				stale += k
 				continue
 			}
-			for i := s.lo; i < s.lo+int32(begun); i++ {
-				m := &from.msgs[i]
-				hd.run = append(hd.run, task{m: m, off: m.Offset, from: from, lane: l, i: i})
-			}
 			if begun > 0 {
+				spans = append(spans, stretchOf{stretch: stretch{from: from, lo: s.lo, hi: s.lo + int32(begun)}, lane: l})
+				taken += begun
 				l.popN(begun)
 				p.waiting -= begun
 				l.running += begun
@@ -1054,6 +1063,14 @@ func (p *processor) claim(hd *hand) bool {
 		}
 	}
 	led.unlockRuns()
+	for _, sp := range spans {
+		for i := sp.lo; i < sp.hi; i++ {
+			m := &sp.from.msgs[i]
+			hd.run = append(hd.run, task{m: m, off: m.Offset, from: sp.from, lane: sp.lane, i: i})
+		}
+	}
+	clear(spans)
+	hd.spans = spans[:0]
 	if len(hd.run) > 0 {
 		released = append(released, partCount{hd.run[0].from.partition, 1}) // it starts now
 	}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"slices"
 	"strconv"
 	"strings"
@@ -433,6 +434,20 @@ func child(o options) error {
 	if o.mutexprofile != "" {
 		runtime.SetMutexProfileFraction(1)
 	}
+	if o.blockprofile != "" {
+		runtime.SetBlockProfileRate(int((10 * time.Microsecond).Nanoseconds()))
+	}
+	if o.traceFile != "" {
+		f, err := os.Create(o.traceFile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := trace.Start(f); err != nil {
+			return err
+		}
+		defer trace.Stop()
+	}
 	var peakHeap atomic.Uint64
 	stopSampling := sampleHeap(&peakHeap)
 
@@ -467,6 +482,16 @@ func child(o options) error {
 		f.Close()
 	}
 
+	if o.blockprofile != "" {
+		f, err := os.Create(o.blockprofile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.Lookup("block").WriteTo(f, 0); err != nil {
+			return err
+		}
+		f.Close()
+	}
 	if o.mutexprofile != "" {
 		f, err := os.Create(o.mutexprofile)
 		if err != nil {

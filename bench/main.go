@@ -121,6 +121,8 @@ type options struct {
 	cpuprofile   string
 	memprofile   string
 	mutexprofile string
+	blockprofile string
+	traceFile    string
 	handlers     int
 	timeout      time.Duration
 
@@ -165,7 +167,7 @@ func main() {
 	flag.StringVar(&o.pcKeys, "pc-keys", "1,2,5,10,20,50,100,1000,10000", "process suite, pc part: the ByKey rows' numbers of keys")
 	flag.StringVar(&o.pcRows, "pc-rows", "process", "process suite, pc part: process (Process), baseline (the same sleeps scheduled in memory, no Kafka), or process,baseline")
 	flag.StringVar(&o.processConc, "process-c", "1,4,16,64", "process suite, io part: Concurrency (and pool sizes)")
-	flag.BoolVar(&o.processProfile, "process-profile", false, "process suite: also write CPU profiles of the cpu part's contenders (and allocation and mutex profiles) and of the io part's at the highest concurrency (one more run each)")
+	flag.BoolVar(&o.processProfile, "process-profile", false, "process suite: also write CPU profiles of the cpu part's contenders (and allocation, mutex and blocking profiles, and an execution trace) and of the io part's at the highest concurrency (one more run each)")
 	flag.StringVar(&o.shareParts, "share-parts", "drain,process", "parts of the share suite: drain (a share group drains -n x -sizes; -share-contenders), process (Process members on one partition)")
 	flag.StringVar(&o.shareContenders, "share-contenders", strings.Join(defaultShareDrain, " "), "share suite, drain part: contenders, space-separated")
 	flag.IntVar(&o.shareN, "share-n", 64_000, "share suite, process part: records on the one partition")
@@ -183,6 +185,8 @@ func main() {
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "child mode: write a CPU profile")
 	flag.StringVar(&o.memprofile, "memprofile", "", "child mode: write an allocation profile")
 	flag.StringVar(&o.mutexprofile, "mutexprofile", "", "child mode: write a mutex contention profile (every contention event)")
+	flag.StringVar(&o.blockprofile, "blockprofile", "", "child mode: write a blocking profile (every blocking event of 10µs or more)")
+	flag.StringVar(&o.traceFile, "trace", "", "child mode: write an execution trace")
 	flag.IntVar(&o.handlers, "handlers", 0, "child io mode: handler goroutines (0: the caller handles each message)")
 	flag.DurationVar(&o.timeout, "timeout", 5*time.Minute, "child mode: give up after this long")
 	flag.StringVar(&o.shareGroup, "share-group", "", "child share-member mode: the share group")

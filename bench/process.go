@@ -688,7 +688,9 @@ func (b *bench) processCPU() error {
 			b.runChild("process-profile", c, "cpu", topic, n, size, 0, 0,
 				"-cpuprofile", filepath.Join(dir, name+".cpu.pprof"),
 				"-memprofile", filepath.Join(dir, name+".alloc.pprof"),
-				"-mutexprofile", filepath.Join(dir, name+".mutex.pprof"))
+				"-mutexprofile", filepath.Join(dir, name+".mutex.pprof"),
+				"-blockprofile", filepath.Join(dir, name+".block.pprof"),
+				"-trace", filepath.Join(dir, name+".trace"))
 		}
 	}
 	return nil
