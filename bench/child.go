@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"runtime"
+	"runtime/metrics"
 	"runtime/pprof"
 	"runtime/trace"
 	"slices"
@@ -74,6 +75,10 @@ type result struct {
 	// in seconds; with AllocBytes, Allocs and NumGC (whole process too) in
 	// the io, cpu and pc modes.
 	CPU float64 `json:"cpu_s,omitempty"`
+	// The Go runtime's idle Ps over the whole child, in CPU seconds
+	// (runtime/metrics /cpu/classes/idle): time the child could have run
+	// Go code and had none to run.
+	IdleCPU float64 `json:"idle_cpu_s,omitempty"`
 	// The share suite (share.go): the member's share statistics, or the
 	// process part's figures; the machine's 1-minute load average when
 	// the run started.
@@ -515,6 +520,11 @@ func child(o options) error {
 		r.SleepMean = time.Duration(slept.Load() / n).Seconds()
 	}
 	r.CPU = cpuSeconds()
+	idle := []metrics.Sample{{Name: "/cpu/classes/idle:cpu-seconds"}}
+	metrics.Read(idle)
+	if idle[0].Value.Kind() == metrics.KindFloat64 {
+		r.IdleCPU = idle[0].Value.Float64()
+	}
 	if st := shareStats.Load(); st != nil {
 		r.Share = &shareResult{Stats: st}
 	}
