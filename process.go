@@ -427,6 +427,7 @@ type processor struct {
 	spare    []*lane         // lanes dropped, for new keys (each with its buffers)
 	pruneAt  int             // how many lanes prune the idle ones
 	spans    [][2]int        // add's scratch: the stretches of a batch taken
+	pruning  []*lane         // prune's scratch
 }
 
 // Runs: a hand claims at most maxRun messages at once, and about as many as
@@ -440,6 +441,8 @@ const (
 	slowHandler = 2 * time.Millisecond
 	sweepEvery  = time.Millisecond
 	// keepLanes is how many lanes (keys) may stay idle: about 250 B each.
+	// Past it a lane goes as its run settles it idle; a prune scans them
+	// all only when twice as many are (most of them busy).
 	keepLanes = 16384
 	// aliveEvery is how often a run asks liveness again.
 	aliveEvery = time.Millisecond
@@ -649,7 +652,7 @@ func newProcessor(pc ProcessConfig, h Handler, out *delivery, log *slog.Logger, 
 		procs:   max(1, runtime.GOMAXPROCS(0)),
 		born:    time.Now(),
 		blocked: make(map[int][]*lane),
-		pruneAt: keepLanes,
+		pruneAt: 2 * keepLanes,
 		stop:    make(chan struct{}, 1),
 		kick:    make(chan struct{}, 1),
 		idle:    make(chan struct{}),
@@ -922,12 +925,20 @@ func (p *processor) dropLane(l *lane) {
 // stay idle so that a key that comes back finds its lane, with no map
 // insert or delete, but no more than about keepLanes of them. p.mu is held.
 func (p *processor) prune() {
-	for _, l := range p.allLanes() {
+	all := p.pruning[:0]
+	p.lanes.all(func(first *lane) {
+		for l := first; l != nil; l = l.collide {
+			all = append(all, l)
+		}
+	})
+	for _, l := range all {
 		if l.n == 0 && l.running == 0 && !l.inReady {
 			p.dropLane(l)
 		}
 	}
-	p.pruneAt = max(keepLanes, 2*p.lanes.len())
+	clear(all)
+	p.pruning = all[:0]
+	p.pruneAt = 2 * max(keepLanes, p.lanes.len())
 }
 
 // allLanes returns every lane. p.mu is held.
@@ -1295,6 +1306,12 @@ func (p *processor) settleRange(hd *hand, i, j int, ends []outcome) (due bool) {
 			continue // the lane's next message in the run: look at the lane once
 		}
 		p.laneIdle(l)
+		if l.n == 0 && l.running == 0 && p.lanes.len() > keepLanes {
+			// Idle, and as many idle lanes kept as may be: this one
+			// goes now, rather than in a prune's scan of them all
+			// (keys that seldom come back: a key a message).
+			p.dropLane(l)
+		}
 	}
 	if !stopped && len(p.blocked) > 0 {
 		for k := i; k < j; k++ {

@@ -279,6 +279,23 @@ func TestProcessDispatchDrains(t *testing.T) {
 			}
 		}
 	}
+	// ByKey over more keys than keepLanes (4,096 a partition, 32,768 in
+	// all, each coming back about 6 times), with a queue large enough
+	// that keys have messages waiting as their runs settle: lanes settled
+	// idle are let go at once and made again, none with a message
+	// waiting (letting such a lane go loses its messages: the drain
+	// stalls), and each key's messages still run one at a time, in order
+	// (dispatchKeys checks).
+	fail := failedOnce()
+	for _, h := range []handler{{"fast", nil}, {"slow and failing", func(partition int, offset int64) error {
+		_ = slow(partition, offset)
+		return fail(partition, offset)
+	}}} {
+		t.Run("ByKey/many keys/"+h.name, func(t *testing.T) {
+			pc := ProcessConfig{Ordering: ByKey, Concurrency: 16, RetryBackoff: time.Millisecond}
+			dispatchKeys(t, pc, 1<<16, 8, 4096, 200_000, 60*time.Second, h.work)
+		})
+	}
 }
 
 // TestProcessDispatchMetadataFull: ByKey on one partition, two keys
@@ -338,6 +355,12 @@ func BenchmarkProcessDispatch(b *testing.B) {
 			b.ReportMetric(float64(cpu)/float64(b.N), "cpu-ns/op")
 		})
 	}
+	// Every message a key of its own (an ID, say): a lane made for each,
+	// and as many let go.
+	b.Run("ByKey/unique", func(b *testing.B) {
+		cpu, _ := dispatchKeys(b, ProcessConfig{Ordering: ByKey}, DefaultQueueSize, 8, b.N/8+1, b.N, 5*time.Minute, nil)
+		b.ReportMetric(float64(cpu)/float64(b.N), "cpu-ns/op")
+	})
 }
 
 // cpuTime is the process's CPU time (user and system) so far.

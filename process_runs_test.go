@@ -115,7 +115,7 @@ func TestProcessRetryHoldsBackOnlyItsKey(t *testing.T) {
 // TestProcessLaneChains: lanes are found by their key's hash; lanes of
 // other partitions whose buckets collide share the bucket, each its own
 // lane, and dropping one keeps the others. Idle lanes stay until there are
-// keepLanes.
+// twice keepLanes.
 func TestProcessLaneChains(t *testing.T) {
 	out := &delivery{led: &ledger{}}
 	p := newProcessor(ProcessConfig{Ordering: ByKey, Concurrency: 1}, func(context.Context, kafka.Message) error { return nil },
@@ -149,9 +149,10 @@ func TestProcessLaneChains(t *testing.T) {
 	require.Equal(t, []int{0}, chain(id))
 	require.Same(t, a2, p.lane(0, []byte("a")))
 
-	// Idle lanes are pruned once there are keepLanes; busy ones stay.
+	// Idle lanes are pruned once there are twice keepLanes (a lane
+	// settled idle goes at once past keepLanes); busy ones stay.
 	a2.pushRange(&taking{msgs: make([]kafka.Message, 1)}, 0, 1)
-	for i := range keepLanes + 1 {
+	for i := range 2*keepLanes + 1 {
 		p.lane(0, fmt.Appendf(nil, "key-%d", i))
 	}
 	assert.Less(t, p.lanes.len(), keepLanes)
