@@ -136,7 +136,7 @@ func dispatchKeys(tb testing.TB, pc ProcessConfig, queueSize, partitions, keysPe
 			// As an unpacker: a run of what the partition's share has
 			// room for, in an array Process gave back if there is one.
 			for off := 0; off < share; {
-				room := q.roomFor(part, epoch, open)
+				room := q.roomFor(part, epoch, open, true)
 				if room == 0 {
 					wait, done := q.waitParked([]parkedRef{{p: part, epoch: epoch}})
 					select {

@@ -31,7 +31,8 @@ import (
 // more of them when Process has taken half the share (queue.waitParked).
 // Records wait as bytes, not as decoded messages (a message's struct is
 // larger than a small record), and the worker fetches one response of a
-// parked partition ahead of its parked records, no more (setBehind).
+// parked partition ahead of its parked records, no more, and only once
+// few of them are left (setBehind, fetchAheadBytes).
 //
 // A worker holds at most two responses per leader: the one the unpacker
 // works on, and the next, which waits until the unpacker takes it.
@@ -72,6 +73,12 @@ type unpacking struct {
 	fd feed
 	it recordIter
 	at int64
+}
+
+// low reports whether little enough of u is left undecoded that its
+// partition, parked, may fetch its next response (fetchEnv.ahead).
+func (f *unpacker) low(u *unpacking) bool {
+	return f.env.ahead <= 0 || len(u.it.raw)+len(u.it.recs) <= f.env.ahead
 }
 
 func (f *unpacker) begin(fd feed) unpacking {
@@ -240,11 +247,16 @@ func (f *unpacker) resume(ctx context.Context) {
 			f.unpark(p, pk) // stale
 			continue
 		}
+		parked := true
 		for f.carry(ctx, &pk.cur) {
 			if !f.nextOf(pk) {
 				f.unpark(p, pk)
+				parked = false
 				break
 			}
+		}
+		if parked && len(pk.later) == 0 && f.low(&pk.cur) {
+			f.env.q.setBehind(p, pk.cur.fd.epoch, false) // few left: fetch the next
 		}
 	}
 }
@@ -259,7 +271,7 @@ func (f *unpacker) nextOf(pk *parking) bool {
 		pk.later = pk.later[1:]
 		if f.starts(fd) {
 			pk.cur = f.begin(fd)
-			if len(pk.later) == 0 {
+			if len(pk.later) == 0 && f.low(&pk.cur) {
 				f.env.q.setBehind(fd.p, fd.epoch, false)
 			}
 			return true
@@ -321,7 +333,7 @@ func (f *unpacker) queue(ctx context.Context, u *unpacking) (bool, error) {
 	batchSize := f.env.batchSize
 	for {
 		n := batchSize
-		if room := q.roomFor(fd.p, fd.epoch, f.env.unpaused); room == 0 {
+		if room := q.roomFor(fd.p, fd.epoch, f.env.unpaused, f.low(u)); room == 0 {
 			return false, nil
 		} else if room > 0 {
 			n = min(n, room)

@@ -25,12 +25,16 @@ type unpackRig struct {
 	got  []string // what the test took of the queue, in order
 }
 
-func newUnpackRig(t *testing.T) *unpackRig {
+func newUnpackRig(t *testing.T, opts ...func(*fetchEnv)) *unpackRig {
 	r := &unpackRig{t: t, q: newQueue(8), open: newEvent(true)}
 	r.q.setPartitions(2)
 	r.q.setFair(true)
 	// Runs of the queue's batch size (2 here): they go into its arrays.
-	r.f = newUnpacker(&fetchEnv{topic: "t", batchSize: r.q.arrays.size, q: r.q, unpaused: r.open})
+	env := &fetchEnv{topic: "t", batchSize: r.q.arrays.size, q: r.q, unpaused: r.open}
+	for _, o := range opts {
+		o(env)
+	}
+	r.f = newUnpacker(env)
 	r.done.Go(func() { r.f.run(context.Background()) })
 	return r
 }
@@ -108,6 +112,44 @@ func TestUnpackerParksAFullPartition(t *testing.T) {
 
 		assert.Empty(t, r.stop(), "no rewind: every feed was queued")
 		assert.Equal(t, fedTo{epoch: 1, next: 15}, r.f.next[0])
+	})
+}
+
+// A parked partition with many of its records left undecoded is not
+// fetched: its next response would wait in memory while they are worked
+// through. Once few are left (fetchEnv.ahead), it is, one response ahead.
+func TestUnpackerFetchesAheadWhenFewAreLeft(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const ahead = 60 // bytes: a few of these records
+		r := newUnpackRig(t, func(env *fetchEnv) { env.ahead = ahead })
+		r.f.in <- []feed{records(0, 1, 0, 40)}
+		synctest.Wait()
+		require.Equal(t, uint64(1), r.q.parkedOf(0))
+		assert.False(t, r.q.isHungry(0), "36 records left undecoded: no fetch yet")
+		for r.q.parkedOf(0) != 0 && !r.q.isHungry(0) {
+			r.take()
+		}
+		require.Equal(t, uint64(1), r.q.parkedOf(0), "hungry while still parked")
+		left := 40 - len(r.got) - r.q.len()
+		assert.Positive(t, left)
+		assert.Less(t, left, 20, "few left when it is fetched")
+		pk := r.f.parked[0]
+		assert.LessOrEqual(t, len(pk.cur.it.raw)+len(pk.cur.it.recs), ahead)
+
+		r.f.in <- []feed{records(0, 1, 40, 80)}
+		synctest.Wait()
+		assert.False(t, r.q.isHungry(0), "one behind it: no more")
+		for r.q.parkedOf(0) != 0 && len(r.got) < 40 {
+			r.take()
+		}
+		assert.False(t, r.q.isHungry(0), "the next response is parked, many of it left")
+		for len(r.got) < 80 && r.q.len()+len(r.got) > 0 {
+			if r.take() == nil {
+				break
+			}
+		}
+		assert.Equal(t, flatRange(0, 1, 0, 80), r.got, "in order, none missed")
+		assert.Empty(t, r.stop())
 	})
 }
 
