@@ -121,6 +121,38 @@ func TestGetMessagesKeepsWhatItReturned(t *testing.T) {
 	}
 }
 
+// TestGetMessagesKeepsMarkersWhenFailed: once the consumer failed for good,
+// GetMessages returns the error; a marker it took without a message (a
+// batch where the log skips ahead, a transaction's marker) goes back to
+// the queue rather than being lost, as it does when ctx ends.
+func TestGetMessagesKeepsMarkersWhenFailed(t *testing.T) {
+	led := newLedger("t", 0, 0, time.Now())
+	led.start(0, 0, noOffset, "")
+	led.mu.Lock()
+	epoch := led.b.parts[0].epoch
+	led.mu.Unlock()
+	q := newQueue(64)
+	q.setPartitions(1)
+	life := newLifecycle()
+	d := newDelivery(q, led, alwaysAlive, life, func() {})
+	require.NoError(t, q.put(testCtx(t), batch{partition: 0, epoch: epoch, advance: 5}, newEvent(true)))
+	boom := errors.New("boom")
+	life.fail(boom)
+
+	msgs, err := d.get(testCtx(t), 10, BlockFor(1))
+	require.ErrorIs(t, err, boom)
+	assert.Empty(t, msgs)
+	bs := q.lend()
+	require.Len(t, bs, 1, "the marker is back in the queue")
+	assert.Equal(t, int64(5), bs[0].advance)
+
+	q.unshift(bs) // and without blocking
+	msgs, err = d.get(testCtx(t), 10, Block(false))
+	require.ErrorIs(t, err, boom)
+	assert.Empty(t, msgs)
+	require.Len(t, q.lend(), 1, "the marker is back in the queue")
+}
+
 // The give-back rule, without a broker: the messages of a whole array (a
 // backlog's run) are copied into the caller's slice, of their size, and
 // the array goes back for the next runs; a trickle's batch, in an array

@@ -324,6 +324,7 @@ func (d *delivery) get(ctx context.Context, count int, opts ...GetOption) ([]kaf
 			}
 			if n == 0 {
 				if err := d.life.err(); err != nil {
+					d.q.unshift(taken) // markers, if any: back where they were
 					return nil, err
 				}
 			}
@@ -337,6 +338,7 @@ func (d *delivery) get(ctx context.Context, count int, opts ...GetOption) ([]kaf
 			if n > 0 {
 				break // deliver what was taken; the next call reports err
 			}
+			d.q.unshift(taken) // markers, if any: back where they were
 			return nil, err
 		}
 		var err error
