@@ -121,11 +121,10 @@ func TestGetMessagesKeepsWhatItReturned(t *testing.T) {
 	}
 }
 
-// TestGetMessagesKeepsMarkersWhenFailed: once the consumer failed for good,
-// GetMessages returns the error; a marker it took without a message (a
-// batch where the log skips ahead, a transaction's marker) goes back to
-// the queue rather than being lost, as it does when ctx ends.
-func TestGetMessagesKeepsMarkersWhenFailed(t *testing.T) {
+// oneQueuedPartition returns a ledger with partition 0 started (and its
+// epoch) and a queue of 64 for it, for tests of the delivery without a
+// broker.
+func oneQueuedPartition() (*ledger, uint64, *queue) {
 	led := newLedger("t", 0, 0, time.Now())
 	led.start(0, 0, noOffset, "")
 	led.mu.Lock()
@@ -133,6 +132,15 @@ func TestGetMessagesKeepsMarkersWhenFailed(t *testing.T) {
 	led.mu.Unlock()
 	q := newQueue(64)
 	q.setPartitions(1)
+	return led, epoch, q
+}
+
+// TestGetMessagesKeepsMarkersWhenFailed: once the consumer failed for good,
+// GetMessages returns the error; a marker it took without a message (a
+// batch where the log skips ahead, a transaction's marker) goes back to
+// the queue rather than being lost, as it does when ctx ends.
+func TestGetMessagesKeepsMarkersWhenFailed(t *testing.T) {
+	led, epoch, q := oneQueuedPartition()
 	life := newLifecycle()
 	d := newDelivery(q, led, alwaysAlive, life, func() {})
 	require.NoError(t, q.put(testCtx(t), batch{partition: 0, epoch: epoch, advance: 5}, newEvent(true)))
@@ -159,13 +167,7 @@ func TestGetMessagesKeepsMarkersWhenFailed(t *testing.T) {
 // its own size, is handed over as it is; a batch split between two calls
 // is not given back.
 func TestGetMessagesGivesBackCopiedArrays(t *testing.T) {
-	led := newLedger("t", 0, 0, time.Now())
-	led.start(0, 0, noOffset, "")
-	led.mu.Lock()
-	epoch := led.b.parts[0].epoch
-	led.mu.Unlock()
-	q := newQueue(64)
-	q.setPartitions(1)
+	led, epoch, q := oneQueuedPartition()
 	size := q.arrays.size
 	d := newDelivery(q, led, alwaysAlive, newLifecycle(), func() {})
 	open := newEvent(true)

@@ -476,36 +476,12 @@ func child(o options) error {
 		return fmt.Errorf("unknown mode %q", o.mode)
 	}
 	stopSampling()
-	if o.memprofile != "" {
-		f, err := os.Create(o.memprofile)
-		if err != nil {
+	for _, p := range []struct{ name, path string }{
+		{"allocs", o.memprofile}, {"block", o.blockprofile}, {"mutex", o.mutexprofile},
+	} {
+		if err := writeProfile(p.name, p.path); err != nil {
 			return err
 		}
-		if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
-			return err
-		}
-		f.Close()
-	}
-
-	if o.blockprofile != "" {
-		f, err := os.Create(o.blockprofile)
-		if err != nil {
-			return err
-		}
-		if err := pprof.Lookup("block").WriteTo(f, 0); err != nil {
-			return err
-		}
-		f.Close()
-	}
-	if o.mutexprofile != "" {
-		f, err := os.Create(o.mutexprofile)
-		if err != nil {
-			return err
-		}
-		if err := pprof.Lookup("mutex").WriteTo(f, 0); err != nil {
-			return err
-		}
-		f.Close()
 	}
 
 	var ms runtime.MemStats
@@ -724,6 +700,23 @@ func sampleHeap(peak *atomic.Uint64) (stop func()) {
 		}
 	})
 	return func() { close(done); wg.Wait() }
+}
+
+// writeProfile writes the runtime profile of that name to path, if path
+// is not empty.
+func writeProfile(name, path string) error {
+	if path == "" {
+		return nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.Lookup(name).WriteTo(f, 0); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // cpuSeconds returns the CPU time (user + system) this process used.
