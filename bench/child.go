@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
 	"runtime"
@@ -424,17 +425,11 @@ func child(o options) error {
 		return err
 	}
 	brokers := strings.Split(o.brokers, ",")
-	if o.cpuprofile != "" {
-		f, err := os.Create(o.cpuprofile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+	stopCPU, err := startTo(o.cpuprofile, pprof.StartCPUProfile, pprof.StopCPUProfile)
+	if err != nil {
+		return err
 	}
+	defer stopCPU()
 
 	if o.mutexprofile != "" {
 		runtime.SetMutexProfileFraction(1)
@@ -442,17 +437,11 @@ func child(o options) error {
 	if o.blockprofile != "" {
 		runtime.SetBlockProfileRate(int((10 * time.Microsecond).Nanoseconds()))
 	}
-	if o.traceFile != "" {
-		f, err := os.Create(o.traceFile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := trace.Start(f); err != nil {
-			return err
-		}
-		defer trace.Stop()
+	stopTrace, err := startTo(o.traceFile, trace.Start, trace.Stop)
+	if err != nil {
+		return err
 	}
+	defer stopTrace()
 	var peakHeap atomic.Uint64
 	stopSampling := sampleHeap(&peakHeap)
 
@@ -700,6 +689,23 @@ func sampleHeap(peak *atomic.Uint64) (stop func()) {
 		}
 	})
 	return func() { close(done); wg.Wait() }
+}
+
+// startTo starts a profile or trace into a new file at path, if path is
+// not empty, and returns what stops it and closes the file.
+func startTo(path string, start func(io.Writer) error, stop func()) (func(), error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := start(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { stop(); f.Close() }, nil
 }
 
 // writeProfile writes the runtime profile of that name to path, if path
