@@ -599,8 +599,7 @@ func (l *ledger) runPart(p int) (*partOffsets, bool) {
 // they are stale. A share group's begin one at a time (each its own
 // record). l.mu is held (lockRuns).
 func (l *ledger) beginLocked(p int, epoch uint64, w *window, offset int64, k int) (int, beginState) {
-	po, ok := l.runPart(p)
-	if !ok || po.epoch != epoch || w != nil && po.win != w {
+	if !l.currentLocked(p, epoch, w) {
 		return 0, beginStale
 	}
 	if w == nil { // a share group's: no window
@@ -626,6 +625,13 @@ func (l *ledger) beginLocked(p int, epoch uint64, w *window, offset int64, k int
 		return n, beginBlocked
 	}
 	return n, begun
+}
+
+// currentLocked reports whether window w, taken in epoch, is still
+// partition p's: what beginLocked checks first. l.mu is held (lockRuns).
+func (l *ledger) currentLocked(p int, epoch uint64, w *window) bool {
+	po, ok := l.runPart(p)
+	return ok && po.epoch == epoch && (w == nil || po.win == w)
 }
 
 // unbeginLocked undoes beginLocked for a message of window w that was not

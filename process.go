@@ -427,6 +427,8 @@ type processor struct {
 	spare    []*lane         // lanes dropped, for new keys (each with its buffers)
 	pruneAt  int             // how many lanes prune the idle ones
 	spans    [][2]int        // add's scratch: the stretches of a batch taken
+	claims   uint64          // claims so far: tells a lane put in the run being claimed (lane.claimed)
+	joins    []stretchOf     // sortOut's scratch: the messages of a keyed lane that join the run
 	pruning  []*lane         // prune's scratch
 }
 
@@ -458,20 +460,37 @@ const (
 // lane is a FIFO of messages taken and waiting to start. An exclusive lane
 // (a key, or a partition) runs one at a time; under Unordered a partition's
 // lane starts its messages as fast as there is room.
+//
+// Under ByKey a partition's lane is keyed: its messages go to their keys'
+// lanes only as a hand claims them (sortOut), and most go straight into
+// the hand's run. A key's lane lives only while the key has a message in
+// a run or waiting for one: the lanes are about as many as the messages
+// in runs, not as the keys of the backlog.
 type lane struct {
 	partition int
-	nilKey    bool   // ByKey: the lane of the messages without a key
+	kind      laneKind
 	bucket    uint64 // in processor.lanes: a hash of the partition and the key
 	collide   *lane  // the next lane of the bucket
 	live      bool   // in lanes
 	exclusive bool
+	keyed     bool          // ByKey: a partition's lane, whose messages go to their keys' lanes as they are claimed
 	msgs      ring[stretch] // the messages waiting, in order
 	n         int           // how many
 	running   int           // its messages in a hand's run (exclusive: of one run)
+	claimed   uint64        // exclusive: the claim that last put its messages in a run (processor.claims)
 	inReady   bool
 	blocked   bool
 	stuck     bool // exclusive: a message was left incomplete; nothing more starts
 }
+
+// laneKind tells apart the lanes a bucket may chain.
+type laneKind uint8
+
+const (
+	partLane   laneKind = iota // a partition's: ByPartition, Unordered, and ByKey's keyed lanes
+	keyLane                    // ByKey: a key's
+	nilKeyLane                 // ByKey: the messages without a key
+)
 
 // taking is what the messages of one batch that Process took share: the
 // batch's messages (the queue lent them to Process: nothing else uses
@@ -778,16 +797,14 @@ func (p *processor) sweepSlow() {
 	}
 }
 
-// add puts the messages of b, which the queue holds, in their lanes, and
-// lets the queue have back those it will not handle (stale, or complete
-// already). p.mu is held.
+// add puts the messages of b, which the queue holds, in their partition's
+// lane (ByKey: keyed, sorted out by key as they are claimed), and lets the
+// queue have back those it will not handle (stale, or complete already).
+// p.mu is held.
 //
-// The ledger's lock is held only while the window takes the offsets, not
-// while the lanes are looked up (ByKey: a key hashed and a table probed
-// for every message), so that a worker asking the ledger whether to
-// fetch, and a hand beginning a run, do not wait for them. Nothing is
-// lost in between: a message waiting in a lane is not in flight, and its
-// run checks that it is still current when it begins.
+// The ledger's lock is held only while the window takes the offsets.
+// Nothing is lost in between: a message waiting in a lane is not in
+// flight, and its run checks that it is still current when it begins.
 func (p *processor) add(b *batch) {
 	from := &taking{msgs: b.msgs, partition: b.partition, epoch: b.epoch, at: time.Now()}
 	spans := p.spans[:0]
@@ -796,27 +813,14 @@ func (p *processor) add(b *batch) {
 		spans = append(spans, [2]int{lo, hi})
 	})
 	p.spans = spans[:0]
-	var l *lane
-	for _, sp := range spans {
-		lo, hi := sp[0], sp[1]
-		p.waiting += hi - lo
-		from.left += hi - lo
-		if p.pc.Ordering != ByKey { // a batch is one partition's: one lane
-			if l == nil {
-				l = p.lane(b.partition, nil)
-			}
-			l.pushRange(from, lo, hi)
-			p.readyLocked(l)
-			continue
+	if len(spans) > 0 {
+		l := p.partLane(b.partition) // a batch is one partition's
+		for _, sp := range spans {
+			p.waiting += sp[1] - sp[0]
+			from.left += sp[1] - sp[0]
+			l.pushRange(from, sp[0], sp[1])
 		}
-		for i := lo; i < hi; i++ {
-			// The previous message's lane, if it has the same key.
-			if k := b.msgs[i].Key; i == lo || !sameKey(b.msgs[i-1].Key, k) {
-				l = p.lane(b.partition, k)
-			}
-			l.pushRange(from, i, i+1)
-			p.readyLocked(l)
-		}
+		p.readyLocked(l)
 	}
 	if !ok {
 		p.out.q.release(b.partition, len(b.msgs)) // a Seek or a revoke since it was fetched
@@ -847,35 +851,37 @@ func (p *processor) letGo(from *taking, n int) {
 	}
 }
 
-// lane returns the lane of a message of partition with key, made if need
-// be. p.mu is held.
+// partLane returns partition's lane, made if need be. p.mu is held.
+func (p *processor) partLane(partition int) *lane {
+	return p.laneOf(partition, uint64(partition)*0x9e3779b97f4a7c15, partLane) // spreads partitions; a collision only chains
+}
+
+// keyLane returns the lane of the messages of partition with key (ByKey),
+// made if need be. p.mu is held.
 //
-// Lanes are found by a hash of the key, not by the key as a string: a
-// lane stays when its key has nothing waiting (until prune), and a new
-// key's lane reuses a dropped lane. Most keys of a backlog have a message
-// or two waiting, and go at once: neither the map nor the heap sees each
-// of their messages.
+// Lanes are found by a hash of the key, not by the key as a string: a new
+// key's lane reuses a dropped lane, and a key's messages that go straight
+// into a run (most of them) see neither the map nor the heap.
 //
 // A key is its 64-bit hash (seeded for each Process): the lane keeps no
 // copy of the key, and a lookup reads no key but the message's. Two keys
 // of a partition whose hashes are equal (about one pair in 2^64) would
 // share a lane: handled one at a time, each still in order. Partitions
 // never share one: their lanes chain in a bucket.
-func (p *processor) lane(partition int, key []byte) *lane {
-	bucket := uint64(partition) * 0x9e3779b97f4a7c15 // spreads partitions; a collision only chains
-	nilKey := false
-	switch {
-	case p.pc.Ordering != ByKey:
-		key = nil
-	case key == nil:
-		nilKey = true
-		bucket++
-	default:
-		bucket ^= maphash.Bytes(p.seed, key)
+func (p *processor) keyLane(partition int, key []byte) *lane {
+	bucket := uint64(partition) * 0x9e3779b97f4a7c15
+	if key == nil {
+		return p.laneOf(partition, bucket+1, nilKeyLane)
 	}
+	return p.laneOf(partition, bucket^maphash.Bytes(p.seed, key), keyLane)
+}
+
+// laneOf returns the lane of partition and kind in bucket, made if need
+// be. p.mu is held.
+func (p *processor) laneOf(partition int, bucket uint64, kind laneKind) *lane {
 	first := p.lanes.get(bucket)
 	for l := first; l != nil; l = l.collide {
-		if l.partition == partition && l.nilKey == nilKey {
+		if l.partition == partition && l.kind == kind {
 			return l
 		}
 	}
@@ -886,9 +892,11 @@ func (p *processor) lane(partition int, key []byte) *lane {
 	if n := len(p.spare); n > 0 {
 		l, p.spare = p.spare[n-1], p.spare[:n-1]
 	} else {
-		l = &lane{exclusive: p.pc.Ordering != Unordered}
+		l = &lane{}
 	}
-	l.partition, l.nilKey, l.bucket, l.collide, l.live = partition, nilKey, bucket, first, true
+	l.partition, l.kind, l.bucket, l.collide, l.live = partition, kind, bucket, first, true
+	l.keyed = kind == partLane && p.pc.Ordering == ByKey
+	l.exclusive = kind != partLane || p.pc.Ordering == ByPartition
 	p.lanes.set(bucket, l)
 	return l
 }
@@ -917,7 +925,7 @@ func (p *processor) dropLane(l *lane) {
 			}
 		}
 	}
-	*l = lane{exclusive: l.exclusive, msgs: ring[stretch]{buf: l.msgs.buf}}
+	*l = lane{msgs: ring[stretch]{buf: l.msgs.buf}}
 	p.spare = append(p.spare, l)
 }
 
@@ -1034,6 +1042,7 @@ func (p *processor) claim(hd *hand) bool {
 	// run's tasks are written after (one a message), so that a worker
 	// asking the ledger whether to fetch waits for less.
 	spans, taken := hd.spans[:0], 0
+	p.claims++
 	led.lockRuns()
 	for taken < n && p.ready.len() > 0 {
 		l := p.ready.pop()
@@ -1043,6 +1052,18 @@ func (p *processor) claim(hd *hand) bool {
 			s := l.head()
 			from := s.from
 			k := min(n-taken, int(s.hi-s.lo))
+			if l.keyed && led.currentLocked(from.partition, from.epoch, from.win) {
+				var nb int
+				var state beginState
+				spans, nb, state = p.claimKeyed(l, k, spans)
+				taken += nb
+				if state == beginBlocked {
+					l.blocked = true
+					p.blocked[l.partition] = append(p.blocked[l.partition], l)
+					break
+				}
+				continue
+			}
 			begun, state := led.beginLocked(from.partition, from.epoch, from.win, from.msgs[s.lo].Offset, k)
 			if state == beginStale {
 				k = int(s.hi - s.lo) // a Seek or a revoke since it was taken
@@ -1058,6 +1079,7 @@ func (p *processor) claim(hd *hand) bool {
 				l.popN(begun)
 				p.waiting -= begun
 				l.running += begun
+				l.claimed = p.claims
 			}
 			if state == beginBlocked {
 				l.blocked = true
@@ -1068,10 +1090,11 @@ func (p *processor) claim(hd *hand) bool {
 		if stale > 0 {
 			released = append(released, partCount{l.partition, stale})
 		}
-		if l.n > 0 && l.mayStart() { // Unordered: the rest is for other hands too
+		if l.n > 0 && l.mayStart() { // Unordered, ByKey's keyed lanes: the rest is for other hands too
 			l.inReady = true
 			p.ready.push(l)
 		}
+		p.dropIdle(l) // a key's lane ready, then emptied (purge)
 	}
 	led.unlockRuns()
 	for _, sp := range spans {
@@ -1108,6 +1131,81 @@ func (p *processor) claim(hd *hand) bool {
 	hd.attempts.Store(0)
 	p.wakeLocked()
 	return true
+}
+
+// claimKeyed claims up to k messages of the first stretch of l, a keyed
+// lane (ByKey), still current: it sorts them out by key (sortOut), begins
+// those that join the run, and appends those begun to spans. Those that
+// found no room wait in their keys' lanes. p.mu and the ledger's lock are
+// held.
+func (p *processor) claimKeyed(l *lane, k int, spans []stretchOf) ([]stretchOf, int, beginState) {
+	from := l.head().from
+	joins, nj := p.sortOut(l, k)
+	if nj == 0 {
+		return spans, 0, begun
+	}
+	// Joined, they are in offset order: the first is the lowest
+	// incomplete message if any of them is.
+	nb, state := p.out.led.beginLocked(from.partition, from.epoch, from.win, from.msgs[joins[0].lo].Offset, nj)
+	p.waiting -= nb
+	left := nb
+	for _, j := range joins {
+		c := min(left, int(j.hi-j.lo))
+		left -= c
+		if c > 0 {
+			spans = append(spans, stretchOf{stretch: stretch{from: from, lo: j.lo, hi: j.lo + int32(c)}, lane: j.lane})
+		}
+		if rest := int(j.hi-j.lo) - c; rest > 0 {
+			// No room: they wait in their key's lane, behind what of it
+			// joined the run, ahead of what comes next.
+			j.lane.running -= rest
+			j.lane.pushRange(from, int(j.lo)+c, int(j.hi))
+			p.readyLocked(j.lane)
+		}
+	}
+	clear(joins)
+	p.joins = joins[:0]
+	return spans, nb, state
+}
+
+// sortOut takes the first k messages of l's first stretch (l is keyed) and
+// sorts them out by key: a message joins the run being claimed when
+// nothing of its key waits and nothing of it runs but in this run (its
+// lane's running count goes up); otherwise it waits at the tail of its
+// key's lane, behind the rest of its key, which keeps a key's messages in
+// order and one at a time. It returns those that join, in order, as
+// stretches of their keys' lanes, and how many. p.mu is held.
+func (p *processor) sortOut(l *lane, k int) ([]stretchOf, int) {
+	s := *l.head()
+	l.popN(k)
+	from, msgs := s.from, s.from.msgs
+	joins, nj := p.joins[:0], 0
+	var kl *lane
+	join := false
+	for i := int(s.lo); i < int(s.lo)+k; i++ {
+		// The previous message's lane, if it has the same key: the same
+		// answer (a message that joined leaves its lane empty, one that
+		// waits does not).
+		if i == int(s.lo) || !sameKey(msgs[i-1].Key, msgs[i].Key) {
+			kl = p.keyLane(from.partition, msgs[i].Key)
+			join = kl.n == 0 && !kl.stuck && (kl.running == 0 || kl.claimed == p.claims)
+		}
+		if !join {
+			kl.pushRange(from, i, i+1)
+			p.readyLocked(kl)
+			continue
+		}
+		kl.running++
+		kl.claimed = p.claims
+		nj++
+		if n := len(joins); n > 0 && joins[n-1].lane == kl && int(joins[n-1].hi) == i {
+			joins[n-1].hi++
+		} else {
+			joins = append(joins, stretchOf{stretch: stretch{from: from, lo: int32(i), hi: int32(i + 1)}, lane: kl})
+		}
+	}
+	p.joins = joins
+	return joins, nj
 }
 
 // handleRun handles hd's run, in order, until a message of it does not
@@ -1306,12 +1404,7 @@ func (p *processor) settleRange(hd *hand, i, j int, ends []outcome) (due bool) {
 			continue // the lane's next message in the run: look at the lane once
 		}
 		p.laneIdle(l)
-		if l.n == 0 && l.running == 0 && p.lanes.len() > keepLanes {
-			// Idle, and as many idle lanes kept as may be: this one
-			// goes now, rather than in a prune's scan of them all
-			// (keys that seldom come back: a key a message).
-			p.dropLane(l)
-		}
+		p.dropIdle(l)
 	}
 	if !stopped && len(p.blocked) > 0 {
 		for k := i; k < j; k++ {
@@ -1319,6 +1412,16 @@ func (p *processor) settleRange(hd *hand, i, j int, ends []outcome) (due bool) {
 		}
 	}
 	return due
+}
+
+// dropIdle drops l if it is a key's lane (ByKey) with nothing waiting,
+// nothing running, and no mark to keep (ready, blocked, stuck): a key's
+// lane lives while its key has messages in a run or waiting for one.
+// p.mu is held.
+func (p *processor) dropIdle(l *lane) {
+	if l.kind != partLane && l.n == 0 && l.running == 0 && !l.inReady && !l.blocked && !l.stuck {
+		p.dropLane(l)
+	}
 }
 
 // laneIdle makes l ready, if it may start, now that a run has let go of
@@ -1806,6 +1909,7 @@ func (p *processor) purge(partitions []int) {
 			l.drain(nil)
 			p.waiting -= n
 			p.out.q.release(partition, n)
+			p.dropIdle(l)
 		}
 	}
 }

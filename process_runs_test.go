@@ -114,19 +114,24 @@ func TestProcessRetryHoldsBackOnlyItsKey(t *testing.T) {
 
 // TestProcessLaneChains: lanes are found by their key's hash; lanes of
 // other partitions whose buckets collide share the bucket, each its own
-// lane, and dropping one keeps the others. Idle lanes stay until there are
-// twice keepLanes.
+// lane, and dropping one keeps the others. Lanes left idle (a purge) are
+// pruned once there are twice keepLanes.
 func TestProcessLaneChains(t *testing.T) {
 	out := &delivery{led: &ledger{}}
 	p := newProcessor(ProcessConfig{Ordering: ByKey, Concurrency: 1}, func(context.Context, kafka.Message) error { return nil },
 		out, slog.New(slog.DiscardHandler), time.Second)
-	a := p.lane(0, []byte("a"))
-	require.Same(t, a, p.lane(0, []byte("a")))
-	require.NotSame(t, a, p.lane(0, []byte("b")), "another key")
-	require.NotSame(t, a, p.lane(1, []byte("a")), "another partition")
-	require.NotSame(t, a, p.lane(0, nil), "a nil key is not a key")
-	require.NotSame(t, p.lane(0, []byte{}), p.lane(0, nil), "nor is an empty one")
-	require.Same(t, p.lane(0, nil), p.lane(0, nil))
+	a := p.keyLane(0, []byte("a"))
+	require.Same(t, a, p.keyLane(0, []byte("a")))
+	require.NotSame(t, a, p.keyLane(0, []byte("b")), "another key")
+	require.NotSame(t, a, p.keyLane(1, []byte("a")), "another partition")
+	require.NotSame(t, a, p.keyLane(0, nil), "a nil key is not a key")
+	require.NotSame(t, p.keyLane(0, []byte{}), p.keyLane(0, nil), "nor is an empty one")
+	require.Same(t, p.keyLane(0, nil), p.keyLane(0, nil))
+	part := p.partLane(0)
+	require.Same(t, part, p.partLane(0))
+	require.True(t, part.keyed && !part.exclusive, "ByKey: a partition's lane is keyed, its keys' lanes exclusive")
+	require.True(t, a.exclusive && !a.keyed)
+	require.NotSame(t, part, p.keyLane(0, nil))
 
 	// A lane of partition 1 in a's bucket: the bucket chains them.
 	chain := func(id uint64) (parts []int) {
@@ -136,27 +141,27 @@ func TestProcessLaneChains(t *testing.T) {
 		return parts
 	}
 	id := a.bucket // a dropped lane forgets it
-	b := &lane{partition: 1, bucket: id, collide: a, live: true, exclusive: true}
+	b := &lane{partition: 1, kind: keyLane, bucket: id, collide: a, live: true, exclusive: true}
 	p.lanes.set(id, b)
-	require.Same(t, a, p.lane(0, []byte("a")), "a is found past b")
+	require.Same(t, a, p.keyLane(0, []byte("a")), "a is found past b")
 	p.dropLane(a)
 	require.Equal(t, []int{1}, chain(id), "b stays when a goes")
-	a2 := p.lane(0, []byte("a"))
+	a2 := p.keyLane(0, []byte("a"))
 	require.NotSame(t, b, a2)
 	require.Equal(t, []int{0, 1}, chain(id), "a's new lane goes first")
 	p.dropLane(b)
 	p.dropLane(b) // dropped already: nothing
 	require.Equal(t, []int{0}, chain(id))
-	require.Same(t, a2, p.lane(0, []byte("a")))
+	require.Same(t, a2, p.keyLane(0, []byte("a")))
 
-	// Idle lanes are pruned once there are twice keepLanes (a lane
-	// settled idle goes at once past keepLanes); busy ones stay.
+	// Idle lanes are pruned once there are twice keepLanes (a key's lane
+	// settled idle goes at once); busy ones stay.
 	a2.pushRange(&taking{msgs: make([]kafka.Message, 1)}, 0, 1)
 	for i := range 2*keepLanes + 1 {
-		p.lane(0, fmt.Appendf(nil, "key-%d", i))
+		p.keyLane(0, fmt.Appendf(nil, "key-%d", i))
 	}
 	assert.Less(t, p.lanes.len(), keepLanes)
-	require.Same(t, a2, p.lane(0, []byte("a")), "a lane with a message waiting stays")
+	require.Same(t, a2, p.keyLane(0, []byte("a")), "a lane with a message waiting stays")
 }
 
 // runsRig is a processor over partitions of a ledger and a queue, with no
@@ -353,4 +358,63 @@ func TestLanePutBackOrder(t *testing.T) {
 		}
 		require.Equal(t, want, got)
 	}
+}
+
+// TestProcessByKeySortsOutAtClaim: under ByKey a batch goes into its
+// partition's lane as it is; its messages go to their keys as a hand
+// claims them. A message joins the run being claimed when nothing of its
+// key waits and nothing of it runs but in that run; otherwise it waits in
+// its key's lane, behind the rest of its key, and that lane starts once
+// its key's run settles. A key's lane goes once nothing of it is left.
+func TestProcessByKeySortsOutAtClaim(t *testing.T) {
+	r := newRunsRig(t, ProcessConfig{Ordering: ByKey, Concurrency: 2}, 1)
+	p := r.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.perMsg = runBudget / 3 // runs of at most 3, and of half what waits
+	offsets := func(hd *hand) (offs []int64) {
+		for _, t := range hd.run {
+			offs = append(offs, t.off)
+		}
+		return offs
+	}
+	complete := func(hd *hand) {
+		hd.ends = hd.ends[:0]
+		for range hd.run {
+			hd.ends = append(hd.ends, completed)
+		}
+		hd.pos.Store(position(len(hd.run), len(hd.run)))
+		p.settle(hd)
+	}
+	r.add(r.batch(0, "a", "b", "a", "c", "a", "e", "f"))
+	a, b := p.hands[0], p.hands[1]
+
+	require.True(t, p.claim(a))
+	require.Equal(t, []int64{0, 1, 2}, offsets(a), "a's second joins the run of its first")
+	require.True(t, p.claim(b))
+	require.Equal(t, []int64{3, 5}, offsets(b), "a's third waits: a runs in another run")
+	require.Equal(t, 2, p.waiting, "a's third, and f")
+
+	// More of partition 0: a at 7 (behind a's third), d at 8.
+	more := r.batch(0, "a", "d")
+	for i := range more.msgs {
+		more.msgs[i].Offset += 7
+	}
+	r.add(more)
+	complete(a) // a's lane may start: its third waits, behind the partition's
+	require.True(t, p.claim(a))
+	require.Equal(t, []int64{6, 8}, offsets(a), "a at 7 waits behind a's third, in a's lane")
+	complete(b)
+	require.True(t, p.claim(b))
+	require.Equal(t, []int64{4}, offsets(b), "a's lane, in order")
+	complete(b)
+	require.True(t, p.claim(b))
+	require.Equal(t, []int64{7}, offsets(b))
+
+	complete(a)
+	complete(b)
+	assert.False(t, p.claim(a))
+	assert.Zero(t, p.waiting)
+	assert.Equal(t, 1, p.lanes.len(), "only the partition's lane is left: its keys' went as they settled")
+	assert.Equal(t, int64(9), r.led.b.parts[0].win.commit, "all of it complete")
 }
