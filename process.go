@@ -442,9 +442,9 @@ const (
 	// every sweepEvery.
 	slowHandler = 2 * time.Millisecond
 	sweepEvery  = time.Millisecond
-	// keepLanes is how many lanes (keys) may stay idle: about 250 B each.
-	// Past it a lane goes as its run settles it idle; a prune scans them
-	// all only when twice as many are (most of them busy).
+	// A key's lane goes as its run settles it idle (dropIdle); lanes left
+	// idle otherwise (a partition's, a key's emptied by a revoke) are
+	// pruned once the lanes are twice keepLanes (about 250 B each).
 	keepLanes = 16384
 	// aliveEvery is how often a run asks liveness again.
 	aliveEvery = time.Millisecond
@@ -929,9 +929,9 @@ func (p *processor) dropLane(l *lane) {
 	p.spare = append(p.spare, l)
 }
 
-// prune drops the idle lanes (no message waiting, none in a run): lanes
-// stay idle so that a key that comes back finds its lane, with no map
-// insert or delete, but no more than about keepLanes of them. p.mu is held.
+// prune drops the idle lanes (no message waiting, none in a run), once
+// there are many: most of a key's go as they settle idle (dropIdle), this
+// is for the rest. p.mu is held.
 func (p *processor) prune() {
 	all := p.pruning[:0]
 	p.lanes.all(func(first *lane) {
@@ -1425,7 +1425,7 @@ func (p *processor) dropIdle(l *lane) {
 }
 
 // laneIdle makes l ready, if it may start, now that a run has let go of
-// its messages. An empty lane stays, idle, until the lanes are pruned.
+// its messages.
 // p.mu is held.
 func (p *processor) laneIdle(l *lane) {
 	if l.n > 0 && l.mayStart() {
