@@ -442,9 +442,9 @@ const (
 	// every sweepEvery.
 	slowHandler = 2 * time.Millisecond
 	sweepEvery  = time.Millisecond
-	// A key's lane goes as its run settles it idle (dropIdle); lanes left
-	// idle otherwise (a partition's, a key's emptied by a revoke) are
-	// pruned once the lanes are twice keepLanes (about 250 B each).
+	// keepLanes is how many lanes (keys) may stay idle: about 250 B each.
+	// Past it a key's lane goes as its run settles it idle (dropIdle); a
+	// prune scans them all only when twice as many are (most of them busy).
 	keepLanes = 16384
 	// aliveEvery is how often a run asks liveness again.
 	aliveEvery = time.Millisecond
@@ -461,11 +461,9 @@ const (
 // (a key, or a partition) runs one at a time; under Unordered a partition's
 // lane starts its messages as fast as there is room.
 //
-// Under ByKey a partition's lane is keyed: its messages go to their keys'
-// lanes only as a hand claims them (sortOut), and most go straight into
-// the hand's run. A key's lane lives only while the key has a message in
-// a run or waiting for one: the lanes are about as many as the messages
-// in runs, not as the keys of the backlog.
+// Under ByKey a partition's lane is keyed: its messages go to their keys
+// only as a hand claims them (sortOut), and most go straight into the
+// hand's run; a key's lane holds those that must wait for their key.
 type lane struct {
 	partition int
 	kind      laneKind
@@ -859,9 +857,10 @@ func (p *processor) partLane(partition int) *lane {
 // keyLane returns the lane of the messages of partition with key (ByKey),
 // made if need be. p.mu is held.
 //
-// Lanes are found by a hash of the key, not by the key as a string: a new
-// key's lane reuses a dropped lane, and a key's messages that go straight
-// into a run (most of them) see neither the map nor the heap.
+// Lanes are found by a hash of the key, not by the key as a string: a
+// lane stays when its key has nothing waiting (until prune), and a new
+// key's lane reuses a dropped lane: neither a map nor the heap sees each
+// of a key's messages.
 //
 // A key is its 64-bit hash (seeded for each Process): the lane keeps no
 // copy of the key, and a lookup reads no key but the message's. Two keys
@@ -929,9 +928,9 @@ func (p *processor) dropLane(l *lane) {
 	p.spare = append(p.spare, l)
 }
 
-// prune drops the idle lanes (no message waiting, none in a run), once
-// there are many: most of a key's go as they settle idle (dropIdle), this
-// is for the rest. p.mu is held.
+// prune drops the idle lanes (no message waiting, none in a run): lanes
+// stay idle so that a key that comes back finds its lane, with no table
+// insert or delete, but no more than about keepLanes of them. p.mu is held.
 func (p *processor) prune() {
 	all := p.pruning[:0]
 	p.lanes.all(func(first *lane) {
@@ -1415,17 +1414,18 @@ func (p *processor) settleRange(hd *hand, i, j int, ends []outcome) (due bool) {
 }
 
 // dropIdle drops l if it is a key's lane (ByKey) with nothing waiting,
-// nothing running, and no mark to keep (ready, blocked, stuck): a key's
-// lane lives while its key has messages in a run or waiting for one.
-// p.mu is held.
+// nothing running, and no mark to keep (ready, blocked, stuck), and as
+// many idle lanes are kept as may be (keepLanes): this one goes now,
+// rather than in a prune's scan of them all (keys that seldom come back:
+// a key a message). p.mu is held.
 func (p *processor) dropIdle(l *lane) {
-	if l.kind != partLane && l.n == 0 && l.running == 0 && !l.inReady && !l.blocked && !l.stuck {
+	if l.kind != partLane && l.n == 0 && l.running == 0 && !l.inReady && !l.blocked && !l.stuck && p.lanes.len() > keepLanes {
 		p.dropLane(l)
 	}
 }
 
 // laneIdle makes l ready, if it may start, now that a run has let go of
-// its messages.
+// its messages. An empty lane stays, idle, until the lanes are pruned.
 // p.mu is held.
 func (p *processor) laneIdle(l *lane) {
 	if l.n > 0 && l.mayStart() {

@@ -114,8 +114,8 @@ func TestProcessRetryHoldsBackOnlyItsKey(t *testing.T) {
 
 // TestProcessLaneChains: lanes are found by their key's hash; lanes of
 // other partitions whose buckets collide share the bucket, each its own
-// lane, and dropping one keeps the others. Lanes left idle (a purge) are
-// pruned once there are twice keepLanes.
+// lane, and dropping one keeps the others. Idle lanes stay until there are
+// twice keepLanes.
 func TestProcessLaneChains(t *testing.T) {
 	out := &delivery{led: &ledger{}}
 	p := newProcessor(ProcessConfig{Ordering: ByKey, Concurrency: 1}, func(context.Context, kafka.Message) error { return nil },
@@ -154,8 +154,8 @@ func TestProcessLaneChains(t *testing.T) {
 	require.Equal(t, []int{0}, chain(id))
 	require.Same(t, a2, p.keyLane(0, []byte("a")))
 
-	// Idle lanes are pruned once there are twice keepLanes (a key's lane
-	// settled idle goes at once); busy ones stay.
+	// Idle lanes are pruned once there are twice keepLanes (a lane
+	// settled idle goes at once past keepLanes); busy ones stay.
 	a2.pushRange(&taking{msgs: make([]kafka.Message, 1)}, 0, 1)
 	for i := range 2*keepLanes + 1 {
 		p.keyLane(0, fmt.Appendf(nil, "key-%d", i))
@@ -365,7 +365,7 @@ func TestLanePutBackOrder(t *testing.T) {
 // claims them. A message joins the run being claimed when nothing of its
 // key waits and nothing of it runs but in that run; otherwise it waits in
 // its key's lane, behind the rest of its key, and that lane starts once
-// its key's run settles. A key's lane goes once nothing of it is left.
+// its key's run settles.
 func TestProcessByKeySortsOutAtClaim(t *testing.T) {
 	r := newRunsRig(t, ProcessConfig{Ordering: ByKey, Concurrency: 2}, 1)
 	p := r.p
@@ -415,6 +415,6 @@ func TestProcessByKeySortsOutAtClaim(t *testing.T) {
 	complete(b)
 	assert.False(t, p.claim(a))
 	assert.Zero(t, p.waiting)
-	assert.Equal(t, 1, p.lanes.len(), "only the partition's lane is left: its keys' went as they settled")
+	assert.Equal(t, 7, p.lanes.len(), "the partition's lane, and its 6 keys' (idle: kept)")
 	assert.Equal(t, int64(9), r.led.b.parts[0].win.commit, "all of it complete")
 }
