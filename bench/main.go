@@ -93,6 +93,7 @@ type options struct {
 	// process suite (process.go)
 	processParts         string
 	processCPUContenders string
+	processCPUKeys       int
 	pcN                  int
 	pcSeed               uint64
 	pcDist               string
@@ -160,6 +161,7 @@ func main() {
 	flag.StringVar(&o.profileContenders, "profile-contenders", "mc-get?w=1 mc-get?w=8 mc-iter?w=8", "contenders of the profile suite (CPU and allocation profiles of a drain of -n messages of the first of -sizes), space-separated")
 	flag.StringVar(&o.memN, "mem-n", "1000000,10000000", "backlogs of the mem suite (100 B messages)")
 	flag.StringVar(&o.processParts, "process-parts", "pc,io,cpu", "parts of the process suite: pc (parallel-consumer's table), io (1 ms handler), cpu (near-empty handler, -n messages)")
+	flag.IntVar(&o.processCPUKeys, "process-cpu-keys", 1000, "process suite, cpu part: distinct keys in each partition (key of message i: i mod this)")
 	flag.StringVar(&o.processCPUContenders, "process-cpu-contenders", "", "process suite, cpu part: contenders, space-separated, GetMessages first (the reference of the ratios); empty: "+strings.Join(cpuContenders, " "))
 	flag.IntVar(&o.pcN, "pc-n", 10_000, "process suite, pc part: messages")
 	flag.Uint64Var(&o.pcSeed, "pc-seed", 1, "process suite, pc part: seed of the sleeps")

@@ -652,10 +652,13 @@ func (b *bench) cpuContenders() []string {
 }
 
 // processCPU: the cpu part, on -n messages over 8 partitions, 100 B
-// values, key i mod 1,000 in each partition.
+// values, key i mod -process-cpu-keys (1,000) in each partition.
 func (b *bench) processCPU() error {
 	const partitions, size = 8, 100
-	ks := keys(1000)
+	if b.o.processCPUKeys < 1 {
+		return fmt.Errorf("-process-cpu-keys %d: want at least 1", b.o.processCPUKeys)
+	}
+	ks := keys(b.o.processCPUKeys)
 	value := make([]byte, size)
 	for i := range value {
 		value[i] = byte('a' + i%26)
