@@ -421,6 +421,7 @@ type processor struct {
 	blocked  map[int][]*lane // lanes waiting for room in their partition's metadata
 	waiting  int             // messages in lanes
 	running  int             // hands with a run
+	held     int             // of them, held up by a handler (hand.held)
 	idlers   int             // hands waiting for work
 	perMsg   time.Duration   // a run's time per message, averaged over runs; 0 before the first
 	sweeping bool            // the feeder sweeps every sweepEvery
@@ -645,7 +646,11 @@ type hand struct {
 	// hand's own.
 	timeEach bool
 	untimed  int
-	aliveAt  time.Time   // when the run last found the member alive, the hand's own
+	aliveAt  time.Time // when the run last found the member alive, the hand's own
+	// held: a sweep found the hand held up by a handler (slowHandler);
+	// it does not count against the hands near-empty handlers run on
+	// (see wakeLocked) until its run ends. Guarded by p.mu.
+	held     bool
 	released []partCount // scratch for settle: guarded by p.mu
 	spans    []stretchOf // scratch for claim: guarded by p.mu
 }
@@ -789,6 +794,7 @@ func (p *processor) feed(ctx context.Context) error {
 func (p *processor) sweepSlow() {
 	p.mu.Lock()
 	due := p.sweep(false)
+	p.wakeLocked() // for a hand found held up
 	p.mu.Unlock()
 	if due {
 		p.out.wake()
@@ -961,10 +967,24 @@ func (p *processor) allLanes() []*lane {
 
 // wakeLocked wakes an idle hand if a lane is ready; a hand that claims and
 // leaves lanes ready wakes the next. p.mu is held.
+//
+// Near-empty handlers (under fastHandler a message, on average) are
+// CPU-bound: they run on no more hands at once than there are Ps (procs),
+// which keep claiming as they settle; more would only take turns on the
+// Ps, and contend for p.mu (with 16 hands on 2 Ps, 7-11% more CPU a
+// message). A hand held up by its handler (a sweep found it so, within
+// slowHandler and sweepEvery) does not count: a handler that blocks lets
+// another hand run.
 func (p *processor) wakeLocked() {
-	if p.idlers > 0 && p.ready.len() > 0 && !p.stopped.Load() {
+	if p.idlers > 0 && p.ready.len() > 0 && !p.stopped.Load() && !p.enoughRun() {
 		p.work.Signal()
 	}
+}
+
+// enoughRun reports whether as many hands run near-empty handlers as there
+// are Ps, none of them held up. p.mu is held.
+func (p *processor) enoughRun() bool {
+	return p.perMsg > 0 && p.perMsg <= fastHandler && p.running-p.held >= p.procs
 }
 
 // readyLocked puts l, which has messages, in the ready lanes if it may
@@ -1312,8 +1332,17 @@ func (p *processor) settle(hd *hand) (due bool) {
 	hd.run, hd.ends, hd.settled = hd.run[:0], hd.ends[:0], 0
 	hd.pos.Store(0)
 	hd.claimed = time.Time{}
-	p.running--
+	p.endRun(hd)
 	return due
+}
+
+// endRun counts hd's run ended. p.mu is held.
+func (p *processor) endRun(hd *hand) {
+	p.running--
+	if hd.held {
+		hd.held = false
+		p.held--
+	}
 }
 
 // mergeCounts adds the hand's counts to the dispatcher's. p.mu is held, by
@@ -1503,7 +1532,7 @@ func (p *processor) park(hd *hand, keep bool) {
 		clear(hd.run)
 		hd.run = hd.run[:0]
 		hd.pos.Store(0)
-		p.running--
+		p.endRun(hd)
 	}
 	hd.ends, hd.settled = hd.ends[:0], 0
 	if due {
@@ -1528,6 +1557,10 @@ func (p *processor) sweep(all bool) (due bool) {
 		next, limit := positions(w)
 		if next == 0 {
 			continue // not started yet
+		}
+		if !all && !hd.held {
+			hd.held = true // another hand may run (wakeLocked)
+			p.held++
 		}
 		if next < limit {
 			if !hd.pos.CompareAndSwap(w, position(next, next)) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -296,6 +297,35 @@ func TestProcessDispatchDrains(t *testing.T) {
 			dispatchKeys(t, pc, 1<<16, 8, 4096, 200_000, 60*time.Second, h.work)
 		})
 	}
+}
+
+// TestProcessBlockedHandlersLetOthersRun: near-empty handlers run on as
+// many hands as there are Ps (2 here); when those hands' handlers block,
+// a sweep finds them held up and wakes other hands to take the rest. Had
+// the held hands counted, or the sweep not woken a hand, nothing else
+// would run, and the two would wait for good.
+func TestProcessBlockedHandlersLetOthersRun(t *testing.T) {
+	brokerFree(t)
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
+	const n = 40_000
+	var handled atomic.Int64
+	rest := make(chan struct{})
+	var once sync.Once
+	work := func(partition int, offset int64) error {
+		if partition < 2 && offset == 2500 { // after enough to be near-empty
+			select {
+			case <-rest:
+			case <-time.After(10 * time.Second):
+				t.Errorf("partition %d, offset %d: the others were not handled while it waited (%d of %d)", partition, offset, handled.Load(), n)
+			}
+		}
+		if handled.Add(1) == n-2 {
+			once.Do(func() { close(rest) })
+		}
+		return nil
+	}
+	// A queue that lends them all early: no batch added later wakes a hand.
+	dispatchKeys(t, ProcessConfig{Ordering: Unordered, Concurrency: 8}, 1<<16, 8, 1000, n, 60*time.Second, work)
 }
 
 // TestProcessDispatchMetadataFull: ByKey on one partition, two keys

@@ -418,3 +418,47 @@ func TestProcessByKeySortsOutAtClaim(t *testing.T) {
 	assert.Equal(t, 7, p.lanes.len(), "the partition's lane, and its 6 keys' (idle: kept)")
 	assert.Equal(t, int64(9), r.led.b.parts[0].win.commit, "all of it complete")
 }
+
+// TestProcessHeldHandsDoNotCount: near-empty handlers run on no more hands
+// at once than there are Ps; a hand a sweep finds held up by its handler
+// does not count, so another may run, until its run ends.
+func TestProcessHeldHandsDoNotCount(t *testing.T) {
+	r := newRunsRig(t, ProcessConfig{Ordering: Unordered, Concurrency: 4}, 2)
+	p := r.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.procs = 2
+	p.perMsg = time.Microsecond
+	r.add(r.batch(0, "", "", "", ""), r.batch(1, "", "", "", ""))
+	a, b := p.hands[0], p.hands[1]
+	require.True(t, p.claim(a))
+	require.False(t, p.enoughRun(), "one hand runs, on 2 Ps")
+	require.True(t, p.claim(b))
+	require.True(t, p.enoughRun(), "two hands run, on 2 Ps")
+
+	// Both start their first message and are held up (they began long
+	// ago): neither counts.
+	for _, hd := range []*hand{a, b} {
+		hd.pos.Store(position(1, len(hd.run)))
+		hd.began.Store(1)
+	}
+	p.sweep(false)
+	assert.Equal(t, 2, p.held)
+	assert.False(t, p.enoughRun(), "both held up: others may run")
+	p.sweep(false)
+	assert.Equal(t, 2, p.held, "counted once")
+
+	// a's message completes, and its run ends: a counts again, and is
+	// not held up any more.
+	a.ends = append(a.ends[:0], completed)
+	p.settle(a)
+	assert.False(t, a.held)
+	assert.Equal(t, 1, p.held)
+	require.True(t, p.claim(a))
+	assert.False(t, p.enoughRun(), "a runs, b is held up")
+
+	// Slow handlers: no limit.
+	p.held = 0
+	p.perMsg = time.Millisecond
+	assert.False(t, p.enoughRun())
+}
