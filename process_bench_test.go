@@ -299,14 +299,14 @@ func TestProcessDispatchDrains(t *testing.T) {
 	}
 }
 
-// TestProcessBlockedHandlersLetOthersRun: near-empty handlers run on as
-// many hands as there are Ps (2 here); when those hands' handlers block,
+// TestProcessBlockedHandlersLetOthersRun: near-empty handlers run on
+// fastHands hands a P (2 here, on one P); when those hands' handlers block,
 // a sweep finds them held up and wakes other hands to take the rest. Had
 // the held hands counted, or the sweep not woken a hand, nothing else
 // would run, and the two would wait for good.
 func TestProcessBlockedHandlersLetOthersRun(t *testing.T) {
 	brokerFree(t)
-	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 	const n = 40_000
 	var handled atomic.Int64
 	rest := make(chan struct{})

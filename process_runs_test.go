@@ -420,21 +420,22 @@ func TestProcessByKeySortsOutAtClaim(t *testing.T) {
 }
 
 // TestProcessHeldHandsDoNotCount: near-empty handlers run on no more hands
-// at once than there are Ps; a hand a sweep finds held up by its handler
+// at once than fastHands a P; a hand a sweep finds held up by its handler
 // does not count, so another may run, until its run ends.
 func TestProcessHeldHandsDoNotCount(t *testing.T) {
+	require.Equal(t, 2, fastHands, "one P: two hands")
 	r := newRunsRig(t, ProcessConfig{Ordering: Unordered, Concurrency: 4}, 2)
 	p := r.p
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.procs = 2
-	p.perMsg = time.Microsecond
-	r.add(r.batch(0, "", "", "", ""), r.batch(1, "", "", "", ""))
+	p.procs = 1
+	p.perMsg = fastHandler // near-empty still; runs of 20 (runBudget)
+	r.add(r.batch(0, make([]string, 30)...), r.batch(1, make([]string, 30)...))
 	a, b := p.hands[0], p.hands[1]
 	require.True(t, p.claim(a))
-	require.False(t, p.enoughRun(), "one hand runs, on 2 Ps")
+	require.False(t, p.enoughRun(), "one hand runs")
 	require.True(t, p.claim(b))
-	require.True(t, p.enoughRun(), "two hands run, on 2 Ps")
+	require.True(t, p.enoughRun(), "two hands run")
 
 	// Both start their first message and are held up (they began long
 	// ago): neither counts.
