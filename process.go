@@ -64,7 +64,10 @@ type ProcessConfig struct {
 	// Ordering of the handlers. Default ByKey.
 	Ordering Ordering
 	// Concurrency is how many handlers run at once. Default 16; it may be
-	// far above the number of partitions.
+	// far above the number of partitions. Handlers that take under 10µs a
+	// message on average run on at most two goroutines a GOMAXPROCS at once
+	// (more would only take turns on the CPUs); one held up for 2ms or
+	// more does not count.
 	Concurrency int
 	// MaxAttempts bounds the attempts at a message: 0 retries until it
 	// succeeds or ctx ends; n gives up after n failed attempts (see
