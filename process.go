@@ -1122,7 +1122,6 @@ func (p *processor) claim(hd *hand) bool {
 			l.inReady = true
 			p.ready.push(l)
 		}
-		p.dropIdle(l) // a key's lane ready, then emptied (purge)
 	}
 	led.unlockRuns()
 	for _, sp := range spans {
@@ -1951,7 +1950,6 @@ func (p *processor) purge(partitions []int) {
 			l.drain(nil)
 			p.waiting -= n
 			p.out.q.release(partition, n)
-			p.dropIdle(l)
 		}
 	}
 }
