@@ -425,7 +425,14 @@ type Stats struct {
 	Messages    int64
 	Bytes       int64
 	FetchErrors int64
-	Partitions  map[int]PartitionStats
+	// Fetches counts the fetch requests the brokers answered (each
+	// worker sends one a round to each leader of its partitions), and
+	// FetchedBytes the record batches' bytes they brought: FetchedBytes
+	// over Fetches is the mean response size, small when a consumer
+	// keeps up with a trickle and near the fetch limits through a backlog.
+	Fetches      int64
+	FetchedBytes int64
+	Partitions   map[int]PartitionStats
 	// AddedPartitions are the partitions added to the topic while the
 	// consumer ran, which it consumes too, sorted.
 	AddedPartitions []int
@@ -472,6 +479,7 @@ func (c *MultiConsumer) Stats() Stats {
 		JoinGroup: c.cfg.JoinGroup, ShareGroup: c.cfg.ShareGroup, Closed: c.life.isClosed(), Err: c.life.err(),
 		Workers: c.sess.count(), QueueLen: c.q.len(), QueueSize: c.cfg.QueueSize,
 		Paused: !c.sess.env.unpaused.IsSet(), CommitErrors: c.commits.errs.Load(),
+		Fetches: c.sess.env.fetches.Load(), FetchedBytes: c.sess.env.fetched.Load(),
 		Process: c.out.totals.snapshot(),
 	}
 	proc := c.out.processing()

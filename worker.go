@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -170,6 +171,9 @@ type fetchEnv struct {
 	q        *queue
 	unpaused *event  // set while not paused: Pause clears it, Resume sets it
 	led      *ledger // where to fetch from (a Seek moves it), high watermarks, fetch errors
+	// fetches counts the fetch requests answered, fetched their record
+	// bytes (Stats.Fetches, Stats.FetchedBytes).
+	fetches, fetched atomic.Int64
 }
 
 func newWorker(env *fetchEnv, id int, partitions []int, pos map[int]*fetchPos, wake *wakeup) *worker {
@@ -565,6 +569,7 @@ func (w *worker) fetchFrom(ctx, rctx context.Context, leader int, parts []int, r
 		}
 		return
 	}
+	w.env.fetches.Add(1)
 	var feeds []feed // the unpacker's from here on
 	size := 0        // their records' bytes
 	for _, rt := range res.Topics {
@@ -604,6 +609,7 @@ func (w *worker) fetchFrom(ctx, rctx context.Context, leader int, parts []int, r
 	if len(feeds) == 0 {
 		return
 	}
+	w.env.fetched.Add(int64(size))
 	if size > unpackNowMax || !w.unpacker.unpackNow(ctx, feeds) {
 		select {
 		case w.unpacker.in <- feeds:

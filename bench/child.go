@@ -85,6 +85,19 @@ type result struct {
 	// the run started.
 	Share *shareResult `json:"share,omitempty"`
 	Load  float64      `json:"load1,omitempty"`
+	// A MultiConsumer's Stats().Fetches and FetchedBytes at its Close.
+	Fetches      int64 `json:"fetches,omitempty"`
+	FetchedBytes int64 `json:"fetched_bytes,omitempty"`
+}
+
+// lastStats holds the Stats of the child's last MultiConsumer, taken as it
+// closes (noteStats), for the result.
+var lastStats atomic.Pointer[multiconsumer.Stats]
+
+// noteStats records c's Stats into lastStats; deferred before c.Close.
+func noteStats(c *multiconsumer.MultiConsumer) {
+	st := c.Stats()
+	lastStats.Store(&st)
 }
 
 // allocPerMsg returns the latency mode's bytes and allocations per message
@@ -271,6 +284,7 @@ func runMCGet(s spec) runner {
 			return err
 		}
 		defer c.Close()
+		defer noteStats(c)
 		count := s.int("count", 1000)
 		opts := []multiconsumer.GetOption{multiconsumer.BlockFor(1), multiconsumer.Timeout(time.Second)}
 		if s.str("block", "1") == "full" {
@@ -296,6 +310,7 @@ func runMCIter(s spec) runner {
 			return err
 		}
 		defer c.Close()
+		defer noteStats(c)
 		for m := range c.Iter(ctx) {
 			h(m.Key, m.Value)
 		}
@@ -485,6 +500,9 @@ func child(o options) error {
 		r.SleepMean = time.Duration(slept.Load() / n).Seconds()
 	}
 	r.CPU = cpuSeconds()
+	if st := lastStats.Load(); st != nil {
+		r.Fetches, r.FetchedBytes = st.Fetches, st.FetchedBytes
+	}
 	idle := []metrics.Sample{{Name: "/cpu/classes/idle:cpu-seconds"}}
 	metrics.Read(idle)
 	if idle[0].Value.Kind() == metrics.KindFloat64 {

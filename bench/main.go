@@ -94,6 +94,7 @@ type options struct {
 	processParts         string
 	processCPUContenders string
 	processCPUKeys       int
+	keepTopics           bool
 	pcN                  int
 	pcSeed               uint64
 	pcDist               string
@@ -177,6 +178,7 @@ func main() {
 	flag.StringVar(&o.shareMember, "share-member", shareMemberSpec, "share suite, process part: the member, c= Concurrency, q= QueueSize, order=; several, space-separated")
 	flag.DurationVar(&o.shareSleep, "share-sleep", 5*time.Millisecond, "share suite, process part: the handler's sleep per record")
 	flag.BoolVar(&o.shareProfile, "share-profile", false, "share suite, drain part: write a CPU profile of the mc-share contenders' first round")
+	flag.BoolVar(&o.keepTopics, "keep-topics", false, "leave the topics produced in the broker, and log their names: a child (-contender, -mode, -topic) then drains one again, to profile it (-cpuprofile)")
 	flag.StringVar(&o.out, "out", fromRoot("bench/results"), "directory for the JSON and Markdown results and profiles")
 	flag.StringVar(&o.docs, "docs", fromRoot("docs"), "directory for the PNG charts")
 	flag.StringVar(&o.reportFrom, "report", "", "only write the tables and charts of a results JSON file of an earlier run (give its -suites and -label too, and its -rate if it predates per-result rates)")

@@ -334,6 +334,10 @@ func reversed(s []string) []string {
 }
 
 func (b *bench) deleteTopic(topic string) {
+	if b.o.keepTopics {
+		logf("kept topic %s (-keep-topics)", topic)
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := b.cluster.DeleteTopic(ctx, topic); err != nil {

@@ -138,6 +138,7 @@ func runMCProcess(s spec) runner {
 			return err
 		}
 		defer c.Close()
+		defer noteStats(c)
 		stopWatch := watchStall(ctx, c)
 		defer stopWatch()
 		pc := multiconsumer.ProcessConfig{Ordering: order, Concurrency: s.int("c", 16)}
