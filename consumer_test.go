@@ -851,6 +851,10 @@ func TestStats(t *testing.T) {
 	assert.False(t, s.Time.Before(s.LastCommit))
 	assert.EqualValues(t, 20, s.Messages)
 	assert.EqualValues(t, 120, s.Bytes)
+	// At least a response a partition; each record batch is bigger than
+	// its records' keys and values.
+	assert.GreaterOrEqual(t, s.Fetches, int64(1))
+	assert.Greater(t, s.FetchedBytes, s.Bytes)
 	assert.EqualValues(t, -1, s.Generation, "outside group mode")
 	assert.False(t, s.Closed)
 	require.NoError(t, c.Close())
