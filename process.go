@@ -31,6 +31,13 @@ const (
 	// ByKey handles messages with the same key in a partition one at a
 	// time, in offset order, and different keys in parallel. Messages
 	// with a nil key are ordered by partition (among themselves).
+	//
+	// While handlers take under 10µs a message on average and at least
+	// as many partitions have messages as GOMAXPROCS, a partition's
+	// waiting messages go to one goroutine at a time, as under
+	// ByPartition (a stronger order; no key is looked at). A handler that
+	// runs for 2ms or more, or waits for a retry, sends its partition
+	// back to keys: its own key waits for it, the others go on.
 	ByKey Ordering = iota
 	// ByPartition handles the messages of a partition one at a time, in
 	// offset order; partitions in parallel.
@@ -434,6 +441,10 @@ type processor struct {
 	claims   uint64          // claims so far: tells a lane put in the run being claimed (lane.claimed)
 	joins    []stretchOf     // sortOut's scratch: the messages of a keyed lane that join the run
 	pruning  []*lane         // prune's scratch
+	// sorted: ByKey, per partition, its messages sorted out to their
+	// keys' lanes (sortOut), waiting there or in a run, not settled yet.
+	// While there are any, the partition's lane is not claimed whole.
+	sorted []int
 }
 
 // Runs: a hand claims at most maxRun messages at once, and about as many as
@@ -1075,12 +1086,15 @@ func (p *processor) claim(hd *hand) bool {
 	for taken < n && p.ready.len() > 0 {
 		l := p.ready.pop()
 		l.inReady = false
+		if l.keyed && l.running == 0 {
+			l.exclusive = p.whole(l)
+		}
 		stale := 0
 		for l.n > 0 && taken < n {
 			s := l.head()
 			from := s.from
 			k := min(n-taken, int(s.hi-s.lo))
-			if l.keyed && led.currentLocked(from.partition, from.epoch, from.win) {
+			if l.keyed && !l.exclusive && led.currentLocked(from.partition, from.epoch, from.win) {
 				var nb int
 				var state beginState
 				spans, nb, state = p.claimKeyed(l, k, spans)
@@ -1099,6 +1113,9 @@ func (p *processor) claim(hd *hand) bool {
 				p.letGo(from, k)
 				p.waiting -= k
 				stale += k
+				if l.kind != partLane {
+					p.sorted[l.partition] -= k
+				}
 				continue
 			}
 			if begun > 0 {
@@ -1206,6 +1223,10 @@ func (p *processor) sortOut(l *lane, k int) ([]stretchOf, int) {
 	s := *l.head()
 	l.popN(k)
 	from, msgs := s.from, s.from.msgs
+	if from.partition >= len(p.sorted) {
+		p.sorted = append(p.sorted, make([]int, from.partition+1-len(p.sorted))...)
+	}
+	p.sorted[from.partition] += k
 	joins, nj := p.joins[:0], 0
 	var kl *lane
 	join := false
@@ -1426,6 +1447,19 @@ func (p *processor) settleRange(hd *hand, i, j int, ends []outcome) (due bool) {
 	for k := i; k < j; k++ {
 		t := &hd.run[k]
 		l := t.lane
+		if l.kind != partLane {
+			p.sorted[l.partition]--
+		} else if l.keyed && !l.exclusive {
+			// Claimed with its lane whole, and its lane went back to
+			// sorting out keys as it ran (unwhole): its key's lane
+			// counts it running.
+			p.sorted[l.partition]--
+			kl := p.keyLane(l.partition, t.m.Key)
+			kl.running--
+			if !stopped {
+				p.laneIdle(kl)
+			}
+		}
 		l.running--
 		p.letGo(t.from, 1)
 		if stopped {
@@ -1522,12 +1556,19 @@ func (p *processor) park(hd *hand, keep bool) {
 		rest = i + 1
 	}
 	if hd.settled >= i && rest >= limit {
-		return // nothing before it, nothing after it
+		// Nothing before it, nothing after it.
+		if keep {
+			p.unwhole(&hd.run[i])
+		}
+		return
 	}
 	due := p.settleRange(hd, hd.settled, i, nil) // what ended before it completed: it would have ended the run
 	p.mergeCounts(hd)
 	p.giveBackLocked(hd.run[rest:limit])
 	if keep {
+		// Once what it held back has settled or gone back: the other
+		// keys of its partition go on meanwhile.
+		p.unwhole(&hd.run[i])
 		// What stays: the message handled, at the head of the run.
 		t := hd.run[i]
 		clear(hd.run[1:])
@@ -1594,8 +1635,47 @@ func (p *processor) sweep(all bool) (due bool) {
 			p.local.Handled += n
 			hd.settled = cur
 		}
+		if !stopped {
+			p.unwhole(&hd.run[next-1])
+		}
 	}
 	return due
+}
+
+// whole reports whether l, a keyed lane (ByKey) that no run holds, is to
+// be claimed whole now, as a partition's lane is under ByPartition: its
+// messages go to a run in order, none sorted out to its key's lane, and
+// no other run claims from l until that run settles. It is while handlers
+// are near-empty (fastHandler), at least as many lanes are ready as there
+// are Ps, and nothing of l's partition is in its keys' lanes or their
+// runs: then the hands have work enough, and a key's order needs no key
+// looked at. A message claimed whole that runs long (a sweep) or waits
+// for a retry sends its lane back to sorting out keys (unwhole), so that
+// it holds up its key only, as under ByKey. p.mu is held.
+func (p *processor) whole(l *lane) bool {
+	return p.perMsg > 0 && p.perMsg <= fastHandler && p.ready.len()+1+p.running >= p.procs &&
+		(l.partition >= len(p.sorted) || p.sorted[l.partition] == 0)
+}
+
+// unwhole sends t's lane back to sorting out keys if t, which runs, was
+// claimed with it whole (and what followed t in the run went back to the
+// lane): t's key's lane counts t running, as if sortOut had put t in the
+// run, so that the rest of its key waits for it, and the other keys of
+// the partition go to other hands. t stays counted in its lane's running
+// until it settles. p.mu is held.
+func (p *processor) unwhole(t *task) {
+	l := t.lane
+	if !l.keyed || !l.exclusive {
+		return
+	}
+	l.exclusive = false
+	if l.partition >= len(p.sorted) {
+		p.sorted = append(p.sorted, make([]int, l.partition+1-len(p.sorted))...)
+	}
+	p.sorted[l.partition]++
+	p.keyLane(l.partition, t.m.Key).running++
+	p.laneIdle(l)
+	p.wakeLocked()
 }
 
 // handleFast handles hd's run from where it is, while nothing but fast
@@ -1949,6 +2029,9 @@ func (p *processor) purge(partitions []int) {
 			n := l.n
 			l.drain(nil)
 			p.waiting -= n
+			if l.kind != partLane {
+				p.sorted[partition] -= n
+			}
 			p.out.q.release(partition, n)
 		}
 	}

@@ -419,6 +419,101 @@ func TestProcessByKeySortsOutAtClaim(t *testing.T) {
 	assert.Equal(t, int64(9), r.led.b.parts[0].win.commit, "all of it complete")
 }
 
+// TestProcessByKeyClaimsLaneWhole: under ByKey, while handlers are
+// near-empty, a partition's lane with nothing of it in its keys' lanes is
+// claimed whole, as under ByPartition (no key looked at); a message of it
+// that runs long (a sweep) or waits for a retry sends the lane back to
+// sorting out keys, its key's lane counting it running: the other keys go
+// on, its own waits for it.
+func TestProcessByKeyClaimsLaneWhole(t *testing.T) {
+	r := newRunsRig(t, ProcessConfig{Ordering: ByKey, Concurrency: 2}, 1)
+	p := r.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.procs = 1
+	p.perMsg = fastHandler // near-empty: runs of 20
+	offsets := func(hd *hand) (offs []int64) {
+		for _, t := range hd.run {
+			offs = append(offs, t.off)
+		}
+		return offs
+	}
+	complete := func(hd *hand) { // what of its run is still its (limit) completes
+		_, limit := positions(hd.pos.Load())
+		hd.ends = hd.ends[:0]
+		for range limit {
+			hd.ends = append(hd.ends, completed)
+		}
+		hd.pos.Store(position(limit, limit))
+		p.settle(hd)
+	}
+	batchAt := func(from int64, keys ...string) batch {
+		b := r.batch(0, keys...)
+		for i := range b.msgs {
+			b.msgs[i].Offset += from
+		}
+		return b
+	}
+	a, b := p.hands[0], p.hands[1]
+
+	// Whole: the run takes the lane's messages in order, and no other
+	// run claims from the lane until it settles.
+	r.add(batchAt(0, "a", "b", "a"))
+	require.True(t, p.claim(a))
+	require.Equal(t, []int64{0, 1, 2}, offsets(a))
+	assert.Equal(t, 1, p.lanes.len(), "no key's lane made")
+	r.add(batchAt(3, "c", "d"))
+	assert.False(t, p.claim(b), "the lane is a's run's until it settles")
+	complete(a)
+	require.True(t, p.claim(b))
+	require.Equal(t, []int64{3, 4}, offsets(b))
+	complete(b)
+
+	// A sweep finds a's handler held up on a at 5: what followed it
+	// goes back, and the lane sorts out keys again. b takes the other
+	// keys; a at 7 waits for a at 5.
+	r.add(batchAt(5, "a", "e", "a", "f"))
+	require.True(t, p.claim(a))
+	require.Equal(t, []int64{5, 6, 7, 8}, offsets(a))
+	a.pos.Store(position(1, len(a.run)))
+	a.began.Store(1)
+	p.sweep(false)
+	require.True(t, p.claim(b))
+	assert.Equal(t, []int64{6, 8}, offsets(b), "a at 7 waits for a at 5")
+	complete(b)
+	assert.False(t, p.claim(b), "a at 7 waits")
+	complete(a)
+	require.True(t, p.claim(b))
+	assert.Equal(t, []int64{7}, offsets(b))
+	complete(b)
+	assert.Equal(t, int64(9), r.led.b.parts[0].win.commit)
+	assert.Zero(t, p.sorted[0], "nothing of the partition sorted out")
+
+	// Whole again; a's handler fails on g at 10, which waits for its
+	// retry: the same.
+	r.add(batchAt(9, "h", "g", "g", "i"))
+	require.True(t, p.claim(a))
+	require.Equal(t, []int64{9, 10, 11, 12}, offsets(a), "whole again")
+	a.ends = append(a.ends[:0], completed)
+	a.pos.Store(position(2, len(a.run)))
+	p.mu.Unlock()
+	p.park(a, true)
+	p.mu.Lock()
+	require.True(t, p.claim(b))
+	assert.Equal(t, []int64{12}, offsets(b), "g at 11 waits for g at 10")
+	complete(b)
+	a.ends = append(a.ends[:0], completed)
+	a.pos.Store(position(1, 1))
+	p.settle(a)
+	require.True(t, p.claim(b))
+	assert.Equal(t, []int64{11}, offsets(b))
+	complete(b)
+	assert.False(t, p.claim(a))
+	assert.Zero(t, p.waiting)
+	assert.Zero(t, p.sorted[0])
+	assert.Equal(t, int64(13), r.led.b.parts[0].win.commit, "all of it complete")
+}
+
 // TestProcessHeldHandsDoNotCount: near-empty handlers run on no more hands
 // at once than fastHands a P; a hand a sweep finds held up by its handler
 // does not count, so another may run, until its run ends.
