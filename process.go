@@ -42,7 +42,9 @@ const (
 	// ByPartition handles the messages of a partition one at a time, in
 	// offset order; partitions in parallel.
 	ByPartition
-	// Unordered handles any message at any time.
+	// Unordered handles any message at any time. While handlers take
+	// under 10µs, as under ByKey, a partition's waiting messages go to
+	// one goroutine at a time until one of them runs for 2ms or fails.
 	Unordered
 )
 
@@ -487,6 +489,7 @@ type lane struct {
 	live      bool   // in lanes
 	exclusive bool
 	keyed     bool          // ByKey: a partition's lane, whose messages go to their keys' lanes as they are claimed
+	mayWhole  bool          // ByKey, Unordered: a partition's lane, claimed whole at times (processor.whole)
 	msgs      ring[stretch] // the messages waiting, in order
 	n         int           // how many
 	running   int           // its messages in a hand's run (exclusive: of one run)
@@ -915,6 +918,7 @@ func (p *processor) laneOf(partition int, bucket uint64, kind laneKind) *lane {
 	}
 	l.partition, l.kind, l.bucket, l.collide, l.live = partition, kind, bucket, first, true
 	l.keyed = kind == partLane && p.pc.Ordering == ByKey
+	l.mayWhole = kind == partLane && p.pc.Ordering != ByPartition
 	l.exclusive = kind != partLane || p.pc.Ordering == ByPartition
 	p.lanes.set(bucket, l)
 	return l
@@ -1086,7 +1090,7 @@ func (p *processor) claim(hd *hand) bool {
 	for taken < n && p.ready.len() > 0 {
 		l := p.ready.pop()
 		l.inReady = false
-		if l.keyed && l.running == 0 {
+		if l.mayWhole && l.running == 0 {
 			l.exclusive = p.whole(l)
 		}
 		stale := 0
@@ -1465,7 +1469,7 @@ func (p *processor) settleRange(hd *hand, i, j int, ends []outcome) (due bool) {
 		if stopped {
 			continue
 		}
-		if l.exclusive && end(k) == incomplete {
+		if l.exclusive && end(k) == incomplete && p.pc.Ordering != Unordered {
 			// A message left incomplete holds its key: the ones after
 			// it must not run before it does (after a restart).
 			l.stuck = true
@@ -1642,38 +1646,44 @@ func (p *processor) sweep(all bool) (due bool) {
 	return due
 }
 
-// whole reports whether l, a keyed lane (ByKey) that no run holds, is to
-// be claimed whole now, as a partition's lane is under ByPartition: its
-// messages go to a run in order, none sorted out to its key's lane, and
-// no other run claims from l until that run settles. It is while handlers
-// are near-empty (fastHandler), at least as many lanes are ready as there
-// are Ps, and nothing of l's partition is in its keys' lanes or their
-// runs: then the hands have work enough, and a key's order needs no key
-// looked at. A message claimed whole that runs long (a sweep) or waits
-// for a retry sends its lane back to sorting out keys (unwhole), so that
-// it holds up its key only, as under ByKey. p.mu is held.
+// whole reports whether l, a keyed lane (ByKey) or a partition's lane
+// under Unordered, that no run holds, is to be claimed whole now, as a
+// partition's lane is under ByPartition: its messages go to a run in
+// order, none sorted out to its key's lane, and no other run claims from l
+// until that run settles (Unordered: its completions come in order, one
+// span in the ledger, and no two hands take turns at its head).
+//
+// It is while handlers are near-empty (fastHandler), as many lanes are
+// ready or running as there are Ps (the hands have work enough), and
+// nothing of l's partition is in its keys' lanes or their runs (a key's
+// order then needs no key looked at). A message claimed whole that runs
+// long (a sweep) or waits for a retry sends its lane back to sorting out
+// keys (unwhole), so that it holds up its key only, as under ByKey
+// (Unordered: nothing). p.mu is held.
 func (p *processor) whole(l *lane) bool {
 	return p.perMsg > 0 && p.perMsg <= fastHandler && p.ready.len()+1+p.running >= p.procs &&
 		(l.partition >= len(p.sorted) || p.sorted[l.partition] == 0)
 }
 
-// unwhole sends t's lane back to sorting out keys if t, which runs, was
-// claimed with it whole (and what followed t in the run went back to the
-// lane): t's key's lane counts t running, as if sortOut had put t in the
-// run, so that the rest of its key waits for it, and the other keys of
-// the partition go to other hands. t stays counted in its lane's running
-// until it settles. p.mu is held.
+// unwhole sends t's lane back to sorting out keys (Unordered: to any hand)
+// if t, which runs, was claimed with it whole, and what followed t in the
+// run went back to the lane. Under ByKey, t's key's lane counts t running,
+// as if sortOut had put t in the run, so that the rest of its key waits
+// for it, and the other keys of the partition go to other hands; t stays
+// counted in its lane's running until it settles. p.mu is held.
 func (p *processor) unwhole(t *task) {
 	l := t.lane
-	if !l.keyed || !l.exclusive {
+	if !l.mayWhole || !l.exclusive {
 		return
 	}
 	l.exclusive = false
-	if l.partition >= len(p.sorted) {
-		p.sorted = append(p.sorted, make([]int, l.partition+1-len(p.sorted))...)
+	if l.keyed {
+		if l.partition >= len(p.sorted) {
+			p.sorted = append(p.sorted, make([]int, l.partition+1-len(p.sorted))...)
+		}
+		p.sorted[l.partition]++
+		p.keyLane(l.partition, t.m.Key).running++
 	}
-	p.sorted[l.partition]++
-	p.keyLane(l.partition, t.m.Key).running++
 	p.laneIdle(l)
 	p.wakeLocked()
 }

@@ -514,6 +514,37 @@ func TestProcessByKeyClaimsLaneWhole(t *testing.T) {
 	assert.Equal(t, int64(13), r.led.b.parts[0].win.commit, "all of it complete")
 }
 
+// TestProcessUnorderedClaimsLaneWhole: under Unordered too, while handlers
+// are near-empty, a partition's lane goes to one run at a time (its
+// completions in order: one span); a message that runs long lets the rest
+// go to other hands at once.
+func TestProcessUnorderedClaimsLaneWhole(t *testing.T) {
+	r := newRunsRig(t, ProcessConfig{Ordering: Unordered, Concurrency: 2}, 1)
+	p := r.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.procs = 1
+	p.perMsg = fastHandler / 2 // near-empty: runs of up to 64, all that waits (one P)
+	a, b := p.hands[0], p.hands[1]
+	r.add(r.batch(0, make([]string, 8)...))
+	require.True(t, p.claim(a))
+	require.Len(t, a.run, 8)
+	more := r.batch(0, make([]string, 4)...)
+	for i := range more.msgs {
+		more.msgs[i].Offset += 8
+	}
+	r.add(more)
+	assert.False(t, p.claim(b), "the lane is a's run's until it settles")
+
+	// a is held up on its first message: the rest goes to b.
+	a.pos.Store(position(1, len(a.run)))
+	a.began.Store(1)
+	p.sweep(false)
+	require.True(t, p.claim(b))
+	assert.Equal(t, int64(1), b.run[0].off)
+	assert.Len(t, b.run, 11, "the rest of what a claimed, and what came after")
+}
+
 // TestProcessHeldHandsDoNotCount: near-empty handlers run on no more hands
 // at once than fastHands a P; a hand a sweep finds held up by its handler
 // does not count, so another may run, until its run ends.
