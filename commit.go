@@ -212,6 +212,17 @@ func (cm *committer) sendCommit(ctx context.Context, partitions ...int) error {
 	return nil
 }
 
+// autoCommitGap is the least time between the starts of two auto-commits:
+// at high rates the count trigger (AutoCommitEveryN) would fire again as
+// soon as each commit returned, a request to the group coordinator and a
+// write to __consumer_offsets every round trip (Process committed 650
+// times a second on Apache Kafka on one machine, which took the broker
+// 0.35 s of CPU in a 1.9 s drain of 8M messages). Paced, a commit covers
+// every message consumed meanwhile; at rates under AutoCommitEveryN a
+// gap, nothing changes. Commit, Close's commit and a revoke's are not
+// paced.
+const autoCommitGap = 10 * time.Millisecond
+
 // run is the committer's goroutine (see committer). It serves
 // commit requests, and, with auto-commit, commits when the count trigger
 // wakes it or the time trigger fires. A failed auto-commit is retried
@@ -228,6 +239,8 @@ func (cm *committer) run(ctx context.Context) {
 	var backoff time.Duration  // > 0: the last auto-commit failed
 	var retryAt time.Time      // and is retried then, not before
 	var newGen <-chan struct{} // group mode: a refused commit is retried in the next generation
+	var paced time.Time        // no auto-commit goes out before then (autoCommitGap)
+	var pending bool           // a trigger came before paced: commit then
 	for {
 		now := time.Now()
 		wait := time.Duration(-1)
@@ -235,6 +248,10 @@ func (cm *committer) run(ctx context.Context) {
 			wait = cm.led.nextDue(now)
 			if backoff > 0 {
 				wait = max(0, retryAt.Sub(now))
+			} else if pending {
+				if w := max(0, paced.Sub(now)); wait < 0 || w < wait {
+					wait = w
+				}
 			}
 		}
 		var fire <-chan time.Time
@@ -261,10 +278,16 @@ func (cm *committer) run(ctx context.Context) {
 		if backoff > 0 && now.Before(retryAt) && !gen {
 			continue // a trigger during the backoff: the retry will cover it
 		}
+		if backoff == 0 && now.Before(paced) && !gen {
+			pending = true // too soon after the last: it goes out at paced
+			continue
+		}
+		pending = false
 		due := cm.led.poll(now)
 		if !due && backoff == 0 {
 			continue
 		}
+		paced = now.Add(autoCommitGap)
 		changed := cm.applied()
 		if err := cm.sendCommit(cm.life); err != nil {
 			backoff = nextBackoff(backoff, cm.maxBackoff)

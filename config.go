@@ -172,7 +172,9 @@ type Config struct {
 	// Commit. Close does not commit either.
 	ManualCommit bool
 	// AutoCommitEveryN commits after this many consumed messages. Default
-	// 100; negative disables this trigger.
+	// 100; negative disables this trigger. Auto-commits start at least
+	// 10ms apart: at high rates, rather than one a round trip to the group
+	// coordinator, one commits every message consumed since the last.
 	AutoCommitEveryN int
 	// AutoCommitEveryT commits this long after the previous commit.
 	// Default 5s; negative disables this trigger.

@@ -174,6 +174,7 @@ func TestCommitterTriggers(t *testing.T) {
 
 		// A failure: retried after 1s, with what was consumed meanwhile.
 		deliverAndConsume(l, 0, 3)
+		time.Sleep(autoCommitGap) // since the last (TestCommitterPacesTheCountTrigger)
 		cm.wake()
 		synctest.Wait()
 		require.Len(t, f.calls(), 3, "the failed attempt")
@@ -193,6 +194,54 @@ func TestCommitterTriggers(t *testing.T) {
 		cancel()
 		<-done
 		assert.ErrorIs(t, cm.commit(context.Background()), ErrClosed, "after the committer stopped")
+	})
+}
+
+// The count trigger fires no auto-commit within autoCommitGap of the last
+// one's start: at high rates it would fire again as each commit returned.
+// What comes meanwhile goes out with the paced commit; Commit is not
+// paced.
+func TestCommitterPacesTheCountTrigger(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newLedger("t", 1, time.Minute, time.Now())
+		l.start(0, 0, noOffset, "")
+		f := &fakeSender{}
+		cm := testCommitter(Config{Group: "g", Topic: "t"}, l, f, &broadcast{})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { cm.run(ctx); close(done) }()
+
+		deliverAndConsume(l, 0, 1)
+		cm.wake()
+		synctest.Wait()
+		require.Len(t, f.calls(), 1, "the first at once")
+		for range 3 {
+			deliverAndConsume(l, 0, 1)
+			cm.wake()
+			synctest.Wait()
+		}
+		time.Sleep(autoCommitGap - time.Millisecond)
+		synctest.Wait()
+		assert.Len(t, f.calls(), 1, "none within the gap")
+		time.Sleep(time.Millisecond)
+		synctest.Wait()
+		require.Len(t, f.calls(), 2, "one at the gap's end")
+		assert.Equal(t, map[int]int64{0: 4}, f.calls()[1].offsets, "with all three")
+
+		// Commit goes out at once, and the count trigger after it waits
+		// for the gap since the last auto-commit only.
+		deliverAndConsume(l, 0, 1)
+		require.NoError(t, cm.commit(context.Background()))
+		require.Len(t, f.calls(), 3)
+		time.Sleep(autoCommitGap)
+		deliverAndConsume(l, 0, 1)
+		cm.wake()
+		synctest.Wait()
+		require.Len(t, f.calls(), 4)
+		assert.Equal(t, map[int]int64{0: 6}, f.calls()[3].offsets)
+
+		cancel()
+		<-done
 	})
 }
 

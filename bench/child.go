@@ -85,9 +85,11 @@ type result struct {
 	// the run started.
 	Share *shareResult `json:"share,omitempty"`
 	Load  float64      `json:"load1,omitempty"`
-	// A MultiConsumer's Stats().Fetches and FetchedBytes at its Close.
+	// A MultiConsumer's Stats().Fetches, FetchedBytes and Commits at its
+	// Close.
 	Fetches      int64 `json:"fetches,omitempty"`
 	FetchedBytes int64 `json:"fetched_bytes,omitempty"`
+	Commits      int64 `json:"commits,omitempty"`
 }
 
 // lastStats holds the Stats of the child's last MultiConsumer, taken as it
@@ -267,6 +269,8 @@ func mcConfig(s spec, brokers []string, topic string) multiconsumer.Config {
 		Topic:      topic,
 		NumWorkers: s.int("w", 1),
 		QueueSize:  s.int("q", 4096),
+		// commit-n: AutoCommitEveryN (default the library's, 100).
+		AutoCommitEveryN: s.int("commit-n", 0),
 	}
 	if s.str("group", "yes") == "yes" {
 		cfg.Group = group()
@@ -501,7 +505,7 @@ func child(o options) error {
 	}
 	r.CPU = cpuSeconds()
 	if st := lastStats.Load(); st != nil {
-		r.Fetches, r.FetchedBytes = st.Fetches, st.FetchedBytes
+		r.Fetches, r.FetchedBytes, r.Commits = st.Fetches, st.FetchedBytes, st.Commits
 	}
 	idle := []metrics.Sample{{Name: "/cpu/classes/idle:cpu-seconds"}}
 	metrics.Read(idle)
