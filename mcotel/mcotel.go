@@ -48,6 +48,8 @@
 //	multiconsumer.stopped                    gauge    1            1 when the consumer stopped for good (Err is not nil), else 0
 //	multiconsumer.commit.errors              counter  {error}      failed commits
 //	multiconsumer.commits                    counter  {commit}     commits that stored offsets
+//	multiconsumer.fetches                    counter  {request}    fetch requests the brokers answered
+//	multiconsumer.fetched.bytes              counter  By           record batch bytes they brought (over fetches: the mean response)
 //
 // In group mode (Config.JoinGroup):
 //
@@ -317,6 +319,8 @@ func (m *Metrics) observeOne(o metric.Observer, cn consumer, s multiconsumer.Sta
 	i64(in.stopped, bit(s.Err != nil))
 	i64(in.commitErrors, s.CommitErrors)
 	i64(in.commits, s.Commits)
+	i64(in.fetches, s.Fetches)
+	i64(in.fetchedBytes, s.FetchedBytes)
 
 	if s.JoinGroup {
 		o.ObserveInt64(in.member, 1, metric.WithAttributeSet(attribute.NewSet(append(slices.Clone(cn.attrs), MemberIDKey.String(s.MemberID))...)))
@@ -439,7 +443,7 @@ func bit(b bool) int64 {
 // instruments are the observable instruments.
 type instruments struct {
 	workers, partitions, queueLen, queueCap, paused, stopped, commitErrors metric.Int64Observable
-	commits                                                                metric.Int64Observable
+	commits, fetches, fetchedBytes                                         metric.Int64Observable
 
 	member, generation, rebalances, lost, joinFailures, suspended metric.Int64Observable
 	rebalanceTime                                                 metric.Float64Observable
@@ -509,6 +513,8 @@ func (in *instruments) create(meter metric.Meter, ns string, stuckAfter time.Dur
 	gauge(&in.stopped, "stopped", "1", "1 when the consumer stopped for good (its Err is not nil), else 0.")
 	counter(&in.commitErrors, "commit.errors", "{error}", "Commits that failed.")
 	counter(&in.commits, "commits", "{commit}", "Commits that stored offsets.")
+	counter(&in.fetches, "fetches", "{request}", "Fetch requests the brokers answered.")
+	counter(&in.fetchedBytes, "fetched.bytes", "By", "Record batch bytes the fetches brought.")
 
 	gauge(&in.member, "group.member", "1", "1, with the member id of the consumer's group member.")
 	gauge(&in.generation, "group.generation", "{generation}", "Generation of the group member's last join (of a share-group member: its member epoch).")

@@ -41,6 +41,8 @@
 //	multiconsumer_commit_errors_total          counter  failed commits
 //	multiconsumer_commits_total                counter  commits that stored offsets
 //	multiconsumer_last_commit_timestamp_seconds gauge   when the last one did (Unix time)
+//	multiconsumer_fetches_total                counter  fetch requests the brokers answered
+//	multiconsumer_fetched_bytes_total          counter  record batch bytes they brought (over fetches: the mean response)
 //
 // In group mode (Config.JoinGroup):
 //
@@ -264,6 +266,8 @@ func (c *Collector) collect(ch chan<- prometheus.Metric, name string, cn consume
 	gauge(d.stopped, bit(s.Err != nil))
 	counter(d.commitErrors, float64(s.CommitErrors))
 	counter(d.commits, float64(s.Commits))
+	counter(d.fetches, float64(s.Fetches))
+	counter(d.fetchedBytes, float64(s.FetchedBytes))
 	if !s.LastCommit.IsZero() {
 		gauge(d.lastCommit, float64(s.LastCommit.UnixNano())/1e9)
 	}
@@ -395,7 +399,7 @@ func bit(b bool) float64 {
 // descs are the descriptions of the metrics.
 type descs struct {
 	workers, assigned, queueLen, queueCap, paused, stopped, commitErrors *prometheus.Desc
-	commits, lastCommit                                                  *prometheus.Desc
+	commits, lastCommit, fetches, fetchedBytes                           *prometheus.Desc
 
 	memberInfo, generation, rebalances, rebalanceTime, lost, joinFailures, suspended, lastHeard *prometheus.Desc
 
@@ -429,6 +433,8 @@ func newDescs(ns string, stuckAfter time.Duration) descs {
 		commitErrors: c("commit_errors_total", "Commits that failed."),
 		commits:      c("commits_total", "Commits that stored offsets."),
 		lastCommit:   c("last_commit_timestamp_seconds", "When the last commit stored offsets (Unix time); absent before the first."),
+		fetches:      c("fetches_total", "Fetch requests the brokers answered."),
+		fetchedBytes: c("fetched_bytes_total", "Record batch bytes the fetches brought."),
 
 		memberInfo: prometheus.NewDesc(prometheus.BuildFQName(ns, "", "group_member_info"),
 			"1, with the member id of the consumer's group member.", memberLabels, nil),
@@ -482,7 +488,7 @@ func newDescs(ns string, stuckAfter time.Duration) descs {
 func (d *descs) all() []*prometheus.Desc {
 	return []*prometheus.Desc{
 		d.workers, d.assigned, d.queueLen, d.queueCap, d.paused, d.stopped, d.commitErrors,
-		d.commits, d.lastCommit,
+		d.commits, d.lastCommit, d.fetches, d.fetchedBytes,
 		d.memberInfo, d.generation, d.rebalances, d.rebalanceTime, d.lost, d.joinFailures, d.suspended, d.lastHeard,
 		d.shareAcquired, d.shareAccepted, d.shareReleased, d.shareRejected, d.shareRenewals,
 		d.shareExpiries, d.shareAckErrors, d.shareHeld, d.shareLock, d.shareRenew,

@@ -244,6 +244,12 @@ func TestGetMessages(t *testing.T) {
 	}
 	_, ok := value(t, reg, "multiconsumer_committed_offset", map[string]string{"partition": "1"})
 	assert.False(t, ok, "committed offset of partition 1")
+	fetches, ok := value(t, reg, "multiconsumer_fetches_total", nil)
+	require.True(t, ok)
+	assert.GreaterOrEqual(t, fetches, 1.0)
+	fetched, ok := value(t, reg, "multiconsumer_fetched_bytes_total", nil)
+	require.True(t, ok)
+	assert.Greater(t, fetched, 120.0, "more than the 20 messages' keys and values")
 	last, ok := value(t, reg, "multiconsumer_last_commit_timestamp_seconds", nil)
 	require.True(t, ok)
 	assert.InDelta(t, float64(c.Stats().LastCommit.UnixNano())/1e9, last, 0.001)
