@@ -164,8 +164,9 @@ type Config struct {
 	// QueueSize bounds the messages fetched and queued for delivery.
 	// Default 1024. Besides the queue, each worker holds at most two fetch
 	// responses per leader broker of its partitions (the one it queues, and
-	// the next), and a GetMessages call what it has taken so far (up to its
-	// count).
+	// the next; while the queue is full, the next is fetched only once at
+	// most half a response of the one queued is left), and a GetMessages
+	// call what it has taken so far (up to its count).
 	QueueSize int
 
 	// ManualCommit turns auto-commit off: offsets are committed only by

@@ -69,7 +69,7 @@ func New(ctx context.Context, cfg Config) (*MultiConsumer, error) {
 	c.meta = newTopicMeta(c.kc, c.log, cfg.MetadataMaxAge)
 	c.sess = newSession(&fetchEnv{
 		topic: cfg.Topic, startOffset: cfg.StartOffset, maxBackoff: cfg.MaxBackoff,
-		batchSize: batchSizeOf(cfg.QueueSize), ahead: fetchAheadBytes,
+		batchSize: batchSizeOf(cfg.QueueSize), ahead: fetchAheadBytes, hold: holdAheadBytes,
 		log: c.log, kc: c.kc, meta: c.meta, q: c.q, unpaused: unpaused, led: c.led,
 	}, c.cfg.numWorkers)
 	c.ho = &handover{cfg: &c.cfg, log: c.log, kc: c.kc, meta: c.meta, led: c.led, sess: c.sess, q: c.q,

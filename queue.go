@@ -557,6 +557,14 @@ func (q *queue) free() int {
 	return max(0, q.limit-q.queued-q.lent-q.overN)
 }
 
+// waitingToPut reports whether a put waits for room: the consumer takes
+// more slowly than the workers queue.
+func (q *queue) waitingToPut() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.putters > 0
+}
+
 // roomChanged returns a channel closed at the next change of the queue (a
 // take included, which frees room), and a func to call when done waiting.
 func (q *queue) roomChanged() (<-chan struct{}, func()) {

@@ -35,7 +35,11 @@ import (
 // few of them are left (setBehind, fetchAheadBytes).
 //
 // A worker holds at most two responses per leader: the one the unpacker
-// works on, and the next, which waits until the unpacker takes it.
+// works on, and the next, which waits until the unpacker takes it. While
+// the queue is full (the consumer takes more slowly than the workers
+// queue), the next is fetched only once few of the one being queued are
+// left (env.hold, unpacker.ahead, worker.holdAhead): until then it would
+// only wait in memory.
 type unpacker struct {
 	env  *fetchEnv
 	in   chan []feed   // unbuffered; the worker closes it when it stops
@@ -50,6 +54,14 @@ type unpacker struct {
 
 	mu      sync.Mutex
 	rewinds []rewind // guarded by mu; taken by the worker
+	// ahead (guarded by mu): the partitions whose response the unpacker
+	// is queueing with more than env.hold bytes of it left, and its
+	// epoch. While the queue is full, their worker fetches them no
+	// further (worker.run): the next response would only wait in memory
+	// for the consumer. onLow (set once, by the worker) wakes the worker
+	// when one leaves it.
+	ahead map[int]uint64
+	onLow func()
 }
 
 // feed is one partition's part of a fetch response.
@@ -104,7 +116,7 @@ type rewind struct {
 
 func newUnpacker(env *fetchEnv) *unpacker {
 	return &unpacker{env: env, in: make(chan []feed), kick: make(chan struct{}, 1),
-		next: make(map[int]fedTo), parked: make(map[int]*parking)}
+		next: make(map[int]fedTo), parked: make(map[int]*parking), ahead: make(map[int]uint64), onLow: func() {}}
 }
 
 // run queues what the worker hands over until in is closed, and the parked
@@ -331,7 +343,17 @@ func (f *unpacker) queue(ctx context.Context, u *unpacking) (bool, error) {
 		return true, nil
 	}
 	batchSize := f.env.batchSize
+	marked := false // fd.p is in f.ahead
+	defer func() {
+		if marked {
+			f.markAhead(fd.p, fd.epoch, false)
+		}
+	}()
 	for {
+		if low := f.env.hold <= 0 || len(u.it.raw)+len(u.it.recs) <= f.env.hold; low == marked { // crossed: many left (mark), or few (unmark)
+			marked = !low
+			f.markAhead(fd.p, fd.epoch, marked)
+		}
 		n := batchSize
 		if room := q.roomFor(fd.p, fd.epoch, f.env.unpaused, f.low(u)); room == 0 {
 			return false, nil
@@ -355,6 +377,30 @@ func (f *unpacker) queue(ctx context.Context, u *unpacking) (bool, error) {
 		u.at = fd.to
 	}
 	return true, nil
+}
+
+// markAhead puts partition p (in epoch) in f.ahead, or takes it out and
+// wakes the worker.
+func (f *unpacker) markAhead(p int, epoch uint64, ahead bool) {
+	f.mu.Lock()
+	if ahead {
+		f.ahead[p] = epoch
+	} else {
+		delete(f.ahead, p)
+	}
+	f.mu.Unlock()
+	if !ahead {
+		f.onLow()
+	}
+}
+
+// isAhead reports whether the unpacker is queueing a response of partition
+// p in epoch with more than env.hold bytes of it left.
+func (f *unpacker) isAhead(p int, epoch uint64) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	e, ok := f.ahead[p]
+	return ok && e == epoch
 }
 
 // testHookQueued, if set (by a test), runs right after decodeRun queued a

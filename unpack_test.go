@@ -3,7 +3,9 @@ package multiconsumer
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 
@@ -151,6 +153,65 @@ func TestUnpackerFetchesAheadWhenFewAreLeft(t *testing.T) {
 		assert.Equal(t, flatRange(0, 1, 0, 80), r.got, "in order, none missed")
 		assert.Empty(t, r.stop())
 	})
+}
+
+// While GetMessages' queue (not fair) is full, a partition whose response
+// the unpacker is queueing, many of its records left, is held ahead: its
+// worker does not fetch it again (worker.holdAhead) until few are left,
+// when the unpacker wakes the worker.
+func TestUnpackerHoldsAheadWhileTheQueueIsFull(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const hold = 60 // bytes: a few of these records
+		r := newUnpackRig(t, func(env *fetchEnv) { env.hold = hold })
+		r.q.setFair(false)
+		var woken atomic.Int32
+		r.f.onLow = func() { woken.Add(1) }
+		r.f.in <- []feed{records(0, 1, 0, 40)}
+		synctest.Wait()
+		require.True(t, r.q.waitingToPut(), "the queue (8) is full")
+		assert.True(t, r.f.isAhead(0, 1), "32 records left: held")
+		assert.False(t, r.f.isAhead(0, 2), "another epoch (a Seek): not held")
+		assert.False(t, r.f.isAhead(1, 1))
+		assert.Zero(t, woken.Load())
+		for r.f.isAhead(0, 1) {
+			r.take()
+		}
+		notTaken := 40 - len(r.got) // queued, or not decoded yet
+		assert.Positive(t, notTaken, "let go before the end")
+		assert.Less(t, notTaken, 20, "few left when it is let go")
+		assert.Equal(t, int32(1), woken.Load(), "the worker woken once")
+		for len(r.got) < 40 {
+			if r.take() == nil {
+				break
+			}
+		}
+		assert.Equal(t, flatRange(0, 1, 0, 40), r.got, "in order, none missed")
+		assert.False(t, r.f.isAhead(0, 1))
+		assert.Empty(t, r.stop())
+	})
+}
+
+// holdAhead drops the leaders all of whose partitions are held ahead, and
+// keeps the others' whole, the held among them.
+func TestWorkerHoldAhead(t *testing.T) {
+	env := &fetchEnv{topic: "t", q: newQueue(8), log: slog.New(slog.DiscardHandler)}
+	pos := map[int]*fetchPos{0: {epoch: 1}, 1: {epoch: 1}, 2: {epoch: 1}, 3: {epoch: 2}}
+	w := newWorker(env, 0, []int{0, 1, 2, 3}, pos, newWakeup())
+	w.plan.add(10, 0)
+	w.plan.add(20, 1)
+	w.plan.add(20, 2)
+	w.plan.add(30, 3)
+	w.unpacker.ahead[0] = 1
+	w.unpacker.ahead[1] = 1
+	w.unpacker.ahead[3] = 1 // an older epoch than its position's: a Seek since
+	w.holdAhead()
+	assert.Equal(t, []int{20, 30}, w.plan.leaders)
+	assert.Equal(t, [][]int{{1, 2}, {3}}, w.plan.groups)
+	w.plan.reset()
+	w.plan.add(10, 0)
+	w.plan.add(20, 1)
+	w.plan.add(30, 3)
+	assert.Equal(t, [][]int{{0}, {1}, {3}}, w.plan.groups, "the arrays reused empty")
 }
 
 // Records parked while paused go on after Resume, in order.

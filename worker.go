@@ -30,7 +30,12 @@ const (
 	// quarter of a full response: about 2,400 records of 100 B, some
 	// milliseconds of Process's work, against a fetch's round trip).
 	fetchAheadBytes = fetchPartitionMaxBytes / 4
-	initialBackoff  = time.Second
+	// holdAheadBytes: while the queue is full, a partition whose response
+	// is being queued is fetched again once no more than this of it is
+	// left (worker.holdAhead): half a response, some milliseconds of
+	// GetMessages' work at full speed, which cover a fetch's round trip.
+	holdAheadBytes = fetchPartitionMaxBytes / 2
+	initialBackoff = time.Second
 )
 
 // worker fetches one chunk of the partitions and feeds the queue. It sends
@@ -164,7 +169,11 @@ type fetchEnv struct {
 	// ahead: a parked partition is hungry (fetches ahead) once at most
 	// this many bytes of its parked records are left undecoded; 0: at
 	// once.
-	ahead    int
+	ahead int
+	// hold: while the queue is full, a partition whose response the
+	// unpacker queues is not fetched again until at most this many bytes
+	// of it are left (worker.holdAhead); 0: never held.
+	hold     int
 	log      *slog.Logger
 	kc       *brokers
 	meta     *topicMeta
@@ -180,6 +189,7 @@ func newWorker(env *fetchEnv, id int, partitions []int, pos map[int]*fetchPos, w
 	w := &worker{env: env, id: id, order: slices.Clone(partitions), pos: pos, wake: wake}
 	w.log = env.log.With("worker", id)
 	w.unpacker = newUnpacker(env)
+	w.unpacker.onLow = wake.nudge
 	return w
 }
 
@@ -271,6 +281,9 @@ func (w *worker) run(ctx context.Context) {
 			w.env.meta.request()
 			wait = min(wait, initialBackoff)
 		}
+		if len(w.plan.groups) > 0 && w.env.q.waitingToPut() {
+			w.holdAhead()
+		}
 		groups := w.plan.groups
 		if len(groups) == 0 {
 			var room <-chan struct{}
@@ -309,6 +322,32 @@ func (w *worker) run(ctx context.Context) {
 			w.env.meta.await(ctx)
 		}
 	}
+}
+
+// holdAhead drops from the round's plan the leaders all of whose
+// partitions the unpacker is queueing a response of, with many of its
+// records left (unpacker.ahead), while the queue is full: the consumer is
+// the bottleneck, and the next responses would only wait in memory, one
+// per leader (8 MiB with 8 workers at 1 MiB a partition). The unpacker
+// wakes the worker once few are left, a round trip ahead of the end. A
+// leader with another partition to fetch takes those along (a worker
+// fetching one partition alone now and the others later would split its
+// fetches).
+func (w *worker) holdAhead() {
+	pl := &w.plan
+	kept := 0
+	for i, parts := range pl.groups {
+		if slices.ContainsFunc(parts, func(p int) bool { return !w.unpacker.isAhead(p, w.pos[p].epoch) }) {
+			pl.leaders[kept] = pl.leaders[i]
+			pl.groups[kept], pl.groups[i] = pl.groups[i], pl.groups[kept]
+			kept++
+		}
+	}
+	for i := kept; i < len(pl.groups); i++ {
+		pl.groups[i] = pl.groups[i][:0] // emptied, as reset leaves the arrays for add
+	}
+	pl.leaders = pl.leaders[:kept]
+	pl.groups = pl.groups[:kept]
 }
 
 // rotate moves the partitions that got records in the last round behind
