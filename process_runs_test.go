@@ -213,6 +213,26 @@ func (r *runsRig) add(bs ...batch) {
 	}
 }
 
+// runOffsets returns the offsets of hd's run, in order.
+func runOffsets(hd *hand) (offs []int64) {
+	for _, t := range hd.run {
+		offs = append(offs, t.off)
+	}
+	return offs
+}
+
+// complete settles hd's run (what of it is still the hand's: a sweep may
+// have cut it) as completed. p.mu is held.
+func (r *runsRig) complete(hd *hand) {
+	_, limit := positions(hd.pos.Load())
+	hd.ends = hd.ends[:0]
+	for range limit {
+		hd.ends = append(hd.ends, completed)
+	}
+	hd.pos.Store(position(limit, limit))
+	r.p.settle(hd)
+}
+
 // TestProcessGiveBackUnblocksTheLane: a message a sweep gives back (its
 // hand is held up by a message of another partition before it) to a lane
 // that found no room in its partition's commit metadata must start again.
@@ -372,27 +392,13 @@ func TestProcessByKeySortsOutAtClaim(t *testing.T) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.perMsg = runBudget / 3 // runs of at most 3, and of half what waits
-	offsets := func(hd *hand) (offs []int64) {
-		for _, t := range hd.run {
-			offs = append(offs, t.off)
-		}
-		return offs
-	}
-	complete := func(hd *hand) {
-		hd.ends = hd.ends[:0]
-		for range hd.run {
-			hd.ends = append(hd.ends, completed)
-		}
-		hd.pos.Store(position(len(hd.run), len(hd.run)))
-		p.settle(hd)
-	}
 	r.add(r.batch(0, "a", "b", "a", "c", "a", "e", "f"))
 	a, b := p.hands[0], p.hands[1]
 
 	require.True(t, p.claim(a))
-	require.Equal(t, []int64{0, 1, 2}, offsets(a), "a's second joins the run of its first")
+	require.Equal(t, []int64{0, 1, 2}, runOffsets(a), "a's second joins the run of its first")
 	require.True(t, p.claim(b))
-	require.Equal(t, []int64{3, 5}, offsets(b), "a's third waits: a runs in another run")
+	require.Equal(t, []int64{3, 5}, runOffsets(b), "a's third waits: a runs in another run")
 	require.Equal(t, 2, p.waiting, "a's third, and f")
 
 	// More of partition 0: a at 7 (behind a's third), d at 8.
@@ -401,18 +407,18 @@ func TestProcessByKeySortsOutAtClaim(t *testing.T) {
 		more.msgs[i].Offset += 7
 	}
 	r.add(more)
-	complete(a) // a's lane may start: its third waits, behind the partition's
+	r.complete(a) // a's lane may start: its third waits, behind the partition's
 	require.True(t, p.claim(a))
-	require.Equal(t, []int64{6, 8}, offsets(a), "a at 7 waits behind a's third, in a's lane")
-	complete(b)
+	require.Equal(t, []int64{6, 8}, runOffsets(a), "a at 7 waits behind a's third, in a's lane")
+	r.complete(b)
 	require.True(t, p.claim(b))
-	require.Equal(t, []int64{4}, offsets(b), "a's lane, in order")
-	complete(b)
+	require.Equal(t, []int64{4}, runOffsets(b), "a's lane, in order")
+	r.complete(b)
 	require.True(t, p.claim(b))
-	require.Equal(t, []int64{7}, offsets(b))
+	require.Equal(t, []int64{7}, runOffsets(b))
 
-	complete(a)
-	complete(b)
+	r.complete(a)
+	r.complete(b)
 	assert.False(t, p.claim(a))
 	assert.Zero(t, p.waiting)
 	assert.Equal(t, 7, p.lanes.len(), "the partition's lane, and its 6 keys' (idle: kept)")
@@ -432,21 +438,6 @@ func TestProcessByKeyClaimsLaneWhole(t *testing.T) {
 	defer p.mu.Unlock()
 	p.procs = 1
 	p.perMsg = fastHandler // near-empty: runs of 20
-	offsets := func(hd *hand) (offs []int64) {
-		for _, t := range hd.run {
-			offs = append(offs, t.off)
-		}
-		return offs
-	}
-	complete := func(hd *hand) { // what of its run is still its (limit) completes
-		_, limit := positions(hd.pos.Load())
-		hd.ends = hd.ends[:0]
-		for range limit {
-			hd.ends = append(hd.ends, completed)
-		}
-		hd.pos.Store(position(limit, limit))
-		p.settle(hd)
-	}
 	batchAt := func(from int64, keys ...string) batch {
 		b := r.batch(0, keys...)
 		for i := range b.msgs {
@@ -460,32 +451,32 @@ func TestProcessByKeyClaimsLaneWhole(t *testing.T) {
 	// run claims from the lane until it settles.
 	r.add(batchAt(0, "a", "b", "a"))
 	require.True(t, p.claim(a))
-	require.Equal(t, []int64{0, 1, 2}, offsets(a))
+	require.Equal(t, []int64{0, 1, 2}, runOffsets(a))
 	assert.Equal(t, 1, p.lanes.len(), "no key's lane made")
 	r.add(batchAt(3, "c", "d"))
 	assert.False(t, p.claim(b), "the lane is a's run's until it settles")
-	complete(a)
+	r.complete(a)
 	require.True(t, p.claim(b))
-	require.Equal(t, []int64{3, 4}, offsets(b))
-	complete(b)
+	require.Equal(t, []int64{3, 4}, runOffsets(b))
+	r.complete(b)
 
 	// A sweep finds a's handler held up on a at 5: what followed it
 	// goes back, and the lane sorts out keys again. b takes the other
 	// keys; a at 7 waits for a at 5.
 	r.add(batchAt(5, "a", "e", "a", "f"))
 	require.True(t, p.claim(a))
-	require.Equal(t, []int64{5, 6, 7, 8}, offsets(a))
+	require.Equal(t, []int64{5, 6, 7, 8}, runOffsets(a))
 	a.pos.Store(position(1, len(a.run)))
 	a.began.Store(1)
 	p.sweep(false)
 	require.True(t, p.claim(b))
-	assert.Equal(t, []int64{6, 8}, offsets(b), "a at 7 waits for a at 5")
-	complete(b)
+	assert.Equal(t, []int64{6, 8}, runOffsets(b), "a at 7 waits for a at 5")
+	r.complete(b)
 	assert.False(t, p.claim(b), "a at 7 waits")
-	complete(a)
+	r.complete(a)
 	require.True(t, p.claim(b))
-	assert.Equal(t, []int64{7}, offsets(b))
-	complete(b)
+	assert.Equal(t, []int64{7}, runOffsets(b))
+	r.complete(b)
 	assert.Equal(t, int64(9), r.led.b.parts[0].win.commit)
 	assert.Zero(t, p.sorted[0], "nothing of the partition sorted out")
 
@@ -493,21 +484,21 @@ func TestProcessByKeyClaimsLaneWhole(t *testing.T) {
 	// retry: the same.
 	r.add(batchAt(9, "h", "g", "g", "i"))
 	require.True(t, p.claim(a))
-	require.Equal(t, []int64{9, 10, 11, 12}, offsets(a), "whole again")
+	require.Equal(t, []int64{9, 10, 11, 12}, runOffsets(a), "whole again")
 	a.ends = append(a.ends[:0], completed)
 	a.pos.Store(position(2, len(a.run)))
 	p.mu.Unlock()
 	p.park(a, true)
 	p.mu.Lock()
 	require.True(t, p.claim(b))
-	assert.Equal(t, []int64{12}, offsets(b), "g at 11 waits for g at 10")
-	complete(b)
+	assert.Equal(t, []int64{12}, runOffsets(b), "g at 11 waits for g at 10")
+	r.complete(b)
 	a.ends = append(a.ends[:0], completed)
 	a.pos.Store(position(1, 1))
 	p.settle(a)
 	require.True(t, p.claim(b))
-	assert.Equal(t, []int64{11}, offsets(b))
-	complete(b)
+	assert.Equal(t, []int64{11}, runOffsets(b))
+	r.complete(b)
 	assert.False(t, p.claim(a))
 	assert.Zero(t, p.waiting)
 	assert.Zero(t, p.sorted[0])
