@@ -1227,10 +1227,7 @@ func (p *processor) sortOut(l *lane, k int) ([]stretchOf, int) {
 	s := *l.head()
 	l.popN(k)
 	from, msgs := s.from, s.from.msgs
-	if from.partition >= len(p.sorted) {
-		p.sorted = append(p.sorted, make([]int, from.partition+1-len(p.sorted))...)
-	}
-	p.sorted[from.partition] += k
+	p.addSorted(from.partition, k)
 	joins, nj := p.joins[:0], 0
 	var kl *lane
 	join := false
@@ -1665,6 +1662,15 @@ func (p *processor) whole(l *lane) bool {
 		(l.partition >= len(p.sorted) || p.sorted[l.partition] == 0)
 }
 
+// addSorted counts n more messages of partition sorted out to their keys'
+// lanes (processor.sorted). p.mu is held.
+func (p *processor) addSorted(partition, n int) {
+	if partition >= len(p.sorted) {
+		p.sorted = append(p.sorted, make([]int, partition+1-len(p.sorted))...)
+	}
+	p.sorted[partition] += n
+}
+
 // unwhole sends t's lane back to sorting out keys (Unordered: to any hand)
 // if t, which runs, was claimed with it whole, and what followed t in the
 // run went back to the lane. Under ByKey, t's key's lane counts t running,
@@ -1678,10 +1684,7 @@ func (p *processor) unwhole(t *task) {
 	}
 	l.exclusive = false
 	if l.keyed {
-		if l.partition >= len(p.sorted) {
-			p.sorted = append(p.sorted, make([]int, l.partition+1-len(p.sorted))...)
-		}
-		p.sorted[l.partition]++
+		p.addSorted(l.partition, 1)
 		p.keyLane(l.partition, t.m.Key).running++
 	}
 	p.laneIdle(l)

@@ -89,8 +89,12 @@ type unpacking struct {
 
 // low reports whether little enough of u is left undecoded that its
 // partition, parked, may fetch its next response (fetchEnv.ahead).
-func (f *unpacker) low(u *unpacking) bool {
-	return f.env.ahead <= 0 || len(u.it.raw)+len(u.it.recs) <= f.env.ahead
+func (f *unpacker) low(u *unpacking) bool { return u.leftAtMost(f.env.ahead) }
+
+// leftAtMost reports whether at most n bytes of u's records are left
+// undecoded; always when n <= 0.
+func (u *unpacking) leftAtMost(n int) bool {
+	return n <= 0 || len(u.it.raw)+len(u.it.recs) <= n
 }
 
 func (f *unpacker) begin(fd feed) unpacking {
@@ -350,8 +354,8 @@ func (f *unpacker) queue(ctx context.Context, u *unpacking) (bool, error) {
 		}
 	}()
 	for {
-		if low := f.env.hold <= 0 || len(u.it.raw)+len(u.it.recs) <= f.env.hold; low == marked { // crossed: many left (mark), or few (unmark)
-			marked = !low
+		if few := u.leftAtMost(f.env.hold); few == marked { // crossed: many left (mark), or few (unmark)
+			marked = !few
 			f.markAhead(fd.p, fd.epoch, marked)
 		}
 		n := batchSize
